@@ -1,0 +1,172 @@
+"""The policy addon: evaluate the YAML rules on every request; block what they forbid.
+
+Options:
+    portcullis_rules: path of the rules file (hot-reloaded on change).
+
+It records its verdict in the flow's FlowState (``decision``, ``rules``, ``reason``)
+and in ``state.extras["verdict"]`` for later addons (holds, masking, credentials).
+A ``hold`` verdict is left for the approvals addon; without one loaded, holds block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.flowstate import CONTROL_HEADER_PREFIX, state_of
+from addons.matching import RequestView
+from addons.replies import DECISION_HEADER, FLOW_ID_HEADER, reply
+from addons.rulefile import RuleFileError
+from addons.ruleset import Policy, Verdict, load_policy
+
+log = logging.getLogger("portcullis.policy")
+
+#: How often the rules file is checked for changes (hot reload must apply within 2 s).
+RELOAD_INTERVAL_S = 0.5
+
+
+class PolicyAddon:
+    name = "portcullis_policy"
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.rules_path: Path | None = None
+        self._signature: tuple[int, int, int] | None = None
+        self._watcher: asyncio.Task | None = None
+        self.listeners: list = []  # callables(policy) told about every successful (re)load
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "portcullis_rules", str, "", "Path of the Portcullis YAML rules file."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "portcullis_rules" not in updated:
+            return
+        if not ctx.options.portcullis_rules:
+            self.policy = None
+            self.rules_path = None
+            return
+        path = Path(ctx.options.portcullis_rules)
+        try:
+            policy = load_policy(path)
+        except RuleFileError as exc:
+            # At start-up a bad file is fatal: mitmproxy reports OptionsError and exits.
+            raise exceptions.OptionsError(f"invalid rules file:\n{exc}") from None
+        self.rules_path = path
+        self._signature = _signature(path)
+        self._install(policy)
+
+    def running(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def _install(self, policy: Policy) -> None:
+        self.policy = policy
+        log.info("loaded %d rules from %s (default: %s)", len(policy.rules), policy.source, policy.default)
+        for listener in self.listeners:
+            listener(policy)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL_S)
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the file changed; keep the last good rules if the edit is invalid."""
+        if self.rules_path is None:
+            return False
+        signature = _signature(self.rules_path)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            policy = load_policy(self.rules_path)
+        except RuleFileError as exc:
+            log.error("rules file edit rejected; the previous rules stay in force:\n%s", exc)
+            return False
+        self._install(policy)
+        return True
+
+    # --- hooks ---------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return  # answered earlier in the chain (e.g. proxy authentication failed)
+        state = state_of(flow)
+        capture_control_headers(flow)
+        if self.policy is None:
+            state.decision = "blocked"
+            state.reason = "no rules loaded"
+            reply(flow, 403, "policy_error", "blocked", reason="no rules are loaded")
+            return
+        try:
+            verdict = self.policy.evaluate(RequestView(flow, state.identity, state.groups))
+        except Exception as exc:  # noqa: BLE001 - any failure inside policy evaluation blocks
+            log.error("policy evaluation failed for %s %s: %s", flow.request.method, flow.request.pretty_url, exc)
+            state.decision = "blocked"
+            state.reason = f"policy evaluation failed: {exc}"
+            state.emit("decided", action="block", error="policy_error", reason=state.reason)
+            reply(flow, 403, "policy_error", "blocked", reason="the policy could not be evaluated for this request")
+            return
+        self.apply(flow, verdict)
+
+    def apply(self, flow: http.HTTPFlow, verdict: Verdict) -> None:
+        state = state_of(flow)
+        state.extras["verdict"] = verdict
+        state.rules = verdict.rule_names
+        state.reason = verdict.reason if verdict.rule else None
+        state.emit("decided", action=verdict.action, rules=state.rules,
+                   rule=verdict.rule.name if verdict.rule else None)
+        if verdict.action == "allow":
+            state.decision = "allowed"
+        elif verdict.action == "block" or not _approvals_loaded():
+            state.decision = "blocked"
+            reason = verdict.reason if verdict.action == "block" else "hold rules need the approvals addon"
+            state.reason = reason
+            reply(flow, 403, "blocked_by_policy", "blocked",
+                  rule=verdict.rule.name if verdict.rule else None, reason=reason)
+        # "hold": the approvals addon (next in the chain) takes over.
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        state = state_of(flow)
+        if state.forwarded and DECISION_HEADER not in flow.response.headers:
+            flow.response.headers[DECISION_HEADER] = state.decision or "allowed"
+        flow.response.headers.setdefault(FLOW_ID_HEADER, flow.id)
+
+
+def capture_control_headers(flow: http.HTTPFlow) -> None:
+    """Move X-Portcullis-* request headers into the flow state and strip them."""
+    state = state_of(flow)
+    headers = flow.request.headers
+    for name in [n for n in headers if n.lower().startswith(CONTROL_HEADER_PREFIX)]:
+        state.control.setdefault(name.lower(), headers[name])
+        del headers[name]
+    session = state.control.get("x-portcullis-session")
+    if session and state.session_id is None:
+        state.session_id = session[:200]
+
+
+def _approvals_loaded() -> bool:
+    try:
+        return ctx.master.addons.get("portcullis_approvals") is not None
+    except AttributeError:  # no master (unit tests of the addon)
+        return False
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -1,0 +1,26 @@
+"""All Portcullis addons, in the order they must see each flow.
+
+Used by ``portcullis run`` and loadable into plain mitmproxy::
+
+    mitmdump -s addons/portcullis.py --set portcullis_rules=rules/default.yaml
+
+Order matters: identity first (who is calling), then policy (decide), approvals (hold),
+credentials (inject only into what will be forwarded), masking, and recording last so
+that it stores what the agent actually received.
+"""
+
+from __future__ import annotations
+
+from addons.policy import PolicyAddon
+from addons.upstreams import UpstreamsAddon
+
+
+def make_addons() -> list[object]:
+    """A fresh set of Portcullis addons, wired together, in hook order."""
+    policy = PolicyAddon()
+    upstreams = UpstreamsAddon()
+    policy.listeners.append(upstreams.policy_loaded)
+    return [policy, upstreams]
+
+
+addons = make_addons()

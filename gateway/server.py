@@ -1,0 +1,86 @@
+"""Run the gateway: one mitmproxy master with the Portcullis addons, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import exceptions, options
+from mitmproxy.tools.dump import DumpMaster
+
+from addons.portcullis import make_addons
+from gateway.agent_env import agent_environment, ensure_ca, shell_exports
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message says why and what to do."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"{host}:{port} is already in use: stop the other process or pass --listen HOST:PORT"
+                ) from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+class Banner:
+    """Prints where the gateway listens and what an agent needs, once it is up."""
+
+    name = "portcullis_banner"
+
+    def __init__(self, lines: Callable[[], list[str]]) -> None:
+        self.lines = lines
+
+    def running(self) -> None:
+        print("\n".join(self.lines()), flush=True)
+
+
+async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bool = False) -> int:
+    """Run until SIGINT/SIGTERM. Returns the process exit code."""
+    host, port = listen
+    check_port_free(host, port)
+    confdir = mitm_options.get("confdir")
+    ca_cert = ensure_ca(confdir) if confdir else None
+    opts = options.Options(listen_host=host, listen_port=port)
+    master = DumpMaster(opts, with_termlog=not quiet, with_dumper=False)
+    if errorcheck := master.addons.get("errorcheck"):
+        errorcheck.repeat_errors_on_stderr = True
+    portcullis_addons = make_addons()
+    master.addons.add(*portcullis_addons)
+
+    def banner() -> list[str]:
+        env = agent_environment(host, port, ca_cert) if ca_cert else {}
+        summary = [getattr(a, "banner", lambda: [])() for a in portcullis_addons]
+        return [
+            "Portcullis gateway ready",
+            f"  proxy:    http://{host}:{port}",
+            f"  CA cert:  {ca_cert}",
+            *[f"  {line}" for lines in summary for line in lines],
+            "Agent environment (or: eval \"$(portcullis env)\"):",
+            *[f"  {line}" for line in shell_exports(env).splitlines()],
+        ]
+
+    master.addons.add(Banner(banner))
+    try:
+        opts.update(**mitm_options)
+    except exceptions.OptionsError as exc:
+        raise StartupError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    try:
+        await master.run()
+    except SystemExit as exc:  # mitmproxy's errorcheck exits on start-up errors
+        print("portcullis: the gateway could not start (see the errors above)", file=sys.stderr)
+        return int(exc.code or 1)
+    return 0

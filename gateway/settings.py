@@ -1,0 +1,78 @@
+"""Command-line settings of `portcullis run`, and how each maps onto a mitmproxy option.
+
+Capabilities add their own entries to SETTINGS; `portcullis run` turns each into a flag
+and passes the value to the addon option, so the same addon works under `mitmdump -s`
+with `--set <option>=<value>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RULES = PROJECT_ROOT / "rules" / "default.yaml"
+DEFAULT_CONFDIR = Path(os.environ.get("PORTCULLIS_HOME", "~/.portcullis")).expanduser()
+DEFAULT_LISTEN = "127.0.0.1:8080"
+CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+
+
+@dataclass(frozen=True)
+class Setting:
+    flag: str
+    option: str | None  # the mitmproxy option it sets; None when the CLI handles it itself
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str
+    repeat: bool = False
+    convert: Callable[[Any], Any] = lambda value: value
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+SETTINGS: list[Setting] = [
+    Setting("--rules", "portcullis_rules", "YAML rules file", str(DEFAULT_RULES),
+            convert=lambda v: str(Path(v).resolve())),
+    Setting("--listen", None, "proxy address HOST:PORT", DEFAULT_LISTEN, type=parse_hostport),
+    Setting("--confdir", "confdir", "directory of the gateway's CA and keys", str(DEFAULT_CONFDIR),
+            convert=lambda v: str(Path(v).expanduser().resolve())),
+    Setting("--resolve", "portcullis_resolve", "pin an upstream host to an address: HOST=IP",
+            [], repeat=True),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for setting in SETTINGS:
+        parser.add_argument(
+            setting.flag,
+            type=setting.type,
+            default=setting.default,
+            action="append" if setting.repeat else "store",
+            help=f"{setting.help} (default: {setting.default})" if setting.default not in (None, []) else setting.help,
+        )
+
+
+def mitmproxy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The mitmproxy option values for parsed `portcullis run` arguments."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.option is None:
+            continue
+        value = getattr(args, setting.flag.lstrip("-").replace("-", "_"))
+        if setting.repeat and value is None:
+            value = []
+        values[setting.option] = setting.convert(value) if value is not None else value
+    return values
+
+
+def ca_cert_path(confdir: str | Path) -> Path:
+    return Path(confdir).expanduser() / CA_CERT_NAME
