@@ -20,7 +20,15 @@ def make_addons() -> list[object]:
     policy = PolicyAddon()
     upstreams = UpstreamsAddon()
     policy.listeners.append(upstreams.policy_loaded)
-    return [policy, upstreams]
+    return [
+        # identity (issue 7) goes here: it must run before the policy.
+        policy,
+        # approvals (issue 5) goes here: it awaits the reviewer inside its request hook.
+        # credentials (issue 7) go here: only flows that will be forwarded get secrets.
+        # masking (issue 4) goes here.
+        upstreams,
+        # recorder (issue 3) goes last: it stores what the agent actually received.
+    ]
 
 
 addons = make_addons()
