@@ -131,17 +131,30 @@ NOT_JSON: Any = _NotJson()
 
 # --- JSON value conditions ---------------------------------------------------------
 
-_NUMBER_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "gt": lambda v, x: v > x,
-    "lt": lambda v, x: v < x,
-    "gte": lambda v, x: v >= x,
-    "lte": lambda v, x: v <= x,
-}
-VALUE_OPS = {*_NUMBER_OPS, "eq", "ne", "in", "regex", "exists"}
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(value: Any, operand: Any) -> bool:
+    """JSON equality: true is not 1, and 1 equals 1.0."""
+    if isinstance(value, bool) or isinstance(operand, bool):
+        return isinstance(value, bool) and isinstance(operand, bool) and value == operand
+    return value == operand
+
+
+#: operator -> predicate(selected value, operand from the rule)
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": lambda v, x: _is_number(v) and v > x,
+    "lt": lambda v, x: _is_number(v) and v < x,
+    "gte": lambda v, x: _is_number(v) and v >= x,
+    "lte": lambda v, x: _is_number(v) and v <= x,
+    "eq": _same,
+    "ne": lambda v, x: not _same(v, x),
+    "in": lambda v, x: any(_same(v, item) for item in x),
+    "regex": lambda v, x: isinstance(v, str) and x.search(v) is not None,
+}
+_NUMBER_OPS = ("gt", "lt", "gte", "lte")
+VALUE_OPS = {*_OPERATORS, "exists"}
 
 
 @dataclass(frozen=True)
@@ -151,13 +164,7 @@ class ValueCondition:
     ops: tuple[tuple[str, Any], ...]
 
     def holds(self, value: Any) -> bool:
-        for op, operand in self.ops:
-            if op in _NUMBER_OPS:
-                if not (_is_number(value) and _NUMBER_OPS[op](value, operand)):
-                    return False
-            elif op == "eq" and value != operand or op == "ne" and value == operand or op == "in" and value not in operand or op == "regex" and not (isinstance(value, str) and operand.search(value)):
-                return False
-        return True
+        return all(_OPERATORS[op](value, operand) for op, operand in self.ops)
 
 
 def compile_value_condition(spec: Any, where: Where) -> tuple[ValueCondition, bool | None]:

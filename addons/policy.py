@@ -61,6 +61,11 @@ class PolicyAddon:
         self._signature = _signature(path)
         self._install(policy)
 
+    def banner(self) -> list[str]:
+        if self.policy is None:
+            return ["rules:    none loaded (every request is blocked)"]
+        return [f"rules:    {self.policy.source} ({len(self.policy.rules)} rules, default {self.policy.default})"]
+
     def running(self) -> None:
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())

@@ -34,8 +34,8 @@ class RuleFileError(Exception):
     """A rules file was rejected; ``problems`` lists every reason found."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column))
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class Invalid(Exception):
