@@ -11,6 +11,8 @@ that it stores what the agent actually received.
 
 from __future__ import annotations
 
+from addons.credentials import CredentialsAddon
+from addons.identity import IdentityAddon
 from addons.policy import PolicyAddon
 from addons.upstreams import UpstreamsAddon
 
@@ -20,11 +22,14 @@ def make_addons() -> list[object]:
     policy = PolicyAddon()
     upstreams = UpstreamsAddon()
     policy.listeners.append(upstreams.policy_loaded)
+    identity = IdentityAddon()
+    credentials = CredentialsAddon()
+    policy.listeners += [identity.policy_loaded, credentials.policy_loaded]
     return [
-        # identity (issue 7) goes here: it must run before the policy.
+        identity,  # who is calling: before the policy, which matches on it
         policy,
         # approvals (issue 5) goes here: it awaits the reviewer inside its request hook.
-        # credentials (issue 7) go here: only flows that will be forwarded get secrets.
+        credentials,  # only flows that will be forwarded get secrets
         # masking (issue 4) goes here.
         upstreams,
         # recorder (issue 3) goes last: it stores what the agent actually received.

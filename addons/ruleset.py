@@ -35,7 +35,7 @@ RULE_FIELDS: dict[str, Compiler] = {}
 TOP_LEVEL_FIELDS: dict[str, Compiler] = {}
 
 #: Modules that register extension fields; imported before any file is loaded.
-EXTENSION_MODULES: list[str] = ["addons.upstreams"]
+EXTENSION_MODULES: list[str] = ["addons.upstreams", "addons.identity", "addons.credentials"]
 
 
 def rule_field(name: str) -> Callable[[Compiler], Compiler]:

@@ -45,6 +45,8 @@ SETTINGS: list[Setting] = [
     Setting("--listen", None, "proxy address HOST:PORT", DEFAULT_LISTEN, type=parse_hostport),
     Setting("--confdir", "confdir", "directory of the gateway's CA and keys", str(DEFAULT_CONFDIR),
             convert=lambda v: str(Path(v).expanduser().resolve())),
+    Setting("--identities", "portcullis_identities", "YAML file of agent identities (identities:/jwt:)",
+            convert=lambda v: str(Path(v).resolve())),
     Setting("--resolve", "portcullis_resolve", "pin an upstream host to an address: HOST=IP",
             [], repeat=True),
 ]
@@ -70,7 +72,9 @@ def mitmproxy_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, setting.flag.lstrip("-").replace("-", "_"))
         if setting.repeat and value is None:
             value = []
-        values[setting.option] = setting.convert(value) if value is not None else value
+        if value is None:
+            continue  # not given: the addon's own option default applies
+        values[setting.option] = setting.convert(value)
     return values
 
 

@@ -1,0 +1,201 @@
+"""Credential injection: the gateway, not the agent, holds the upstream secrets.
+
+Rules file::
+
+    credentials:
+      - name: stripe                          # optional, used in messages
+        match: {host: "api.stripe.com"}       # any match block (addons.matching)
+        set_header: {Authorization: "Bearer ${env:STRIPE_SECRET_KEY}"}
+      - match: {host: "db-api.internal", identity: [billing-agent]}
+        set_header: {X-Api-Key: "${file:/run/secrets/db_api_key}"}
+        query: {api_key: "${env:LEGACY_KEY}"}
+        plain_http: true                      # also inject into http:// requests (default: https only)
+
+The first entry whose match holds supplies the credentials. They are added only to
+requests the policy decided to forward (allowed or approved), after any hold, and
+replace whatever the agent sent under the same header or query name.
+
+Every injected value is registered in the flow state (``secrets``, ``injected_headers``)
+so the recorder redacts it, and it is masked in the response if the upstream echoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from mitmproxy import http
+
+from addons.flowstate import state_of
+from addons.matching import Match, RequestView, compile_match
+from addons.replies import reply
+from addons.rulefile import Where
+from addons.ruleset import LoadContext, Policy, top_level_field
+from addons.secretrefs import Resolved, resolve
+
+log = logging.getLogger("portcullis.credentials")
+
+#: What an echoed secret is replaced with (safe inside JSON strings and headers).
+MASK = "[REDACTED]"
+CREDENTIAL_KEYS = ("name", "match", "set_header", "query", "plain_http")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True)
+class Credential:
+    label: str
+    match: Match
+    headers: tuple[tuple[str, Resolved], ...] = ()
+    query: tuple[tuple[str, Resolved], ...] = ()
+    plain_http: bool = False
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+@top_level_field("credentials")
+def compile_credentials(value: Any, where: Where, context: LoadContext) -> tuple[Credential, ...]:
+    if not isinstance(value, list):
+        where.fail("credentials must be a list of {match, set_header and/or query}")
+    return tuple(_compile_one(item, i, where / i, context) for i, item in enumerate(value))
+
+
+def _compile_one(item: Any, index: int, at: Where, context: LoadContext) -> Credential:
+    if not isinstance(item, dict):
+        at.fail("expected a mapping with match and set_header and/or query")
+    for key in item:
+        if key not in CREDENTIAL_KEYS:
+            (at / key).fail(f"unknown key {key!r}; expected one of {', '.join(CREDENTIAL_KEYS)}")
+    name = item.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        (at / "name").fail("name must be a non-empty string")
+    label = f"credential rule {name!r}" if name else f"credentials[{index}]"
+    if "match" not in item:
+        at.fail(f"{label}: needs a match block (which requests get these credentials)")
+    match = compile_match(item["match"], at / "match")
+    if "set_header" not in item and "query" not in item:
+        at.fail(f"{label}: needs set_header and/or query")
+    headers = _values(item.get("set_header"), at / "set_header", context, label, header_names=True)
+    query = _values(item.get("query"), at / "query", context, label, header_names=False)
+    plain_http = item.get("plain_http", False)
+    if not isinstance(plain_http, bool):
+        (at / "plain_http").fail("plain_http must be true or false")
+    secrets = frozenset(s for _, r in (*headers, *query) for s in (*r.secrets, r.value) if r.secrets)
+    return Credential(label, match, headers, query, plain_http, secrets)
+
+
+def _values(spec: Any, where: Where, context: LoadContext, label: str,
+            header_names: bool) -> tuple[tuple[str, Resolved], ...]:
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict) or not spec:
+        where.fail("expected a mapping of name -> value")
+    result = []
+    for key, template in spec.items():
+        at = where / key
+        if header_names and not HEADER_NAME.fullmatch(key):
+            at.fail(f"{key!r} is not a valid header name")
+        value = resolve(template, at, context, label)
+        if header_names and any(c in value.value for c in "\r\n\0"):
+            # Named by source, never by value: the message must not leak the secret.
+            at.fail(f"{label}: the value from {', '.join(value.sources) or 'the file'} contains a line break")
+        result.append((key, value))
+    return tuple(result)
+
+
+def echo_variants(secret: str) -> set[bytes]:
+    """How a secret may come back in a response body: raw, JSON-escaped, URL-encoded."""
+    forms = {secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)}
+    return {f.encode("utf-8") for f in forms if f}
+
+
+class CredentialsAddon:
+    name = "portcullis_credentials"
+
+    def __init__(self) -> None:
+        self.credentials: tuple[Credential, ...] = ()
+
+    def policy_loaded(self, policy: Policy) -> None:
+        """Called by the policy addon on every (re)load; secrets were resolved by the load."""
+        self.credentials = policy.settings.get("credentials", ())
+
+    def banner(self) -> list[str]:
+        if not self.credentials:
+            return []
+        return [f"credentials: {len(self.credentials)} injection rules"]
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if flow.response is not None or not state.forwarded or not self.credentials:
+            return
+        view = RequestView(flow, state.identity, state.groups)
+        try:
+            credential = next((c for c in self.credentials if c.match.holds(view)), None)
+        except Exception as exc:  # noqa: BLE001 - cannot tell whether to inject: do not forward
+            log.error("credential match failed for %s %s: %s", flow.request.method, flow.request.pretty_url, exc)
+            self._refuse(flow, "credential_error", "the gateway could not decide which credentials apply")
+            return
+        if credential is None:
+            return
+        if flow.request.scheme != "https" and not credential.plain_http:
+            self._refuse(flow, "credentials_need_https",
+                         "this host's credentials are only sent over https; use an https:// URL")
+            return
+        request = flow.request
+        for name, value in credential.headers:
+            request.headers[name] = value.value  # replaces every header of that name
+            state.injected_headers.add(name.lower())
+        for name, value in credential.query:
+            request.query[name] = value.value  # replaces every parameter of that name
+        state.secrets.update(credential.secrets)
+        state.emit("credentials_injected", rule=credential.label,
+                   headers=[n for n, _ in credential.headers], query=[n for n, _ in credential.query])
+
+    def _refuse(self, flow: http.HTTPFlow, error: str, reason: str) -> None:
+        state = state_of(flow)
+        state.decision = "blocked"
+        state.reason = reason
+        state.emit("decided", action="block", error=error, reason=reason)
+        reply(flow, 403, error, "blocked", reason=reason)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Mask secrets the upstream echoed back (headers and body) before the agent sees them."""
+        state = state_of(flow)
+        if not state.secrets or flow.response is None:
+            return
+        masked = mask_response(flow.response, state.secrets)
+        if masked:
+            state.emit("secret_echo_masked", count=masked)
+            log.warning("upstream echoed an injected credential %d time(s); masked (flow %s)", masked, flow.id)
+
+
+def mask_response(response: http.Response, secrets: set[str] | frozenset[str]) -> int:
+    """Replace every occurrence of the secrets in headers and body; return how many."""
+    variants = sorted({v for s in secrets for v in echo_variants(s)}, key=len, reverse=True)
+    count = 0
+
+    def scrub(data: bytes) -> bytes:
+        nonlocal count
+        for variant in variants:
+            count += data.count(variant)
+            data = data.replace(variant, MASK.encode())
+        return data
+
+    response.headers.fields = tuple((name, scrub(value)) for name, value in response.headers.fields)
+    try:
+        body = response.get_content(strict=True)  # decoded: gzip, br, zstd, deflate
+    except ValueError:
+        body = None  # undecodable: scrub the bytes as they are
+    if body is None:
+        if response.raw_content:
+            response.raw_content = scrub(response.raw_content)
+            if "content-length" in response.headers:
+                response.headers["content-length"] = str(len(response.raw_content))
+    elif body:
+        before = count
+        scrubbed = scrub(body)
+        if count != before:
+            response.set_content(scrubbed)
+    return count
