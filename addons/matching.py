@@ -7,7 +7,6 @@ rule with a `json` condition is a candidate).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +17,11 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import parse as parse_jsonpath
 from mitmproxy import flowfilter, http
 
+from addons.jsonbody import MAX_JSON_BODY, NOT_JSON, UninspectableBody, Variants, read_json_body
 from addons.normalize import normalize_host, normalize_path
 from addons.rulefile import Where
 
-#: Bodies larger than this are not parsed for `json` conditions; a rule that needs the
-#: body then cannot be evaluated, which blocks the request (fail closed).
-MAX_JSON_BODY = 16 * 1024 * 1024
+__all__ = ["MAX_JSON_BODY", "NOT_JSON"]  # re-exported: callers import them from here
 
 
 class EvaluationError(Exception):
@@ -100,34 +98,12 @@ class RequestView:
 
     @cached_property
     def json_body(self) -> Any:
-        """The request body as JSON, or the NOT_JSON marker. Raises EvaluationError if
-        the body exists but cannot be examined (too large, undecodable, too deep)."""
-        request = self.flow.request
-        raw = request.raw_content
-        if not raw:
-            return NOT_JSON
-        if len(raw) > MAX_JSON_BODY:
-            raise EvaluationError(f"request body of {len(raw)} bytes is too large to inspect")
+        """The request body as JSON, Variants (duplicate keys) or NOT_JSON. Raises
+        EvaluationError if the body cannot be examined (see addons.jsonbody)."""
         try:
-            content = request.get_content(strict=True)
-        except ValueError as exc:
-            raise EvaluationError(f"cannot decode request body: {exc}") from None
-        if content is None or len(content) > MAX_JSON_BODY:
-            raise EvaluationError("decoded request body is too large to inspect")
-        try:
-            return json.loads(content)
-        except RecursionError:
-            raise EvaluationError("request body JSON is nested too deeply to inspect") from None
-        except ValueError:
-            return NOT_JSON
-
-
-class _NotJson:
-    def __repr__(self) -> str:
-        return "NOT_JSON"
-
-
-NOT_JSON: Any = _NotJson()
+            return read_json_body(self.flow.request)
+        except UninspectableBody as exc:
+            raise EvaluationError(f"request body: {exc}") from None
 
 # --- JSON value conditions ---------------------------------------------------------
 
@@ -223,6 +199,18 @@ class JsonCondition:
     def holds(self, document: Any) -> bool:
         if document is NOT_JSON:
             return False
+        if isinstance(document, Variants):
+            # Duplicate keys: the upstream may read any copy, so the answer must not
+            # depend on which one (a lenient parser must not be a way around a rule).
+            outcomes = {self._holds_for(d) for d in document.documents}
+            if len(outcomes) > 1:
+                raise EvaluationError(
+                    f"JSONPath {self.expression}: the body's duplicate keys give different answers"
+                )
+            return outcomes.pop()
+        return self._holds_for(document)
+
+    def _holds_for(self, document: Any) -> bool:
         try:
             values = [m.value for m in self.path.find(document)]
         except RecursionError:
@@ -331,7 +319,8 @@ def compile_match(spec: Any, where: Where) -> Match:
                 (where / "path" / i if isinstance(spec["path"], list) else where / "path").fail(
                     "a path pattern must start with '/'"
                 )
-        kwargs["paths"] = tuple(Glob(p, path=True) for p in paths)
+        # Case-insensitive: many upstreams route /V1/Tables like /v1/tables.
+        kwargs["paths"] = tuple(Glob(p, path=True, ignore_case=True) for p in paths)
     if "query" in spec:
         q = _str_mapping(spec["query"], where / "query")
         kwargs["query"] = tuple((k, Glob(str(v))) for k, v in q.items())

@@ -22,6 +22,8 @@ from addons.normalize import normalize_host, normalize_path
         ("/v1/tables/?drop=1", "/v1/tables/"),
         ("", "/"),
         ("/%ff/x", "/\udcff/x"),
+        ("/v1/tables;jsessionid=1/users", "/v1/tables/users"),
+        ("/v1/%252e%252e/x", "/v1/%2e%2e/x"),  # decoded once, as the upstream would
     ],
 )
 def test_paths(raw, canonical):
@@ -36,7 +38,19 @@ def test_paths(raw, canonical):
         ("bücher.example", "xn--bcher-kva.example"),
         ("[::1]", "::1"),
         ("0:0:0:0:0:0:0:1", "::1"),
-        ("127.000.000.001", "127.000.000.001"),  # not an IP literal Python accepts: stays a name
+        # glibc resolves these as 127.0.0.1, so the gateway would connect there.
+        ("127.000.000.001", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("[::ffff:127.0.0.1]", "127.0.0.1"),
+        ("[::FFFF:7f00:1]", "127.0.0.1"),
+        ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127.0.0.1"),  # full-width digits
+        ("08.0.0.1", "08.0.0.1"),  # bad octal: not an address to glibc either, stays a name
+        ("1.2.3.4.5", "1.2.3.4.5"),
+        ("localhost.", "localhost"),
+        ("LOCALHOST..", "localhost"),
     ],
 )
 def test_hosts(raw, canonical):
