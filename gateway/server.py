@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import signal
 import socket
 import sys
@@ -45,6 +46,31 @@ class Banner:
         print("\n".join(self.lines()), flush=True)
 
 
+async def stop(master: DumpMaster, grace: float = 3.0) -> None:
+    """Close client connections first, then stop the master.
+
+    Stopping the master with connections still open cancels their tasks mid-flight and
+    asyncio prints a CancelledError traceback per connection; closing them first lets
+    every flow end through mitmproxy's normal hooks (so the recorder sees it).
+    """
+    proxyserver = master.addons.get("proxyserver")
+    connections = getattr(proxyserver, "connections", {})
+    try:
+        await proxyserver.servers.update([])  # stop accepting new connections
+    except Exception as exc:  # noqa: BLE001 - best effort: shutting down regardless
+        logging.getLogger("portcullis").debug("could not stop listening cleanly: %s", exc)
+    await asyncio.sleep(0.05)  # let connections accepted just before that register
+    deadline = asyncio.get_running_loop().time() + grace
+    # Repeat: a client may connect (or still be in its handshake) while we close the others.
+    while connections and asyncio.get_running_loop().time() < deadline:
+        for handler in list(connections.values()):
+            transport = handler.transports.get(handler.client)
+            if transport is not None and transport.handler is not None:
+                transport.handler.cancel()
+        await asyncio.sleep(0.02)
+    master.shutdown()
+
+
 async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bool = False) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code."""
     host, port = listen
@@ -52,7 +78,9 @@ async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bo
     confdir = mitm_options.get("confdir")
     ca_cert = ensure_ca(confdir) if confdir else None
     opts = options.Options(listen_host=host, listen_port=port)
-    master = DumpMaster(opts, with_termlog=not quiet, with_dumper=False)
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    if quiet:
+        opts.update(termlog_verbosity="warn")
     if errorcheck := master.addons.get("errorcheck"):
         errorcheck.repeat_errors_on_stderr = True
     portcullis_addons = make_addons()
@@ -76,8 +104,9 @@ async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bo
     except exceptions.OptionsError as exc:
         raise StartupError(str(exc)) from None
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, lambda: stopping or stopping.append(loop.create_task(stop(master))))
     try:
         await master.run()
     except SystemExit as exc:  # mitmproxy's errorcheck exits on start-up errors

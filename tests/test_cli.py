@@ -103,11 +103,16 @@ def test_run_reports_a_busy_port_clearly(tmp_path, confdir):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_run_stops_cleanly_on_signals(confdir, sig):
+def test_run_stops_cleanly_on_signals(confdir, sig, upstream):
     gateway = GatewayProcess(DEFAULT_RULES, confdir).start()
+    # A client in the middle of sending a request when the signal arrives.
+    half_sent = socket.create_connection(("127.0.0.1", gateway.port))
+    half_sent.sendall(f"GET {upstream.url('/')} HTTP/1.1\r\nHost: x\r\n".encode())
     banner = gateway.output
     assert f"proxy:    http://127.0.0.1:{gateway.port}" in banner
     assert f"CA cert:  {confdir}/mitmproxy-ca-cert.pem" in banner
     assert f"export HTTPS_PROXY=http://127.0.0.1:{gateway.port}" in banner
     assert gateway.stop(sig) == 0
+    half_sent.close()
     assert "Traceback" not in gateway.output
+    assert "CancelledError" not in gateway.output

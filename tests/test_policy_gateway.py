@@ -116,3 +116,31 @@ def test_curl_as_outside_client(start_gateway, upstream):
         env=env, capture_output=True, text=True, timeout=20, check=True,
     )
     assert json.loads(result.stdout)["error"] == "blocked_by_policy"
+
+
+def test_verification_can_be_switched_off_per_host(start_gateway, use_gateway, tls_upstream):
+    gateway = start_gateway(RULES + """
+    upstreams:
+      - host: secure.test
+        verify: false
+        address: 127.0.0.1
+    """)
+    use_gateway(gateway)
+    insecure = requests.get(tls_upstream.url("/x", host="secure.test"), timeout=10)
+    still_verified = requests.get(tls_upstream.url("/y", host="localhost"), timeout=10)
+    assert (insecure.status_code, still_verified.status_code) == (200, 502)
+    assert [r.path for r in tls_upstream.received] == ["/x"]
+
+
+def test_resolve_pins_a_name_to_an_address_and_rules_see_the_name(start_gateway, use_gateway, upstream):
+    rules = """
+        version: 1
+        rules:
+          - {name: no-writes, match: {host: api.example.test, method: POST}, action: block}
+    """
+    gateway = start_gateway(rules, "--resolve", "API.example.test=127.0.0.1")
+    use_gateway(gateway)
+    read = requests.get(upstream.url("/v1/x", host="api.example.test"), timeout=10)
+    write = requests.post(upstream.url("/v1/x", host="api.example.test"), json={}, timeout=10)
+    assert (read.status_code, write.status_code) == (200, 403)
+    assert upstream.received[0].headers["host"] == f"api.example.test:{upstream.port}"
