@@ -11,9 +11,13 @@ that it stores what the agent actually received.
 
 from __future__ import annotations
 
+from addons.approvals import ApprovalsAddon
 from addons.credentials import CredentialsAddon
 from addons.identity import IdentityAddon
+from addons.notify import NotifyAddon
 from addons.policy import PolicyAddon
+from addons.replay import ReplayAddon
+from addons.review_server import ReviewServerAddon
 from addons.upstreams import UpstreamsAddon
 
 
@@ -24,13 +28,17 @@ def make_addons() -> list[object]:
     policy.listeners.append(upstreams.policy_loaded)
     identity = IdentityAddon()
     credentials = CredentialsAddon()
+    approvals = ApprovalsAddon()
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded]
     return [
         identity,  # who is calling: before the policy, which matches on it
+        ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
         policy,
-        # approvals (issue 5) goes here: it awaits the reviewer inside its request hook.
+        approvals,  # holds: awaits the reviewer inside its request hook
+        NotifyAddon(approvals),  # webhooks about holds, delivered off the event loop
         credentials,  # only flows that will be forwarded get secrets
         # masking (issue 4) goes here.
+        ReplayAddon(),  # re-sends recorded requests through all of the above
         upstreams,
         # recorder (issue 3) goes last: it stores what the agent actually received.
     ]
