@@ -1,0 +1,119 @@
+"""The Portcullis review UI: a Flask app served from inside the gateway process.
+
+``create_app(approvals, reviewers)`` builds it. Pages and the JSON API are blueprints
+listed in ``BLUEPRINT_MODULES``; a module may define ``NAV = [(endpoint, label)]`` to
+appear in the navigation of the shared base layout. New views: add a module with a
+blueprint ``bp``, protect its views with ``review_ui.auth.login_required`` (pages) or
+``api_auth_required`` (JSON), answer machine errors with ``review_ui.errors.api_error``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from review_ui.errors import api_error
+from review_ui.live import Broker
+from review_ui.reviewers import ReviewerStore
+from review_ui.services import Services
+
+#: Blueprint modules, in navigation order. Later issues append theirs here.
+BLUEPRINT_MODULES = [
+    "review_ui.auth",
+    "review_ui.queue",
+    "review_ui.review",
+    "review_ui.decisions",
+    "review_ui.api",
+]
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def create_app(
+    approvals: Any,
+    reviewers: ReviewerStore,
+    *,
+    recorder: Callable[[], Any] = lambda: None,
+    secret_key: bytes | None = None,
+    allowed_hosts: Iterable[str] = (),
+    sse_lifetime: float = 300.0,
+    blueprint_modules: Iterable[str] = (),
+) -> Flask:
+    """The review UI for an ApprovalsAddon.
+
+    ``allowed_hosts``: acceptable ``Host`` headers (e.g. ``127.0.0.1:8081``); anything
+    else is refused, which defeats DNS-rebinding pages. Empty: no check (tests).
+    """
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key or secrets.token_bytes(32),
+        SESSION_COOKIE_NAME="portcullis_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=True,  # browsers accept Secure cookies from http://127.0.0.1
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        MAX_CONTENT_LENGTH=256 * 1024,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    broker = Broker()
+    app.extensions["portcullis"] = Services(approvals, reviewers, broker, recorder, sse_lifetime)
+    approvals.watchers.append(broker.publish)
+    hosts = {h.lower() for h in allowed_hosts}
+    nav: list[tuple[str, str]] = []
+    for name in [*BLUEPRINT_MODULES, *blueprint_modules]:
+        module = importlib.import_module(name)
+        app.register_blueprint(module.bp)
+        nav.extend(getattr(module, "NAV", []))
+
+    from review_ui.auth import csrf_token, current_actor
+
+    @app.context_processor
+    def globals_for_templates() -> dict[str, Any]:
+        return {"nav": nav, "csrf_token": csrf_token, "reviewer": current_actor(), "now": time.time}
+
+    app.jinja_env.filters["ago"] = _ago
+    app.jinja_env.filters["clock"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+    @app.before_request
+    def check_host() -> Any:
+        if hosts and request.host.lower() not in hosts:
+            return api_error(421, "wrong_host", "this review UI does not answer to that host name")
+        return None
+
+    @app.after_request
+    def security_headers(response: Any) -> Any:
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        if request.path.startswith("/api/"):
+            return api_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                             exc.description or "")
+        from flask import render_template
+
+        return render_template("error.html", error=exc), exc.code or 500
+
+    return app
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"

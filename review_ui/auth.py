@@ -1,0 +1,149 @@
+"""Logging in and out, who the current reviewer is, CSRF tokens and the login rate limit.
+
+Browsers authenticate with a session cookie (Secure, HttpOnly, SameSite=Strict) and
+must send the session's CSRF token with every POST (form field ``csrf_token`` or header
+``X-CSRF-Token``). API clients send ``Authorization: Bearer <token>`` instead; a bearer
+token cannot be sent by a cross-site page, so it needs no CSRF token.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+
+from addons.approvals import Actor
+from review_ui.errors import api_error
+from review_ui.services import services
+
+bp = Blueprint("auth", __name__)
+
+LOGIN_ATTEMPTS = 5  # failures allowed per client address (and per name) ...
+LOGIN_WINDOW_S = 60.0  # ... within this many seconds
+
+
+class RateLimit:
+    def __init__(self, attempts: int, window: float) -> None:
+        self.attempts, self.window = attempts, window
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def blocked(self, *keys: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                failures = self._failures[key]
+                while failures and failures[0] < now - self.window:
+                    failures.popleft()
+                if len(failures) >= self.attempts:
+                    return True
+        return False
+
+    def fail(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures[key].append(time.monotonic())
+
+
+login_limit = RateLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def csrf_ok() -> bool:
+    sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
+    expected = session.get("csrf") or ""
+    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def current_actor() -> Actor | None:
+    """The reviewer making this request (bearer token or session), or None."""
+    if "actor" in g:
+        return g.actor
+    actor = None
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        reviewer = services().reviewers.by_token(header[7:].strip())
+        g.via_token = True
+    else:
+        name = session.get("reviewer")
+        reviewer = services().reviewers.get(name) if name else None
+        g.via_token = False
+    if reviewer is not None:
+        actor = Actor(reviewer.name, reviewer.groups)
+    g.actor = actor
+    return actor
+
+
+def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """For pages: unauthenticated visitors go to the login page; POSTs need the CSRF token."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if current_actor() is None or g.via_token:
+            return redirect(url_for("auth.login", next=request.full_path))
+        if request.method == "POST" and not csrf_ok():
+            abort(403, "The form was stale or did not come from this page (CSRF token mismatch). "
+                       "Reload the page and try again.")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def api_auth_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """For the JSON API: 401 without credentials; cookie-authenticated writes need CSRF."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if current_actor() is None:
+            return api_error(401, "unauthenticated",
+                             "log in or send Authorization: Bearer <reviewer token>")
+        if request.method not in ("GET", "HEAD") and not g.via_token and not csrf_ok():
+            return api_error(403, "csrf", "missing or wrong X-CSRF-Token header")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    target = request.values.get("next") or url_for("queue.index")
+    if not target.startswith("/") or target.startswith("//"):
+        target = url_for("queue.index")  # never redirect off-site
+    if request.method == "GET":
+        return render_template("login.html", next=target)
+    if not csrf_ok():
+        abort(403, "The login form was stale (CSRF token mismatch). Reload the page and try again.")
+    name = request.form.get("name", "").strip()
+    keys = (f"addr:{request.remote_addr}", f"name:{name}")
+    if login_limit.blocked(*keys):
+        return render_template("login.html", next=target, name=name,
+                               error="Too many failed attempts. Wait a minute and try again."), 429
+    reviewer = services().reviewers.authenticate(name, request.form.get("password", ""))
+    if reviewer is None:
+        login_limit.fail(*keys)
+        return render_template("login.html", next=target, name=name,
+                               error="Unknown reviewer or wrong password."), 401
+    session.clear()
+    session["reviewer"] = reviewer.name
+    session["csrf"] = secrets.token_urlsafe(32)
+    flash(f"Signed in as {reviewer.name}.")
+    return redirect(target)
+
+
+@bp.route("/logout", methods=["POST"])
+@login_required
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("auth.login"))

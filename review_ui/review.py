@@ -1,0 +1,89 @@
+"""The review page of one held flow, and the form that decides it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from addons.approvals import DecisionError
+from addons.holdspec import format_duration, parse_duration
+from review_ui.api import COMMENT_MAX, flow_details, may_decide
+from review_ui.auth import current_actor, login_required
+from review_ui.services import services
+
+bp = Blueprint("review", __name__)
+
+GRANT_CHOICES = (300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
+
+SESSION_FLOWS_SQL = (
+    "SELECT id, started_at, method, host, path, status_code, decision FROM flows "
+    "WHERE session_id = ? ORDER BY started_at DESC LIMIT 15"
+)
+
+
+def pretty_body(body: str) -> tuple[str, bool]:
+    """The body re-indented when it is JSON; (text, is_json)."""
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False), True
+    except (ValueError, TypeError):
+        return body, False
+
+
+def grant_choices(max_grant: float | None) -> list[tuple[str, str]]:
+    if not max_grant:
+        return []
+    choices = [s for s in GRANT_CHOICES if s < max_grant] + [max_grant]
+    return [(format_duration(s), format_duration(s)) for s in choices]
+
+
+def render_review(flow_id: str, error: str | None = None, status: int = 200) -> Any:
+    try:
+        flow = flow_details(flow_id)
+        allowed, why_not = may_decide(flow_id)
+    except DecisionError as exc:
+        abort(exc.status, exc.message)
+    body, is_json = pretty_body(flow["body"])
+    session_flows = None
+    if flow["session_id"]:
+        session_flows = services().query(SESSION_FLOWS_SQL, [flow["session_id"]])
+    return render_template(
+        "review.html", flow=flow, body=body, body_is_json=is_json,
+        query=parse_qsl(urlsplit(flow["url"]).query, keep_blank_values=True),
+        may_decide=allowed, why_not=why_not, grants=grant_choices(flow["max_grant_s"]),
+        session_flows=session_flows, recording=services().recorder() is not None,
+        error=error, comment_max=COMMENT_MAX,
+    ), status
+
+
+@bp.get("/flows/<flow_id>")
+@login_required
+def show(flow_id: str) -> Any:
+    return render_review(flow_id)
+
+
+@bp.post("/flows/<flow_id>/decide")
+@login_required
+def decide(flow_id: str) -> Any:
+    approvals = services().approvals
+    action = request.form.get("action")
+    comment = request.form.get("comment", "")[:COMMENT_MAX]
+    try:
+        if action == "reject":
+            approvals.call(approvals.reject, flow_id, current_actor(), comment)
+            flash("Rejected. The agent received a 403 with your comment.")
+        elif action in ("approve", "grant"):
+            grant = parse_duration(request.form.get("grant", "")) if action == "grant" else None
+            hold = approvals.call(approvals.approve, flow_id, current_actor(), comment, grant)
+            done = hold.decision == "approved"
+            flash("Approved; the request was forwarded." if done else
+                  f"Your approval is recorded; {hold.spec.approvals_required - len(hold.votes)} more needed.")
+        else:
+            abort(400, "unknown action")
+    except DecisionError as exc:
+        return render_review(flow_id, error=exc.message, status=exc.status)
+    except ValueError as exc:
+        return render_review(flow_id, error=f"grant: {exc}", status=400)
+    return redirect(url_for("review.show", flow_id=flow_id))
