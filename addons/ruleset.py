@@ -35,7 +35,8 @@ RULE_FIELDS: dict[str, Compiler] = {}
 TOP_LEVEL_FIELDS: dict[str, Compiler] = {}
 
 #: Modules that register extension fields; imported before any file is loaded.
-EXTENSION_MODULES: list[str] = ["addons.upstreams", "addons.identity", "addons.credentials"]
+EXTENSION_MODULES: list[str] = ["addons.upstreams", "addons.identity", "addons.credentials",
+                                 "addons.holdspec"]
 
 
 def rule_field(name: str) -> Callable[[Compiler], Compiler]:
