@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["run", "check", "explain", "env"]
+COMMANDS = ["run", "check", "explain", "env", "reviewer"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,9 @@ SETTINGS: list[Setting] = [
             convert=lambda v: str(Path(v).resolve())),
     Setting("--resolve", "portcullis_resolve", "pin an upstream host to an address: HOST=IP",
             [], repeat=True),
+    Setting("--ui", "portcullis_ui", "review UI address HOST:PORT, or off", "127.0.0.1:8081"),
+    Setting("--reviewers", "portcullis_reviewers", "reviewers file (portcullis reviewer add)",
+            convert=lambda v: str(Path(v).resolve())),
 ]
 
 
