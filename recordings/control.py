@@ -1,0 +1,233 @@
+"""The running gateway's local analyst API: HTTP over a Unix socket next to the database.
+
+DuckDB lets one process hold a database file; while the gateway runs, another process
+cannot even open it read-only. So ``portcullis sql`` and ``portcullis export`` talk to
+the gateway through ``<db>.sock`` (mode 0600: only the gateway's own user can connect),
+and open the file themselves when no gateway answers. Both paths run the same
+:func:`answer`, so results do not depend on whether the gateway is up.
+
+Routes (JSON in, JSON out):
+    GET  /health                                   -> {"ok": true, "db": ..., "recording": ...}
+    POST /query  {"sql": ..., "output": FILE?}     -> {"columns": [...], "rows": [[...]]}
+                 (with "output": writes Parquet)   -> {"written": FILE, "rows": N}
+    POST /export {"since": ..., "format": ..., "output": DIR} -> {"flows": N, "events": N, ...}
+Errors: 400 {"error": "read_only" | "sql_error" | "bad_request", "message": ...}.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import duckdb
+
+from recordings import export as exporting
+from recordings.sqlguard import ReadOnlyViolation
+from recordings.store import Store
+
+log = logging.getLogger("portcullis.recorder")
+
+#: Longest AF_UNIX path Linux accepts (sun_path is 108 bytes with the NUL).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path(db: str | Path) -> Path:
+    return Path(f"{db}.sock")
+
+
+class RequestFailed(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message") or body.get("error") or f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+class NotRunning(Exception):
+    """No gateway answers on the socket."""
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe rendering of a DuckDB value (timestamps ISO, blobs base64)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "base64:" + base64.b64encode(bytes(value)).decode()
+    if isinstance(value, Decimal | UUID | timedelta):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def answer(store: Store, route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Serve one API call against ``store``: (HTTP status, JSON body)."""
+    try:
+        if route == "/query":
+            sql = payload.get("sql")
+            if not isinstance(sql, str):
+                return 400, {"error": "bad_request", "message": "'sql' must be a string"}
+            if payload.get("output"):
+                count = store.write_parquet(sql, _absolute(payload["output"]))
+                return 200, {"written": payload["output"], "rows": count}
+            columns, rows = store.query(sql, payload.get("params"))
+            return 200, {"columns": columns, "rows": jsonable(rows)}
+        if route == "/export":
+            since = exporting.parse_since(str(payload.get("since", "1970-01-01")))
+            result = exporting.export(store, since, str(payload.get("format", "parquet")),
+                                      _absolute(payload.get("output")))
+            return 200, result
+    except ReadOnlyViolation as exc:
+        return 400, {"error": "read_only", "message": str(exc)}
+    except (ValueError, TypeError) as exc:
+        return 400, {"error": "bad_request", "message": str(exc)}
+    except duckdb.Error as exc:
+        return 400, {"error": "sql_error", "message": str(exc)}
+    return 404, {"error": "not_found", "message": f"no route {route}"}
+
+
+def _absolute(path: Any) -> Path:
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ValueError("'output' must be an absolute path")
+    return Path(path)
+
+
+class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, store: Store, health: Callable[[], dict[str, Any]]) -> None:
+        self.path = path
+        self.store = store
+        self.health = health
+        if len(str(path)) > MAX_SOCKET_PATH:
+            raise OSError(f"socket path too long for AF_UNIX ({len(str(path))} > {MAX_SOCKET_PATH})")
+        _remove_stale(path)
+        super().__init__(str(path), _Handler)
+        self._thread = threading.Thread(target=self.serve_forever, name="portcullis-control",
+                                        daemon=True)
+
+    def server_bind(self) -> None:
+        # Restrict before listen(): nobody can connect in between.
+        super().server_bind()
+        os.chmod(self.path, 0o600)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _remove_stale(path: Path) -> None:
+    """A socket left by a killed gateway: remove it (the database lock proves it is dead)."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ControlServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("control: " + format, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        if self.path == "/health":
+            self._send(200, {"ok": True, **self.server.health()})
+        else:
+            self._send(404, {"error": "not_found", "message": f"no route {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            payload = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(payload, dict):
+                raise ValueError("the body must be a JSON object")
+        except ValueError as exc:
+            self._send(400, {"error": "bad_request", "message": str(exc)})
+            return
+        status, body = answer(self.server.store, self.path, payload)
+        self._send(status, body)
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def call(path: Path, route: str, payload: dict[str, Any] | None = None,
+         timeout: float = 600) -> dict[str, Any]:
+    """Call the running gateway. Raises NotRunning when none answers, RequestFailed on errors."""
+    connection = _UnixConnection(path, timeout)
+    try:
+        try:
+            connection.connect()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotRunning(str(exc)) from None
+        if payload is None:
+            connection.request("GET", route)
+        else:
+            connection.request("POST", route, json.dumps(payload),
+                               {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        body = json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RequestFailed(response.status, body)
+    return body
+
+
+def ask(db: str | Path, route: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Ask the gateway recording to ``db``; without one running, open the file read-only.
+
+    Raises RequestFailed (bad SQL, writes refused, ...) or StoreError (cannot open).
+    """
+    try:
+        return call(socket_path(db), route, payload)
+    except NotRunning:
+        pass
+    store = Store(db, read_only=True)
+    try:
+        status, body = answer(store, route, payload)
+    finally:
+        store.close()
+    if status != 200:
+        raise RequestFailed(status, body)
+    return body

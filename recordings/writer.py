@@ -1,0 +1,242 @@
+"""The single writer thread: drains a queue and inserts rows in batches.
+
+Hooks on mitmproxy's event loop only ever call :meth:`Writer.put_flow`,
+:meth:`Writer.put_event` and :meth:`Writer.barrier`, which never block. The thread
+commits a batch when it holds ``batch_rows`` rows, ``batch_seconds`` after the first
+row of the batch arrived, or at once when somebody waits on a barrier (a group
+commit: whatever queued up meanwhile goes into the same transaction).
+
+When a commit fails, the batch is kept, barriers are answered ``False`` (so the
+gateway can stop forwarding) and the write is retried every ``retry_seconds`` until it
+works again. Rows are only ever lost if the process dies, or if more than
+``max_pending`` pile up while writing is impossible (then the loss is logged).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from recordings.store import Store, StoreError
+
+log = logging.getLogger("portcullis.recorder")
+
+RowMaker = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class Barrier:
+    """Answered with True once everything queued before it is committed, else False."""
+
+    callback: Callable[[bool], None]
+
+
+_STOP = object()
+
+
+class Writer:
+    def __init__(self, store: Store, batch_rows: int = 500, batch_seconds: float = 0.2,
+                 retry_seconds: float = 0.5, max_pending: int = 200_000, retain_days: int = 0,
+                 ) -> None:
+        self.store = store
+        self.batch_rows = batch_rows
+        self.batch_seconds = batch_seconds
+        self.retry_seconds = retry_seconds
+        self.max_pending = max_pending
+        self.retain_days = retain_days
+        self.failure: str | None = None  # why writing fails right now; None when healthy
+        self.written = 0
+        self.dropped = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._flows: list[RowMaker | dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._waiters: list[Barrier] = []
+        self._retry_at = 0.0
+        self._next_retention = time.time() + 86_400
+        self._stopping = False
+        self._give_up_at = 0.0
+        self._seq = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="portcullis-recorder", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None
+
+    # --- called from any thread -------------------------------------------------
+
+    def put_flow(self, make_row: RowMaker) -> None:
+        """Queue a flows row; ``make_row`` runs on the writer thread (encoding costs CPU)."""
+        self._queue.put(make_row)
+
+    def put_event(self, row: dict[str, Any]) -> None:
+        row["seq"] = next(self._seq)  # itertools.count is atomic under the GIL
+        self._queue.put(row)
+
+    def barrier(self, callback: Callable[[bool], None]) -> None:
+        self._queue.put(Barrier(callback))
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        cur = self.store.cursor()
+        try:
+            self._seq = itertools.count(self.store.next_seq(cur))
+        finally:
+            cur.close()
+        self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Write everything queued, then end the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+        lost = len(self._flows) + len(self._events)
+        if lost:
+            log.error("recording: %d rows could not be written before exit (%s)", lost, self.failure)
+
+    # --- the thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        cur = self.store.cursor()
+        while True:
+            self._collect()
+            if self._flows or self._events or self._waiters:
+                cur = self._flush(cur)
+            if self._stopping and (self.healthy or not self._flows and not self._events):
+                break
+            if self._stopping and time.monotonic() > self._give_up_at:
+                break
+            self._maybe_retain(cur)
+        cur.close()
+
+    def _collect(self) -> None:
+        """Take items off the queue until a commit is due."""
+        deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            if self._stopping:
+                self._drain()
+                if not self.healthy:
+                    time.sleep(max(0.0, self._retry_at - now))
+                return
+            if not self.healthy:
+                self._answer_waiters(False)
+                if now >= self._retry_at:
+                    return
+                timeout = self._retry_at - now
+            elif deadline is not None:
+                if now >= deadline:
+                    return
+                timeout = deadline - now
+            else:
+                timeout = 1.0
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                if deadline is None and self.healthy:
+                    return  # idle: give retention a chance
+                continue
+            self._take(item)
+            if deadline is None:
+                deadline = now + self.batch_seconds
+            if self._waiters or len(self._flows) + len(self._events) >= self.batch_rows:
+                self._drain()
+                if self.healthy:
+                    return
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._take(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _take(self, item: Any) -> None:
+        if item is _STOP:
+            self._stopping = True
+            self._give_up_at = time.monotonic() + 5
+        elif isinstance(item, Barrier):
+            self._waiters.append(item)
+        elif len(self._flows) + len(self._events) >= self.max_pending:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error("recording: %d rows dropped: writing has failed for too long (%s)",
+                          self.dropped, self.failure)
+        elif callable(item):
+            self._flows.append(item)
+        else:
+            self._events.append(item)
+
+    def _flush(self, cur: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        # Encode once: a failed batch is retried with the rows already built.
+        flows = self._flows = [row for row in map(self._make, self._flows) if row is not None]
+        try:
+            self.store.insert(cur, flows, self._events)
+        except (duckdb.Error, StoreError) as exc:
+            return self._failed(cur, exc)
+        self.written += len(flows) + len(self._events)
+        self._flows.clear()
+        self._events.clear()
+        if not self.healthy:
+            log.warning("recording works again; %d queued rows written", len(flows))
+            self.failure = None
+        self._answer_waiters(True)
+        return cur
+
+    def _make(self, make_row: RowMaker | dict[str, Any]) -> dict[str, Any] | None:
+        if not callable(make_row):
+            return make_row  # already built (a retry)
+        try:
+            return make_row()
+        except Exception:  # noqa: BLE001 - a bug in encoding one flow must not stop recording
+            log.exception("recording: could not encode a flow row")
+            return None
+
+    def _failed(self, cur: duckdb.DuckDBPyConnection, exc: Exception) -> duckdb.DuckDBPyConnection:
+        if self.healthy:
+            log.error("recording failed: %s", exc)
+        self.failure = str(exc).splitlines()[0]
+        self._retry_at = time.monotonic() + self.retry_seconds
+        self._answer_waiters(False)
+        if "invalidated" in str(exc).lower() or isinstance(exc, duckdb.FatalException):
+            try:
+                cur.close()
+                self.store.reopen()
+                return self.store.cursor()
+            except (duckdb.Error, StoreError) as reopen:
+                self.failure = str(reopen).splitlines()[0]
+        return cur
+
+    def _answer_waiters(self, ok: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            try:
+                waiter.callback(ok)
+            except Exception:  # noqa: BLE001 - a waiter's bug must not stop the writer
+                log.exception("recording: barrier callback failed")
+
+    def _maybe_retain(self, cur: duckdb.DuckDBPyConnection) -> None:
+        if not self.retain_days or time.time() < self._next_retention or not self.healthy:
+            return
+        self._next_retention = time.time() + 86_400
+        retain(self.store, cur, self.retain_days)
+
+
+def retain(store: Store, cur: duckdb.DuckDBPyConnection, days: int) -> tuple[int, int]:
+    """Apply retention now and say what it deleted."""
+    try:
+        flows, events, cutoff = store.delete_older_than(cur, days)
+    except duckdb.Error as exc:
+        log.error("retention failed (will retry tomorrow): %s", exc)
+        return 0, 0
+    log.info("retention (%d days): deleted %d flows and %d events recorded before %s UTC",
+             days, flows, events, cutoff.isoformat(sep=" ", timespec="seconds"))
+    return flows, events
