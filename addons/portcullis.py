@@ -16,6 +16,7 @@ from addons.credentials import CredentialsAddon
 from addons.identity import IdentityAddon
 from addons.notify import NotifyAddon
 from addons.policy import PolicyAddon
+from addons.recorder import RecorderAddon
 from addons.replay import ReplayAddon
 from addons.review_server import ReviewServerAddon
 from addons.upstreams import UpstreamsAddon
@@ -40,7 +41,7 @@ def make_addons() -> list[object]:
         # masking (issue 4) goes here.
         ReplayAddon(),  # re-sends recorded requests through all of the above
         upstreams,
-        # recorder (issue 3) goes last: it stores what the agent actually received.
+        RecorderAddon(),  # last: it stores what the agent actually received
     ]
 
 

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["run", "check", "explain", "env", "reviewer"]
+COMMANDS = ["run", "check", "explain", "env", "reviewer", "sql", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = PROJECT_ROOT / "rules" / "default.yaml"
 DEFAULT_CONFDIR = Path(os.environ.get("PORTCULLIS_HOME", "~/.portcullis")).expanduser()
+DEFAULT_DB = PROJECT_ROOT / "recordings" / "portcullis.duckdb"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 
@@ -49,6 +50,14 @@ SETTINGS: list[Setting] = [
             convert=lambda v: str(Path(v).resolve())),
     Setting("--resolve", "portcullis_resolve", "pin an upstream host to an address: HOST=IP",
             [], repeat=True),
+    Setting("--db", "portcullis_db", "DuckDB file recording every flow ('' = off)",
+            str(DEFAULT_DB), convert=lambda v: str(Path(v).resolve()) if v else ""),
+    Setting("--max-body-record", "portcullis_max_body_record",
+            "bytes of each body to record (longer bodies are cut and flagged)", 1024 * 1024, type=int),
+    Setting("--retain-days", "portcullis_retain_days",
+            "delete recorded flows older than N days, on start and daily (0 = keep)", 0, type=int),
+    Setting("--on-record-failure", "portcullis_on_record_failure",
+            "when the recording cannot be written: block (JSON 503) or allow", "block"),
     Setting("--ui", "portcullis_ui", "review UI address HOST:PORT, or off", "127.0.0.1:8081"),
     Setting("--reviewers", "portcullis_reviewers", "reviewers file (portcullis reviewer add)",
             convert=lambda v: str(Path(v).resolve())),

@@ -46,8 +46,16 @@ class GatewayProcess:
             "--listen", f"127.0.0.1:{self.port}",
             "--rules", str(self.rules),
             "--confdir", str(self.confdir),
+            *([] if "--db" in self.extra_args else ["--db", str(self.db)]),
             *self.extra_args,
         ]
+
+    @property
+    def db(self) -> Path:
+        """The recording of this gateway: --db if given, else a file beside the rules."""
+        if "--db" in self.extra_args:
+            return Path(self.extra_args[self.extra_args.index("--db") + 1])
+        return self.rules.parent / f"recording-{self.port}.duckdb"
 
     def start(self, timeout: float = 30) -> GatewayProcess:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
