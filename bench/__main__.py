@@ -1,0 +1,155 @@
+"""python -m bench: the cost of the gateway, side by side with direct calls and bare mitmdump.
+
+    python -m bench                 # everything (about 10 minutes on 2 cores)
+    python -m bench --quick         # a 1-minute subset
+    python -m bench --targets macro --only bare portcullis-10 --duration 5
+
+Targets: ``micro`` (rule evaluation vs rule count), ``macro`` (the side-by-side scenarios),
+``memory`` (RSS after 10k vs 100k flows), and every self-contained target module present
+in bench/ (``recording``, ``masking``, ``approvals``), run as ``python -m bench.<name>``
+with ``--quick`` and ``--json PATH`` when its ``--help`` lists them.
+
+Writes bench/results/latest.json, latest.md and latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import macro, memory, micro, report
+from bench.procs import PROJECT_ROOT
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUILTIN = ("micro", "macro", "memory")
+#: Self-contained targets owned by other parts of the project; run if the module exists.
+EXTERNAL = ("recording", "masking", "approvals")
+EXTERNAL_TIMEOUT_S = {"quick": 120, "full": 240}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute subset")
+    parser.add_argument("--targets", help=f"comma-separated subset of {','.join(BUILTIN + EXTERNAL)}")
+    parser.add_argument("--only", nargs="+", default=(), metavar="SCENARIO",
+                        help="macro: run only these scenarios (all their client counts)")
+    parser.add_argument("--duration", type=float, help="macro: measured seconds per window")
+    parser.add_argument("--warmup", type=float, help="macro: warm-up seconds per window")
+    parser.add_argument("--repetitions", type=int, help="macro: interleaved repetitions (median reported)")
+    parser.add_argument("--memory-flows", default="10000,100000", help="memory: two flow counts")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    return parser.parse_args(argv)
+
+
+def selected_targets(args: argparse.Namespace) -> list[str]:
+    present = [name for name in EXTERNAL if (Path(__file__).parent / f"{name}.py").exists()]
+    if args.targets:
+        wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in BUILTIN + EXTERNAL]
+        if unknown:
+            raise SystemExit(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(BUILTIN + EXTERNAL)}")
+        return [t for t in wanted if t in BUILTIN or t in present]
+    builtin = ["micro", "macro"] if args.quick else list(BUILTIN)
+    return builtin + present
+
+
+def run_external(name: str, quick: bool, workdir: Path) -> dict[str, Any]:
+    """Run `python -m bench.<name>` as a subprocess: it owns its setup and its output."""
+    base = [sys.executable, "-m", f"bench.{name}"]
+    help_text = subprocess.run([*base, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                               timeout=60).stdout
+    command = list(base)
+    if quick and "--quick" in help_text:
+        command.append("--quick")
+    json_path = workdir / f"{name}.json"
+    if "--json" in help_text:
+        command += ["--json", str(json_path)]
+    timeout = EXTERNAL_TIMEOUT_S["quick" if quick else "full"]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+        status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+        output = done.stdout + (f"\n[stderr]\n{done.stderr[-3000:]}" if done.returncode else "")
+    except subprocess.TimeoutExpired as exc:
+        status = f"timed out after {timeout} s"
+        output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    result: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", f"bench.{name}", *command[len(base):]]).replace(str(workdir), "$TMP"),
+        "status": status, "duration_s": round(time.monotonic() - started, 1), "output": output[-8000:],
+    }
+    if json_path.exists():
+        try:
+            result["data"] = json.loads(json_path.read_text())
+        except ValueError as exc:
+            result["data_error"] = str(exc)
+    return result
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPUs {model}, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    targets = selected_targets(args)
+    config = macro.Config(quick=args.quick, only=tuple(args.only))
+    if args.quick:
+        config.duration, config.warmup, config.repetitions = 1.5, 0.5, 2
+    for name in ("duration", "warmup", "repetitions"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    import mitmproxy.version
+
+    started = time.monotonic()
+    results: dict[str, Any] = {"meta": {
+        "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "mitmproxy": mitmproxy.version.VERSION, "targets": targets,
+    }}
+    with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as scratch:
+        workdir = Path(scratch)
+        for target in targets:
+            print(f"[{time.monotonic() - started:5.0f} s] {target}", flush=True)
+            if target == "micro":
+                counts = (10, 1000) if args.quick else (10, 100, 1000, 10000)
+                results["micro"] = micro.run(counts)
+            elif target == "macro":
+                results["macro"] = asyncio.run(macro.run(config, workdir / "macro"))
+            elif target == "memory":
+                low, high = (int(n) for n in args.memory_flows.split(","))
+                results["memory"] = asyncio.run(memory.run(workdir / "memory", (low, high)))
+            else:
+                results.setdefault("targets_run", {})[target] = run_external(target, args.quick, workdir)
+                print(f"  {results['targets_run'][target]['status']}", flush=True)
+    results["targets"] = report.targets(results)
+    results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=1, default=str))
+    text = report.markdown(results)
+    (args.out / "latest.md").write_text(text)
+    png = report.plot(results, args.out / "latest.png")
+    print(text)
+    print(f"\nwrote {args.out / 'latest.json'}, latest.md{', latest.png' if png else ''} "
+          f"in {results['meta']['duration_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
