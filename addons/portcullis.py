@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from addons.approvals import ApprovalsAddon
 from addons.credentials import CredentialsAddon
+from addons.hostcheck import HostCheckAddon
 from addons.identity import IdentityAddon
 from addons.notify import NotifyAddon
 from addons.policy import PolicyAddon
 from addons.recorder import RecorderAddon
 from addons.replay import ReplayAddon
 from addons.review_server import ReviewServerAddon
+from addons.upstream_errors import UpstreamErrorsAddon
 from addons.upstreams import UpstreamsAddon
 
 
@@ -34,6 +36,7 @@ def make_addons() -> list[object]:
     return [
         identity,  # who is calling: before the policy, which matches on it
         ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
+        HostCheckAddon(),  # Host header / SNI must name the target the rules will see
         policy,
         approvals,  # holds: awaits the reviewer inside its request hook
         NotifyAddon(approvals),  # webhooks about holds, delivered off the event loop
@@ -41,6 +44,7 @@ def make_addons() -> list[object]:
         # masking (issue 4) goes here.
         ReplayAddon(),  # re-sends recorded requests through all of the above
         upstreams,
+        UpstreamErrorsAddon(),  # JSON 502/504 for upstream faults; times forwarded requests
         RecorderAddon(),  # last: it stores what the agent actually received
     ]
 

@@ -24,6 +24,9 @@ class StartupError(Exception):
 
 def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # Like the listener mitmproxy opens: connections of a previous run lingering in
+        # TIME_WAIT must not stop a restart (e.g. after a crash or kill -9).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

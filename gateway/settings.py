@@ -61,6 +61,8 @@ SETTINGS: list[Setting] = [
     Setting("--ui", "portcullis_ui", "review UI address HOST:PORT, or off", "127.0.0.1:8081"),
     Setting("--reviewers", "portcullis_reviewers", "reviewers file (portcullis reviewer add)",
             convert=lambda v: str(Path(v).resolve())),
+    Setting("--upstream-timeout", "portcullis_upstream_timeout",
+            "seconds an upstream has for a complete response (0 = no limit)", 60.0, type=float),
 ]
 
 
