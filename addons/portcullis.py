@@ -15,6 +15,7 @@ from addons.approvals import ApprovalsAddon
 from addons.credentials import CredentialsAddon
 from addons.hostcheck import HostCheckAddon
 from addons.identity import IdentityAddon
+from addons.masking import MaskingAddon
 from addons.notify import NotifyAddon
 from addons.policy import PolicyAddon
 from addons.recorder import RecorderAddon
@@ -33,6 +34,8 @@ def make_addons() -> list[object]:
     credentials = CredentialsAddon()
     approvals = ApprovalsAddon()
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded]
+    masking = MaskingAddon()
+    policy.listeners.append(masking.policy_loaded)
     return [
         identity,  # who is calling: before the policy, which matches on it
         ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
@@ -41,7 +44,7 @@ def make_addons() -> list[object]:
         approvals,  # holds: awaits the reviewer inside its request hook
         NotifyAddon(approvals),  # webhooks about holds, delivered off the event loop
         credentials,  # only flows that will be forwarded get secrets
-        # masking (issue 4) goes here.
+        masking,  # after credentials, before the recorder: it records the masked version
         ReplayAddon(),  # re-sends recorded requests through all of the above
         upstreams,
         UpstreamErrorsAddon(),  # JSON 502/504 for upstream faults; times forwarded requests

@@ -59,6 +59,8 @@ SETTINGS: list[Setting] = [
     Setting("--on-record-failure", "portcullis_on_record_failure",
             "when the recording cannot be written: block (JSON 503) or allow", "block"),
     Setting("--ui", "portcullis_ui", "review UI address HOST:PORT, or off", "127.0.0.1:8081"),
+    Setting("--max-mask-body", "portcullis_max_mask_body",
+            "largest body (decoded) buffered for masking, e.g. 512k or 10m", "10m"),
     Setting("--reviewers", "portcullis_reviewers", "reviewers file (portcullis reviewer add)",
             convert=lambda v: str(Path(v).resolve())),
     Setting("--upstream-timeout", "portcullis_upstream_timeout",

@@ -1,0 +1,249 @@
+"""HTTP bodies as they really are: JSON, NDJSON, server-sent events, other text, binary.
+
+:func:`rewrite` recognises the body (by content type, then by sniffing for JSON),
+hands each JSON document to ``edit_json`` and free text to ``edit_text``, and
+re-assembles the body only if an editor changed something, so an untouched body keeps
+its exact bytes. NDJSON is edited line by line and SSE event by event. Re-serialised
+JSON keeps unicode as is (no ``\\u`` escapes), integers of any size, and decimals
+whose text a float would not reproduce (``1.10``, ``1e5``, 20-digit amounts) verbatim.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable
+from json import encoder as json_encoder
+from typing import Any
+
+from mitmproxy.net.http.headers import parse_content_type
+
+JsonEdit = Callable[[Any], tuple[Any, bool]]  # document -> (new document, changed)
+TextEdit = Callable[[str], tuple[str, bool]]
+
+
+class Kind(enum.Enum):
+    JSON = "json"
+    NDJSON = "ndjson"
+    SSE = "sse"
+    TEXT = "text"
+    BINARY = "binary"
+
+
+class Unparseable(Exception):
+    """A body that must be edited but cannot be examined (e.g. JSON nested too deeply)."""
+
+
+NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
+                "application/x-jsonlines", "application/jsonlines"}
+BINARY_PREFIXES = ("image/", "audio/", "video/", "font/")
+BINARY_TYPES = {"application/octet-stream", "application/zip", "application/gzip",
+                "application/pdf", "application/x-protobuf", "application/protobuf",
+                "application/grpc", "application/wasm"}
+
+
+def media_type(content_type: str) -> tuple[str, str | None]:
+    """('application/json', 'utf-8') from a Content-Type header value."""
+    parsed = parse_content_type(content_type) if content_type else None
+    if parsed is None:
+        return "", None
+    major, minor, params = parsed
+    return f"{major}/{minor}".lower(), params.get("charset")
+
+
+def kind_of(content_type: str, content: bytes) -> Kind:
+    mime, _ = media_type(content_type)
+    if mime == "application/json" or mime.endswith("+json") or mime == "text/json":
+        return Kind.JSON
+    if mime in NDJSON_TYPES:
+        return Kind.NDJSON
+    if mime == "text/event-stream":
+        return Kind.SSE
+    if mime in BINARY_TYPES or mime.startswith(BINARY_PREFIXES):
+        return Kind.BINARY
+    if _looks_like_json(content):
+        return Kind.JSON
+    return Kind.TEXT
+
+
+def _looks_like_json(content: bytes) -> bool:
+    head = content[:64].lstrip(b" \t\r\n\xef\xbb\xbf")
+    if not head.startswith((b"{", b"[")):
+        return False
+    try:
+        parse_json(content)
+    except (ValueError, Unparseable):
+        return False
+    return True
+
+
+def rewrite(content: bytes, content_type: str, edit_json: JsonEdit, edit_text: TextEdit) -> bytes | None:
+    """The edited body, or None when nothing changed (or the body is binary)."""
+    kind = kind_of(content_type, content)
+    if kind is Kind.JSON:
+        try:
+            document = parse_json(content)
+        except ValueError:  # labelled JSON but is not: only text masks can apply
+            kind = Kind.TEXT
+        else:
+            new, changed = edit_json(document)
+            return dump_json(new) if changed else None
+    if kind is Kind.BINARY:
+        return None
+    charset = media_type(content_type)[1] or "utf-8"
+    try:
+        text = content.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        return None  # not text we can read: nothing a text mask could match
+    if kind is Kind.NDJSON:
+        new_text, changed = _edit_lines(text, edit_json, edit_text)
+    elif kind is Kind.SSE:
+        new_text, changed = _edit_events(text, edit_json, edit_text)
+    else:
+        new_text, changed = edit_text(text)
+    return new_text.encode(charset, "replace") if changed else None
+
+
+# --- JSON that keeps its numbers ---------------------------------------------------------
+
+
+class ExactFloat(float):
+    """A decimal whose text ``repr(float)`` would not give back; ``text`` is the original."""
+
+    __slots__ = ("text",)
+
+    text: str
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if repr(value) == text:
+        return value
+    exact = ExactFloat(value)
+    exact.text = text
+    return exact
+
+
+def parse_json(content: bytes | str) -> Any:
+    """Parse JSON (UTF-8/16/32, BOM tolerated). Raises ValueError if it is not JSON,
+    Unparseable if it is nested too deeply to handle."""
+    if isinstance(content, bytes):
+        try:
+            content = content.decode(json.detect_encoding(content))
+        except UnicodeDecodeError as exc:
+            raise ValueError(str(exc)) from None
+    try:
+        return json.loads(content.lstrip("\ufeff"), parse_float=_parse_float)
+    except RecursionError:
+        raise Unparseable("JSON nested too deeply to mask") from None
+
+
+def _float_text(value: float) -> str:
+    if isinstance(value, ExactFloat):
+        return value.text
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+def dump_json(document: Any) -> bytes:
+    """Compact UTF-8 JSON. Raises Unparseable if the document is nested too deeply."""
+    try:
+        if not _has_exact_float(document):
+            return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        chunks = json_encoder._make_iterencode(  # the pure-Python encoder, to print ExactFloat text
+            None, _unserialisable, json_encoder.encode_basestring, None, _float_text,
+            ":", ",", False, False, True,
+        )(document, 0)
+        return "".join(chunks).encode("utf-8")
+    except RecursionError:
+        raise Unparseable("JSON nested too deeply to mask") from None
+
+
+def _unserialisable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _has_exact_float(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, ExactFloat):
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def edit_json_text(text: str, edit_json: JsonEdit, edit_text: TextEdit) -> tuple[str, bool]:
+    """One JSON document in text (an NDJSON line, an SSE data field), or free text."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "[", '"') or stripped[:1].isdigit() or stripped in ("true", "false", "null"):
+        try:
+            document = parse_json(stripped)
+        except ValueError:
+            pass
+        else:
+            new, changed = edit_json(document)
+            return (dump_json(new).decode("utf-8"), True) if changed else (text, False)
+    return edit_text(text)
+
+
+_LINE_BREAK = re.compile(r"(\r\n|\r|\n)")
+
+
+def _edit_lines(text: str, edit_json: JsonEdit, edit_text: TextEdit) -> tuple[str, bool]:
+    parts = _LINE_BREAK.split(text)  # line, break, line, break, ..., line
+    changed = False
+    for i in range(0, len(parts), 2):
+        if parts[i].strip():
+            parts[i], edited = edit_json_text(parts[i], edit_json, edit_text)
+            changed |= edited
+    return "".join(parts), changed
+
+
+def _edit_events(text: str, edit_json: JsonEdit, edit_text: TextEdit) -> tuple[str, bool]:
+    """Server-sent events: the data lines of each event form one value (joined by
+    newlines, as a browser's EventSource does); other fields stay as they are."""
+    parts = _LINE_BREAK.split(text)
+    lines = parts[0::2]
+    breaks = parts[1::2] + [""]
+    changed = False
+    event: list[int] = []
+    for i, line in enumerate([*lines, ""]):
+        if line.startswith("data:"):
+            event.append(i)
+            continue
+        if line or not event:
+            continue
+        changed |= _edit_event(lines, breaks, event, edit_json, edit_text)
+        event = []
+    return "".join(line + brk for line, brk in zip(lines, breaks, strict=True)), changed
+
+
+def _edit_event(lines: list[str], breaks: list[str], data: list[int], edit_json: JsonEdit,
+                edit_text: TextEdit) -> bool:
+    values = [_field_value(lines[i]) for i in data]
+    new, changed = edit_json_text("\n".join(values), edit_json, edit_text)
+    if not changed:
+        return False
+    new_lines = new.split("\n")
+    if len(new_lines) == len(data):
+        for i, value in zip(data, new_lines, strict=True):
+            lines[i] = f"data: {value}" if value else "data:"
+        return True
+    first = data[0]
+    lines[first] = (breaks[first] or "\n").join(f"data: {value}" for value in new_lines)
+    for i in data[1:]:  # fold the other data lines into the first
+        lines[i] = breaks[i] = ""
+    return True
+
+
+def _field_value(line: str) -> str:
+    value = line[5:]
+    return value[1:] if value.startswith(" ") else value

@@ -1,0 +1,203 @@
+"""Apply compiled masks to a JSON document, to free text and to headers.
+
+Each application adds to a :class:`Tally` (how many values, at which paths) so the
+audit trail can say what was masked where without ever holding the original values.
+Paths are reported with array indices folded (``$.items[*].email``) to keep events
+small for large arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from addons.bodies import ExactFloat
+from addons.detectors import find_all
+from addons.jsonselect import Link, Location, render
+from addons.maskspec import DEFAULT_TEXT, FIXED, HASH, KEEP_LAST, NULL, REMOVE, Mask, Replacement
+from addons.pseudonyms import Pseudonyms
+
+#: Integers this long are also scanned by detectors (a card number sent as a number).
+SCAN_INT_DIGITS = 12
+
+
+@dataclass
+class Tally:
+    count: int = 0
+    paths: set[str] = field(default_factory=set)
+
+    def add(self, path: str, n: int = 1) -> None:
+        self.count += n
+        self.paths.add(path)
+
+
+class _Removed:
+    """Marks a value to be deleted once all locations of a mask have been handled."""
+
+
+REMOVED: Any = _Removed()
+
+
+class Redactor:
+    def __init__(self, pseudonyms: Pseudonyms) -> None:
+        self.pseudonyms = pseudonyms
+
+    # --- JSON documents -----------------------------------------------------------------
+
+    def document(self, document: Any, masks: Iterable[Mask], tally: Tally) -> Any:
+        """Apply body masks in order; returns the (possibly new) document root."""
+        for mask in masks:
+            if not mask.on_body:
+                continue
+            if mask.selector is None:  # detect everywhere
+                document = self._scrub(document, None, mask, tally)
+                continue
+            document = self._at_paths(document, mask, tally)
+        return document
+
+    def _at_paths(self, document: Any, mask: Mask, tally: Tally) -> Any:
+        assert mask.selector is not None
+        seen: set[tuple[int, Any]] = set()
+        removals: list[Location] = []
+        for loc in mask.selector.locate(document):
+            ident = (id(loc.parent), loc.key)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            if mask.detect:
+                new = self._scrub(loc.value, loc.link, mask, tally)
+            else:
+                new = self.whole(loc.value, loc.path, mask.replacement)
+                tally.add(render(loc.path))
+            if loc.parent is None:
+                document = None if new is REMOVED else new
+            elif new is REMOVED:
+                removals.append(loc)
+            elif new is not loc.value:
+                loc.parent[loc.key] = new
+        # Delete list elements from the back so earlier indices stay valid.
+        for loc in sorted(removals, key=lambda r: r.key if isinstance(r.key, int) else 0, reverse=True):
+            del loc.parent[loc.key]
+        return document
+
+    def whole(self, value: Any, path: tuple[Any, ...], replacement: Replacement) -> Any:
+        """The replacement for an entire selected value."""
+        kind = replacement.kind
+        if kind == FIXED:
+            return DEFAULT_TEXT if replacement.text is None else replacement.text
+        if kind == NULL:
+            return None
+        if kind == REMOVE:
+            return REMOVED
+        if kind == HASH:
+            names = [k for k in path if isinstance(k, str)]
+            return self.pseudonyms.token(value, names[-1] if names else "value")
+        text = _scalar_text(value)
+        return DEFAULT_TEXT if text is None else keep_last(text, replacement.keep)
+
+    def _scrub(self, value: Any, link: Link, mask: Mask, tally: Tally) -> Any:
+        """Run the mask's detectors over every string (and long integer) in ``value``."""
+        stack: list[tuple[Any, Any, Any, Link]] = [(None, None, value, link)]
+        root = value
+        while stack:
+            parent, key, item, here = stack.pop()
+            if isinstance(item, dict):
+                stack.extend((item, k, v, (here, k)) for k, v in item.items())
+                continue
+            if isinstance(item, list):
+                stack.extend((item, i, v, (here, i)) for i, v in enumerate(item))
+                continue
+            new = self._detect_in(item, mask, tally, here)
+            if new is item:
+                continue
+            if parent is None:
+                root = new
+            else:
+                parent[key] = new
+        return root
+
+    def _detect_in(self, item: Any, mask: Mask, tally: Tally, link: Link) -> Any:
+        if isinstance(item, str):
+            new, n = self.detect_text(item, mask)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 10 ** (SCAN_INT_DIGITS - 1):
+            text = str(item)
+            spans = find_all(text, mask.detect)
+            if not (len(spans) == 1 and spans[0][:2] == (0, len(text))):
+                return item
+            new, n = self.detect_text(text, mask)
+        else:
+            return item
+        if n:
+            tally.add(render(Location(None, None, None, link).path), n)
+            return new
+        return item
+
+    # --- text --------------------------------------------------------------------------------
+
+    def detect_text(self, text: str, mask: Mask) -> tuple[str, int]:
+        spans = find_all(text, mask.detect)
+        if not spans:
+            return text, 0
+        out, last = [], 0
+        for start, end, name in spans:
+            out.append(text[last:start])
+            out.append(self._replace_span(text[start:end], name, mask.replacement))
+            last = end
+        out.append(text[last:])
+        return "".join(out), len(spans)
+
+    def _replace_span(self, found: str, detector: str, replacement: Replacement) -> str:
+        if replacement.kind == HASH:
+            return self.pseudonyms.token(found, detector)
+        if replacement.kind == KEEP_LAST:
+            return keep_last(found, replacement.keep)
+        return f"[masked:{detector}]" if replacement.text is None else replacement.text
+
+    def text(self, text: str, masks: Iterable[Mask], tally: Tally) -> str:
+        """Free text (not JSON): only masks without a path, i.e. ``{detect: [...]}``."""
+        for mask in masks:
+            if mask.on_body and mask.selector is None:
+                text, n = self.detect_text(text, mask)
+                if n:
+                    tally.add("body", n)
+        return text
+
+    # --- headers -------------------------------------------------------------------------
+
+    def headers(self, headers: http.Headers, masks: Iterable[Mask], tally: Tally) -> None:
+        for mask in masks:
+            if mask.header is None or mask.header not in headers:
+                continue
+            values = headers.get_all(mask.header)
+            where = f"header:{mask.header}"
+            if mask.detect:
+                results = [self.detect_text(v, mask) for v in values]
+                found = sum(n for _, n in results)
+                if found:
+                    headers.set_all(mask.header, [v for v, _ in results])
+                    tally.add(where, found)
+                continue
+            new = [self.whole(v, (mask.header,), mask.replacement) for v in values]
+            if mask.replacement.kind == REMOVE:
+                del headers[mask.header]
+            else:
+                headers.set_all(mask.header, new)
+            tally.add(where, len(values))
+
+
+def keep_last(text: str, keep: int) -> str:
+    """Stars for all but the last ``keep`` characters; short values are starred whole."""
+    if keep == 0 or len(text) <= keep:
+        return "*" * len(text)
+    return "*" * (len(text) - keep) + text[-keep:]
+
+
+def _scalar_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value.text if isinstance(value, ExactFloat) else str(value)
