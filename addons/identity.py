@@ -281,13 +281,17 @@ def load_identities_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleFileError([Problem(str(path), 1, 1, "", f"cannot read identities file: {exc}")]) from None
-    data, source = parse(text, str(path))
+    return compile_identities_file(text, str(path), path.parent)
+
+
+def compile_identities_file(text: str, filename: str, base_dir: Path) -> dict[str, Any]:
+    data, source = parse(text, filename)
     top = source.at()
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise RuleFileError([top.problem("an identities file must be a mapping with 'identities' and/or 'jwt'")])
-    context = LoadContext(path.parent, str(path))
+    context = LoadContext(base_dir, filename)
     compilers = {"identities": compile_identities, "jwt": compile_jwt}
     problems: list[Problem] = []
     settings: dict[str, Any] = {}

@@ -1,0 +1,231 @@
+"""Credential injection end to end: secrets from env and files, replaced agent headers,
+echoed secrets masked, and fail-loud validation when a secret is missing."""
+
+from __future__ import annotations
+
+import gzip
+import ssl
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.settings import PROJECT_ROOT
+from tests.support.certs import TestPki
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Canned, Received, UpstreamServer
+
+API_KEY = "sk_live_51HxTESTsecretKEY0042"
+FILE_KEY = "db-key-from-a-file-7731"
+LEGACY_KEY = "legacy+key/with spaces=1"
+SECRET_ENV = {"PC_TEST_API_KEY": API_KEY, "PC_TEST_LEGACY_KEY": LEGACY_KEY}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(pki: TestPki) -> Iterator[UpstreamServer]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    server = UpstreamServer(tls=context).start()
+    yield server
+    server.stop()
+
+
+RULES = """\
+    version: 1
+    default: allow
+    upstreams:
+      - host: 127.0.0.1
+        ca_bundle: {ca}
+    rules:
+      - name: no-admin
+        match: {{path: "/admin/**"}}
+        action: block
+    credentials:
+      - name: billing-only
+        match: {{path: "/billing/**", identity: [billing-agent]}}
+        set_header: {{X-Api-Key: "${{file:secrets/db_api_key}}"}}
+        query: {{api_key: "${{env:PC_TEST_LEGACY_KEY}}"}}
+        plain_http: true
+      - name: echo-api
+        match: {{path: ["/echo/**", "/admin/**", "/billing/**"]}}
+        set_header: {{Authorization: "Bearer ${{env:PC_TEST_API_KEY}}"}}
+        plain_http: true
+      - name: tls-only
+        match: {{path: "/tls/**"}}
+        set_header: {{Authorization: "Bearer ${{env:PC_TEST_API_KEY}}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Path:
+    directory = tmp_path_factory.mktemp("credentials")
+    (directory / "secrets").mkdir()
+    (directory / "secrets" / "db_api_key").write_text(FILE_KEY + "\n")
+    (directory / "rules.yaml").write_text(textwrap.dedent(RULES.format(ca=pki.ca_cert)))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def gateway(home: Path, confdir: Path) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(home / "rules.yaml", confdir, env=SECRET_ENV).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_upstreams(upstream: UpstreamServer, tls_upstream: UpstreamServer) -> None:
+    for server in (upstream, tls_upstream):
+        server.received.clear()
+        server.routes.clear()
+
+
+def call(gateway: GatewayProcess, url: str, **kwargs) -> requests.Response:
+    proxies = {"http": gateway.proxy_url, "https": gateway.proxy_url}
+    return requests.get(url, proxies=proxies, verify=str(gateway.ca_cert), timeout=10, **kwargs)
+
+
+def test_header_from_env_replaces_the_agents_own(gateway, upstream):
+    response = call(gateway, upstream.url("/echo/x"), headers={"Authorization": "Bearer agent-guess"})
+    assert response.status_code == 200
+    (seen,) = upstream.received
+    assert seen.headers["authorization"] == f"Bearer {API_KEY}"
+    assert "agent-guess" not in str(seen.headers)
+
+
+def test_header_from_file_and_query_from_env_for_one_identity_only(gateway, upstream):
+    # Anonymous callers fall through to the next matching entry (no file key, no query key).
+    call(gateway, upstream.url("/billing/x?api_key=agents-own&page=2"))
+    (seen,) = upstream.received
+    assert "x-api-key" not in seen.headers
+    assert seen.path == "/billing/x?api_key=agents-own&page=2"
+
+
+def test_secret_echoed_in_body_and_headers_is_masked(gateway, upstream):
+    def echo_everywhere(seen: Received) -> Canned:
+        return Canned(200, {"you_sent": seen.headers.get("authorization")},
+                      {"X-Echo": seen.headers.get("authorization", "")})
+
+    upstream.routes["/echo/headers"] = echo_everywhere
+    response = call(gateway, upstream.url("/echo/headers"))
+    assert response.status_code == 200
+    assert API_KEY not in response.text
+    assert response.json() == {"you_sent": "[REDACTED]"}  # the whole injected value
+    assert response.headers["X-Echo"] == "[REDACTED]"
+
+
+def test_secret_echoed_in_a_compressed_body_is_masked(gateway, upstream):
+    upstream.routes["/echo/gzip"] = lambda seen: Canned(
+        200, gzip.compress(f"token={seen.headers['authorization']}".encode()),
+        {"Content-Encoding": "gzip", "Content-Type": "text/plain"},
+    )
+    response = call(gateway, upstream.url("/echo/gzip"))
+    assert response.text == "token=[REDACTED]"
+
+
+def test_blocked_requests_get_no_credentials(gateway, upstream):
+    response = call(gateway, upstream.url("/admin/users"))
+    assert response.status_code == 403
+    assert upstream.received == []
+    assert API_KEY not in response.text
+
+
+def test_plain_http_is_refused_for_https_only_credentials(gateway, upstream):
+    response = call(gateway, upstream.url("/tls/x"))
+    assert response.status_code == 403
+    assert response.json()["error"] == "credentials_need_https"
+    assert upstream.received == []
+
+
+def test_https_request_gets_credentials(gateway, tls_upstream):
+    response = call(gateway, tls_upstream.url("/tls/x"), headers={"Authorization": "Basic bWU6bWU="})
+    assert response.status_code == 200
+    (seen,) = tls_upstream.received
+    assert seen.headers["authorization"] == f"Bearer {API_KEY}"
+    assert API_KEY not in response.text  # the default route echoes the request headers
+
+
+def test_secrets_never_appear_in_the_gateway_output(gateway, upstream):
+    call(gateway, upstream.url("/echo/log"))
+    for secret in (API_KEY, FILE_KEY, LEGACY_KEY):
+        assert secret not in gateway.output
+
+
+# --- identity-scoped credentials and validation (own gateways / no gateway) ---------------
+
+
+def test_identity_scoped_credentials_from_file_and_query(home, confdir, upstream, tmp_path):
+    import hashlib
+    token = "billing-token-for-credentials"
+    rules = (home / "rules.yaml").read_text().replace("rules:\n", textwrap.dedent(f"""\
+        identities:
+          - name: billing-agent
+            groups: [billing]
+            token_sha256: "{hashlib.sha256(token.encode()).hexdigest()}"
+        rules:
+        """), 1)
+    path = home / "rules-identities.yaml"
+    path.write_text(rules)
+    gateway = GatewayProcess(path, confdir, env=SECRET_ENV).start()
+    try:
+        proxy = f"http://billing-agent:{token}@127.0.0.1:{gateway.port}"
+        response = requests.get(upstream.url("/billing/x?api_key=agents-own&page=2"),
+                                proxies={"http": proxy}, timeout=10)
+    finally:
+        gateway.stop()
+    assert response.status_code == 200
+    (seen,) = upstream.received
+    assert seen.headers["x-api-key"] == FILE_KEY
+    assert "authorization" not in seen.headers  # first matching entry only
+    assert "api_key=legacy%2Bkey%2Fwith+spaces%3D1" in seen.path
+    assert "agents-own" not in seen.path and "page=2" in seen.path
+    # The upstream echoed the path (URL-encoded secret) and the headers (file secret).
+    assert FILE_KEY not in response.text and "legacy%2Bkey" not in response.text
+
+
+def _check(rules: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PC_TEST_")}
+    return subprocess.run([sys.executable, "-m", "gateway", "check", str(rules)], cwd=PROJECT_ROOT,
+                          env={**environment, **env}, capture_output=True, text=True, timeout=30)
+
+
+def test_missing_env_secret_is_a_validation_error_naming_rule_and_variable(home):
+    result = _check(home / "rules.yaml", {"PC_TEST_LEGACY_KEY": LEGACY_KEY})
+    assert result.returncode == 1
+    assert "credentials[1].set_header.Authorization" in result.stderr
+    assert "credential rule 'echo-api': environment variable PC_TEST_API_KEY is not set" in result.stderr
+    assert LEGACY_KEY not in result.stderr + result.stdout
+
+
+def test_missing_file_secret_is_a_validation_error_naming_the_path(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(textwrap.dedent("""\
+        version: 1
+        credentials:
+          - match: {host: api.example.com}
+            set_header: {X-Key: "${file:nope/key}"}
+    """))
+    result = _check(rules, {})
+    assert result.returncode == 1
+    assert f"{rules}:4:" in result.stderr
+    assert f"credentials[0]: cannot read secret file {tmp_path / 'nope' / 'key'}" in result.stderr
+
+
+def test_gateway_refuses_to_start_without_its_secrets(start_gateway):
+    with pytest.raises(RuntimeError, match="PC_TEST_MISSING is not set"):
+        start_gateway("""
+            version: 1
+            credentials:
+              - match: {host: api.example.com}
+                set_header: {Authorization: "Bearer ${env:PC_TEST_MISSING}"}
+        """)
