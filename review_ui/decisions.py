@@ -15,8 +15,8 @@ NAV = [("decisions.index", "Decisions")]
 
 DECISION_KINDS = ("approved", "rejected", "expired", "abandoned", "grant_used", "grant_revoked")
 RECORDED_DECISIONS_SQL = (
-    "SELECT flow_id, at, kind, actor, detail FROM events WHERE kind IN ({}) "
-    "ORDER BY at DESC LIMIT 200".format(", ".join("?" * len(DECISION_KINDS)))
+    'SELECT flow_id, "at", kind, actor, detail FROM events WHERE kind IN ({}) '
+    'ORDER BY "at" DESC LIMIT 200'.format(", ".join("?" * len(DECISION_KINDS)))
 )
 
 

@@ -1,0 +1,389 @@
+"""Holds end to end through the JSON API: a real gateway, real upstream, agents via the proxy.
+
+One gateway serves the whole module; each test uses its own query string so that its
+holds are told apart from the others'.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import duckdb
+import pytest
+import requests
+
+from tests.support.review import ReviewRig
+
+REFUND = {"amount": 250, "order": "A-7"}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
+    rig = ReviewRig(tmp_path_factory.mktemp("approvals"), confdir)
+    yield rig
+    rig.stop()
+
+
+def events_of(rig: ReviewRig, flow_id: str) -> list[dict]:
+    return rig.flow(flow_id)["events"]
+
+
+def kinds(events: list[dict]) -> list[tuple[str, str]]:
+    return [(e["kind"], e["actor"]) for e in events]
+
+
+def test_wait_mode_approval_forwards_and_returns_the_upstream_response(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/refunds?t=approve", "billing-agent", json=REFUND,
+                     headers={"X-Portcullis-Justification": "Customer was double charged"})
+    hold = rig.wait_held("/v1/refunds?t=approve")
+    assert hold["identity"] == "billing-agent"
+    assert hold["rule"] == "refunds"
+    assert hold["reason"] == "Refunds over $100 need a finance lead"
+    assert hold["justification"] == "Customer was double charged"
+    assert hold["method"] == "POST" and hold["status"] == "pending"
+    assert 0 < hold["time_left_s"] <= 30
+    assert not call.done() and rig.received("/v1/refunds?t=approve") == []
+
+    details = rig.flow(hold["flow_id"])
+    assert json.loads(details["body"]) == REFUND
+    assert details["you_may_decide"] is True
+
+    approved = rig.approve("bob", hold["flow_id"], "refund confirmed with the customer")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "approved" and approved.json()["decided_by"] == "bob"
+
+    response = call.result(timeout=10)
+    assert response.status_code == 200
+    assert response.headers["X-Portcullis-Decision"] == "approved"
+    assert response.json()["path"] == "/v1/refunds?t=approve"
+    (seen,) = rig.received("/v1/refunds?t=approve")
+    assert seen.json() == REFUND
+    assert not any(h.startswith("x-portcullis") for h in seen.headers)  # justification stripped
+    trail = kinds(events_of(rig, hold["flow_id"]))
+    assert ("held", "gateway") in trail and ("approved", "bob") in trail
+    approved_event = next(e for e in events_of(rig, hold["flow_id"]) if e["kind"] == "approved")
+    assert approved_event["detail"]["comment"] == "refund confirmed with the customer"
+
+
+def test_rejection_is_a_403_with_reviewer_and_comment(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/refunds?t=reject", "billing-agent", json=REFUND)
+    hold = rig.wait_held("/v1/refunds?t=reject")
+    assert rig.reject("alice", hold["flow_id"], "looks like fraud").status_code == 200
+    response = call.result(timeout=10)
+    assert response.status_code == 403
+    assert response.headers["X-Portcullis-Decision"] == "rejected"
+    assert response.json() == {"error": "rejected_by_reviewer", "reviewer": "alice",
+                               "comment": "looks like fraud", "flow_id": hold["flow_id"]}
+    assert rig.received("/v1/refunds?t=reject") == []
+    assert ("rejected", "alice") in kinds(events_of(rig, hold["flow_id"]))
+
+
+def test_unanswered_hold_expires_with_a_403(rig: ReviewRig):
+    response = rig.call("POST", "/v1/quick?t=expire", json={})
+    assert response.status_code == 403
+    body = response.json()
+    assert body["error"] == "approval_expired"
+    assert 1.5 <= body["waited_s"] < 10
+    assert rig.received("/v1/quick?t=expire") == []
+    assert ("expired", "gateway") in kinds(events_of(rig, body["flow_id"]))
+    assert rig.approve("alice", body["flow_id"]).status_code == 409
+
+
+def test_two_approvals_from_distinct_reviewers(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/payouts?t=two", "billing-agent", json={"amount": 9000})
+    hold = rig.wait_held("/v1/payouts?t=two")
+    first = rig.approve("alice", hold["flow_id"], "first look ok")
+    assert first.status_code == 200 and first.json()["status"] == "pending"
+    assert [a["reviewer"] for a in first.json()["approvals"]] == ["alice"]
+    again = rig.approve("alice", hold["flow_id"])
+    assert again.status_code == 409 and again.json()["error"] == "already_approved"
+    assert not call.done()
+    second = rig.approve("bob", hold["flow_id"], "second look ok")
+    assert second.json()["status"] == "approved"
+    assert call.result(timeout=10).status_code == 200
+    trail = kinds(events_of(rig, hold["flow_id"]))
+    assert ("approval", "alice") in trail and ("approved", "bob") in trail
+    final = next(e for e in events_of(rig, hold["flow_id"]) if e["kind"] == "approved")
+    assert final["detail"]["approvers"] == ["alice", "bob"]
+
+
+def test_escalation_admits_the_escalation_group(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/escalate?t=esc", "billing-agent", json={})
+    hold = rig.wait_held("/v1/escalate?t=esc")
+    early = rig.approve("carol", hold["flow_id"])
+    assert early.status_code == 403 and early.json()["error"] == "not_an_approver"
+    rig.wait_for(lambda: rig.flow(hold["flow_id"])["escalated"], what="escalation")
+    assert rig.approve("carol", hold["flow_id"], "on call says fine").status_code == 200
+    assert call.result(timeout=10).status_code == 200
+    trail = kinds(events_of(rig, hold["flow_id"]))
+    assert ("escalated", "gateway") in trail and ("approved", "carol") in trail
+
+
+def test_reviewer_outside_the_approver_groups_is_refused_and_recorded(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/refunds?t=group", "billing-agent", json=REFUND)
+    hold = rig.wait_held("/v1/refunds?t=group")
+    for action in (rig.approve, rig.reject):
+        refused = action("dave", hold["flow_id"])
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "not_an_approver"
+        assert "finance-leads" in refused.json()["message"]
+    assert rig.flow(hold["flow_id"], "dave")["you_may_decide"] is False
+    assert ("decision_refused", "dave") in kinds(events_of(rig, hold["flow_id"]))
+    rig.reject("bob", hold["flow_id"], "cleanup")
+    assert call.result(timeout=10).status_code == 403
+
+
+def test_reviewer_cannot_approve_their_own_request(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/refunds?t=self", "alice", json=REFUND)
+    hold = rig.wait_held("/v1/refunds?t=self")
+    assert hold["identity"] == "alice"
+    refused = rig.approve("alice", hold["flow_id"])
+    assert refused.status_code == 403 and refused.json()["error"] == "self_approval"
+    assert rig.reject("alice", hold["flow_id"]).status_code == 403
+    assert rig.approve("bob", hold["flow_id"]).status_code == 200
+    assert call.result(timeout=10).status_code == 200
+    refusal = next(e for e in events_of(rig, hold["flow_id"]) if e["kind"] == "decision_refused")
+    assert refusal["actor"] == "alice" and refusal["detail"]["refused"] == "self_approval"
+
+
+def test_grant_lets_identical_requests_pass_until_revoked(rig: ReviewRig):
+    path = "/v1/refunds?t=grant"
+    call = rig.agent("POST", path, "billing-agent", json=REFUND)
+    hold = rig.wait_held(path)
+    too_long = rig.approve("alice", hold["flow_id"], grant="2h")
+    assert too_long.status_code == 400 and too_long.json()["error"] == "grant_too_long"
+    bad = rig.approve("alice", hold["flow_id"], grant="soon")
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_grant"
+    assert rig.approve("alice", hold["flow_id"], "recurring refund", grant="10m").status_code == 200
+    assert call.result(timeout=10).status_code == 200
+
+    (grant,) = [g for g in rig.api("bob", "GET", "/api/grants").json()["grants"] if g["flow_id"] == hold["flow_id"]]
+    assert grant["identity"] == "billing-agent" and grant["created_by"] == "alice"
+    assert 500 < grant["expires_at"] - time.time() <= 600
+
+    again = rig.call("POST", path, "billing-agent", json=REFUND, timeout=5)
+    assert again.status_code == 200 and again.headers["X-Portcullis-Decision"] == "approved"
+    assert len(rig.received(path)) == 2
+    grants = {g["id"]: g for g in rig.api("bob", "GET", "/api/grants").json()["grants"]}
+    assert grants[grant["id"]]["uses"] == 1
+
+    # Another body, or another identity, is not covered by the grant.
+    other = rig.agent("POST", path, "billing-agent", json={**REFUND, "amount": 251})
+    other_hold = rig.wait_held(path, exclude={hold["flow_id"]})
+    rig.reject("bob", other_hold["flow_id"])
+    assert other.result(timeout=10).status_code == 403
+
+    revoked = rig.api("bob", "DELETE", f"/api/grants/{grant['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked"]["id"] == grant["id"]
+    assert rig.api("bob", "DELETE", f"/api/grants/{grant['id']}").status_code == 404
+    held_again = rig.agent("POST", path, "billing-agent", json=REFUND)
+    third = rig.wait_held(path, exclude={hold["flow_id"], other_hold["flow_id"]})
+    rig.reject("bob", third["flow_id"])
+    assert held_again.result(timeout=10).status_code == 403
+    trail = kinds(events_of(rig, hold["flow_id"]))
+    assert ("approved", "alice") in trail and ("grant_used", "alice") not in trail  # used on another flow
+    assert ("grant_revoked", "bob") in trail
+
+
+def test_async_mode_answers_202_and_the_approval_is_collected_once(rig: ReviewRig):
+    path = "/v1/refunds?t=async"
+    first = rig.call("POST", path, "billing-agent", json=REFUND, headers={"X-Portcullis-Wait": "async"})
+    assert first.status_code == 202
+    body = first.json()
+    assert body["status"] == "pending" and body["poll"].endswith(path)
+    flow_id = body["flow_id"]
+    collect = {"X-Portcullis-Approval": flow_id}
+    assert rig.call("POST", path, "billing-agent", json=REFUND, headers=collect).status_code == 202
+    assert rig.received(path) == []
+    rig.approve("bob", flow_id, "ok")
+    changed = rig.call("POST", path, "billing-agent", json={**REFUND, "amount": 999}, headers=collect)
+    assert changed.status_code == 403 and changed.json()["error"] == "approval_mismatch"
+    other = rig.call("POST", path, "alice", json=REFUND, headers=collect)
+    assert other.status_code == 403 and other.json()["error"] == "approval_mismatch"
+    done = rig.call("POST", path, "billing-agent", json=REFUND, headers=collect)
+    assert done.status_code == 200 and done.headers["X-Portcullis-Decision"] == "approved"
+    assert len(rig.received(path)) == 1
+    used = rig.call("POST", path, "billing-agent", json=REFUND, headers=collect)
+    assert used.status_code == 409 and used.json()["error"] == "approval_already_used"
+    unknown = rig.call("POST", path, "billing-agent", json=REFUND,
+                       headers={"X-Portcullis-Approval": "no-such-flow"})
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_approval"
+    assert len(rig.received(path)) == 1
+    assert ("approval_used", "billing-agent") not in kinds(events_of(rig, flow_id))  # on the new flow
+
+
+def test_async_rejection_is_collected_as_403(rig: ReviewRig):
+    path = "/v1/refunds?t=async-reject"
+    flow_id = rig.call("POST", path, json=REFUND, headers={"X-Portcullis-Wait": "async"}).json()["flow_id"]
+    rig.reject("alice", flow_id, "no")
+    denied = rig.call("POST", path, json=REFUND, headers={"X-Portcullis-Approval": flow_id})
+    assert denied.status_code == 403
+    assert denied.json()["error"] == "rejected_by_reviewer" and denied.json()["approval"] == flow_id
+
+
+def test_client_that_gives_up_is_abandoned_and_never_forwarded(rig: ReviewRig):
+    path = "/v1/refunds?t=gone"
+    call = rig.agent("POST", path, json=REFUND, timeout=1.5)
+    hold = rig.wait_held(path)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        call.result(timeout=10)
+    rig.wait_for(lambda: rig.flow(hold["flow_id"])["status"] == "abandoned", timeout=5, what="abandoned")
+    late = rig.approve("alice", hold["flow_id"])
+    assert late.status_code == 409 and late.json()["error"] == "already_decided"
+    assert rig.received(path) == []
+    assert ("abandoned", "gateway") in kinds(events_of(rig, hold["flow_id"]))
+
+
+def test_other_agents_pass_while_requests_are_held(rig: ReviewRig):
+    held = [rig.agent("POST", f"/v1/anyone?t=busy{i}", json={}) for i in range(5)]
+    holds = [rig.wait_held(f"/v1/anyone?t=busy{i}") for i in range(5)]
+    response = rig.call("GET", "/v1/customers?t=busy", timeout=5)
+    assert response.status_code == 200 and response.headers["X-Portcullis-Decision"] == "allowed"
+    for hold in holds:
+        rig.reject("dave", hold["flow_id"])  # any reviewer may decide these
+    assert all(f.result(timeout=10).status_code == 403 for f in held)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.1", "0x7f000001", "2130706433",
+                                  "[::ffff:127.0.0.1]", "LOCALHOST.", "127.9.9.9"])
+def test_the_review_ui_is_unreachable_through_the_proxy(rig: ReviewRig, host: str):
+    url = f"http://{host}:{rig.ui_port}/api/pending"
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(url, proxies=rig.proxies("billing-agent"), timeout=10,
+                               headers={"Authorization": f"Bearer {rig.tokens['alice']}"})
+    assert response.status_code == 403
+    assert response.json()["error"] == "review_ui_unreachable"
+
+
+def test_the_review_ui_is_unreachable_through_a_connect_tunnel(rig: ReviewRig):
+    with requests.Session() as session, pytest.raises(requests.exceptions.ProxyError, match="403"):
+        session.trust_env = False
+        session.get(f"https://127.0.0.1:{rig.ui_port}/api/pending", proxies=rig.proxies("billing-agent"),
+                    timeout=10)
+
+
+def test_api_errors(rig: ReviewRig):
+    assert rig.api(None, "GET", "/api/pending").status_code == 401
+    bogus = rig.http.get(rig.ui_url + "/api/pending", headers={"Authorization": "Bearer pcr_00000000_nope"})
+    assert bogus.status_code == 401 and bogus.json()["error"] == "unauthenticated"
+    missing = rig.api("alice", "GET", "/api/flows/does-not-exist")
+    assert missing.status_code == 404 and missing.json()["error"] == "unknown_flow"
+    assert rig.approve("alice", "does-not-exist").status_code == 404
+    assert rig.reject("alice", "does-not-exist").status_code == 404
+    assert rig.api("alice", "GET", "/api/nothing-here").json()["error"] == "not_found"
+    assert rig.api("alice", "PUT", "/api/pending").status_code == 405
+
+    call = rig.agent("POST", "/v1/anyone?t=errors", json={})
+    hold = rig.wait_held("/v1/anyone?t=errors")
+    not_json = rig.api("alice", "POST", f"/api/flows/{hold['flow_id']}/approve", data="[1]",
+                       headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400 and not_json.json()["error"] == "bad_request"
+    no_grant = rig.approve("alice", hold["flow_id"], grant="5m")
+    assert no_grant.status_code == 400 and no_grant.json()["error"] == "grant_not_allowed"
+    assert rig.reject("alice", hold["flow_id"], "done").status_code == 200
+    again = rig.approve("bob", hold["flow_id"])
+    assert again.status_code == 409 and again.json()["error"] == "already_decided"
+    assert call.result(timeout=10).status_code == 403
+
+    decisions = rig.api("alice", "GET", "/api/decisions").json()["decisions"]
+    assert any(d["flow_id"] == hold["flow_id"] and d["decided_by"] == "alice" for d in decisions)
+
+
+def _login(rig: ReviewRig, name: str, password: str, csrf: bool = True) -> requests.Response:
+    """Log in like a browser would, carrying the (Secure) session cookie by hand:
+    `requests` never sends Secure cookies over http, browsers do for 127.0.0.1."""
+    page = rig.http.get(rig.ui_url + "/login")
+    cookie = page.headers["Set-Cookie"].split(";", 1)[0]
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    form = {"name": name, "password": password, **({"csrf_token": token} if csrf else {})}
+    return rig.http.post(rig.ui_url + "/login", data=form, headers={"Cookie": cookie}, allow_redirects=False)
+
+
+def test_login_needs_csrf_and_is_rate_limited(rig: ReviewRig):
+    assert _login(rig, "bob", "bob-correct-horse", csrf=False).status_code == 403
+    ok = _login(rig, "bob", "bob-correct-horse")
+    assert ok.status_code == 302
+    cookie = ok.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Strict" in cookie
+    statuses = [_login(rig, "carol", "wrong password").status_code for _ in range(6)]
+    assert statuses[:5] == [401] * 5 and statuses[5] == 429
+    # The limit is per client address, so even the right password waits now.
+    assert _login(rig, "carol", "carol-correct-horse").status_code == 429
+
+
+def test_pages_carry_security_headers_and_refuse_foreign_hosts(rig: ReviewRig):
+    page = rig.http.get(rig.ui_url + "/login")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "<script>" not in page.text  # no inline script anywhere
+    rebinding = rig.http.get(rig.ui_url + "/login", headers={"Host": f"evil.example:{rig.ui_port}"})
+    assert rebinding.status_code == 421
+
+
+def _read_events(response: requests.Response, until: threading.Event, out: list) -> None:
+    try:
+        _parse_events(response, until, out)
+    except requests.exceptions.RequestException:
+        pass  # the test closed the stream
+
+
+def _parse_events(response: requests.Response, until: threading.Event, out: list) -> None:
+    event: dict = {}
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if event:
+                out.append(event)
+            event = {}
+            if until.is_set():
+                return
+            continue
+        field, _, value = line.partition(": ")
+        if field in ("id", "event", "data"):
+            event[field] = value
+
+
+def test_server_sent_events_and_reconnect_with_last_event_id(rig: ReviewRig):
+    stop, received = threading.Event(), []
+    stream = rig.api("alice", "GET", "/api/events", stream=True)
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    reader = threading.Thread(target=_read_events, args=(stream, stop, received), daemon=True)
+    reader.start()
+    call = rig.agent("POST", "/v1/anyone?t=sse1", json={})
+    hold = rig.wait_held("/v1/anyone?t=sse1")
+    rig.wait_for(lambda: any(e.get("event") == "held" and hold["flow_id"] in e["data"] for e in received),
+                 what="held event")
+    last_id = max(int(e["id"]) for e in received if "id" in e)
+    stop.set()
+    stream.close()
+
+    # While disconnected: a decision. On reconnect with Last-Event-ID it is replayed.
+    rig.reject("alice", hold["flow_id"], "missed while away")
+    call.result(timeout=10)
+    again = rig.api("alice", "GET", "/api/events", stream=True, headers={"Last-Event-ID": str(last_id)})
+    stop2, replayed = threading.Event(), []
+    threading.Thread(target=_read_events, args=(again, stop2, replayed), daemon=True).start()
+    rig.wait_for(lambda: any(e.get("event") == "decided" and hold["flow_id"] in e["data"] for e in replayed),
+                 what="replayed decided event")
+    stop2.set()
+    again.close()
+
+
+def test_zz_every_decision_is_in_the_recording(rig: ReviewRig):
+    """Last in the module: stops the gateway and reads its DuckDB recording."""
+    db = getattr(rig.gateway, "db", None)
+    rig.gateway.stop()
+    if db is None or not db.exists():
+        pytest.skip("the recorder is not part of this build")
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT kind, actor FROM events WHERE kind IN "
+                           "('approved', 'rejected', 'approval', 'decision_refused', 'grant_revoked')").fetchall()
+        decisions = con.execute("SELECT decision, count(*) FROM flows GROUP BY decision").fetchall()
+    assert {("approved", "bob"), ("rejected", "alice"), ("approval", "alice"), ("approved", "carol"),
+            ("decision_refused", "dave"), ("grant_revoked", "bob")} <= set(rows)
+    assert {"approved", "rejected", "expired", "abandoned"} <= {d for d, _ in decisions}
