@@ -82,7 +82,10 @@ def _compile_one(item: Any, index: int, at: Where, context: LoadContext) -> Cred
     plain_http = item.get("plain_http", False)
     if not isinstance(plain_http, bool):
         (at / "plain_http").fail("plain_http must be true or false")
-    secrets = frozenset(s for _, r in (*headers, *query) for s in (*r.secrets, r.value) if r.secrets)
+    # The encoded forms too, so redaction also catches a key as it appears in a query string.
+    secrets = frozenset(
+        form for _, r in (*headers, *query) if r.secrets for s in (*r.secrets, r.value) for form in echo_variants(s)
+    )
     return Credential(label, match, headers, query, plain_http, secrets)
 
 
@@ -105,10 +108,10 @@ def _values(spec: Any, where: Where, context: LoadContext, label: str,
     return tuple(result)
 
 
-def echo_variants(secret: str) -> set[bytes]:
-    """How a secret may come back in a response body: raw, JSON-escaped, URL-encoded."""
+def echo_variants(secret: str) -> set[str]:
+    """How a secret may come back or be stored: raw, JSON-escaped, URL-encoded."""
     forms = {secret, json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)}
-    return {f.encode("utf-8") for f in forms if f}
+    return {f for f in forms if f}
 
 
 class CredentialsAddon:
@@ -173,7 +176,7 @@ class CredentialsAddon:
 
 def mask_response(response: http.Response, secrets: set[str] | frozenset[str]) -> int:
     """Replace every occurrence of the secrets in headers and body; return how many."""
-    variants = sorted({v for s in secrets for v in echo_variants(s)}, key=len, reverse=True)
+    variants = sorted({v.encode() for s in secrets for v in echo_variants(s)}, key=len, reverse=True)
     count = 0
 
     def scrub(data: bytes) -> bytes:

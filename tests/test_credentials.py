@@ -17,6 +17,7 @@ import requests
 from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
 from tests.support.gateway import GatewayProcess
+from tests.support.recording_check import find_in_recording
 from tests.support.upstream import Canned, Received, UpstreamServer
 
 API_KEY = "sk_live_51HxTESTsecretKEY0042"
@@ -180,9 +181,11 @@ def test_identity_scoped_credentials_from_file_and_query(home, confdir, upstream
     try:
         proxy = f"http://billing-agent:{token}@127.0.0.1:{gateway.port}"
         response = requests.get(upstream.url("/billing/x?api_key=agents-own&page=2"),
-                                proxies={"http": proxy}, timeout=10)
+                                proxies={"http": proxy}, headers={"X-Marker": "marker-0815"}, timeout=10)
     finally:
         gateway.stop()
+    assert find_in_recording(gateway.db, ["marker-0815"]) == ["marker-0815"]
+    assert find_in_recording(gateway.db, [FILE_KEY, LEGACY_KEY, "legacy%2Bkey%2Fwith+spaces%3D1", token]) == []
     assert response.status_code == 200
     (seen,) = upstream.received
     assert seen.headers["x-api-key"] == FILE_KEY
@@ -229,3 +232,16 @@ def test_gateway_refuses_to_start_without_its_secrets(start_gateway):
               - match: {host: api.example.com}
                 set_header: {Authorization: "Bearer ${env:PC_TEST_MISSING}"}
         """)
+
+
+def test_injected_secrets_are_not_in_the_recording(gateway, upstream):
+    """Runs last: stops the module's gateway so the recording is complete on disk."""
+    marker = "visible-marker-4711"
+    upstream.routes["/echo/record"] = lambda seen: Canned(200, {"auth": seen.headers["authorization"]})
+    call(gateway, upstream.url("/echo/record"), headers={"X-Marker": marker, "Authorization": "Bearer mine"})
+    call(gateway, upstream.url("/billing/x?api_key=mine"))
+    gateway.stop()
+    # The marker proves the search works on this file: it was recorded, the secrets were not.
+    assert find_in_recording(gateway.db, [marker]) == [marker]
+    forms = [API_KEY, FILE_KEY, LEGACY_KEY, "legacy%2Bkey%2Fwith+spaces%3D1"]
+    assert find_in_recording(gateway.db, forms) == []

@@ -22,6 +22,7 @@ from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
 from tests.support.gateway import GatewayProcess
 from tests.support.jwtkeys import AUDIENCE, ISSUER, SigningKey, ec_key, jwks, rsa_key
+from tests.support.recording_check import find_in_recording
 from tests.support.upstream import UpstreamServer
 
 BILLING_TOKEN = "billing-token-0123456789"
@@ -311,3 +312,16 @@ def test_tokens_never_appear_in_the_gateway_output(gateway, upstream, keys):
     for secret in (BILLING_TOKEN, CI_TOKEN, token, "wrong-token-xyz"):
         assert secret not in output
     assert "Proxy-Authorization" not in output
+
+
+def test_proxy_credentials_are_not_in_the_recording(gateway, upstream, keys):
+    """Runs last: stops the module's gateway so the recording is complete on disk."""
+    token = keys["ec"].token(groups=["billing"])
+    marker = "identity-marker-2231"
+    headers = {"X-Marker": marker}
+    for authorization in (f"Bearer {token}", basic("billing-agent", BILLING_TOKEN), basic("x", "bad-9z")):
+        requests.get(upstream.url("/billing/r"), headers={**headers, "Proxy-Authorization": authorization},
+                     proxies={"http": gateway.proxy_url}, timeout=10)
+    gateway.stop()
+    assert find_in_recording(gateway.db, [marker]) == [marker]
+    assert find_in_recording(gateway.db, [token, BILLING_TOKEN, "bad-9z", "\"proxy-authorization\""]) == []
