@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 
@@ -326,52 +325,45 @@ def test_pages_carry_security_headers_and_refuse_foreign_hosts(rig: ReviewRig):
     assert rebinding.status_code == 421
 
 
-def _read_events(response: requests.Response, until: threading.Event, out: list) -> None:
-    try:
-        _parse_events(response, until, out)
-    except requests.exceptions.RequestException:
-        pass  # the test closed the stream
-
-
-def _parse_events(response: requests.Response, until: threading.Event, out: list) -> None:
+def sse_events(response: requests.Response) -> Iterator[dict]:
+    """Parse a text/event-stream response into {"id", "event", "data"} dicts."""
     event: dict = {}
     for line in response.iter_lines(decode_unicode=True):
         if line == "":
             if event:
-                out.append(event)
+                yield event
             event = {}
-            if until.is_set():
-                return
             continue
         field, _, value = line.partition(": ")
         if field in ("id", "event", "data"):
             event[field] = value
 
 
-def test_server_sent_events_and_reconnect_with_last_event_id(rig: ReviewRig):
-    stop, received = threading.Event(), []
-    stream = rig.api("alice", "GET", "/api/events", stream=True)
-    assert stream.headers["Content-Type"].startswith("text/event-stream")
-    reader = threading.Thread(target=_read_events, args=(stream, stop, received), daemon=True)
-    reader.start()
+def next_event(events: Iterator[dict], kind: str, flow_id: str) -> dict:
+    return next(e for e in events if e.get("event") == kind and flow_id in e.get("data", ""))
+
+
+def test_server_sent_events_live_and_replayed_after_reconnect(rig: ReviewRig):
     call = rig.agent("POST", "/v1/anyone?t=sse1", json={})
     hold = rig.wait_held("/v1/anyone?t=sse1")
-    rig.wait_for(lambda: any(e.get("event") == "held" and hold["flow_id"] in e["data"] for e in received),
-                 what="held event")
-    last_id = max(int(e["id"]) for e in received if "id" in e)
-    stop.set()
-    stream.close()
-
-    # While disconnected: a decision. On reconnect with Last-Event-ID it is replayed.
-    rig.reject("alice", hold["flow_id"], "missed while away")
+    with rig.api("alice", "GET", "/api/events", stream=True) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        events = sse_events(stream)
+        assert next(events)["event"] == "hello"
+        rig.reject("alice", hold["flow_id"], "seen live")  # happens while we listen
+        decided = next_event(events, "decided", hold["flow_id"])
+        assert json.loads(decided["data"])["decided_by"] == "alice"
     call.result(timeout=10)
-    again = rig.api("alice", "GET", "/api/events", stream=True, headers={"Last-Event-ID": str(last_id)})
-    stop2, replayed = threading.Event(), []
-    threading.Thread(target=_read_events, args=(again, stop2, replayed), daemon=True).start()
-    rig.wait_for(lambda: any(e.get("event") == "decided" and hold["flow_id"] in e["data"] for e in replayed),
-                 what="replayed decided event")
-    stop2.set()
-    again.close()
+
+    # While no one listens a new hold appears; reconnecting with Last-Event-ID replays it.
+    missed = rig.agent("POST", "/v1/anyone?t=sse2", json={})
+    second = rig.wait_held("/v1/anyone?t=sse2")
+    with rig.api("alice", "GET", "/api/events", stream=True,
+                 headers={"Last-Event-ID": decided["id"]}) as again:
+        replayed = next_event(sse_events(again), "held", second["flow_id"])
+        assert int(replayed["id"]) > int(decided["id"])
+    rig.reject("alice", second["flow_id"])
+    missed.result(timeout=10)
 
 
 def test_zz_every_decision_is_in_the_recording(rig: ReviewRig):
