@@ -14,6 +14,8 @@ from tests.support.certs import TestPki, make_pki
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 
+pytest_plugins = ["tests.support.browser"]
+
 
 @pytest.fixture(scope="session")
 def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
