@@ -83,15 +83,14 @@ register(Detector("email", re.compile(
 # national forms ("020 7946 0958", "030 1234567"). Bare digit runs are not phones: they
 # are far more often ids, amounts and timestamps.
 
-_SEP = r"[ .\-]?"
 _PHONE = re.compile(
-    r"(?<![\w+.\-/])(?:"
+    r"(?<![\w+.\-/])(?<!\d[ .\-])(?:"
     r"\+[1-9]\d{0,2}" + r"(?:[ .\-]?(?:\(0\)|\(\d{1,4}\)|\d{1,5})){2,6}"
     r"|\(\d{3}\)[ ]?\d{3}[ .\-]\d{4}"
     r"|\d{3}[.\-]\d{3}[.\-]\d{4}"
     r"|\d{3} \d{3} \d{4}"
     r"|0\d{2,4}[ \-]\d{3,4}(?:[ \-]?\d{3,4})?"
-    r")(?![\w\-]|[.:/]\d)"
+    r")(?![\w\-]|[.:/ ]\d)"  # not part of a longer run of digit groups
 )
 
 

@@ -1,0 +1,125 @@
+"""Detectors: tables of true positives (exact span) and look-alikes that must not match."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from addons.detectors import DETECTORS, Detector, expand, find_all, iban_ok, luhn_ok, register
+
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7\n-----END RSA PRIVATE KEY-----"
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+
+POSITIVES = [
+    ("email", "write to ann.lee+tag@mail.example.co.uk today", "ann.lee+tag@mail.example.co.uk"),
+    ("email", "<zoe_99@example.io>", "zoe_99@example.io"),
+    ("phone", "call +1 415 555 2671.", "+1 415 555 2671"),
+    ("phone", "tel:+14155552671", "+14155552671"),
+    ("phone", "office +44 20 7946 0958", "+44 20 7946 0958"),
+    ("phone", "Berlin +49 (0)30 1234567", "+49 (0)30 1234567"),
+    ("phone", "(415) 555-2671", "(415) 555-2671"),
+    ("phone", "at 415.555.2671 after 5", "415.555.2671"),
+    ("phone", "UK 020 7946 0958", "020 7946 0958"),
+    ("card", "visa 4242 4242 4242 4242 exp", "4242 4242 4242 4242"),
+    ("card", "mc 5555-5555-5555-4444", "5555-5555-5555-4444"),
+    ("card", "amex 378282246310005", "378282246310005"),
+    ("card", "19 digits 6011000990139424000", None),  # Luhn decides; checked below
+    ("ssn", "ssn 123-45-6789", "123-45-6789"),
+    ("ssn", "ssn 529 12 3456", "529 12 3456"),
+    ("iban", "pay DE89 3704 0044 0532 0130 00 now", "DE89 3704 0044 0532 0130 00"),
+    ("iban", "GB82WEST12345698765432", "GB82WEST12345698765432"),
+    ("iban", "FR1420041010050500013M02606.", "FR1420041010050500013M02606"),
+    ("secret", "AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("secret", "token=ghp_" + "A1b2" * 9, "ghp_" + "A1b2" * 9),
+    ("secret", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz"),
+    ("secret", "glpat-abcdefghij0123456789", "glpat-abcdefghij0123456789"),
+    ("secret", "xoxb-1234567890-abcdefghij", "xoxb-1234567890-abcdefghij"),
+    ("secret", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    ("secret", "key: sk-proj-" + "x" * 40, "sk-proj-" + "x" * 40),
+    ("secret", "AIzaSyA-1234567890abcdefghijklmnopqrstu", "AIzaSyA-1234567890abcdefghijklmnopqrstu"),
+    ("secret", f"key:\n{PEM}\n", PEM),
+    ("secret", f"jwt {JWT} end", JWT),
+    ("secret", "Authorization: Bearer abcDEF123456ghiJKL789", "abcDEF123456ghiJKL789"),
+]
+
+NEGATIVES = [
+    ("email", "user@localhost"),
+    ("email", "@handle and a@b.c"),
+    ("email", "not an email: foo at example dot com"),
+    ("phone", "2024-01-15"),
+    ("phone", "2024-01-15T10:20:30Z"),
+    ("phone", "version 1.2.3.4"),
+    ("phone", "ip 192.168.100.1000"),
+    ("phone", "order 1234567890"),
+    ("phone", "(115) 555-2671"),  # area codes never start with 1
+    ("phone", "+1 23"),
+    ("card", "4242 4242 4242 4241"),  # Luhn fails
+    ("card", "ts 1700000000000"),  # a millisecond timestamp
+    ("card", "0000000000000000"),
+    ("card", "4444444444444"),  # all one digit
+    ("card", "id 42424242424242424242424"),  # too long
+    ("card", "v4242424242424242x"),  # glued into a word
+    ("ssn", "000-12-3456"),
+    ("ssn", "666-12-3456"),
+    ("ssn", "912-12-3456"),
+    ("ssn", "123-00-4567"),
+    ("ssn", "123-45-0000"),
+    ("ssn", "078-05-1120"),
+    ("ssn", "123-45-67890"),
+    ("ssn", "123-45 6789"),  # mixed separators
+    ("ssn", "1234-56-789"),
+    ("iban", "GB82WEST12345698765433"),  # checksum fails
+    ("iban", "DE89 3704 0044 0532 0130"),  # too short for DE
+    ("iban", "XX89370400440532013000"),  # no such country
+    ("secret", "AKIAEXAMPLE"),
+    ("secret", "ghp_short"),
+    ("secret", "sk-learn is a library"),
+    ("secret", "pk_live_4eC39HqLyjWDarjtT1zdp7dc"),  # publishable, not secret
+    ("secret", "eyJhbGciOi.eyJzdWIiOiIx.notasignature"),
+    ("secret", "eyJub3RqdXN0.eyJzdWIiOiIxMjM0In0.abcdefghijkl"),  # header is not a JWT header
+    ("secret", "Bearer token"),
+    ("secret", "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), POSITIVES, ids=[f"{p[0]}:{p[1][:30]}" for p in POSITIVES])
+def test_true_positives(name, text, expected):
+    found = [text[s:e] for s, e, _ in find_all(text, expand((name,)))]
+    if expected is None:
+        digits = re.sub(r"\D", "", text)
+        assert bool(found) == luhn_ok(digits)
+    else:
+        assert found == [expected]
+
+
+@pytest.mark.parametrize(("name", "text"), NEGATIVES, ids=[f"{n[0]}:{n[1][:30]}" for n in NEGATIVES])
+def test_look_alikes_are_not_detected(name, text):
+    assert find_all(text, expand((name,))) == []
+
+
+def test_negatives_are_not_caught_by_any_other_detector_either():
+    everything = expand(("email", "phone", "card", "ssn", "iban", "secret"))
+    for name, text in NEGATIVES:
+        if name in ("phone", "card", "ssn", "iban"):
+            numbers = [text[s:e] for s, e, kind in find_all(text, everything) if kind in ("phone", "card", "ssn")]
+            assert numbers == [], (name, text, numbers)
+
+
+def test_overlaps_prefer_the_earlier_then_longer_span():
+    text = "4242 4242 4242 4242 and 415-555-2671"
+    kinds = [kind for _, _, kind in find_all(text, ("phone", "card"))]
+    assert kinds == ["card", "phone"]
+
+
+def test_checksums():
+    assert luhn_ok("4242424242424242") and not luhn_ok("4242424242424241")
+    assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765423")
+
+
+def test_the_registry_is_extensible():
+    register(Detector("employee_id", re.compile(r"\bEMP-\d{6}\b")))
+    try:
+        assert find_all("by EMP-123456.", ("employee_id",)) == [(3, 13, "employee_id")]
+    finally:
+        del DETECTORS["employee_id"]
