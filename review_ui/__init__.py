@@ -30,6 +30,11 @@ BLUEPRINT_MODULES = [
     "review_ui.review",
     "review_ui.decisions",
     "review_ui.api",
+    "review_ui.flows",
+    "review_ui.sessions",
+    "review_ui.sql",
+    "review_ui.flow_detail",
+    "review_ui.audit_api",
 ]
 
 CONTENT_SECURITY_POLICY = (
