@@ -20,6 +20,7 @@ from addons.notify import NotifyAddon
 from addons.policy import PolicyAddon
 from addons.recorder import RecorderAddon
 from addons.replay import ReplayAddon
+from addons.requestlimits import RequestLimitsAddon
 from addons.review_server import ReviewServerAddon
 from addons.upstream_errors import UpstreamErrorsAddon
 from addons.upstreams import UpstreamsAddon
@@ -37,6 +38,7 @@ def make_addons() -> list[object]:
     masking = MaskingAddon()
     policy.listeners.append(masking.policy_loaded)
     return [
+        RequestLimitsAddon(),  # oversized header sections never reach the other addons
         identity,  # who is calling: before the policy, which matches on it
         ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
         HostCheckAddon(),  # Host header / SNI must name the target the rules will see
