@@ -201,14 +201,12 @@ class MaskingAddon:
             size = None
         if size is not None and size > self.max_body:
             return f"response body of {size} bytes exceeds the masking limit of {self.max_body} bytes"
+        # Turning streaming off again is no use: mitmproxy re-checks stream_large_bodies
+        # for every chunk it buffers and would switch to streaming mid-body, unmasked.
         if flow.response.stream:
-            if size is None:
-                return "the response is streamed (no Content-Length) and cannot be buffered for masking"
-            flow.response.stream = False  # small enough: buffer it so it can be masked
-        elif size is None and ctx.options.stream_large_bodies:
-            # mitmproxy would switch to streaming mid-body once stream_large_bodies is
-            # exceeded, without asking us again: that would leak the unmasked rest.
-            return "response of unknown length may be streamed (stream_large_bodies is set)"
+            return "the response is streamed (stream_large_bodies) and cannot be buffered for masking"
+        if size is None and ctx.options.stream_large_bodies:
+            return "a response of unknown length may be streamed (stream_large_bodies is set)"
         return None
 
     def _mask_body(self, message: http.Message, plan: Plan, tallies: dict[str, Tally],

@@ -12,9 +12,14 @@ import hmac
 import json
 import os
 import stat
+import subprocess
+import sys
 import textwrap
+import threading
+import time
 import zlib
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import brotli
@@ -23,7 +28,8 @@ import pytest
 import requests
 import zstandard
 
-from tests.support.gateway import GatewayProcess
+from gateway.settings import PROJECT_ROOT
+from tests.support.gateway import GatewayProcess, free_port
 from tests.support.upstream import Canned, UpstreamServer
 
 MASK_KEY = "test-mask-key-for-the-shared-gateway"
@@ -317,3 +323,99 @@ def test_pseudonyms_are_stable_across_restarts_and_recordings_hold_only_masked_v
     assert json.loads(detail) == {"rule": "pseudonymise", "count": 2, "paths": ["$.email", "$.ssn"],
                                   "target": "response"}
     assert "kim@example.com" not in detail and "123-45-6789" not in detail
+
+
+# --- responses without Content-Length ----------------------------------------------------
+
+
+class _ChunkedHandler(BaseHTTPRequestHandler):
+    """Answers with a chunked (length-unknown) JSON body, as streaming APIs do."""
+
+    protocol_version = "HTTP/1.1"
+    server: ThreadingHTTPServer
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet test output
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        body = json.dumps({"ssn": "123-45-6789", "pad": "x" * 5000}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(body), 1000):
+            chunk = body[i:i + 1000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+
+@pytest.fixture(scope="module")
+def chunked_upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_chunked_responses_are_buffered_and_masked(gw, chunked_upstream):
+    response = requests.get(f"{chunked_upstream}/v1/customers/chunked", timeout=10)
+    assert response.status_code == 200
+    assert response.json()["ssn"] == "[masked]"
+
+
+STREAM_RULES = """\
+version: 1
+rules:
+  - name: mask-customers
+    match: {path: "/v1/customers/**"}
+    mask: ["$..ssn"]
+  - name: pass-when-unmaskable
+    match: {path: "/pass/**"}
+    mask: ["$..ssn"]
+    on_unmaskable: pass
+"""
+
+
+def test_streamed_responses_are_refused_unless_the_rule_passes_them(tmp_path, confdir, chunked_upstream, upstream):
+    """Under mitmproxy's stream_large_bodies, bodies over that size, and bodies of unknown
+    length (which mitmproxy may start streaming mid-way), would pass the masker: refuse them."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(STREAM_RULES)
+    port = free_port()
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    process = subprocess.Popen(
+        [str(mitmdump), "-s", "addons/portcullis.py", "--listen-host", "127.0.0.1", "-p", str(port),
+         "--set", f"confdir={confdir}", "--set", f"portcullis_rules={rules}", "--set", "portcullis_db=",
+         "--set", "portcullis_ui=off", "--set", "stream_large_bodies=1k"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
+    proxies = {"http": f"http://127.0.0.1:{port}"}
+    upstream.routes["/v1/customers/small"] = Canned(200, {"ssn": "123-45-6789"})
+    upstream.routes["/v1/customers/large"] = Canned(200, {"ssn": "123-45-6789", "pad": "x" * 5000})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                small = requests.get(upstream.url("/v1/customers/small"), proxies=proxies, timeout=10)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "".join(output)
+                time.sleep(0.2)
+        large = requests.get(upstream.url("/v1/customers/large"), proxies=proxies, timeout=10)
+        chunked = requests.get(f"{chunked_upstream}/v1/customers/chunked", proxies=proxies, timeout=10)
+        passed = requests.get(f"{chunked_upstream}/pass/chunked", proxies=proxies, timeout=10)
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert small.status_code == 200 and small.json()["ssn"] == "[masked]"
+    for refused in (large, chunked):
+        assert refused.status_code == 502
+        assert refused.json()["error"] == "response_not_maskable"
+        assert "streamed" in refused.json()["reason"]
+        assert "123-45-6789" not in refused.text
+    assert passed.status_code == 200 and passed.json()["ssn"] == "123-45-6789"
