@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
 from tests.support.gateway import GatewayProcess, free_port
@@ -129,15 +130,17 @@ def test_curl_goes_through_the_gateway_for_http_and_https(gateway, upstream, tls
     assert [r.path for r in upstream.received + tls_upstream.received] == ["/billing/c", "/billing/d"]
 
 
-def test_exec_refuses_without_the_token_or_the_gateway(gateway):
-    missing_token = portcullis_exec(gateway, "--identity", "billing-agent", "--", "true")
-    assert missing_token.returncode == 2
-    assert "needs its token in $PORTCULLIS_TOKEN" in missing_token.stderr
-    no_gateway = portcullis_exec(gateway, "--", "true", port=free_port())
-    assert no_gateway.returncode == 2
-    assert "no gateway is listening" in no_gateway.stderr
-    no_command = portcullis_exec(gateway)
-    assert no_command.returncode == 2
+def test_exec_refuses_without_the_token_or_the_gateway(gateway, monkeypatch, capsys):
+    # In-process: these return before the exec that would replace the test process.
+    monkeypatch.delenv("PORTCULLIS_TOKEN", raising=False)
+    common = ["exec", "--confdir", str(gateway.confdir)]
+    assert main([*common, "--listen", f"127.0.0.1:{gateway.port}", "--identity", "billing-agent",
+                 "--", "true"]) == 2
+    assert "needs its token in $PORTCULLIS_TOKEN" in capsys.readouterr().err
+    assert main([*common, "--listen", f"127.0.0.1:{free_port()}", "--", "true"]) == 2
+    assert "no gateway is listening" in capsys.readouterr().err
+    assert main([*common, "--listen", f"127.0.0.1:{gateway.port}"]) == 2
+    assert "no command given" in capsys.readouterr().err
 
 
 def test_exec_passes_the_exit_code_and_puts_credentials_in_the_proxy_url(gateway):
