@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from pathlib import Path
@@ -104,6 +105,8 @@ class ReviewServerAddon:
             self.approvals, reviewers,
             recorder=lambda: ctx.master.addons.get("portcullis_recorder"),
             allowed_hosts=_host_names(host, port),
+            # Streams end after this long and browsers reconnect (tests shorten it).
+            sse_lifetime=float(os.environ.get("PORTCULLIS_UI_SSE_LIFETIME", "300")),
         )
         try:
             self.server = make_server(host, port, app, threaded=True)

@@ -41,7 +41,7 @@ class Broker:
             current = self._seq
             self._subscribers.add(inbox)
         try:
-            yield f"retry: 1000\nid: {last_id if last_id is not None else current}\nevent: hello\ndata: {{}}\n\n"
+            yield f"retry: 500\nid: {last_id if last_id is not None else current}\nevent: hello\ndata: {{}}\n\n"
             for item in missed:
                 yield _format(item)
             deadline = time.monotonic() + lifetime
