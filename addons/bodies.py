@@ -84,7 +84,11 @@ def rewrite(content: bytes, content_type: str, edit_json: JsonEdit, edit_text: T
     if kind is Kind.JSON:
         try:
             document = parse_json(content)
-        except ValueError:  # labelled JSON but is not: only text masks can apply
+        except ValueError as exc:  # labelled JSON but is not: only text masks can apply...
+            if content.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] in (b"{", b"["):
+                # ...unless it is JSON-shaped: a lenient client (JSON5, comments, trailing
+                # commas) would still read the values a path mask should have hidden.
+                raise Unparseable(f"JSON-shaped body that does not parse: {exc}") from None
             kind = Kind.TEXT
         else:
             new, changed = edit_json(document)
@@ -129,10 +133,9 @@ def parse_json(content: bytes | str) -> Any:
     """Parse JSON (UTF-8/16/32, BOM tolerated). Raises ValueError if it is not JSON,
     Unparseable if it is nested too deeply to handle."""
     if isinstance(content, bytes):
-        try:
-            content = content.decode(json.detect_encoding(content))
-        except UnicodeDecodeError as exc:
-            raise ValueError(str(exc)) from None
+        # Invalid bytes become U+FFFD, as a lenient client would read them: the values
+        # around them must still be masked (hardening: invalid UTF-8 must not hide JSON).
+        content = content.decode(json.detect_encoding(content), "replace")
     try:
         return json.loads(content.lstrip("\ufeff"), parse_float=_parse_float)
     except RecursionError:
