@@ -15,14 +15,33 @@ import duckdb
 import pytest
 import requests
 
+from tests.support.gateway import free_port
 from tests.support.review import ReviewRig
+from tests.support.upstream import UpstreamServer
 
 REFUND = {"amount": 250, "order": "A-7"}
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
-    rig = ReviewRig(tmp_path_factory.mktemp("approvals"), confdir)
+def webhooks() -> Iterator[UpstreamServer]:
+    """Receives the gateway's notifications (a real HTTP server)."""
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir, webhooks: UpstreamServer) -> Iterator[ReviewRig]:
+    notify = f"""
+        notify:
+          - url: {webhooks.url("/hook")}
+          - url: {webhooks.url("/slack")}
+            format: slack
+            events: [held, approved]
+          - url: http://127.0.0.1:{free_port()}/nobody-listens
+            events: [expired]
+    """
+    rig = ReviewRig(tmp_path_factory.mktemp("approvals"), confdir, extra_rules=notify)
     yield rig
     rig.stop()
 
@@ -66,6 +85,33 @@ def test_wait_mode_approval_forwards_and_returns_the_upstream_response(rig: Revi
     assert ("held", "gateway") in trail and ("approved", "bob") in trail
     approved_event = next(e for e in events_of(rig, hold["flow_id"]) if e["kind"] == "approved")
     assert approved_event["detail"]["comment"] == "refund confirmed with the customer"
+
+
+def test_webhooks_are_told_about_holds_and_decisions(rig: ReviewRig, webhooks: UpstreamServer):
+    call = rig.agent("POST", "/v1/refunds?t=notify", json=REFUND)
+    hold = rig.wait_held("/v1/refunds?t=notify")
+    rig.approve("alice", hold["flow_id"], "fine")
+    call.result(timeout=10)
+
+    def posted(path: str, kind: str | None = None) -> list:
+        return [r.json() for r in webhooks.received if r.path == path and hold["flow_id"] in r.body.decode()
+                and (kind is None or r.json().get("event") == kind)]
+
+    held = rig.wait_for(lambda: posted("/hook", "held"), what="held webhook")[0]
+    assert held["review_url"] == f"{rig.ui_url}/flows/{hold['flow_id']}"
+    assert held["reason"] == "Refunds over $100 need a finance lead" and held["identity"] == "billing-agent"
+    approved = rig.wait_for(lambda: posted("/hook", "approved"), what="approved webhook")[0]
+    assert approved["decided_by"] == "alice"
+    slack = rig.wait_for(lambda: len(posted("/slack")) == 2 and posted("/slack"), what="slack webhooks")
+    assert all(set(m) == {"text"} for m in slack)
+    assert any("approved by alice" in m["text"] and hold["flow_id"] in m["text"] for m in slack)
+
+
+def test_a_dead_webhook_is_retried_and_logged_without_blocking(rig: ReviewRig):
+    response = rig.call("POST", "/v1/quick?t=dead-hook", json={})
+    assert response.json()["error"] == "approval_expired"
+    assert rig.call("GET", "/v1/customers?t=dead-hook", timeout=5).status_code == 200
+    rig.gateway.wait_for_output("nobody-listens: giving up after 3 attempts", timeout=15)
 
 
 def test_rejection_is_a_403_with_reviewer_and_comment(rig: ReviewRig):

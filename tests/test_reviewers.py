@@ -1,0 +1,71 @@
+"""The reviewers file and `portcullis reviewer add`: only hashes at rest, constant-time checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gateway.settings import PROJECT_ROOT
+from review_ui.reviewers import ReviewersError, ReviewerStore, add_reviewer, verify_secret
+
+
+def test_add_then_authenticate_by_password_and_token(tmp_path):
+    path = tmp_path / "reviewers.yaml"
+    password, token = add_reviewer(path, "alice", ["finance-leads"], "a-long-password")
+    assert password == "a-long-password" and token.startswith("pcr_")
+    text = path.read_text()
+    assert "a-long-password" not in text and token.split("_", 2)[2] not in text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    store = ReviewerStore(path)
+    assert store.authenticate("alice", "a-long-password").groups == frozenset({"finance-leads"})
+    assert store.authenticate("alice", "wrong") is None
+    assert store.authenticate("mallory", "a-long-password") is None
+    assert store.by_token(token).name == "alice"
+    assert store.by_token(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert store.by_token("pcr_zz_nope") is None and store.by_token("garbage") is None
+
+
+def test_file_changes_apply_without_restart_and_revoke_cached_tokens(tmp_path):
+    path = tmp_path / "reviewers.yaml"
+    _, token = add_reviewer(path, "alice", ["a"], "a-long-password")
+    store = ReviewerStore(path)
+    assert store.by_token(token) is not None  # now cached
+    add_reviewer(path, "bob", ["b"], "another-password")
+    assert store.get("bob") is not None
+    _, new_token = add_reviewer(path, "alice", ["a"], "a-new-password", replace=True)
+    assert store.by_token(token) is None and store.by_token(new_token).name == "alice"
+
+
+def test_duplicates_need_replace(tmp_path):
+    path = tmp_path / "reviewers.yaml"
+    add_reviewer(path, "alice", [], "a-long-password", token=False)
+    with pytest.raises(ReviewersError, match="already exists"):
+        add_reviewer(path, "alice", [], "a-long-password")
+
+
+def test_verify_secret_rejects_malformed_hashes():
+    assert not verify_secret("x", "md5$abc")
+    assert not verify_secret("x", "scrypt$notanumber$8$1$AA==$AA==")
+
+
+def test_cli_generates_password_and_token_once(tmp_path):
+    path = tmp_path / "reviewers.yaml"
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "reviewer", "add", "carol", "--groups", "oncall, security",
+         "--file", str(path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+        env={**os.environ},
+    )
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(": ", 1) for line in run.stdout.splitlines())
+    store = ReviewerStore(path)
+    assert store.authenticate("carol", lines["password"]).groups == frozenset({"oncall", "security"})
+    assert store.by_token(lines["api token"]).name == "carol"
+    again = subprocess.run(
+        [sys.executable, "-m", "gateway", "reviewer", "add", "carol", "--file", str(path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr
