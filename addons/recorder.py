@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -64,6 +65,7 @@ class RecorderAddon:
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._held: set[str] = set()
         self._secrets: OrderedDict[str, None] = OrderedDict()
+        self._known: tuple[str, ...] = ()
         self._subscribed = False
 
     # --- options ------------------------------------------------------------------
@@ -250,7 +252,7 @@ class RecorderAddon:
             return
         state = state_of(flow)
         self._remember_secrets(state)
-        self.writer.put_flow(rows.flow_row(flow, state, decision, self.max_body, self._secrets))
+        self.writer.put_flow(rows.flow_row(flow, state, decision, self.max_body, self._known))
 
     def _refuse(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -279,11 +281,15 @@ class RecorderAddon:
             return False
 
     def _remember_secrets(self, state: flowstate.FlowState) -> None:
+        """Secrets seen in any flow are redacted everywhere (an event may quote another flow's)."""
+        if all(secret in self._secrets for secret in state.secrets):
+            return
         for secret in state.secrets:
             self._secrets[secret] = None
             self._secrets.move_to_end(secret)
         while len(self._secrets) > MAX_KNOWN_SECRETS:
             self._secrets.popitem(last=False)
+        self._known = tuple(self._secrets)  # an immutable snapshot other threads can read
 
     def _on_event(self, event: Event) -> None:
         """An audit event from any addon (any thread): redact, then queue."""
@@ -291,9 +297,8 @@ class RecorderAddon:
             return
         if event.kind == "held":
             self._held.add(event.flow_id)
-        secrets = set(self._secrets)
         flow = self._inflight.get(event.flow_id)
-        if flow is not None and has_state(flow):
-            secrets |= state_of(flow).secrets
-        self.writer.put_event(rows.event_row(event.flow_id, event.kind, event.at, event.actor,
-                                             event.detail, rows.Redactor(secrets)))
+        secrets = self._known + tuple(state_of(flow).secrets if flow is not None and has_state(flow) else ())
+        # Encoding and redaction happen on the writer thread, not on the event loop.
+        self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
+                                      event.detail, secrets))

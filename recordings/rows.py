@@ -77,6 +77,17 @@ def headers_json(fields: HeaderFields, redactor: Redactor, hidden: frozenset[str
     return json.dumps(out, ensure_ascii=False)
 
 
+def hidden_values(fields: HeaderFields, hidden: frozenset[str]) -> set[str]:
+    """The values of redacted headers, whole and without their scheme ("Bearer x" -> "x")."""
+    values: set[str] = set()
+    for raw_name, raw_value in fields:
+        if raw_name.decode("latin-1").lower() in hidden:
+            value = raw_value.decode("utf-8", "replace").strip()
+            values.add(value)
+            values.update(part for part in value.replace(";", " ").split()[1:] if len(part) >= 8)
+    return values
+
+
 def body_columns(raw: bytes | None, content_encoding: str | None, cap: int,
                  redactor: Redactor) -> tuple[str | None, bytes | None, int | None, bool]:
     """(text, blob, size, truncated) for a body: text when it is UTF-8, else a blob."""
@@ -113,6 +124,13 @@ def _as_text(data: bytes, truncated: bool) -> str | None:
         return None
 
 
+def _content_encoding(fields: HeaderFields) -> str | None:
+    for name, value in fields:
+        if name.lower() == b"content-encoding":
+            return value.decode("latin-1")
+    return None
+
+
 def _addr(address: Any) -> str | None:
     if not address:
         return None
@@ -141,22 +159,23 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
         "replay_of": state.replay_of, "masked": state.masked,
     }
     secret_list = set(secrets) | set(state.secrets)
-    request_parts = (request.headers.fields, request.raw_content, request.headers.get("content-encoding"))
-    response_parts = (response.headers.fields, response.raw_content,
-                      response.headers.get("content-encoding")) if response else None
+    request_parts = (request.headers.fields, request.raw_content)
+    response_parts = (response.headers.fields, response.raw_content) if response else None
 
     def make() -> dict[str, Any]:
-        redactor = Redactor(secret_list)
+        # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
+        redactor = Redactor(secret_list | hidden_values(request_parts[0], hidden)
+                            | (hidden_values(response_parts[0], hidden) if response_parts else set()))
         row = dict(snapshot)
         row["path"], row["query"] = redactor.text(path), redactor.text(query) if query else None
         row["host"] = redactor.text(row["host"])
         for prefix, parts in (("request", request_parts), ("response", response_parts)):
             if parts is None:
                 continue
-            fields, raw, content_encoding = parts
+            fields, raw = parts
             row[f"{prefix}_headers"] = headers_json(fields, redactor, hidden)
             (row[f"{prefix}_body"], row[f"{prefix}_body_blob"], row[f"{prefix}_size"],
-             row[f"{prefix}_truncated"]) = body_columns(raw, content_encoding, cap, redactor)
+             row[f"{prefix}_truncated"]) = body_columns(raw, _content_encoding(fields), cap, redactor)
         for name in ("reason", "error", "session_id", "identity", "actor"):
             if isinstance(row[name], str):
                 row[name] = redactor.text(row[name])
@@ -166,9 +185,10 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
 
 
 def event_row(flow_id: str, kind: str, at: float, actor: str, detail: dict[str, Any],
-              redactor: Redactor) -> dict[str, Any]:
+              secrets: Iterable[str], seq: int) -> dict[str, Any]:
+    redactor = Redactor(secrets)
     return {
-        "flow_id": flow_id, "at": micros(at), "actor": redactor.text(str(actor)), "kind": kind,
+        "seq": seq, "flow_id": flow_id, "at": micros(at), "actor": redactor.text(str(actor)), "kind": kind,
         # Round-trip first so that values only str() can render are redacted too.
         "detail": json.dumps(redactor.deep(json.loads(json.dumps(detail, default=str))),
                              ensure_ascii=False),

@@ -39,6 +39,12 @@ class Barrier:
     callback: Callable[[bool], None]
 
 
+@dataclass
+class _Event:
+    seq: int
+    make: Callable[[int], dict[str, Any]]
+
+
 _STOP = object()
 
 
@@ -57,7 +63,7 @@ class Writer:
         self.dropped = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._flows: list[RowMaker | dict[str, Any]] = []
-        self._events: list[dict[str, Any]] = []
+        self._events: list[_Event | dict[str, Any]] = []
         self._waiters: list[Barrier] = []
         self._retry_at = 0.0
         self._next_retention = time.time() + 86_400
@@ -76,9 +82,9 @@ class Writer:
         """Queue a flows row; ``make_row`` runs on the writer thread (encoding costs CPU)."""
         self._queue.put(make_row)
 
-    def put_event(self, row: dict[str, Any]) -> None:
-        row["seq"] = next(self._seq)  # itertools.count is atomic under the GIL
-        self._queue.put(row)
+    def put_event(self, make_row: Callable[[int], dict[str, Any]]) -> None:
+        """Queue an events row; ``make_row(seq)`` runs on the writer thread."""
+        self._queue.put(_Event(next(self._seq), make_row))  # count() is atomic under the GIL
 
     def barrier(self, callback: Callable[[bool], None]) -> None:
         self._queue.put(Barrier(callback))
@@ -170,19 +176,20 @@ class Writer:
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("recording: %d rows dropped: writing has failed for too long (%s)",
                           self.dropped, self.failure)
-        elif callable(item):
-            self._flows.append(item)
-        else:
+        elif isinstance(item, _Event):
             self._events.append(item)
+        else:
+            self._flows.append(item)
 
     def _flush(self, cur: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         # Encode once: a failed batch is retried with the rows already built.
         flows = self._flows = [row for row in map(self._make, self._flows) if row is not None]
+        events = self._events = [row for row in map(self._make, self._events) if row is not None]
         try:
-            self.store.insert(cur, flows, self._events)
+            self.store.insert(cur, flows, events)
         except (duckdb.Error, StoreError) as exc:
             return self._failed(cur, exc)
-        self.written += len(flows) + len(self._events)
+        self.written += len(flows) + len(events)
         self._flows.clear()
         self._events.clear()
         if not self.healthy:
@@ -191,13 +198,13 @@ class Writer:
         self._answer_waiters(True)
         return cur
 
-    def _make(self, make_row: RowMaker | dict[str, Any]) -> dict[str, Any] | None:
-        if not callable(make_row):
-            return make_row  # already built (a retry)
+    def _make(self, item: RowMaker | _Event | dict[str, Any]) -> dict[str, Any] | None:
+        if isinstance(item, dict):
+            return item  # already built (a retry)
         try:
-            return make_row()
-        except Exception:  # noqa: BLE001 - a bug in encoding one flow must not stop recording
-            log.exception("recording: could not encode a flow row")
+            return item.make(item.seq) if isinstance(item, _Event) else item()
+        except Exception:  # noqa: BLE001 - a bug in encoding one row must not stop recording
+            log.exception("recording: could not encode a row")
             return None
 
     def _failed(self, cur: duckdb.DuckDBPyConnection, exc: Exception) -> duckdb.DuckDBPyConnection:

@@ -1,0 +1,263 @@
+"""Recording benchmarks (self-contained): python -m bench.recording [--quick]
+
+1. Proxy throughput with recording on vs off: the same gateway command with
+   ``--db FILE`` and with ``--db ''``, measured alternately (A B A B ...) with the same
+   keep-alive clients against the same local upstream. Target: on/off >= 0.9.
+2. A 1,000,000-flow recording (synthetic rows of realistic size, 4 events each):
+   bulk-insert rate, file size, and the time of every example query in
+   docs/recording.md plus ``Store.flow(id)``. Target: each query < 1 s.
+
+Numbers are printed and written to bench/results/recording.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from recordings.store import Store, micros
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "recording.md"
+RESULTS = ROOT / "bench" / "results" / "recording.json"
+RULES = """
+version: 1
+default: allow
+rules:
+  - name: no-admin
+    match: {path: "/admin/**"}
+    action: block
+    reason: admin is off limits
+"""
+
+
+# --- 1. throughput ---------------------------------------------------------------------
+
+def _serve_upstream(port_queue: multiprocessing.Queue) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.support.upstream import Canned, UpstreamServer
+
+    server = UpstreamServer()
+    server.routes["/small"] = Canned(200, {"ok": True, "items": list(range(20))})
+    server.received = _Discard()  # do not grow a list for the whole benchmark
+    port_queue.put(server.port)
+    server.serve_forever()
+
+
+class _Discard(list):
+    def append(self, item: object) -> None:
+        pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_gateway(workdir: Path, db: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    rules = workdir / "rules.yaml"
+    rules.write_text(textwrap.dedent(RULES))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--listen", f"127.0.0.1:{port}", "--rules", str(rules),
+         "--confdir", str(workdir / "conf"), "--db", db, "--ui", "off", "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in process.stdout:
+        if "Portcullis gateway ready" in line:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+    return process, port
+
+
+def _load(proxy_port: int, upstream_port: int, clients: int, seconds: float) -> float:
+    """Requests per second completed by ``clients`` keep-alive clients for ``seconds``."""
+    counts = [0] * clients
+    errors = [0] * clients
+    stop = time.monotonic() + seconds
+    url_ok = f"http://127.0.0.1:{upstream_port}/small"
+    url_blocked = f"http://127.0.0.1:{upstream_port}/admin/x"
+
+    def run(index: int) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            session.proxies = {"http": f"http://127.0.0.1:{proxy_port}"}
+            n = 0
+            while time.monotonic() < stop:
+                response = session.get(url_blocked if n % 10 == 9 else url_ok, timeout=30)
+                if response.status_code not in (200, 403):
+                    errors[index] += 1
+                counts[index] += 1
+                n += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if sum(errors):
+        raise RuntimeError(f"{sum(errors)} unexpected answers")
+    return sum(counts) / (time.monotonic() - started)
+
+
+def throughput(rounds: int, seconds: float, clients: int) -> dict:
+    ports: multiprocessing.Queue = multiprocessing.Queue()
+    upstream = multiprocessing.Process(target=_serve_upstream, args=(ports,), daemon=True)
+    upstream.start()
+    upstream_port = ports.get(timeout=30)
+    results: dict[str, list[float]] = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        gateways = {"on": _start_gateway(work, str(work / "bench.duckdb")), "off": _start_gateway(work, "")}
+        try:
+            for mode in ("on", "off"):  # warm up both
+                _load(gateways[mode][1], upstream_port, clients, 1.0)
+            for _ in range(rounds):
+                for mode in ("on", "off"):
+                    results[mode].append(_load(gateways[mode][1], upstream_port, clients, seconds))
+        finally:
+            for process, _ in gateways.values():
+                process.terminate()
+                process.wait(30)
+            upstream.terminate()
+        recorded = Store(work / "bench.duckdb", read_only=True)
+        flows = recorded.query("SELECT count(*) FROM flows")[1][0][0]
+        recorded.close()
+    on, off = statistics.median(results["on"]), statistics.median(results["off"])
+    return {"clients": clients, "seconds_per_round": seconds, "rounds": rounds,
+            "on_rps": results["on"], "off_rps": results["off"], "median_on_rps": round(on, 1),
+            "median_off_rps": round(off, 1), "ratio": round(on / off, 3), "flows_recorded": flows}
+
+
+# --- 2. a million flows ------------------------------------------------------------------
+
+HOSTS = [f"api{i}.example.com" for i in range(40)]
+IDENTITIES = [f"agent-{i}" for i in range(25)]
+DECISIONS = ["allowed"] * 90 + ["blocked"] * 6 + ["approved", "rejected", "expired", "error"]
+RULE_NAMES = [f"rule-{i}" for i in range(30)]
+
+
+def _synthetic(count: int, start: float, span_days: float, rng: random.Random) -> tuple[list, list]:
+    flows, events = [], []
+    body = json.dumps({"items": [{"id": i, "name": f"item {i}", "price": i * 1.5} for i in range(8)]})
+    for _ in range(count):
+        flow_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        started = start + rng.random() * span_days * 86_400
+        duration = rng.lognormvariate(3.5, 0.8)
+        decision = rng.choice(DECISIONS)
+        host = rng.choice(HOSTS)
+        method = rng.choice(["GET", "GET", "GET", "POST", "DELETE"])
+        rules = [rng.choice(RULE_NAMES)] if decision != "allowed" else []
+        flows.append({
+            "id": flow_id, "started_at": micros(started), "ended_at": micros(started + duration / 1000),
+            "duration_ms": duration, "identity": rng.choice(IDENTITIES), "client_addr": "127.0.0.1:50000",
+            "session_id": f"s{rng.randrange(50_000)}", "method": method, "scheme": "https", "host": host,
+            "port": 443, "path": f"/v1/items/{rng.randrange(10_000)}", "query": "page=1",
+            "request_headers": '{"host": "%s", "accept": "application/json", "authorization": "[redacted]"}' % host,
+            "request_body": '{"amount": %d}' % rng.randrange(5000) if method == "POST" else None,
+            "request_size": 16 if method == "POST" else 0, "request_truncated": False,
+            "status_code": 200 if decision in ("allowed", "approved") else 403,
+            "response_headers": '{"content-type": "application/json"}',
+            "response_body": body, "response_size": len(body), "response_truncated": False,
+            "decision": decision, "rules": rules, "reason": "blocked by rule" if rules else None,
+            "error": "upstream_unreachable" if decision == "error" else None, "masked": 0,
+        })
+        for offset, kind in enumerate(("received", "decided", "forwarded", "completed")):
+            events.append({"flow_id": flow_id, "at": micros(started + offset * 0.001), "actor": "gateway",
+                           "kind": kind, "detail": '{"status": 200}'})
+    return flows, events
+
+
+def doc_queries() -> list[tuple[str, str]]:
+    """(title, sql) of every example query in docs/recording.md."""
+    text = DOC.read_text()
+    found = re.findall(r"^### \d+\. (.+?)\n+```sql\n(.*?)```", text, flags=re.MULTILINE | re.DOTALL)
+    return [(title.strip(), sql.strip()) for title, sql in found]
+
+
+def million(total: int, batch: int = 50_000) -> dict:
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "million.duckdb"
+        store = Store(path)
+        cur = store.cursor()
+        insert_s = 0.0
+        seq = 1
+        start = time.time() - 90 * 86_400
+        sample_id = None
+        for offset in range(0, total, batch):
+            flows, events = _synthetic(min(batch, total - offset), start, 90, rng)
+            for event in events:
+                event["seq"] = seq
+                seq += 1
+            sample_id = sample_id or flows[len(flows) // 2]["id"]
+            began = time.perf_counter()
+            store.insert(cur, flows, events)
+            insert_s += time.perf_counter() - began
+        cur.execute("CHECKPOINT")
+        cur.close()
+        size = sum(p.stat().st_size for p in Path(tmp).glob("million.duckdb*"))
+        timings = {}
+        for title, sql in [*doc_queries(), ("Store.flow(id)", None)]:
+            runs = []
+            for _ in range(3):
+                began = time.perf_counter()
+                if sql is None:
+                    store.flow(sample_id)
+                else:
+                    store.query(sql)
+                runs.append(time.perf_counter() - began)
+            timings[title] = round(min(runs) * 1000, 1)
+        store.close()
+    return {"flows": total, "events": total * 4, "db_bytes": size, "db_mib": round(size / 2**20, 1),
+            "insert_rows_per_s": round(total * 5 / insert_s), "query_ms": timings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 100k flows")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-million", action="store_true")
+    args = parser.parse_args(argv)
+    report: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if not args.skip_throughput:
+        report["throughput"] = throughput(rounds=2 if args.quick else 4, seconds=3 if args.quick else 8,
+                                          clients=16)
+        t = report["throughput"]
+        print(f"throughput, {t['clients']} clients: recording on {t['median_on_rps']} req/s, "
+              f"off {t['median_off_rps']} req/s, ratio {t['ratio']}", flush=True)
+    if not args.skip_million:
+        report["million"] = m = million(100_000 if args.quick else 1_000_000)
+        print(f"{m['flows']} flows + {m['events']} events: {m['db_mib']} MiB, "
+              f"bulk insert {m['insert_rows_per_s']} rows/s")
+        for title, ms in m["query_ms"].items():
+            print(f"  {ms:8.1f} ms  {title}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

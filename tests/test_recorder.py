@@ -1,0 +1,339 @@
+"""The recorder end to end: a real gateway, real upstreams and clients, a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+import requests
+
+from recordings.control import ask
+from recordings.store import Store, micros
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Canned, UpstreamServer
+
+RULES = """
+    version: 1
+    default: allow
+    rules:
+      - name: no-deletes
+        match: {method: DELETE}
+        action: block
+        reason: Agents may not delete
+"""
+
+
+def sql(db: Path, query: str) -> list[tuple]:
+    """Rows through the same path as `portcullis sql` (the gateway's socket, or the file)."""
+    return [tuple(row) for row in ask(db, "/query", {"sql": query})["rows"]]
+
+
+def wait_for(db: Path, query: str, expected: list[tuple], timeout: float = 10) -> list[tuple]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = sql(db, query)
+        if rows == expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def client(gateway: GatewayProcess) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"http": gateway.proxy_url, "https": gateway.proxy_url}
+    return session
+
+
+def start(tmp: Path, confdir: Path, *args: str, rules: str = RULES,
+          env: dict[str, str] | None = None) -> GatewayProcess:
+    path = tmp / f"rules-{uuid.uuid4().hex[:8]}.yaml"
+    path.write_text(textwrap.dedent(rules))
+    return GatewayProcess(path, confdir, list(args), env).start()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, confdir, upstream) -> Iterator[GatewayProcess]:
+    gw = start(tmp_path_factory.mktemp("recorder"), confdir, "--max-body-record", "4096")
+    yield gw
+    gw.stop()
+
+
+def test_row_counts_match_requests_under_concurrency(gateway, upstream):
+    session_id = f"load-{uuid.uuid4().hex}"
+    clients, per_client = 20, 200
+    failures: list[str] = []
+
+    def agent() -> None:
+        with client(gateway) as http:
+            for index in range(per_client):
+                response = http.get(upstream.url(f"/load/{index}"),
+                                    headers={"X-Portcullis-Session": session_id}, timeout=30)
+                if response.status_code != 200:
+                    failures.append(response.text)
+
+    threads = [threading.Thread(target=agent) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    total = clients * per_client
+    assert wait_for(gateway.db, f"SELECT count(*), count(DISTINCT id) FROM flows "
+                                f"WHERE session_id = '{session_id}'", [(total, total)]) == [(total, total)]
+    received = sql(gateway.db, f"""
+        SELECT count(*) FROM events e JOIN flows f ON f.id = e.flow_id
+        WHERE f.session_id = '{session_id}' AND e.kind = 'received'""")
+    assert received == [(total,)]
+
+
+def test_allowed_flow_has_every_column(gateway, upstream):
+    upstream.routes["/v1/orders"] = Canned(201, {"ok": True, "note": "ünï"})
+    response = client(gateway).post(
+        upstream.url("/v1/orders?page=2&q=x"), json={"amount": 10},
+        headers={"X-Portcullis-Session": "s-allowed", "X-Custom": "kept"}, timeout=10)
+    assert response.status_code == 201
+    flow_id = response.headers["X-Portcullis-Flow-Id"]
+    row = wait_flow(gateway.db, flow_id)
+    assert row["decision"] == "allowed"
+    assert (row["method"], row["scheme"], row["host"], row["port"]) == ("POST", "http", "127.0.0.1", upstream.port)
+    assert (row["path"], row["query"]) == ("/v1/orders", "page=2&q=x")
+    assert row["session_id"] == "s-allowed"
+    assert row["identity"] == "anonymous"
+    assert row["client_addr"].startswith("127.0.0.1:")
+    assert row["status_code"] == 201
+    assert json.loads(row["request_body"]) == {"amount": 10}
+    assert row["request_size"] == len(b'{"amount": 10}')
+    assert json.loads(row["response_body"]) == {"ok": True, "note": "ünï"}
+    assert row["response_size"] == len(response.content)
+    request_headers = json.loads(row["request_headers"])
+    assert request_headers["x-custom"] == "kept"
+    assert "x-portcullis-session" not in request_headers  # stripped before forwarding
+    assert json.loads(row["response_headers"])["x-portcullis-decision"] == "allowed"
+    assert row["started_at"] <= row["ended_at"] and row["duration_ms"] >= 0
+    assert row["rules"] == [] and row["error"] is None and row["replay_of"] is None
+    assert (row["request_truncated"], row["response_truncated"], row["masked"]) == (False, False, 0)
+    kinds = [kind for (kind,) in sql(gateway.db, f"SELECT kind FROM events WHERE flow_id = '{flow_id}' ORDER BY seq")]
+    assert kinds[:3] == ["received", "decided", "forwarded"] and "completed" in kinds
+
+
+def wait_flow(db: Path, flow_id: str) -> dict:
+    deadline = time.monotonic() + 10
+    while True:
+        result = ask(db, "/query", {"sql": f"SELECT * FROM flows WHERE id = '{flow_id}'"})
+        if result["rows"] or time.monotonic() > deadline:
+            assert result["rows"], f"flow {flow_id} was not recorded"
+            return dict(zip(result["columns"], result["rows"][0], strict=True))
+        time.sleep(0.05)
+
+
+def test_blocked_flow_is_on_disk_before_the_denial_arrives(gateway, upstream):
+    response = client(gateway).delete(upstream.url("/v1/tables/users"), timeout=10)
+    assert response.status_code == 403
+    flow_id = response.json()["flow_id"]
+    # No waiting: the denial is only sent once its row is committed.
+    rows = sql(gateway.db, f"SELECT decision, rules, reason, status_code, response_body "
+                           f"FROM flows WHERE id = '{flow_id}'")
+    assert len(rows) == 1
+    decision, rules, reason, status, body = rows[0]
+    assert (decision, rules, reason, status) == ("blocked", ["no-deletes"], "Agents may not delete", 403)
+    assert json.loads(body)["flow_id"] == flow_id
+
+
+def test_upstream_down_is_recorded_as_error(gateway):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        response = client(gateway).get(f"http://127.0.0.1:{port}/v1/x", timeout=10)
+        assert response.status_code == 502
+        flow_id = response.headers.get("X-Portcullis-Flow-Id") or response.json()["flow_id"]
+    row = wait_flow(gateway.db, flow_id)
+    assert row["decision"] == "error"
+    assert row["error"] and row["port"] == port and row["status_code"] is None
+    assert row["path"] == "/v1/x"
+
+
+def test_connection_reset_is_recorded_as_error(gateway):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def reset_everything() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        # SO_LINGER 0: close() sends RST instead of FIN.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+
+    threading.Thread(target=reset_everything, daemon=True).start()
+    try:
+        response = client(gateway).get(f"http://127.0.0.1:{listener.getsockname()[1]}/reset", timeout=10)
+    finally:
+        listener.close()
+    assert response.status_code == 502
+    row = wait_flow(gateway.db, response.json()["flow_id"])
+    assert row["decision"] == "error" and row["error"] and row["path"] == "/reset"
+
+
+def test_large_and_binary_bodies_are_capped_not_dropped(gateway, upstream):
+    binary = bytes(range(256)) * 40  # 10240 bytes with NULs
+    upstream.routes["/bin"] = Canned(200, binary, {"Content-Type": "application/octet-stream"})
+    response = client(gateway).post(upstream.url("/bin"), data="é" * 5000, timeout=10)  # 10000 bytes
+    assert response.content == binary
+    row = wait_flow(gateway.db, response.headers["X-Portcullis-Flow-Id"])
+    assert (row["request_size"], row["request_truncated"]) == (10_000, True)
+    assert row["request_body"] == "é" * 2048  # 4096 bytes, cut on a character boundary
+    assert (row["response_size"], row["response_truncated"], row["response_body"]) == (10_240, True, None)
+    assert row["response_body_blob"].startswith("base64:")
+
+
+def test_no_secret_reaches_the_disk(tmp_path, confdir, upstream):
+    injected, agent_token, cookie = (f"{name}-{uuid.uuid4().hex}" for name in ("inj", "tok", "ck"))
+    marker = f"visible-{uuid.uuid4().hex}"  # proves the grep can see recorded text at all
+    rules = textwrap.dedent(RULES) + textwrap.dedent("""
+        credentials:
+          - name: test-key
+            match: {path: "/secret/**"}
+            set_header: {X-Api-Key: "${env:PORTCULLIS_TEST_KEY}"}
+            query: {api_key: "${env:PORTCULLIS_TEST_KEY}"}
+            plain_http: true
+    """)
+    upstream.routes["/secret/login"] = Canned(200, {"ok": True},
+                                              {"Set-Cookie": f"session={cookie}; HttpOnly"})
+    gw = start(tmp_path, confdir, rules=rules, env={"PORTCULLIS_TEST_KEY": injected})
+    try:
+        http = client(gw)
+        for path in ("/secret/echo", "/secret/login"):
+            response = http.post(upstream.url(f"{path}?m={marker}"), json={"marker": marker},
+                                 headers={"Authorization": f"Bearer {agent_token}",
+                                          "Cookie": f"sid={cookie}", "X-Marker": marker}, timeout=10)
+            assert response.status_code == 200
+        assert any(injected in r.path for r in upstream.received)  # it really was injected
+        row = wait_flow(gw.db, response.headers["X-Portcullis-Flow-Id"])
+        assert json.loads(row["request_headers"])["x-api-key"] == "[redacted]"
+        assert json.loads(row["response_headers"])["set-cookie"] == "[redacted]"
+        live = _raw_bytes(gw.db)
+        assert marker.encode() in live
+    finally:
+        assert gw.stop() == 0
+    on_disk = _raw_bytes(gw.db)
+    assert marker.encode() in on_disk
+    for secret in (injected, agent_token, cookie):
+        assert secret.encode() not in live
+        assert secret.encode() not in on_disk
+
+
+def _raw_bytes(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file())
+
+
+def test_retention_runs_on_start_and_says_what_it_deleted(tmp_path, confdir):
+    db = tmp_path / "old.duckdb"
+    store = Store(db)
+    now = time.time()
+    cur = store.cursor()
+    store.insert(cur, [{"id": "ancient", "started_at": micros(now - 40 * 86_400), "decision": "allowed"},
+                       {"id": "recent", "started_at": micros(now - 86_400), "decision": "allowed"}],
+                 [{"seq": 1, "flow_id": "ancient", "at": micros(now - 40 * 86_400), "kind": "received"},
+                  {"seq": 2, "flow_id": "recent", "at": micros(now - 86_400), "kind": "received"}])
+    cur.close()
+    store.close()
+    gw = start(tmp_path, confdir, "--db", str(db), "--retain-days", "30")
+    try:
+        gw.wait_for_output("deleted 1 flows and 1 events")
+        assert sql(db, "SELECT id FROM flows") == [("recent",)]
+        assert sql(db, "SELECT flow_id FROM events") == [("recent",)]
+    finally:
+        gw.stop()
+
+
+def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, confdir, upstream):
+    upstream.routes["/slow"] = lambda seen: (time.sleep(0.3), Canned(200, b"slow"))[1]
+    gw = start(tmp_path, confdir)
+    completed: list[tuple[str, float]] = []
+    stop = threading.Event()
+
+    def agent(path: str) -> None:
+        with client(gw) as http:
+            while not stop.is_set():
+                try:
+                    response = http.get(upstream.url(path), timeout=5)
+                except requests.RequestException:
+                    return  # the gateway died
+                completed.append((response.headers["X-Portcullis-Flow-Id"], time.time()))
+
+    threads = [threading.Thread(target=agent, args=(p,)) for p in ["/fast"] * 6 + ["/slow"] * 2]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.5)
+    assert gw.process is not None
+    gw.process.kill()
+    killed_at = time.time()
+    gw.process.wait(10)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    must_have = {flow_id for flow_id, at in completed if at <= killed_at - 1}
+    assert len(must_have) > 50
+    con = duckdb.connect(str(gw.db), read_only=True)  # reopens without error (WAL replayed)
+    recorded = {flow_id for (flow_id,) in con.execute("SELECT id FROM flows").fetchall()}
+    con.close()
+    assert must_have - recorded == set()
+
+    again = start(tmp_path, confdir, "--db", str(gw.db))
+    try:
+        lost = sql(again.db, """SELECT count(*) FROM events e WHERE kind = 'received'
+                               AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = e.flow_id)""")
+        assert lost == [(0,)]
+        restarted = sql(again.db, "SELECT decision, count(*) FROM flows "
+                                  "WHERE reason = 'gateway_restart' GROUP BY ALL")
+        assert all(decision == "error" for decision, _ in restarted)
+    finally:
+        again.stop()
+
+
+def test_when_recording_fails_forwarding_stops_and_resumes(tmp_path, confdir, upstream):
+    import resource
+
+    gw = start(tmp_path, confdir)
+    assert gw.process is not None
+    http = client(gw)
+    assert http.get(upstream.url("/before"), timeout=10).status_code == 200
+    soft, hard = resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE)
+    forwarded = len(upstream.received)
+    try:
+        # A real write failure: the kernel refuses to grow any file of the gateway process.
+        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (1, hard))
+        refused = http.get(upstream.url("/during"), timeout=10)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "recording_unavailable"
+        assert len(upstream.received) == forwarded  # not forwarded
+        gw.wait_for_output("recording failed")
+        again = http.get(upstream.url("/during"), timeout=10)
+        assert again.status_code == 503
+    finally:
+        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
+    gw.wait_for_output("recording works again")
+    deadline = time.monotonic() + 10
+    while (after := http.get(upstream.url("/after"), timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, after.text
+        time.sleep(0.2)
+    rows = wait_for(gw.db, "SELECT path, decision, reason FROM flows WHERE path = '/during'",
+                    [("/during", "error", "recording_unavailable")] * 2)
+    assert rows == [("/during", "error", "recording_unavailable")] * 2
+    gw.stop()
