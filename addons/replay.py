@@ -73,6 +73,7 @@ class Ticket:
     rules: list[str] = field(default_factory=list)
     reason: str | None = None
     error: str | None = None
+    approved_by: str | None = None
     _settled: threading.Event = field(default_factory=threading.Event, repr=False)
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -95,12 +96,15 @@ class Ticket:
             "rules": list(self.rules),
             "reason": self.reason,
             "error": self.error,
+            "approved_by": self.approved_by,
             "original": dict(self.original),
         }
 
-    def mark_held(self) -> None:
+    def mark_held(self, rule: str | None, reason: str | None) -> None:
         if self.state == "pending":
             self.state = "held"
+            self.rules = [rule] if rule else self.rules
+            self.reason = reason
             self._settled.set()
 
     def finish(self, state: FlowState, flow: http.HTTPFlow) -> None:
@@ -272,7 +276,7 @@ class ReplayAddon:
             return
         ticket = self.get(event.flow_id)
         if ticket is not None:
-            ticket.mark_held()
+            ticket.mark_held(event.detail.get("rule"), event.detail.get("reason"))
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -284,8 +288,14 @@ class ReplayAddon:
         if not flow.is_replay:
             return
         ticket = self.get(flow.id)
-        if ticket is not None and ticket.state != "done":
-            ticket.finish(state_of(flow), flow)
+        if ticket is None or ticket.state == "done":
+            return
+        state = state_of(flow)
+        if state.actor and state.actor != ticket.actor:
+            # An approver replaced the actor; the row names who replayed, the events who approved.
+            ticket.approved_by = state.actor
+        state.actor = ticket.actor
+        ticket.finish(state, flow)
 
 
 def _groups_of(identity: str) -> frozenset[str]:
