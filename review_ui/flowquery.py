@@ -22,7 +22,7 @@ PAGE_SIZE = 50
 PAGE_SIZE_MAX = 500
 #: Columns the flows table shows (never the bodies: those are for the detail page).
 LIST_COLUMNS = ("id", "started_at", "duration_ms", "identity", "session_id", "client_addr", "method",
-                "scheme", "host", "port", "path", "status_code", "decision", "rules", "reason",
+                "scheme", "host", "port", "path", "query", "status_code", "decision", "rules", "reason",
                 "actor", "replay_of", "masked")
 DECISIONS = ("allowed", "blocked", "approved", "rejected", "expired", "abandoned", "error")
 _STATUS = re.compile(r"^([1-5])(?:xx|XX)$|^([1-5][0-9]{2})$")
