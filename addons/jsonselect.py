@@ -11,7 +11,7 @@ the cost; filters are still evaluated by jsonpath-ng, one candidate container at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jsonpath_ng import jsonpath as jp
 from jsonpath_ng.ext.filter import Filter
@@ -25,8 +25,7 @@ Key = str | int
 Link = tuple[Any, Key] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """A selected value: ``parent[key] is value`` (parent is None for the document root)."""
 
     parent: Any
@@ -36,12 +35,15 @@ class Location:
 
     @property
     def path(self) -> tuple[Key, ...]:
-        parts: list[Key] = []
-        link = self.link
-        while link is not None:
-            link, key = link
-            parts.append(key)
-        return tuple(reversed(parts))
+        return path_of(self.link)
+
+
+def path_of(link: Link) -> tuple[Key, ...]:
+    parts: list[Key] = []
+    while link is not None:
+        link, key = link
+        parts.append(key)
+    return tuple(reversed(parts))
 
 
 SUPPORTED = (jp.Root, jp.Child, jp.Fields, jp.Wildcard, jp.Index, jp.Slice, jp.Descendants, Filter)
@@ -166,24 +168,22 @@ def _descendants(right: Any, starts: list[Location], root: Any) -> list[Location
     depth first in document order (the order jsonpath-ng reports)."""
     names = right.fields if isinstance(right, jp.Fields) and not right._deprecated_wildcard_use else None
     out: list[Location] = []
-    stack = list(reversed(starts))
+    # (value, link) pairs rather than Locations: most visited nodes are not selected.
+    stack: list[tuple[Any, Link]] = [(loc.value, loc.link) for loc in reversed(starts)]
     while stack:
-        loc = stack.pop()
-        value = loc.value
+        value, link = stack.pop()
         if isinstance(value, dict):
             if names is not None:
-                out.extend(Location(value, f, value[f], (loc.link, f)) for f in names if f in value)
+                out.extend(Location(value, f, value[f], (link, f)) for f in names if f in value)
             else:
-                out.extend(_step(right, loc, root))
-            items = list(value.items())
-            stack.extend(Location(value, k, v, (loc.link, k)) for k, v in reversed(items) if isinstance(v, dict | list))
+                out.extend(_step(right, Location(None, None, value, link), root))
+            stack.extend((v, (link, k)) for k, v in reversed(value.items()) if isinstance(v, dict | list))
         elif isinstance(value, list):
             if names is None:
-                out.extend(_step(right, loc, root))
+                out.extend(_step(right, Location(None, None, value, link), root))
             stack.extend(
-                Location(value, i, value[i], (loc.link, i))
-                for i in range(len(value) - 1, -1, -1) if isinstance(value[i], dict | list)
+                (value[i], (link, i)) for i in range(len(value) - 1, -1, -1) if isinstance(value[i], dict | list)
             )
         elif names is None:
-            out.extend(_step(right, loc, root))
+            out.extend(_step(right, Location(None, None, value, link), root))
     return out

@@ -99,5 +99,5 @@ class Pseudonyms:
         return self._key
 
     def token(self, value: Any, prefix: str) -> str:
-        digest = hmac.new(self.key, canonical(value), hashlib.sha256).hexdigest()
+        digest = hmac.digest(self.key, canonical(value), hashlib.sha256).hex()
         return f"{clean_prefix(prefix)}_{digest[:TOKEN_HEX]}"

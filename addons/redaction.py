@@ -27,11 +27,25 @@ SCAN_INT_DIGITS = 12
 @dataclass
 class Tally:
     count: int = 0
-    paths: set[str] = field(default_factory=set)
+    #: Where values were masked: rendered lazily, since thousands of array elements
+    #: usually fold into a handful of paths.
+    folded: set[tuple[str | int, ...] | str] = field(default_factory=set)
 
     def add(self, path: str, n: int = 1) -> None:
         self.count += n
-        self.paths.add(path)
+        self.folded.add(path)
+
+    def add_at(self, link: Link, n: int = 1) -> None:
+        keys: list[str | int] = []
+        while link is not None:
+            link, key = link
+            keys.append(0 if isinstance(key, int) else key)
+        self.count += n
+        self.folded.add(tuple(keys))
+
+    @property
+    def paths(self) -> set[str]:
+        return {p if isinstance(p, str) else render(p[::-1]) for p in self.folded}
 
 
 class _Removed:
@@ -70,8 +84,8 @@ class Redactor:
             if mask.detect:
                 new = self._scrub(loc.value, loc.link, mask, tally)
             else:
-                new = self.whole(loc.value, loc.path, mask.replacement)
-                tally.add(render(loc.path))
+                new = self.whole(loc.value, loc, mask.replacement)
+                tally.add_at(loc.link)
             if loc.parent is None:
                 document = None if new is REMOVED else new
             elif new is REMOVED:
@@ -83,8 +97,8 @@ class Redactor:
             del loc.parent[loc.key]
         return document
 
-    def whole(self, value: Any, path: tuple[Any, ...], replacement: Replacement) -> Any:
-        """The replacement for an entire selected value."""
+    def whole(self, value: Any, where: Location | str, replacement: Replacement) -> Any:
+        """The replacement for an entire selected value (at a location or in a header)."""
         kind = replacement.kind
         if kind == FIXED:
             return DEFAULT_TEXT if replacement.text is None else replacement.text
@@ -93,8 +107,7 @@ class Redactor:
         if kind == REMOVE:
             return REMOVED
         if kind == HASH:
-            names = [k for k in path if isinstance(k, str)]
-            return self.pseudonyms.token(value, names[-1] if names else "value")
+            return self.pseudonyms.token(value, where if isinstance(where, str) else _field_name(where.link))
         text = _scalar_text(value)
         return DEFAULT_TEXT if text is None else keep_last(text, replacement.keep)
 
@@ -105,10 +118,10 @@ class Redactor:
         while stack:
             parent, key, item, here = stack.pop()
             if isinstance(item, dict):
-                stack.extend((item, k, v, (here, k)) for k, v in item.items())
+                stack.extend((item, k, v, (here, k)) for k, v in item.items() if not _inert(v))
                 continue
             if isinstance(item, list):
-                stack.extend((item, i, v, (here, i)) for i, v in enumerate(item))
+                stack.extend((item, i, v, (here, i)) for i, v in enumerate(item) if not _inert(v))
                 continue
             new = self._detect_in(item, mask, tally, here)
             if new is item:
@@ -131,7 +144,7 @@ class Redactor:
         else:
             return item
         if n:
-            tally.add(render(Location(None, None, None, link).path), n)
+            tally.add_at(link, n)
             return new
         return item
 
@@ -180,7 +193,7 @@ class Redactor:
                     headers.set_all(mask.header, [v for v, _ in results])
                     tally.add(where, found)
                 continue
-            new = [self.whole(v, (mask.header,), mask.replacement) for v in values]
+            new = [self.whole(v, mask.header, mask.replacement) for v in values]
             if mask.replacement.kind == REMOVE:
                 del headers[mask.header]
             else:
@@ -201,3 +214,19 @@ def _scalar_text(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return value.text if isinstance(value, ExactFloat) else str(value)
+
+
+def _field_name(link: Link) -> str:
+    """The nearest object key above a value: the prefix of its pseudonym."""
+    while link is not None:
+        link, key = link
+        if isinstance(key, str):
+            return key
+    return "value"
+
+
+def _inert(value: Any) -> bool:
+    """Values no detector can match: skipped without a visit (most of a typical body)."""
+    return value is None or value is True or value is False or (
+        type(value) is int and -10 ** (SCAN_INT_DIGITS - 1) < value < 10 ** (SCAN_INT_DIGITS - 1)
+    ) or type(value) is float
