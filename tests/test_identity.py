@@ -314,6 +314,45 @@ def test_tokens_never_appear_in_the_gateway_output(gateway, upstream, keys):
     assert "Proxy-Authorization" not in output
 
 
+def test_revoking_an_identity_closes_its_open_tunnels(gateway, home, tls_upstream):
+    path = home / "identities.yaml"
+    before = path.read_text()
+    added = subprocess.run(
+        [sys.executable, "-m", "gateway", "identity", "add", "short-lived", "--groups", "ci", "--file", str(path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30, check=True,
+    )
+    token = added.stdout.strip()
+    ca = str(gateway.ca_cert)
+    with requests.Session() as session:
+        session.proxies = {"https": proxy(gateway, "short-lived", token)}
+        deadline = time.monotonic() + 5
+        while (status := session.get(tls_upstream.url("/public/1"), verify=ca, timeout=10).status_code) == 407:
+            assert time.monotonic() < deadline, "the new identity was not loaded"
+            session.close()  # a refused CONNECT leaves no tunnel; try again on a new one
+            time.sleep(0.2)
+        assert status == 200
+        path.write_text(before)  # revoke
+        deadline = time.monotonic() + 5
+        while (response := session.get(tls_upstream.url("/public/2"), verify=ca, timeout=10)).status_code == 200:
+            assert time.monotonic() < deadline, "the revocation was not applied to the open tunnel"
+            time.sleep(0.2)
+    assert response.status_code == 407
+    assert response.json()["problem"] == "unknown"
+
+
+def test_a_jwt_bound_to_a_tunnel_stops_working_when_it_expires(gateway, tls_upstream, keys):
+    token = keys["ec"].token(lifetime=2, sub="ci-bot", groups=["ci"])
+    expires = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["exp"]
+    ca = str(gateway.ca_cert)
+    with requests.Session() as session:
+        session.proxies = {"https": proxy(gateway, "jwt", token)}
+        assert session.get(tls_upstream.url("/ci/1"), verify=ca, timeout=10).status_code == 200
+        time.sleep(max(0.0, expires - time.time() + 0.3))
+        response = session.get(tls_upstream.url("/ci/2"), verify=ca, timeout=10)
+    assert response.status_code == 407
+    assert response.json()["problem"] == "expired"
+
+
 def test_proxy_credentials_are_not_in_the_recording(gateway, upstream, keys):
     """Runs last: stops the module's gateway so the recording is complete on disk."""
     token = keys["ec"].token(groups=["billing"])
