@@ -124,6 +124,16 @@ def _as_text(data: bytes, truncated: bool) -> str | None:
         return None
 
 
+def _deciding_first(state: FlowState) -> list[str]:
+    """Matched rule names with the rule that decided first (``rules[1]`` in SQL)."""
+    rules = list(state.rules)
+    deciding = getattr(getattr(state.extras.get("verdict"), "rule", None), "name", None)
+    if deciding in rules:
+        rules.remove(deciding)
+        rules.insert(0, deciding)
+    return rules
+
+
 def _content_encoding(fields: HeaderFields) -> str | None:
     for name, value in fields:
         if name.lower() == b"content-encoding":
@@ -154,7 +164,7 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
         "session_id": state.session_id, "method": request.method, "scheme": request.scheme,
         "host": request.host, "port": request.port,
         "status_code": response.status_code if response else None,
-        "decision": decision, "rules": list(state.rules), "reason": state.reason,
+        "decision": decision, "rules": _deciding_first(state), "reason": state.reason,
         "error": state.error or (flow.error.msg if flow.error else None),
         "replay_of": state.replay_of, "masked": state.masked,
     }
