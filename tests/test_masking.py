@@ -272,6 +272,25 @@ def test_request_body_and_headers_reach_the_upstream_masked(gw):
     assert seen.headers["content-length"] == str(len(seen.body))
 
 
+def test_encoded_request_bodies_are_masked_and_keep_their_encoding(gw):
+    message = json.dumps({"messages": [{"content": "ann@example.com"}]}).encode()
+    response = requests.post(gw.url("/v1/messages"), data=gzip.compress(message),
+                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=10)
+    assert response.status_code == 200
+    (seen,) = gw.received
+    assert seen.headers["content-encoding"] == "gzip"
+    assert json.loads(gzip.decompress(seen.body)) == {"messages": [{"content": "[masked:email]"}]}
+
+
+def test_unmaskable_request_bodies_are_not_forwarded(gw):
+    too_big = {"messages": [{"content": "ann@example.com " + "x" * 70_000}]}
+    response = requests.post(gw.url("/v1/messages"), json=too_big, timeout=10)
+    assert response.status_code == 413
+    assert response.json()["error"] == "request_not_maskable"
+    assert response.headers["X-Portcullis-Decision"] == "blocked"
+    assert gw.received == []
+
+
 def test_blocked_flows_are_not_masked_and_head_requests_work(gw):
     blocked = requests.get(gw.url("/v1/blocked/1"), timeout=10)
     assert blocked.status_code == 403
@@ -292,11 +311,12 @@ RESTART_RULES = """
 """
 
 
-def _recorded(db: Path) -> tuple[list[tuple], list[tuple]]:
+def _recorded(db: Path) -> tuple[list[tuple], list[tuple], list[tuple]]:
     with duckdb.connect(str(db), read_only=True) as con:
-        flows = con.execute("SELECT id, response_body FROM flows ORDER BY started_at").fetchall()
-        events = con.execute("SELECT flow_id, detail FROM events WHERE kind = 'masked'").fetchall()
-    return flows, events
+        flows = con.execute("SELECT id, status_code, response_body FROM flows ORDER BY started_at").fetchall()
+        masked = con.execute("SELECT flow_id, detail FROM events WHERE kind = 'masked'").fetchall()
+        unmaskable = con.execute("SELECT flow_id, detail FROM events WHERE kind = 'unmaskable'").fetchall()
+    return flows, masked, unmaskable
 
 
 def test_pseudonyms_are_stable_across_restarts_and_recordings_hold_only_masked_values(
@@ -304,25 +324,34 @@ def test_pseudonyms_are_stable_across_restarts_and_recordings_hold_only_masked_v
 ):
     monkeypatch.delenv("PORTCULLIS_MASK_KEY", raising=False)
     upstream.routes["/v1/customers/1"] = Canned(200, {"email": "kim@example.com", "ssn": "123-45-6789"})
+    upstream.routes["/v1/customers/big"] = Canned(200, {"ssn": "123-45-6789", "pad": "x" * 2000})
     tokens = []
-    for _ in range(2):
-        gateway = start_gateway(RESTART_RULES)
+    for attempt in range(2):
+        gateway = start_gateway(RESTART_RULES, "--max-mask-body", "1k")
         use_gateway(gateway)
         tokens.append(requests.get(upstream.url("/v1/customers/1"), timeout=10).json()["email"])
-        gateway.stop()
+        if attempt == 0:
+            gateway.stop()  # a restart: the second gateway must find the same key
+    assert requests.get(upstream.url("/v1/customers/big"), timeout=10).status_code == 502
+    gateway.stop()
     assert tokens[0] == tokens[1]
     key_file = confdir / "portcullis-mask.key"
     assert tokens[0] == token("kim@example.com", "email", key=bytes.fromhex(key_file.read_text()))
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
-    flows, events = _recorded(gateway.db)
-    (flow_id, recorded_body), = flows
-    assert json.loads(recorded_body) == {"email": tokens[1], "ssn": "[masked]"}
-    (event_flow, detail), = events
+    flows, masked, unmaskable = _recorded(gateway.db)
+    (flow_id, status, recorded_body), (big_id, big_status, big_body) = flows
+    assert (status, json.loads(recorded_body)) == (200, {"email": tokens[1], "ssn": "[masked]"})
+    assert big_status == 502 and json.loads(big_body)["error"] == "response_not_maskable"
+    (event_flow, detail), = masked
     assert event_flow == flow_id
     assert json.loads(detail) == {"rule": "pseudonymise", "count": 2, "paths": ["$.email", "$.ssn"],
                                   "target": "response"}
-    assert "kim@example.com" not in detail and "123-45-6789" not in detail
+    (refused_flow, refused), = unmaskable
+    assert refused_flow == big_id
+    assert json.loads(refused)["action"] == "block" and json.loads(refused)["rules"] == ["pseudonymise"]
+    everything = json.dumps([flows, masked, unmaskable])
+    assert "kim@example.com" not in everything and "123-45-6789" not in everything
 
 
 # --- responses without Content-Length ----------------------------------------------------
