@@ -107,6 +107,9 @@ class RuleIndex:
 
     Rules with literal hosts are filed under that host, rules whose hosts are all
     ``*.suffix`` globs under the suffix; everything else is always a candidate.
+    Given the request path, each of those groups is narrowed further by the literal
+    leading segments of the rules' path patterns (see :class:`PathIndex`), so 1,000
+    rules for one host cost about what the few that share the request's path prefix do.
     Candidates are then filtered by method and evaluated in file order.
     """
 
@@ -124,20 +127,86 @@ class RuleIndex:
                         self.suffix.setdefault(_suffix_key(glob.pattern) or "", []).append(rule)
             else:
                 self.always.append(rule)
+        self._exact_paths = {host: PathIndex(r) for host, r in self.exact.items()}
+        self._suffix_paths = {key: PathIndex(r) for key, r in self.suffix.items()}
+        self._always_paths = PathIndex(self.always)
 
-    def candidates(self, host: str, method: str) -> list[Rule]:
-        found: dict[int, Rule] = {r.index: r for r in self.exact.get(host, ())}
+    def candidates(self, host: str, method: str, path: str | None = None) -> list[Rule]:
+        """Rules that may match; `path` (normalised) narrows them further when given."""
+        segments = PathIndex.segments(path)
+        found: dict[int, Rule] = {}
+        buckets = [self._exact_paths.get(host)]
         labels = host.split(".")
-        for i in range(1, len(labels)):
-            for rule in self.suffix.get(".".join(labels[i:]), ()):
-                found[rule.index] = rule
-        for rule in self.always:
-            found[rule.index] = rule
+        buckets += [self._suffix_paths.get(".".join(labels[i:])) for i in range(1, len(labels))]
+        for bucket in (*buckets, self._always_paths):
+            if bucket is not None:
+                for rule in bucket.lookup(segments):
+                    found[rule.index] = rule
         return [
             found[i]
             for i in sorted(found)
             if not found[i].match.methods or method in found[i].match.methods
         ]
+
+
+class PathIndex:
+    """Rules filed in a trie under the literal leading segments of their path patterns.
+
+    Every path a pattern matches starts with the pattern's segments up to the first one
+    holding a ``*`` or ``?``, so a lookup walks the request's segments and collects the
+    rules filed along the way: a superset of the rules whose path condition can hold.
+    Keys are lower-cased (paths match case-insensitively). Non-ASCII segments are never
+    keys, and a non-ASCII request path skips the trie: Unicode case folding (``ſ``/``s``,
+    Kelvin sign/``k``) is left entirely to the regular expressions.
+    """
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = list(rules)
+        self.root = _PathNode()
+        for rule in self.rules:
+            for pattern in [g.pattern for g in rule.match.paths] or ["/**"]:
+                node = self.root
+                for segment in _literal_segments(pattern):
+                    node = node.children.setdefault(segment, _PathNode())
+                node.rules.append(rule)
+
+    @staticmethod
+    def segments(path: str | None) -> list[str] | None:
+        """A normalised request path as trie keys; None: do not use the trie."""
+        if path is None or not path.isascii():
+            return None
+        return path.lower().split("/")[1:]
+
+    def lookup(self, segments: list[str] | None) -> list[Rule]:
+        if segments is None:
+            return self.rules
+        node = self.root
+        found = list(node.rules)
+        for segment in segments:
+            child = node.children.get(segment)
+            if child is None:
+                break
+            node = child
+            found += node.rules
+        return found
+
+
+class _PathNode:
+    __slots__ = ("children", "rules")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _PathNode] = {}
+        self.rules: list[Rule] = []
+
+
+def _literal_segments(pattern: str) -> list[str]:
+    """'/v1/Tables/**' -> ['v1', 'tables']: the segments every matching path starts with."""
+    out: list[str] = []
+    for part in pattern.split("/")[1:]:
+        if any(c in part for c in "*?") or not part.isascii():
+            break
+        out.append(part.lower())
+    return out
 
 
 def _suffix_key(pattern: str) -> str | None:
@@ -161,7 +230,7 @@ class Policy:
         """Decide for one request. Raises EvaluationError when a condition cannot be
         evaluated; callers must treat that as a block (fail closed)."""
         matched = tuple(
-            rule for rule in self.index.candidates(request.host, request.method)
+            rule for rule in self.index.candidates(request.host, request.method, request.path)
             if _holds(rule, request)
         )
         deciding = [r for r in matched if r.action is not None]

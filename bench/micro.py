@@ -37,7 +37,8 @@ def measure(count: int, layout: str, budget_s: float = 0.25) -> dict:
 
         best = min(_per_call(evaluate, budget_s / 3) for _ in range(3))
         result[label] = round(best * 1e6, 2)  # microseconds per evaluation
-        result[f"{label} rules evaluated"] = len(policy.index.candidates(HOST, method))
+        view = RequestView(flow)
+        result[f"{label} rules evaluated"] = len(policy.index.candidates(view.host, view.method, view.path))
     return result
 
 
