@@ -17,6 +17,7 @@ emits a ``masked`` event with its count and the (index-folded) paths, never the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -228,22 +229,10 @@ class MaskingAddon:
             )
 
         def edit_json(document: Any) -> tuple[Any, bool]:
-            changed = False
-            for rule, masks in plan:
-                tally = tallies.setdefault(rule.name, Tally())
-                before = tally.count
-                document = self.redactor.document(document, masks, tally)
-                changed |= tally.count > before
-            return document, changed
+            return _each_rule(plan, tallies, document, self.redactor.document)
 
         def edit_text(text: str) -> tuple[str, bool]:
-            changed = False
-            for rule, masks in plan:
-                tally = tallies.setdefault(rule.name, Tally())
-                before = tally.count
-                text = self.redactor.text(text, masks, tally)
-                changed |= tally.count > before
-            return text, changed
+            return _each_rule(plan, tallies, text, self.redactor.text)
 
         try:
             new = rewrite(content, message.headers.get("content-type", ""), edit_json, edit_text)
@@ -267,6 +256,18 @@ class MaskingAddon:
 
 def _refusal_reply(flow: http.HTTPFlow, state: FlowState, reason: str, rules: list[str]) -> None:
     reply(flow, 502, "response_not_maskable", state.decision or "allowed", reason=reason, rules=rules)
+
+
+def _each_rule(plan: Plan, tallies: dict[str, Tally], value: Any,
+               apply: Callable[[Any, tuple[Mask, ...], Tally], Any]) -> tuple[Any, bool]:
+    """Apply each rule's masks in turn; True if any of them masked something."""
+    changed = False
+    for rule, masks in plan:
+        tally = tallies.setdefault(rule.name, Tally())
+        before = tally.count
+        value = apply(value, masks, tally)
+        changed |= tally.count > before
+    return value, changed
 
 
 def _mask_lists(rule: Rule) -> list[tuple[Mask, ...]]:
