@@ -4,7 +4,6 @@ echoed secrets masked, and fail-loud validation when a secret is missing."""
 from __future__ import annotations
 
 import gzip
-import ssl
 import subprocess
 import sys
 import textwrap
@@ -17,29 +16,14 @@ import requests
 from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
 from tests.support.gateway import GatewayProcess
+from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 from tests.support.recording_check import find_in_recording
-from tests.support.upstream import Canned, Received, UpstreamServer
+from tests.support.upstream import Canned, Received
 
 API_KEY = "sk_live_51HxTESTsecretKEY0042"
 FILE_KEY = "db-key-from-a-file-7731"
 LEGACY_KEY = "legacy+key/with spaces=1"
 SECRET_ENV = {"PC_TEST_API_KEY": API_KEY, "PC_TEST_LEGACY_KEY": LEGACY_KEY}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tls_upstream(pki: TestPki) -> Iterator[UpstreamServer]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
-    yield server
-    server.stop()
 
 
 RULES = """\
@@ -82,13 +66,6 @@ def gateway(home: Path, confdir: Path) -> Iterator[GatewayProcess]:
     process = GatewayProcess(home / "rules.yaml", confdir, env=SECRET_ENV).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_upstreams(upstream: UpstreamServer, tls_upstream: UpstreamServer) -> None:
-    for server in (upstream, tls_upstream):
-        server.received.clear()
-        server.routes.clear()
 
 
 def call(gateway: GatewayProcess, url: str, **kwargs) -> requests.Response:

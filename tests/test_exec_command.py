@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from gateway.cli import main
 from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
 from tests.support.gateway import GatewayProcess, free_port
-from tests.support.upstream import UpstreamServer
+from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 
 TOKEN = "exec-test-token-5521"
 
@@ -39,22 +38,6 @@ CLIENT = textwrap.dedent("""\
         out["urllib"] = exc.code
     print(json.dumps(out))
 """)
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tls_upstream(pki: TestPki) -> Iterator[UpstreamServer]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +61,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, confdir: Path, pki: TestPk
     process = GatewayProcess(directory / "rules.yaml", confdir).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_upstreams(upstream: UpstreamServer, tls_upstream: UpstreamServer) -> None:
-    upstream.received.clear()
-    tls_upstream.received.clear()
 
 
 def portcullis_exec(gateway: GatewayProcess, *args: str, env: dict[str, str] | None = None,

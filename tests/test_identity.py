@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import socket
-import ssl
 import subprocess
 import sys
 import textwrap
@@ -22,8 +21,8 @@ from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
 from tests.support.gateway import GatewayProcess
 from tests.support.jwtkeys import AUDIENCE, ISSUER, SigningKey, ec_key, jwks, rsa_key
+from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 from tests.support.recording_check import find_in_recording
-from tests.support.upstream import UpstreamServer
 
 BILLING_TOKEN = "billing-token-0123456789"
 CI_TOKEN = "ci-token-9876543210"
@@ -36,22 +35,6 @@ def sha256(token: str) -> str:
 @pytest.fixture(scope="module")
 def keys() -> dict[str, SigningKey]:
     return {"rsa": rsa_key("rsa-1"), "ec": ec_key("ec-1"), "stranger": rsa_key("not-published")}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tls_upstream(pki: TestPki) -> Iterator[UpstreamServer]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +83,6 @@ def gateway(home: Path, confdir: Path) -> Iterator[GatewayProcess]:
                              ["--identities", str(home / "identities.yaml")]).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_upstreams(upstream: UpstreamServer, tls_upstream: UpstreamServer) -> None:
-    upstream.received.clear()
-    tls_upstream.received.clear()
 
 
 def proxy(gateway: GatewayProcess, name: str | None = None, token: str | None = None) -> str:
