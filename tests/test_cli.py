@@ -95,7 +95,7 @@ def test_run_reports_a_busy_port_clearly(tmp_path, confdir):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        gateway = GatewayProcess(DEFAULT_RULES, confdir)
+        gateway = GatewayProcess(DEFAULT_RULES, confdir, ["--db", str(tmp_path / "r.duckdb")])
         gateway.port = busy.getsockname()[1]
         result = subprocess.run(gateway.command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -103,8 +103,8 @@ def test_run_reports_a_busy_port_clearly(tmp_path, confdir):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_run_stops_cleanly_on_signals(confdir, sig, upstream):
-    gateway = GatewayProcess(DEFAULT_RULES, confdir).start()
+def test_run_stops_cleanly_on_signals(tmp_path, confdir, sig, upstream):
+    gateway = GatewayProcess(DEFAULT_RULES, confdir, ["--db", str(tmp_path / "r.duckdb")]).start()
     # A client in the middle of sending a request when the signal arrives.
     half_sent = socket.create_connection(("127.0.0.1", gateway.port))
     half_sent.sendall(f"GET {upstream.url('/')} HTTP/1.1\r\nHost: x\r\n".encode())

@@ -15,13 +15,13 @@ from gateway.settings import DEFAULT_RULES, PROJECT_ROOT
 from tests.support.gateway import GatewayProcess, free_port
 
 
-def test_demo_agent_exercises_every_default_rule(confdir):
+def test_demo_agent_exercises_every_default_rule(tmp_path, confdir):
     port = free_port()
     api = subprocess.Popen(
         [sys.executable, "examples/demo_api.py", "--port", str(port)],
         cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    gateway = GatewayProcess(DEFAULT_RULES, confdir).start()
+    gateway = GatewayProcess(DEFAULT_RULES, confdir, ["--db", str(tmp_path / "demo.duckdb")]).start()
     try:
         deadline = time.monotonic() + 10
         while True:
