@@ -97,8 +97,6 @@ class RecorderAddon:
             self._close()
             if ctx.options.portcullis_db:
                 self._open(Path(ctx.options.portcullis_db))
-            else:
-                log.warning("recording is OFF (no portcullis_db): flows are not recorded")
 
     def _open(self, path: Path) -> None:
         try:
@@ -147,7 +145,10 @@ class RecorderAddon:
                     "recorded them as expired/error (gateway_restart)", len(flows))
 
     def running(self) -> None:
-        if self.store is None or self.control is not None:
+        if self.store is None:
+            log.warning("recording is OFF (no portcullis_db): flows are not recorded")
+            return
+        if self.control is not None:
             return
         path = control.socket_path(self.store.path)
         try:

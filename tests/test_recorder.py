@@ -337,3 +337,36 @@ def test_when_recording_fails_forwarding_stops_and_resumes(tmp_path, confdir, up
                     [("/during", "error", "recording_unavailable")] * 2)
     assert rows == [("/during", "error", "recording_unavailable")] * 2
     gw.stop()
+
+
+def test_a_flow_held_when_the_gateway_died_is_recorded_as_expired(tmp_path, confdir, upstream):
+    rules = RULES + """
+      - name: hold-refunds
+        match: {path: /v1/refunds}
+        action: hold
+        timeout: 60s
+    """
+    gw = start(tmp_path, confdir, rules=rules)
+    waiting = threading.Thread(target=lambda: _quietly(client(gw).post, upstream.url("/v1/refunds"),
+                                                       json={"amount": 7}, timeout=30), daemon=True)
+    waiting.start()
+    held = wait_for(gw.db, "SELECT count(*) FROM events WHERE kind = 'held'", [(1,)])
+    assert held == [(1,)]
+    assert gw.process is not None
+    gw.process.kill()
+    gw.process.wait(10)
+    again = start(tmp_path, confdir, "--db", str(gw.db))
+    try:
+        again.wait_for_output("1 flows were unfinished")
+        assert sql(again.db, "SELECT path, decision, reason FROM flows") == [
+            ("/v1/refunds", "expired", "gateway_restart")]
+        assert sql(again.db, "SELECT kind FROM events WHERE kind = 'expired'") == [("expired",)]
+    finally:
+        again.stop()
+
+
+def _quietly(call, *args, **kwargs) -> None:
+    try:
+        call(*args, **kwargs)
+    except requests.RequestException:
+        pass  # the gateway was killed under it
