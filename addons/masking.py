@@ -104,12 +104,18 @@ class MaskingAddon:
     # --- requests -------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # The policy decides only once the body is in, but a streamed body would already
-        # be on its way upstream by then: buffer requests a mask_request rule may match.
-        if flow.request.stream and self.policy is not None:
-            candidates = self.policy.index.candidates(flow.request.host, flow.request.method)
-            if any("mask_request" in rule.extensions for rule in candidates):
-                flow.request.stream = False
+        # A request body mitmproxy streams (stream_large_bodies) reaches the upstream
+        # before any request hook can mask it, and switching streaming off does not hold
+        # (mitmproxy re-checks per chunk). The rule that will match is not known yet, so
+        # any rule for this host and method with mask_request counts: close the connection.
+        if not flow.request.stream or self.policy is None:
+            return
+        candidates = self.policy.index.candidates(flow.request.host, flow.request.method)
+        plan = [(rule, rule.extensions["mask_request"]) for rule in candidates if "mask_request" in rule.extensions]
+        reason = "the request body is streamed (stream_large_bodies) and cannot be masked"
+        if plan and not _passes(state_of(flow), plan, reason, "request"):
+            log.warning("closing a streamed request to %s: %s", flow.request.pretty_url, reason)
+            flow.kill()
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:

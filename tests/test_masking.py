@@ -405,10 +405,13 @@ rules:
     match: {path: "/pass/**"}
     mask: ["$..ssn"]
     on_unmaskable: pass
+  - name: scrub-requests
+    match: {method: POST, path: "/v1/messages"}
+    mask_request: [{path: "$..content", detect: [email]}]
 """
 
 
-def test_streamed_responses_are_refused_unless_the_rule_passes_them(tmp_path, confdir, chunked_upstream, upstream):
+def test_streamed_bodies_are_refused_unless_the_rule_passes_them(tmp_path, confdir, chunked_upstream, upstream):
     """Under mitmproxy's stream_large_bodies, bodies over that size, and bodies of unknown
     length (which mitmproxy may start streaming mid-way), would pass the masker: refuse them."""
     rules = tmp_path / "rules.yaml"
@@ -438,6 +441,11 @@ def test_streamed_responses_are_refused_unless_the_rule_passes_them(tmp_path, co
         large = requests.get(upstream.url("/v1/customers/large"), proxies=proxies, timeout=10)
         chunked = requests.get(f"{chunked_upstream}/v1/customers/chunked", proxies=proxies, timeout=10)
         passed = requests.get(f"{chunked_upstream}/pass/chunked", proxies=proxies, timeout=10)
+        small_post = requests.post(upstream.url("/v1/messages"), json={"content": "a@example.com"},
+                                   proxies=proxies, timeout=10)
+        with pytest.raises(requests.ConnectionError):  # streamed: it could not be masked
+            requests.post(upstream.url("/v1/messages"), json={"content": "a@example.com " + "x" * 5000},
+                          proxies=proxies, timeout=10)
     finally:
         process.terminate()
         process.wait(20)
@@ -448,3 +456,6 @@ def test_streamed_responses_are_refused_unless_the_rule_passes_them(tmp_path, co
         assert "streamed" in refused.json()["reason"]
         assert "123-45-6789" not in refused.text
     assert passed.status_code == 200 and passed.json()["ssn"] == "123-45-6789"
+    assert small_post.status_code == 200
+    posts = [r.json() for r in upstream.received if r.path == "/v1/messages"]
+    assert posts == [{"content": "[masked:email]"}]
