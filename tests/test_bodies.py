@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from addons.bodies import Kind, Unparseable, dump_json, kind_of, parse_json, rewrite
 
@@ -91,3 +93,15 @@ def test_text_uses_the_declared_charset():
 def test_utf8_bom_and_utf16_json_parse():
     assert parse_json(b"\xef\xbb\xbf{\"a\": 1}") == {"a": 1}
     assert parse_json(json.dumps({"a": "é"}).encode("utf-16")) == {"a": "é"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)),
+       st.sampled_from(["application/json", "application/x-ndjson", "text/event-stream", "text/plain",
+                        "text/plain; charset=latin-1", "", "image/png", "text/plain; charset=bogus"]))
+def test_rewrite_never_raises_on_arbitrary_bodies(body, content_type):
+    try:
+        out = rewrite(body, content_type, upper_strings, shout)
+    except Unparseable:
+        return
+    assert out is None or isinstance(out, bytes)
