@@ -226,12 +226,17 @@ class ApprovalsAddon:
         #: Told about every change (kind, payload), on the event loop; the UI's live feed.
         self.watchers: list[Watcher] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Held flows whose agent is waiting on the open connection (wait mode).
+        self.waiting: dict[str, http.HTTPFlow] = {}
+        self._watcher: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
     def running(self) -> None:
         self.loop = asyncio.get_running_loop()
         subscribe(self._on_event)
+        if self._watcher is None:
+            self._watcher = self.loop.create_task(self._watch_clients())
 
     def _on_event(self, event: Event) -> None:
         """Keep each hold's audit events at hand for the review page and the API."""
@@ -247,6 +252,9 @@ class ApprovalsAddon:
         for hold in list(self.pending()):
             self._finish(hold, "expired", "gateway", detail="gateway_shutdown")
         unsubscribe(self._on_event)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     # --- the data path -------------------------------------------------------------
 
@@ -325,13 +333,13 @@ class ApprovalsAddon:
         return hold
 
     async def _wait(self, flow: http.HTTPFlow, state: FlowState, hold: Hold) -> None:
+        self.waiting[hold.id] = flow
         try:
-            await asyncio.wait_for(self._until_decided_or_gone(flow, hold),
-                                   timeout=max(0.0, hold.deadline - time.time()))
+            await asyncio.wait_for(hold.event.wait(), timeout=max(0.0, hold.deadline - time.time()))
         except TimeoutError:
             self._expire(hold)
-        if hold.decision is None and client_gone(flow):
-            self._finish(hold, "abandoned", "gateway", detail="client disconnected")
+        finally:
+            self.waiting.pop(hold.id, None)
         if hold.decision == "abandoned" or (hold.decision == "approved" and client_gone(flow)):
             # Never forward for a client that has gone; the kill ends the flow in `error`.
             state.decision = "abandoned"
@@ -344,14 +352,16 @@ class ApprovalsAddon:
         else:
             self._deny(flow, state, hold)
 
-    async def _until_decided_or_gone(self, flow: http.HTTPFlow, hold: Hold) -> None:
-        while not hold.event.is_set():
-            if client_gone(flow):
-                return
-            try:
-                await asyncio.wait_for(hold.event.wait(), DISCONNECT_POLL_S)
-            except TimeoutError:
-                pass
+    async def _watch_clients(self) -> None:
+        """Cancel holds whose agent hung up. mitmproxy only notices a closed client when
+        the flow moves on, so one task checks every waiting connection a few times a
+        second (cheap: a flag test per held flow, no task per hold)."""
+        while True:
+            await asyncio.sleep(DISCONNECT_POLL_S)
+            for hold_id, flow in list(self.waiting.items()):
+                hold = self.holds.get(hold_id)
+                if hold is not None and hold.decision is None and client_gone(flow):
+                    self._finish(hold, "abandoned", "gateway", detail="client disconnected")
 
     def _forward_approved(self, flow: http.HTTPFlow, state: FlowState, hold: Hold) -> None:
         if request_binding(flow.request) != hold.binding:

@@ -61,9 +61,11 @@ def decided_by(rig: ReviewRig, flow_id: str, kind: str) -> dict:
 def test_hold_appears_live_then_approve_with_comment_completes_the_agent_call(rig, login):
     page = login("alice")
     page.evaluate("window.__notReloaded = true")
+    session = {"X-Portcullis-Session": "ticket-4711"}
+    assert rig.call("GET", "/v1/orders/A-7?t=ui-approve", headers=session).status_code == 200
     call = rig.agent("POST", "/v1/refunds?t=ui-approve", "billing-agent", json=REFUND,
                      headers={"X-Portcullis-Justification": "Customer was charged twice",
-                              "Authorization": "Bearer sk-live-should-not-show"})
+                              "Authorization": "Bearer sk-live-should-not-show", **session})
     hold = rig.wait_held("/v1/refunds?t=ui-approve")
     row = page.locator(f'tr[data-flow-id="{hold["flow_id"]}"]')
     expect(row).to_be_visible()
@@ -81,6 +83,7 @@ def test_hold_appears_live_then_approve_with_comment_completes_the_agent_call(ri
     expect(page.locator("#headers")).to_contain_text("application/json")
     assert "sk-live-should-not-show" not in page.content()
     expect(page.locator("td.redacted").first).to_have_text("[redacted]")
+    expect(page.locator("#session-flows")).to_contain_text("/v1/orders/A-7")  # from the recording
 
     page.fill("#comment", "Refund confirmed by phone")
     page.click("#approve")
