@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--targets", help=f"comma-separated subset of {','.join(BUILTIN + EXTERNAL)}")
     parser.add_argument("--only", nargs="+", default=(), metavar="SCENARIO",
                         help="macro: run only these scenarios (all their client counts)")
+    parser.add_argument("--clients", nargs="+", type=int, default=(), metavar="N",
+                        help="macro: measure only these client counts (of 1, 16, 64)")
     parser.add_argument("--duration", type=float, help="macro: measured seconds per window")
     parser.add_argument("--warmup", type=float, help="macro: warm-up seconds per window")
     parser.add_argument("--repetitions", type=int, help="macro: interleaved repetitions (median reported)")
@@ -109,7 +111,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     targets = selected_targets(args)
-    config = macro.Config(quick=args.quick, only=tuple(args.only))
+    config = macro.Config(quick=args.quick, only=tuple(args.only), clients=tuple(args.clients))
     if args.quick:
         config.duration, config.warmup, config.repetitions = 1.5, 0.5, 2
     for name in ("duration", "warmup", "repetitions"):

@@ -32,10 +32,11 @@ from tests.support.certs import make_pki
 @dataclass
 class Config:
     duration: float = 2.0
-    warmup: float = 0.75
+    warmup: float = 1.0
     repetitions: int = 3
     quick: bool = False
     only: tuple[str, ...] = ()  # scenario names; empty = all that apply
+    clients: tuple[int, ...] = ()  # keep only these client counts; empty = each scenario's own
 
 
 @dataclass
@@ -161,6 +162,8 @@ def plan(config: Config) -> tuple[list[ProxySpec], list[tuple[Scenario, int]], d
             skipped[scenario.name] = skipped[scenario.proxy]
             continue
         clients = scenario.quick_clients if config.quick and not config.only else scenario.clients
+        if config.clients:
+            clients = tuple(n for n in clients if n in config.clients)
         windows += [(scenario, n) for n in clients]
     needed = {s.proxy for s, _ in windows if s.proxy}
     return [proxies[name] for name in proxies if name in needed], windows, skipped
