@@ -202,7 +202,7 @@ class RecorderAddon:
         path, _, query = request.path.partition("?")
         state.emit("received", method=request.method, scheme=request.scheme, host=request.host,
                    port=request.port, path=path, query=query or None,
-                   client_addr=rows._addr(flow.client_conn.peername))
+                   client_addr=rows.client_address(flow.client_conn.peername))
         if not self.writer.healthy and self.block_on_failure:
             self._refuse(flow)
 

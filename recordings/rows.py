@@ -141,7 +141,7 @@ def _content_encoding(fields: HeaderFields) -> str | None:
     return None
 
 
-def _addr(address: Any) -> str | None:
+def client_address(address: Any) -> str | None:
     if not address:
         return None
     host, port = address[0], address[1]
@@ -160,7 +160,7 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
     snapshot = {
         "id": flow.id, "started_at": micros(started), "ended_at": micros(ended),
         "duration_ms": round((ended - started) * 1000, 3) if started else None,
-        "identity": state.identity, "actor": state.actor, "client_addr": _addr(flow.client_conn.peername),
+        "identity": state.identity, "actor": state.actor, "client_addr": client_address(flow.client_conn.peername),
         "session_id": state.session_id, "method": request.method, "scheme": request.scheme,
         "host": request.host, "port": request.port,
         "status_code": response.status_code if response else None,
