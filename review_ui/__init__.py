@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from review_ui.errors import api_error
@@ -83,7 +83,8 @@ def create_app(
 
     @app.context_processor
     def globals_for_templates() -> dict[str, Any]:
-        return {"nav": nav, "csrf_token": csrf_token, "reviewer": current_actor(), "now": time.time}
+        return {"nav": nav, "csrf_token": csrf_token, "reviewer": current_actor(), "now": time.time,
+                "events_since": g.get("events_since", 0)}
 
     app.jinja_env.filters["ago"] = _ago
     app.jinja_env.filters["clock"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
@@ -92,6 +93,9 @@ def create_app(
     def check_host() -> Any:
         if hosts and request.host.lower() not in hosts:
             return api_error(421, "wrong_host", "this review UI does not answer to that host name")
+        # Taken before the view reads any state: the page's live feed resumes from here,
+        # so nothing that happens while the page loads is missed.
+        g.events_since = broker.seq
         return None
 
     @app.after_request

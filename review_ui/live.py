@@ -57,6 +57,11 @@ class Broker:
                 self._subscribers.discard(inbox)
 
     @property
+    def seq(self) -> int:
+        """The id of the last event published (pages render it so the feed starts there)."""
+        return self._seq
+
+    @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 

@@ -76,7 +76,10 @@
     const status = document.getElementById("live-status");
     if (!status) return; // not signed in
     // EventSource reconnects by itself and sends Last-Event-ID, so nothing is missed.
-    const source = new EventSource("/api/events");
+    // Start from the state the page was rendered with; on reconnects the browser sends
+    // Last-Event-ID itself, which the server prefers over this parameter.
+    const since = encodeURIComponent(document.body.dataset.eventsSince || "");
+    const source = new EventSource("/api/events?last_event_id=" + since);
     source.addEventListener("open", () => { status.classList.add("on"); status.title = "Live"; });
     source.addEventListener("error", () => { status.classList.remove("on"); status.title = "Reconnecting…"; });
     source.addEventListener("hello", () => { refreshCount().then(notifyNew); if (page === "queue") refreshQueue(); });
