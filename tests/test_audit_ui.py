@@ -38,9 +38,21 @@ BLOCK_LATER = """
 """
 
 
+CREDENTIALS = """
+credentials:
+  - name: audit-key
+    match: {{path: "/v1/creds/**"}}
+    set_header: {{X-Api-Key: "${{file:{key_file}}}"}}
+    plain_http: true
+"""
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
-    rig = ReviewRig(tmp_path_factory.mktemp("audit"), confdir, extra_rules=EXTRA_RULES)
+    directory = tmp_path_factory.mktemp("audit")
+    (directory / "api.key").write_text("key-at-recording-time")
+    extra = EXTRA_RULES + CREDENTIALS.format(key_file=directory / "api.key")
+    rig = ReviewRig(directory, confdir, extra_rules=extra)
     yield rig
     rig.stop()
 
@@ -90,10 +102,10 @@ def replay(rig: ReviewRig, original: str, reviewer: str = "alice", wait: float =
 
 
 def add_rules(rig: ReviewRig, text: str) -> None:
-    """Append rules to the running gateway's file and wait for the hot reload."""
+    """Add rules at the top of the running gateway's rules list; wait for the hot reload."""
     before = sum("rules from" in line for line in rig.gateway.lines)
     path = rig.directory / "rules.yaml"
-    path.write_text(path.read_text() + text)
+    path.write_text(path.read_text().replace("\nrules:\n", "\nrules:\n" + text.lstrip("\n"), 1))
     rig.wait_for(lambda: sum("rules from" in line for line in rig.gateway.lines) > before,
                  timeout=5, what="the rules to reload")
 
@@ -285,6 +297,22 @@ def test_replay_that_matches_a_hold_waits_for_approval(rig: ReviewRig, login):
     assert len(rig.received("/v1/refunds?audit=hold")) == 2
     row = wait_recorded(rig, 1, path="/v1/refunds", replays="only")[0]
     assert (row["id"], row["actor"], row["decision"]) == (new_id, "carol", "approved")
+
+
+def test_replay_injects_the_credentials_configured_now_not_recorded_ones(rig: ReviewRig):
+    original = flow_id(rig.call("GET", "/v1/creds/balance", headers={"X-Api-Key": "agent-supplied"}))
+    row = wait_recorded(rig, 1, path="/v1/creds/balance")[0]
+    # No session header: the flow belongs to its identity's client connection.
+    session = rig.api("alice", "GET", "/api/audit/session",
+                      params={"identity": row["identity"], "client": row["client_addr"]}).json()["flows"]
+    assert [f["id"] for f in session] == [original]
+    (rig.directory / "api.key").write_text("key-rotated-since")
+    add_rules(rig, "# reload: the key file changed\n")  # secret references resolve on (re)load
+
+    result = replay(rig, original).json()
+    assert (result["state"], result["status_code"]) == ("done", 200)
+    sent = [r.headers.get("x-api-key") for r in rig.received("/v1/creds/balance")]
+    assert sent == ["key-at-recording-time", "key-rotated-since"]
 
 
 def test_a_truncated_recording_is_not_replayed(rig: ReviewRig):
