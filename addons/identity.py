@@ -408,7 +408,8 @@ class IdentityAddon:
         auth = self.authenticator
         if not auth.configured:
             return ["identity: anonymous (no identities configured)"]
-        parts = [f"{len(auth.identities)} token identities"]
+        count = len(auth.identities)
+        parts = [f"{count} token {'identity' if count == 1 else 'identities'}"]
         if auth.jwt:
             parts.append(f"JWTs from {auth.jwt.issuer}")
         return [f"identity: proxy credentials required ({', '.join(parts)})"]

@@ -136,6 +136,8 @@ def test_secrets_never_appear_in_the_gateway_output(gateway, upstream):
     call(gateway, upstream.url("/echo/log"))
     for secret in (API_KEY, FILE_KEY, LEGACY_KEY):
         assert secret not in gateway.output
+    assert "identity: anonymous (no identities configured)" in gateway.output
+    assert "credentials: 3 injection rules" in gateway.output
 
 
 # --- identity-scoped credentials and validation (own gateways / no gateway) ---------------

@@ -288,6 +288,7 @@ def test_tokens_never_appear_in_the_gateway_output(gateway, upstream, keys):
     get(gateway, upstream.url("/billing/x"), basic("billing-agent", BILLING_TOKEN))
     get(gateway, upstream.url("/billing/x"), basic("billing-agent", "wrong-token-xyz"))
     output = gateway.output
+    assert "identity: proxy credentials required (2 token identities, JWTs from https://idp.test/)" in output
     assert "proxy authentication failed (unknown)" in output
     for secret in (BILLING_TOKEN, CI_TOKEN, token, "wrong-token-xyz"):
         assert secret not in output
