@@ -75,14 +75,19 @@ def _groups(value: Any, where: Where) -> frozenset[str]:
     return frozenset(g.strip() for g in value)
 
 
-@rule_field("approvers")
-def compile_approvers(value: Any, where: Where, context: LoadContext) -> frozenset[str]:
+def compile_groups(value: Any, where: Where, context: LoadContext) -> frozenset[str]:
     return _groups(value, where)
 
 
-@rule_field("escalate_to")
-def compile_escalate_to(value: Any, where: Where, context: LoadContext) -> frozenset[str]:
-    return _groups(value, where)
+def compile_duration(value: Any, where: Where, context: LoadContext) -> float:
+    return _duration(value, where)
+
+
+for _key in ("approvers", "escalate_to"):
+    rule_field(_key)(compile_groups)
+for _key in ("timeout", "escalate_after", "grant"):
+    rule_field(_key)(compile_duration)
+top_level_field("hold_timeout")(compile_duration)
 
 
 @rule_field("approvals_required")
@@ -90,26 +95,6 @@ def compile_approvals_required(value: Any, where: Where, context: LoadContext) -
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
         where.fail("approvals_required must be a whole number from 1 to 10")
     return value
-
-
-@rule_field("timeout")
-def compile_timeout(value: Any, where: Where, context: LoadContext) -> float:
-    return _duration(value, where)
-
-
-@rule_field("escalate_after")
-def compile_escalate_after(value: Any, where: Where, context: LoadContext) -> float:
-    return _duration(value, where)
-
-
-@rule_field("grant")
-def compile_grant(value: Any, where: Where, context: LoadContext) -> float:
-    return _duration(value, where)
-
-
-@top_level_field("hold_timeout")
-def compile_hold_timeout(value: Any, where: Where, context: LoadContext) -> float:
-    return _duration(value, where)
 
 
 @dataclass(frozen=True)

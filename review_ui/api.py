@@ -105,11 +105,7 @@ def approve(flow_id: str) -> Any:
             grant = parse_duration(data["grant"])
         except ValueError as exc:
             return api_error(400, "bad_grant", str(exc))
-    try:
-        hold = _call(services().approvals.approve, flow_id, current_actor(), comment, grant)
-    except DecisionError as exc:
-        return decision_error(exc)
-    return jsonify(_call(hold.summary))
+    return _decide(services().approvals.approve, flow_id, comment, grant)
 
 
 @bp.post("/flows/<flow_id>/reject")
@@ -118,8 +114,12 @@ def reject(flow_id: str) -> Any:
     data = _body()
     if data is None or (comment := _comment(data)) is None:
         return api_error(400, "bad_request", 'expected a JSON object like {"comment": "..."}')
+    return _decide(services().approvals.reject, flow_id, comment)
+
+
+def _decide(action: Any, flow_id: str, *args: Any) -> Any:
     try:
-        hold = _call(services().approvals.reject, flow_id, current_actor(), comment)
+        hold = _call(action, flow_id, current_actor(), *args)
     except DecisionError as exc:
         return decision_error(exc)
     return jsonify(_call(hold.summary))
