@@ -164,26 +164,31 @@ def _filter(node: Filter, loc: Location, root: Any) -> list[Location]:
 
 
 def _descendants(right: Any, starts: list[Location], root: Any) -> list[Location]:
-    """``left..right``: ``right`` applied to every start and everything beneath it,
-    depth first in document order (the order jsonpath-ng reports)."""
+    """``left..right``: ``right`` applied to every start and everything beneath it.
+
+    Matches come in no particular order (masking does not depend on it). The walk is the
+    hot loop of masking, hence ``type(...) is`` (JSON parsing makes exact dicts and lists)
+    and (value, link) pairs instead of Locations for the many nodes that are not selected.
+    """
     names = right.fields if isinstance(right, jp.Fields) and not right._deprecated_wildcard_use else None
     out: list[Location] = []
-    # (value, link) pairs rather than Locations: most visited nodes are not selected.
-    stack: list[tuple[Any, Link]] = [(loc.value, loc.link) for loc in reversed(starts)]
+    stack: list[tuple[Any, Link]] = [(loc.value, loc.link) for loc in starts]
+    push, pop = stack.append, stack.pop
     while stack:
-        value, link = stack.pop()
-        if isinstance(value, dict):
+        value, link = pop()
+        if names is None:
+            out.extend(_step(right, Location(None, None, value, link), root))
+        kind = type(value)
+        if kind is dict:
             if names is not None:
                 out.extend(Location(value, f, value[f], (link, f)) for f in names if f in value)
-            else:
-                out.extend(_step(right, Location(None, None, value, link), root))
-            stack.extend((v, (link, k)) for k, v in reversed(value.items()) if isinstance(v, dict | list))
-        elif isinstance(value, list):
-            if names is None:
-                out.extend(_step(right, Location(None, None, value, link), root))
-            stack.extend(
-                (value[i], (link, i)) for i in range(len(value) - 1, -1, -1) if isinstance(value[i], dict | list)
-            )
-        elif names is None:
-            out.extend(_step(right, Location(None, None, value, link), root))
+            for key, child in value.items():
+                child_kind = type(child)
+                if child_kind is dict or child_kind is list:
+                    push((child, (link, key)))
+        elif kind is list:
+            for index, child in enumerate(value):
+                child_kind = type(child)
+                if child_kind is dict or child_kind is list:
+                    push((child, (link, index)))
     return out

@@ -9,6 +9,7 @@ nobody without the key can test guesses against the tokens. The key comes from
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -80,6 +81,7 @@ def canonical(value: Any) -> bytes:
 _PREFIX_JUNK = re.compile(r"[^a-z0-9_]+")
 
 
+@functools.lru_cache(maxsize=1024)
 def clean_prefix(name: str) -> str:
     """A field or detector name as a token prefix: lower-case letters, digits, '_'."""
     return _PREFIX_JUNK.sub("_", name.lower()).strip("_")[:32] or "value"

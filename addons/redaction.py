@@ -22,6 +22,7 @@ from addons.pseudonyms import Pseudonyms
 
 #: Integers this long are also scanned by detectors (a card number sent as a number).
 SCAN_INT_DIGITS = 12
+_INT_SCAN = 10 ** (SCAN_INT_DIGITS - 1)
 
 
 @dataclass
@@ -114,14 +115,17 @@ class Redactor:
     def _scrub(self, value: Any, link: Link, mask: Mask, tally: Tally) -> Any:
         """Run the mask's detectors over every string (and long integer) in ``value``."""
         stack: list[tuple[Any, Any, Any, Link]] = [(None, None, value, link)]
+        push, pop = stack.append, stack.pop
         root = value
         while stack:
-            parent, key, item, here = stack.pop()
-            if isinstance(item, dict):
-                stack.extend((item, k, v, (here, k)) for k, v in item.items() if not _inert(v))
-                continue
-            if isinstance(item, list):
-                stack.extend((item, i, v, (here, i)) for i, v in enumerate(item) if not _inert(v))
+            parent, key, item, here = pop()
+            kind = type(item)
+            if kind is dict or kind is list:
+                # Only what a detector could match is visited: strings, long integers.
+                for k, v in (item.items() if kind is dict else enumerate(item)):
+                    t = type(v)
+                    if t is str or t is dict or t is list or t is int and not -_INT_SCAN < v < _INT_SCAN:
+                        push((item, k, v, (here, k)))
                 continue
             new = self._detect_in(item, mask, tally, here)
             if new is item:
@@ -135,7 +139,7 @@ class Redactor:
     def _detect_in(self, item: Any, mask: Mask, tally: Tally, link: Link) -> Any:
         if isinstance(item, str):
             new, n = self.detect_text(item, mask)
-        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 10 ** (SCAN_INT_DIGITS - 1):
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= _INT_SCAN:
             text = str(item)
             spans = find_all(text, mask.detect)
             if not (len(spans) == 1 and spans[0][:2] == (0, len(text))):
