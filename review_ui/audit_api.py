@@ -49,7 +49,7 @@ def replay(flow_id: str) -> Any:
         return api_error(400, "bad_request", "wait: expected a number of seconds")
     try:
         result = start_replay(flow_id, wait)
-    except (ReplayError, Unavailable) as exc:
+    except ReplayError as exc:
         return api_error(exc.status, exc.code, exc.message)
     return jsonify(result), 200 if result["state"] == "done" else 202
 

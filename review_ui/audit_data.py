@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import abort
 
+from addons.replay import ReplayError
 from review_ui.flowquery import FilterError, FlowFilter, Page, make_page, page_query
 from review_ui.jsondiff import diff_bodies
 from review_ui.services import services
@@ -21,10 +22,8 @@ RECORDED_WAIT_S = 5.0
 SESSION_FLOWS_MAX = 5000
 
 
-class Unavailable(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class Unavailable(ReplayError):
+    """Recording is off or the replay addon is missing: a (status, code, message) like ReplayError."""
 
 
 def store() -> Any:

@@ -10,7 +10,6 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from addons.replay import ReplayError
 from review_ui import audit_data
 from review_ui.audit_api import start_replay
-from review_ui.audit_data import Unavailable
 from review_ui.auth import login_required
 from review_ui.highlight import highlight_json
 
@@ -110,7 +109,7 @@ def download_json(flow_id: str) -> Any:
 def replay(flow_id: str) -> Any:
     try:
         result = start_replay(flow_id, REPLAY_WAIT_S)
-    except (ReplayError, Unavailable) as exc:
+    except ReplayError as exc:
         flash(f"Not replayed: {exc.message}", "error")
         return redirect(url_for("audit_flow.show", flow_id=flow_id))
     new_id = result["flow_id"]

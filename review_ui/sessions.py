@@ -78,7 +78,7 @@ def sessions_page(query: Query, identity: str = "", since: str = "", until: str 
     named = [s["session_id"] for s in page if s["session_id"] is not None]
     conns = [f"{s['conn_identity']}{_SEP}{s['conn_client']}" for s in page if s["session_id"] is None]
     columns, rows = query(
-        f"SELECT {_KEY} AS key, string_agg(DISTINCT identity, ', ') AS identities, count(*) AS flows, "
+        f"SELECT {_KEY} AS key, string_agg(DISTINCT identity, ', ' ORDER BY identity) AS identities, count(*) AS flows, "
         f"min(started_at) AS first_at, count(*) FILTER (WHERE decision IN {DENIED}) AS denied, "
         "count(*) FILTER (WHERE actor IS NOT NULL) AS reviewed "
         f"FROM (SELECT *, {_CONN} FROM flows WHERE {where} AND (list_contains(?, session_id) OR "

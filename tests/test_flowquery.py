@@ -10,7 +10,13 @@ import pytest
 from bench.audit import seed
 from recordings import schema
 from review_ui.flowquery import (
-    FilterError, FlowFilter, decode_cursor, encode_cursor, make_page, page_query, parse_time,
+    FilterError,
+    FlowFilter,
+    decode_cursor,
+    encode_cursor,
+    make_page,
+    page_query,
+    parse_time,
 )
 
 COUNT = 230
@@ -29,8 +35,8 @@ def con(tmp_path_factory):
     con.close()
 
 
-def fetch(con, flt=FlowFilter(), after="", before="", limit=50):
-    query = page_query(flt, after=after, before=before, limit=limit)
+def fetch(con, flt=None, after="", before="", limit=50):
+    query = page_query(flt or FlowFilter(), after=after, before=before, limit=limit)
     cur = con.execute(query.sql, query.params)
     columns = [d[0] for d in cur.description]
     rows = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
