@@ -16,11 +16,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import requests
 from playwright.sync_api import Page, expect
 
 from gateway.settings import PROJECT_ROOT
+from tests.support.module_servers import tls_server
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
-from tests.support.upstream import Canned
+from tests.support.upstream import Canned, UpstreamServer
 
 pytestmark = pytest.mark.browser
 
@@ -47,11 +49,25 @@ credentials:
 """
 
 
+UPSTREAM_CA = """
+upstreams:
+  - host: "127.0.0.1"
+    ca_bundle: {ca}
+"""
+
+
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
+def tls_upstream(pki) -> Iterator[UpstreamServer]:
+    server = tls_server(pki)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir, pki) -> Iterator[ReviewRig]:
     directory = tmp_path_factory.mktemp("audit")
     (directory / "api.key").write_text("key-at-recording-time")
-    extra = EXTRA_RULES + CREDENTIALS.format(key_file=directory / "api.key")
+    extra = EXTRA_RULES + CREDENTIALS.format(key_file=directory / "api.key") + UPSTREAM_CA.format(ca=pki.ca_cert)
     rig = ReviewRig(directory, confdir, extra_rules=extra)
     yield rig
     rig.stop()
@@ -313,6 +329,20 @@ def test_replay_injects_the_credentials_configured_now_not_recorded_ones(rig: Re
     assert (result["state"], result["status_code"]) == ("done", 200)
     sent = [r.headers.get("x-api-key") for r in rig.received("/v1/creds/balance")]
     assert sent == ["key-at-recording-time", "key-rotated-since"]
+
+
+def test_replay_of_an_https_request(rig: ReviewRig, tls_upstream: UpstreamServer):
+    with requests.Session() as agent:
+        agent.trust_env = False
+        sent = agent.post(tls_upstream.url("/v1/tls/echo?x=1"), json={"a": 1}, proxies=rig.proxies("billing-agent"),
+                          verify=str(rig.gateway.ca_cert), timeout=10)
+    assert sent.status_code == 200
+    wait_recorded(rig, 1, path="/v1/tls/echo")
+    result = replay(rig, flow_id(sent)).json()
+    assert (result["state"], result["status_code"], result["decision"]) == ("done", 200, "allowed")
+    assert [(r.method, r.path, r.json()) for r in tls_upstream.received] == [("POST", "/v1/tls/echo?x=1", {"a": 1})] * 2
+    row = wait_recorded(rig, 1, path="/v1/tls/echo", replays="only")[0]
+    assert (row["scheme"], row["identity"]) == ("https", "billing-agent")
 
 
 def test_a_truncated_recording_is_not_replayed(rig: ReviewRig):
