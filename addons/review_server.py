@@ -110,9 +110,10 @@ class ReviewServerAddon:
         )
         try:
             self.server = make_server(host, port, app, threaded=True)
-        except OSError as exc:
+        except (OSError, SystemExit) as exc:  # werkzeug exits (SystemExit) when the port is taken
+            why = exc.strerror if isinstance(exc, OSError) else "the address is in use or unavailable"
             raise exceptions.OptionsError(
-                f"review UI cannot listen on {host}:{port}: {exc.strerror or exc} "
+                f"review UI cannot listen on {host}:{port}: {why} "
                 "(pass --ui HOST:PORT or --ui off)") from None
         if self.thread is None and _loop_running():
             self._start_thread()
