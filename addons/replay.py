@@ -8,6 +8,11 @@ through every Portcullis hook like an agent's request: the rules are evaluated a
 replay can be blocked or held), credentials are injected from the *current*
 configuration, masking applies, and the recorder stores it with ``replay_of`` set.
 
+The rules run for the original agent's identity (and the groups configured for it now);
+the replaying reviewer is the flow's ``actor``. If a replay is held and approved, the
+approvals addon names the approver as actor; we put the replaying reviewer back before
+the recorder writes the row (the approver stays in the events and in the ticket).
+
 Recordings hold no secrets: headers the recorder redacted are dropped here and the
 credentials addon injects what is configured now. A request whose body was truncated by
 the recording cap is refused: we would send something the agent never sent.
@@ -22,6 +27,7 @@ approvals addon treats a closed client as gone and would abandon a held replay a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import threading
@@ -227,8 +233,14 @@ class ReplayAddon:
 
         if _running_loop() is loop:  # called from a hook or command: no hand-over needed
             self._send(flow, ticket, identity)
-        else:
-            asyncio.run_coroutine_threadsafe(send(), loop).result(HANDOVER_TIMEOUT_S)
+            return ticket
+        handover = asyncio.run_coroutine_threadsafe(send(), loop)
+        try:
+            handover.result(HANDOVER_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            handover.cancel()
+            raise ReplayError(503, "gateway_busy",
+                              f"the gateway did not take the replay within {HANDOVER_TIMEOUT_S:g} s") from None
         return ticket
 
     def get(self, new_flow_id: str) -> Ticket | None:
