@@ -96,30 +96,41 @@ class NotifyAddon:
                 self._backlog += 1
             self.pool.submit(self._deliver, hook, payload(hook, event.kind, summary, link))
 
-    def _deliver(self, hook: Webhook, body: dict[str, Any]) -> None:
-        data = json.dumps(body, default=str).encode()
+    def _deliver(self, hook: Webhook, body: dict[str, Any], attempt: int = 1) -> None:
+        """One attempt (on a pool thread). A retry is scheduled, not slept on, so one
+        dead webhook cannot hold the pool's threads while others wait."""
+        request = urllib.request.Request(hook.url, data=json.dumps(body, default=str).encode(), method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "User-Agent": "portcullis-notify"})
         try:
-            for attempt in range(1, ATTEMPTS + 1):
-                request = urllib.request.Request(hook.url, data=data, method="POST",
-                                                 headers={"Content-Type": "application/json",
-                                                          "User-Agent": "portcullis-notify"})
-                try:
-                    # No proxy: a webhook must not loop back through the gateway itself.
-                    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-                    with opener.open(request, timeout=TIMEOUT_S) as response:
-                        if response.status < 300:
-                            self.delivered += 1
-                            return
-                        problem = f"HTTP {response.status}"
-                except urllib.error.HTTPError as exc:
-                    problem = f"HTTP {exc.code}"
-                except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                    problem = str(getattr(exc, "reason", exc))
-                log.warning("webhook %s attempt %d/%d failed: %s", hook.url, attempt, ATTEMPTS, problem)
-                if attempt < ATTEMPTS:
-                    time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            # No proxy: a webhook must not loop back through the gateway itself.
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(request, timeout=TIMEOUT_S) as response:
+                problem = None if response.status < 300 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            problem = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            problem = str(getattr(exc, "reason", exc))
+        if problem is None:
+            self.delivered += 1
+        elif attempt < ATTEMPTS and self.pool is not None:
+            log.warning("webhook %s attempt %d/%d failed: %s", hook.url, attempt, ATTEMPTS, problem)
+            retry = threading.Timer(BACKOFF_S * 2 ** (attempt - 1), self._retry, (hook, body, attempt + 1))
+            retry.daemon = True
+            retry.start()
+            return
+        else:
             self.failed += 1
-            log.error("webhook %s: giving up after %d attempts", hook.url, ATTEMPTS)
-        finally:
+            log.error("webhook %s: giving up after %d attempts: %s", hook.url, attempt, problem)
+        with self._lock:
+            self._backlog -= 1
+
+    def _retry(self, hook: Webhook, body: dict[str, Any], attempt: int) -> None:
+        pool = self.pool
+        try:
+            if pool is None:
+                raise RuntimeError("notifications stopped")
+            pool.submit(self._deliver, hook, body, attempt)
+        except RuntimeError:  # shutting down
             with self._lock:
                 self._backlog -= 1
