@@ -342,6 +342,8 @@ class ApprovalsAddon:
             self.waiting.pop(hold.id, None)
         if hold.decision == "abandoned" or (hold.decision == "approved" and client_gone(flow)):
             # Never forward for a client that has gone; the kill ends the flow in `error`.
+            if hold.decision == "approved":
+                state.emit("abandoned", actor="gateway", reason="client disconnected before forwarding")
             state.decision = "abandoned"
             if flow.killable:
                 flow.kill()
