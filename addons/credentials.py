@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.utils import human
 
 from addons.flowstate import state_of
 from addons.matching import Match, RequestView, compile_match
@@ -163,42 +164,125 @@ class CredentialsAddon:
         state.emit("decided", action="block", error=error, reason=reason)
         reply(flow, 403, error, "blocked", reason=reason)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A body mitmproxy will stream never reaches the response hook in one piece: mask
+        it chunk by chunk, or refuse it when it is compressed and cannot be scanned."""
+        state = state_of(flow)
+        response = flow.response
+        if not state.secrets or response is None or not _may_stream(response):
+            return
+        mask_headers(response, state.secrets)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            response.stream = StreamMasker(state.secrets)
+            # Masking changes the length: frame the body by chunks instead.
+            if response.headers.pop("content-length", None) is not None and flow.request.http_version == "HTTP/1.1":
+                response.headers["transfer-encoding"] = "chunked"
+            return
+        reason = f"a streamed {encoding}-encoded response cannot be checked for echoed credentials"
+        log.warning("refused flow %s: %s", flow.id, reason)
+        state.emit("decided", action="block", error="response_not_scannable", reason=reason)
+        reply(flow, 502, "response_not_scannable", "error", reason=reason)
+        assert flow.response is not None
+        body = flow.response.content or b""
+        # Drop the upstream body as it arrives; send our answer at the end.
+        flow.response.stream = lambda chunk: body if chunk == b"" else []
+
     def response(self, flow: http.HTTPFlow) -> None:
         """Mask secrets the upstream echoed back (headers and body) before the agent sees them."""
         state = state_of(flow)
         if not state.secrets or flow.response is None:
             return
         masked = mask_response(flow.response, state.secrets)
+        stream = flow.response.stream
+        masked += stream.count if isinstance(stream, StreamMasker) else 0
         if masked:
             state.emit("secret_echo_masked", count=masked)
             log.warning("upstream echoed an injected credential %d time(s); masked (flow %s)", masked, flow.id)
 
 
+def _may_stream(response: http.Response) -> bool:
+    """Will mitmproxy stream this body (now, or by switching mid-body)?"""
+    if response.stream:
+        return True
+    try:
+        limit = human.parse_size(ctx.options.stream_large_bodies)
+    except AttributeError:  # no master: nothing streams
+        return False
+    if limit is None:
+        return False
+    try:
+        return int(response.headers["content-length"]) > limit
+    except (KeyError, ValueError):
+        return True  # unknown length: mitmproxy may switch to streaming half-way
+
+
+def _variants(secrets: set[str] | frozenset[str]) -> list[bytes]:
+    """Longest first, so that a full value is masked before a part of it."""
+    return sorted({v.encode() for s in secrets for v in echo_variants(s)}, key=len, reverse=True)
+
+
+def _scrub(data: bytes, variants: list[bytes]) -> tuple[bytes, int]:
+    count = 0
+    for variant in variants:
+        found = data.count(variant)
+        if found:
+            count += found
+            data = data.replace(variant, MASK.encode())
+    return data, count
+
+
+def mask_headers(response: http.Response, secrets: set[str] | frozenset[str]) -> int:
+    variants = _variants(secrets)
+    count = 0
+    fields = []
+    for name, value in response.headers.fields:
+        value, found = _scrub(value, variants)
+        count += found
+        fields.append((name, value))
+    response.headers.fields = tuple(fields)
+    return count
+
+
 def mask_response(response: http.Response, secrets: set[str] | frozenset[str]) -> int:
     """Replace every occurrence of the secrets in headers and body; return how many."""
-    variants = sorted({v.encode() for s in secrets for v in echo_variants(s)}, key=len, reverse=True)
-    count = 0
-
-    def scrub(data: bytes) -> bytes:
-        nonlocal count
-        for variant in variants:
-            count += data.count(variant)
-            data = data.replace(variant, MASK.encode())
-        return data
-
-    response.headers.fields = tuple((name, scrub(value)) for name, value in response.headers.fields)
+    variants = _variants(secrets)
+    count = mask_headers(response, secrets)
     try:
         body = response.get_content(strict=True)  # decoded: gzip, br, zstd, deflate
     except ValueError:
         body = None  # undecodable: scrub the bytes as they are
     if body is None:
         if response.raw_content:
-            response.raw_content = scrub(response.raw_content)
-            if "content-length" in response.headers:
+            response.raw_content, found = _scrub(response.raw_content, variants)
+            count += found
+            if found and "content-length" in response.headers:
                 response.headers["content-length"] = str(len(response.raw_content))
     elif body:
-        before = count
-        scrubbed = scrub(body)
-        if count != before:
+        scrubbed, found = _scrub(body, variants)
+        if found:
+            count += found
             response.set_content(scrubbed)
     return count
+
+
+class StreamMasker:
+    """Masks secrets in a streamed, unencoded body chunk by chunk. The last
+    ``len(longest form) - 1`` bytes are held back until the next chunk, so a secret split
+    across two chunks is still caught."""
+
+    def __init__(self, secrets: set[str] | frozenset[str]) -> None:
+        self.variants = _variants(secrets)
+        self.keep = max(len(v) for v in self.variants) - 1
+        self.pending = b""
+        self.count = 0
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        data, found = _scrub(self.pending + chunk, self.variants)
+        self.count += found
+        if chunk == b"":  # end of the body
+            self.pending = b""
+            return data
+        cut = max(0, len(data) - self.keep)
+        self.pending = data[cut:]
+        return [data[:cut]] if cut else []  # an empty chunk would end a chunked body

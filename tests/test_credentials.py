@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from addons.credentials import StreamMasker
 from gateway.cli import main
+from gateway.settings import PROJECT_ROOT
 from tests.support.certs import TestPki
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, free_port
 from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 from tests.support.recording_check import find_in_recording
 from tests.support.upstream import Canned, Received
@@ -228,3 +234,58 @@ def test_injected_secrets_are_not_in_the_recording(gateway, upstream):
     assert find_in_recording(gateway.db, [marker]) == [marker]
     forms = [API_KEY, FILE_KEY, LEGACY_KEY, "legacy%2Bkey%2Fwith+spaces%3D1"]
     assert find_in_recording(gateway.db, forms) == []
+
+
+def test_stream_masker_catches_secrets_split_across_chunks():
+    secrets = {f"Bearer {API_KEY}", API_KEY}
+    body = f'{{"a": "x{API_KEY}y", "b": "Bearer {API_KEY}"}}'.encode() * 3
+    for size in (1, 2, 7, 19, len(API_KEY) - 1, len(API_KEY), 64, len(body)):
+        masker = StreamMasker(secrets)
+        out = []
+        for i in range(0, len(body), size):
+            result = masker(body[i:i + size])
+            out.extend(result if isinstance(result, list) else [result])
+        out.append(masker(b""))
+        assert all(out[:-1]), "an empty chunk would end a chunked body early"
+        assert b"".join(out) == body.replace(f"Bearer {API_KEY}".encode(), b"[REDACTED]").replace(
+            API_KEY.encode(), b"[REDACTED]"), size
+        assert masker.count == 6
+
+
+def test_streamed_responses_are_masked_or_refused(home, confdir, upstream):
+    """Under mitmproxy's stream_large_bodies the body never reaches the response hook whole."""
+    port = free_port()
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    process = subprocess.Popen(
+        [str(mitmdump), "-s", "addons/portcullis.py", "--listen-host", "127.0.0.1", "-p", str(port),
+         "--set", f"confdir={confdir}", "--set", f"portcullis_rules={home / 'rules.yaml'}",
+         "--set", "portcullis_db=", "--set", "portcullis_ui=off", "--set", "stream_large_bodies=1k"],
+        cwd=PROJECT_ROOT, env={**os.environ, **SECRET_ENV}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
+    pad = "x" * 5000
+    noise = os.urandom(4000).hex()  # stays over 1k when gzipped
+    upstream.routes["/echo/large"] = lambda seen: Canned(200, f"{pad}{seen.headers['authorization']}{pad}")
+    upstream.routes["/echo/large-gzip"] = lambda seen: Canned(
+        200, gzip.compress(f"{noise}{seen.headers['authorization']}".encode()), {"Content-Encoding": "gzip"})
+    proxies = {"http": f"http://127.0.0.1:{port}"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                large = requests.get(upstream.url("/echo/large"), proxies=proxies, timeout=10)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "".join(output)
+                time.sleep(0.2)
+        compressed = requests.get(upstream.url("/echo/large-gzip"), proxies=proxies, timeout=10)
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert large.status_code == 200
+    assert large.text == f"{pad}[REDACTED]{pad}"
+    assert compressed.status_code == 502
+    assert compressed.json()["error"] == "response_not_scannable"
+    assert API_KEY not in compressed.text and API_KEY not in "".join(output)
