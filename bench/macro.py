@@ -8,6 +8,7 @@ medians over repetitions.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Callable
@@ -173,7 +174,10 @@ async def _sample_check(env: Environment, scenario: Scenario) -> str | None:
     if scenario.check is None:
         return None
     target = env.target(scenario)
-    result = await loadgen.run_count(target, scenario.requests[:1], 1, 1, timeout=30, keep_bodies=True)
+    try:
+        result = await loadgen.run_count(target, scenario.requests[:1], 1, 1, timeout=30, keep_bodies=True)
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, loadgen.ProtocolError) as exc:
+        return f"sample request failed: {exc!r}"
     status = next(iter(result.statuses))
     return scenario.check(status, result.bodies[0])
 
@@ -212,10 +216,16 @@ async def run(config: Config, workdir: Path, log: Callable[[str], None] = print)
             for scenario, clients in order:
                 if scenario.name in invalid:
                     continue
+                if not env.measured_process(scenario).alive():
+                    process = env.measured_process(scenario)
+                    invalid[scenario.name] = f"{process.name} exited: {process.output()[-500:]}"
+                    log(f"  ! {scenario.name}: {invalid[scenario.name]}")
+                    continue
                 window = await _measure(env, scenario, clients, config)
                 cells[(scenario.name, clients)].windows.append(window)
         for name, process in env.proxies.items():
-            peak_rss[name] = process.usage().peak_rss
+            if process.alive():
+                peak_rss[name] = process.usage().peak_rss
     finally:
         env.stop()
     return _results(config, windows, cells, invalid, skipped, peak_rss, proxies)

@@ -26,7 +26,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if bare16 and rec16:
         ratio = rec16["rps"] / bare16["rps"]
         add("10 rules + recording: ≥ 0.85× bare mitmdump req/s at 16 clients", round(ratio, 3), ratio >= 0.85,
-            f"{rec16['rps']:.0f} vs {bare16['rps']:.0f} req/s{note}")
+            f"{ratio:.2f}×: {rec16['rps']:.0f} vs {bare16['rps']:.0f} req/s; CPU per request "
+            f"{rec16['cpu_s_per_1k'] / bare16['cpu_s_per_1k']:.2f}× bare's{note}")
     bare1, rec1 = _cell(results, "bare", 1), _cell(results, rec, 1)
     if bare1 and rec1:
         delta = rec1["p50_ms"] - bare1["p50_ms"]
