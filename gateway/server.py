@@ -17,6 +17,16 @@ from mitmproxy.tools.dump import DumpMaster
 from addons.portcullis import make_addons
 from gateway.agent_env import agent_environment, ensure_ca, shell_exports
 
+#: mitmproxy addons a gateway never uses (interactive commands, map/modify/save features
+#: that `portcullis run` does not expose). Every loaded addon costs hook dispatch on every
+#: request (about 3 µs per addon per hook; see docs/performance.md), and onboarding would
+#: answer http://mitm.it/ itself, before the policy sees the request.
+UNUSED_MITMPROXY_ADDONS = (
+    "browser", "commandhistory", "comment", "cut", "export", "onboarding", "mapremote",
+    "maplocal", "modifybody", "modifyheaders", "stickyauth", "stickycookie", "save", "savehar",
+    "anticache", "anticomp", "scriptloader",
+)
+
 
 class StartupError(Exception):
     """The gateway cannot start; the message says why and what to do."""
@@ -84,6 +94,9 @@ async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bo
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     if quiet:
         opts.update(termlog_verbosity="warn")
+    for name in UNUSED_MITMPROXY_ADDONS:
+        if unused := master.addons.get(name):
+            master.addons.remove(unused)
     if errorcheck := master.addons.get("errorcheck"):
         errorcheck.repeat_errors_on_stderr = True
     portcullis_addons = make_addons()
