@@ -3,10 +3,12 @@
     python -m bench.audit [--flows 1000000] [--db PATH] [--keep]
 
 Seeds a DuckDB file with the recorder's schema (recordings.schema) with generated flows
-(20 identities, 40 hosts, 5 methods, realistic status/decision mix, sessions of ~20
-flows, rules on blocked/held ones, small JSON bodies, 30 days of timestamps), then times
-the exact queries the review UI's flows page runs (review_ui.flowquery): the first page,
-a page deep in the table through its keyset cursor, the previous page, and each filter.
+(20 identities, 40 hosts, 7 methods, realistic status/decision mix, sessions of ~20
+flows, rules on blocked/held ones, small JSON bodies, 30 days of timestamps) and their
+events (received, decided, held and the decision for reviewed ones, completed), then
+times the exact queries the review UI's flows page runs (review_ui.flowquery): the first
+page, a page deep in the table through its keyset cursor, the previous page, and each
+filter; then the sessions list, a session timeline and a flow's detail page.
 Each query runs 5 times after one warm-up; the median and the worst are reported.
 Target: every page under 300 ms on this machine.
 """
@@ -84,6 +86,23 @@ def seed(con: duckdb.DuckDBPyConnection, count: int) -> None:
     """)
 
 
+def seed_events(con: duckdb.DuckDBPyConnection) -> None:
+    """The trail of every flow: received, decided, completed; held and the decision when reviewed."""
+    con.execute("""
+        INSERT INTO events (seq, flow_id, "at", actor, kind, detail)
+        SELECT row_number() OVER (), flow_id, "at", actor, kind, detail FROM (
+            SELECT id AS flow_id, started_at AS "at", 'gateway' AS actor, 'received' AS kind, '{}' AS detail FROM flows
+            UNION ALL SELECT id, started_at + INTERVAL 1 MILLISECOND, 'gateway', 'decided',
+                             '{"action": "' || decision || '"}' FROM flows
+            UNION ALL SELECT id, started_at + INTERVAL 2 MILLISECOND, 'gateway', 'held', '{}' FROM flows
+                      WHERE decision IN ('approved', 'rejected', 'expired')
+            UNION ALL SELECT id, ended_at - INTERVAL 3 MILLISECOND, coalesce(actor, 'gateway'), decision, '{}'
+                      FROM flows WHERE decision IN ('approved', 'rejected', 'expired')
+            UNION ALL SELECT id, ended_at, 'gateway', 'completed', '{}' FROM flows
+        )
+    """)
+
+
 def timed(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> tuple[float, list]:
     cur = con.cursor()
     started = time.perf_counter()
@@ -123,6 +142,7 @@ def other_pages(con: duckdb.DuckDBPyConnection, flow_id: str) -> list[dict]:
         return lambda: len(sessions_page(query, **kwargs)[0])
 
     second = sessions_page(query)[1] or ""
+    session_ids = [r[0] for r in con.execute("SELECT id FROM flows WHERE session_id = 'sess-12345'").fetchall()]
     return [
         repeat("sessions: first page, all time", sessions()),
         repeat("sessions: second page, all time", sessions(after=second)),
@@ -131,6 +151,10 @@ def other_pages(con: duckdb.DuckDBPyConnection, flow_id: str) -> list[dict]:
         repeat("session timeline (sess-12345)", lambda: len(timed(
             con, "SELECT * FROM flows WHERE session_id = ? ORDER BY started_at, id LIMIT 5000",
             ["sess-12345"])[1])),
+        repeat("session timeline: approval waits", lambda: len(timed(
+            con, 'SELECT flow_id, kind, "at", actor, detail FROM events WHERE flow_id IN (SELECT unnest(?)) '
+            "AND kind IN ('held', 'approved', 'rejected', 'expired', 'abandoned') ORDER BY \"at\", seq",
+            [session_ids])[1])),
         repeat("flow detail: row by id", lambda: len(timed(
             con, "SELECT * FROM flows WHERE id = ? LIMIT 1", [flow_id])[1])),
         repeat("flow detail: events of the flow", lambda: len(timed(
@@ -153,10 +177,12 @@ def run(count: int, db: Path) -> dict:
     schema.migrate(con, str(db))
     have = con.execute("SELECT count(*) FROM flows").fetchone()[0]
     seed_s = 0.0
-    if have != count:
+    if have != count or not con.execute("SELECT count(*) FROM events").fetchone()[0]:
         con.execute("DELETE FROM flows")
+        con.execute("DELETE FROM events")
         started = time.perf_counter()
         seed(con, count)
+        seed_events(con)
         con.execute("CHECKPOINT")
         seed_s = time.perf_counter() - started
     con.close()
