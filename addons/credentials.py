@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons.flowstate import state_of
@@ -120,10 +120,34 @@ class CredentialsAddon:
 
     def __init__(self) -> None:
         self.credentials: tuple[Credential, ...] = ()
+        self._running = False
 
     def policy_loaded(self, policy: Policy) -> None:
         """Called by the policy addon on every (re)load; secrets were resolved by the load."""
-        self.credentials = policy.settings.get("credentials", ())
+        previous, self.credentials = self.credentials, policy.settings.get("credentials", ())
+        try:
+            self._refuse_printing_secrets()
+        except exceptions.OptionsError as exc:
+            if not self._running:
+                raise  # start-up: refuse to start
+            self.credentials = previous
+            log.error("the reloaded credentials are not used, the previous ones stay: %s", exc)
+
+    def running(self) -> None:
+        self._running = True
+
+    def configure(self, updated: set[str]) -> None:
+        if "flow_detail" in updated:
+            self._refuse_printing_secrets()
+
+    def _refuse_printing_secrets(self) -> None:
+        """Under plain mitmdump, the flow printer would log the injected values."""
+        leak = _printed_by_dumper(self.credentials)
+        if leak:
+            raise exceptions.OptionsError(
+                f"credential injection with mitmproxy's flow printer: {leak}, which would log the "
+                "injected secrets; run with -q or --set flow_detail=0 (portcullis run does not print flows)"
+            )
 
     def banner(self) -> list[str]:
         if not self.credentials:
@@ -199,6 +223,21 @@ class CredentialsAddon:
         if masked:
             state.emit("secret_echo_masked", count=masked)
             log.warning("upstream echoed an injected credential %d time(s); masked (flow %s)", masked, flow.id)
+
+
+def _printed_by_dumper(credentials: tuple[Credential, ...]) -> str | None:
+    try:
+        detail = ctx.options.flow_detail
+        dumper = ctx.master.addons.get("dumper")
+    except (AttributeError, KeyError):  # no master, or no dumper option (portcullis run)
+        return None
+    if dumper is None or not credentials:
+        return None
+    if detail >= 2 and any(c.headers for c in credentials):
+        return f"flow_detail={detail} prints request headers"
+    if detail >= 1 and any(c.query for c in credentials):
+        return f"flow_detail={detail} prints URLs with their query strings"
+    return None
 
 
 def _may_stream(response: http.Response) -> bool:

@@ -259,7 +259,8 @@ def test_streamed_responses_are_masked_or_refused(home, confdir, upstream):
     process = subprocess.Popen(
         [str(mitmdump), "-s", "addons/portcullis.py", "--listen-host", "127.0.0.1", "-p", str(port),
          "--set", f"confdir={confdir}", "--set", f"portcullis_rules={home / 'rules.yaml'}",
-         "--set", "portcullis_db=", "--set", "portcullis_ui=off", "--set", "stream_large_bodies=1k"],
+         "--set", "portcullis_db=", "--set", "portcullis_ui=off", "--set", "stream_large_bodies=1k",
+         "--set", "flow_detail=0"],  # mitmdump's flow printer would log the injected query key
         cwd=PROJECT_ROOT, env={**os.environ, **SECRET_ENV}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -289,3 +290,15 @@ def test_streamed_responses_are_masked_or_refused(home, confdir, upstream):
     assert compressed.status_code == 502
     assert compressed.json()["error"] == "response_not_scannable"
     assert API_KEY not in compressed.text and API_KEY not in "".join(output)
+
+
+def test_mitmdump_refuses_to_print_injected_secrets(home, confdir):
+    mitmdump = Path(sys.executable).with_name("mitmdump")
+    result = subprocess.run(
+        [str(mitmdump), "-s", "addons/portcullis.py", "--listen-host", "127.0.0.1", "-p", str(free_port()),
+         "--set", f"confdir={confdir}", "--set", f"portcullis_rules={home / 'rules.yaml'}",
+         "--set", "portcullis_db=", "--set", "portcullis_ui=off"],
+        cwd=PROJECT_ROOT, env={**os.environ, **SECRET_ENV}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "flow_detail=1 prints URLs with their query strings" in result.stdout + result.stderr
