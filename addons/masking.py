@@ -16,6 +16,7 @@ emits a ``masked`` event with its count and the (index-folded) paths, never the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -37,6 +38,9 @@ log = logging.getLogger("portcullis.masking")
 
 MASKED_HEADER = "X-Portcullis-Masked"
 DEFAULT_MAX_BODY = "10m"
+#: Bodies at least this large are masked in a worker thread (a 5 MiB body takes most of
+#: a second; smaller ones are done before a thread hand-off would pay off).
+OFFLOAD_BYTES = 32 * 1024
 Plan = list[tuple[Rule, tuple[Mask, ...]]]
 
 
@@ -119,7 +123,7 @@ class MaskingAddon:
             log.warning("closing a streamed request to %s: %s", flow.request.pretty_url, reason)
             flow.kill()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
         state = state_of(flow)
@@ -132,7 +136,7 @@ class MaskingAddon:
         try:
             for rule, masks in plan:
                 self.redactor.headers(flow.request.headers, masks, tallies.setdefault(rule.name, Tally()))
-            self._mask_body(flow.request, plan, tallies, keep_encoding=True)
+            await self._mask_body_off_loop(flow.request, plan, tallies, keep_encoding=True)
         except Exception as exc:  # noqa: BLE001 - whatever fails, the body must not go out unmasked
             reason = _reason(exc)
             if _passes(state, plan, reason, "request"):
@@ -175,7 +179,7 @@ class MaskingAddon:
         assert flow.response is not None
         flow.response.stream = _DiscardUpstream(flow.response.content or b"")
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if not state.forwarded or flow.response is None:
             return
@@ -190,7 +194,7 @@ class MaskingAddon:
         tallies: dict[str, Tally] = state.extras.pop("mask_tallies", {})
         if _has_body_masks(plan) and not _without_body(flow):
             try:
-                self._mask_body(flow.response, plan, tallies, keep_encoding=False)
+                await self._mask_body_off_loop(flow.response, plan, tallies, keep_encoding=False)
             except Exception as exc:  # noqa: BLE001 - fail closed: never pass it on unmasked
                 reason = _reason(exc)
                 if not _passes(state, plan, reason, "response"):
@@ -217,6 +221,15 @@ class MaskingAddon:
         if size is None and ctx.options.stream_large_bodies:
             return "a response of unknown length may be streamed (stream_large_bodies is set)"
         return None
+
+    async def _mask_body_off_loop(self, message: http.Message, plan: Plan, tallies: dict[str, Tally],
+                                  keep_encoding: bool) -> None:
+        """Mask large bodies in a worker thread so the event loop keeps serving other
+        flows meanwhile (this flow waits for the hook; nothing else touches it)."""
+        if len(message.raw_content or b"") < OFFLOAD_BYTES:
+            self._mask_body(message, plan, tallies, keep_encoding)
+        else:
+            await asyncio.to_thread(self._mask_body, message, plan, tallies, keep_encoding)
 
     def _mask_body(self, message: http.Message, plan: Plan, tallies: dict[str, Tally],
                    keep_encoding: bool) -> None:

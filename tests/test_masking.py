@@ -232,6 +232,17 @@ def test_json_is_sniffed_in_other_content_types_and_text_gets_only_detectors(gw)
     assert image.content == binary
 
 
+def test_larger_bodies_are_masked_too(gw):
+    """Above 32 KiB masking runs in a worker thread; the result must be the same."""
+    items = [{"ssn": "123-45-6789", "n": i, "email": f"p{i}@example.com"} for i in range(800)]
+    response = requests.get(serve(gw, "/v1/customers/many", json.dumps({"items": items})), timeout=10)
+    assert len(response.content) > 32 * 1024
+    body = response.json()
+    assert [item["ssn"] for item in body["items"]] == ["[masked]"] * 800
+    assert body["items"][5]["email"] == token("p5@example.com", "email")
+    assert response.headers["X-Portcullis-Masked"] == "1600"
+
+
 def test_oversize_response_is_refused_with_json_and_never_reaches_the_agent(gw):
     big = json.dumps({"ssn": "123-45-6789", "pad": "x" * 100_000})
     response = requests.get(serve(gw, "/v1/customers/big", big), timeout=10)
