@@ -23,7 +23,8 @@ BODY_PARTS = ("request", "response")
 def recorded(flow_id: str) -> dict[str, Any]:
     row = audit_data.store_or_abort().flow(flow_id)
     if row is None:
-        abort(404, f"No recorded flow {flow_id}.")
+        abort(404, f"No recorded flow {flow_id}. Flows are recorded when they complete: "
+                   f"a request still held for approval is under /flows/{flow_id}.")
     return row
 
 
