@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from addons.detectors import DETECTORS, Detector, expand, find_all, iban_ok, luhn_ok, register
 
@@ -123,3 +125,11 @@ def test_the_registry_is_extensible():
         assert find_all("by EMP-123456.", ("employee_id",)) == [(3, 13, "employee_id")]
     finally:
         del DETECTORS["employee_id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789 -+().@abcXYZ_\n"), max_size=80) | st.text(max_size=80))
+def test_spans_are_ordered_disjoint_and_inside_the_text(text):
+    spans = find_all(text, expand(("email", "phone", "card", "ssn", "iban", "secret")))
+    assert all(0 <= s < e <= len(text) for s, e, _ in spans)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
