@@ -8,16 +8,16 @@ Options:
         while the recording cannot be written.
 
 What it writes, and when:
-    requestheaders  event ``received`` (queued; reaches disk within 200 ms).
-    request         before a flow is forwarded, waits (without blocking the event loop)
-                    until everything queued for it is committed: a crash after this
-                    point still leaves its trace. If that fails and the policy is
-                    ``block``, the agent gets a JSON 503 instead of a forward.
-    response/error  the ``flows`` row, once, at the first of the two. Denials wait for
-                    the commit before they are returned.
+    requestheaders  a ``received`` line in the journal (recordings/journal.py: a plain
+                    write that survives a crash of the process) and the ``received``
+                    event (queued). If either cannot be written and the policy is
+                    ``block``, the agent gets a JSON 503 and nothing is forwarded.
+    response/error  the ``flows`` row, once, at the first of the two; for a denial the
+                    final decision is journaled before the answer goes out.
     events          every ``state.emit(...)`` of any addon (via flowstate.subscribe).
-On start, flows that were received but never finished (the gateway died) get a row:
-``expired`` if they were held, else ``error``, reason ``gateway_restart``.
+Rows reach DuckDB in batches within 200 ms (recordings/writer.py). On start, flows the
+previous run left unfinished are recorded from the journal and the events
+(recordings/recovery.py).
 
 Other addons reach the data through ``ctx.master.addons.get("portcullis_recorder").store``
 (see :mod:`recordings.store` for that API). This addon must be the last one in the
@@ -27,28 +27,30 @@ chain, so that it records what the agent actually received.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 
+import duckdb
 from mitmproxy import ctx, exceptions, http
 
 from addons import flowstate
 from addons.flowstate import Event, has_state, state_of
 from addons.replies import reply
 from recordings import control, rows, writer
+from recordings.journal import Journal
+from recordings.recovery import recover
 from recordings.schema import SCHEMA_VERSION
-from recordings.store import Store, StoreError, micros
+from recordings.store import Store, StoreError
 
 log = logging.getLogger("portcullis.recorder")
 
 DEFAULT_MAX_BODY = 1024 * 1024
 FAILURE_POLICIES = ("block", "allow")
-#: How long a flow waits for its trace to be committed before that counts as a failure.
-COMMIT_TIMEOUT_S = 5.0
+#: How often the journal starts a new file (the old one goes once its flows are committed).
+JOURNAL_ROTATE_S = 2.0
 #: Distinct secrets remembered across flows (credentials are few; this only bounds memory).
 MAX_KNOWN_SECRETS = 10_000
 
@@ -60,6 +62,9 @@ class RecorderAddon:
         self.store: Store | None = None
         self.writer: writer.Writer | None = None
         self.control: control.ControlServer | None = None
+        self.journal: Journal | None = None
+        self.journal_failure: str | None = None
+        self._rotator: asyncio.Task | None = None
         self.max_body = DEFAULT_MAX_BODY
         self.block_on_failure = True
         self._inflight: dict[str, http.HTTPFlow] = {}
@@ -107,47 +112,37 @@ class RecorderAddon:
             log.info("recording: upgraded %s from schema %d to %d", path, store.previous_version,
                      SCHEMA_VERSION)
         days = ctx.options.portcullis_retain_days
+        journal = Journal(path)
         cur = store.cursor()
         try:
-            self._recover(store, cur)
+            from_journal, closed = recover(store, cur, journal.entries())
+            if from_journal or closed:
+                log.warning("recording: %d flows were unfinished when the gateway last stopped "
+                            "(%d known only from the journal); recorded them", closed + from_journal,
+                            from_journal)
+            journal.close(delete=True)  # everything in it is in the database now
+            journal.open()
             if days:
                 writer.retain(store, cur, days)
+        except (OSError, StoreError, duckdb.Error) as exc:
+            store.close()
+            raise exceptions.OptionsError(f"cannot record to {path}: {exc}") from None
         finally:
             cur.close()
         self.store = store
+        self.journal = journal
         self.writer = writer.Writer(store, retain_days=days)
         self.writer.start()
         if not self._subscribed:
             flowstate.subscribe(self._on_event)
             self._subscribed = True
 
-    def _recover(self, store: Store, cur) -> None:
-        """Give every flow the last run left unfinished a row and a closing event."""
-        unfinished = store.unfinished(cur)
-        if not unfinished:
-            return
-        seq = store.next_seq(cur)
-        flows, events = [], []
-        for index, found in enumerate(unfinished):
-            detail = json.loads(found["detail"] or "{}")
-            decision = "expired" if found["held"] else "error"
-            flows.append({
-                **{key: detail.get(key) for key in ("method", "scheme", "host", "port", "path",
-                                                    "query", "client_addr", "identity", "session_id")},
-                "id": found["flow_id"], "started_at": found["at_us"], "decision": decision,
-                "reason": "gateway_restart", "rules": [],
-            })
-            events.append({"seq": seq + index, "flow_id": found["flow_id"], "at": micros(time.time()),
-                           "actor": "gateway", "kind": decision,
-                           "detail": json.dumps({"reason": "gateway_restart"})})
-        store.insert(cur, flows, events)
-        log.warning("recording: %d flows were unfinished when the gateway last stopped; "
-                    "recorded them as expired/error (gateway_restart)", len(flows))
-
     def running(self) -> None:
         if self.store is None:
             log.warning("recording is OFF (no portcullis_db): flows are not recorded")
             return
+        if self._rotator is None:
+            self._rotator = asyncio.get_running_loop().create_task(self._rotate_journal())
         if self.control is not None:
             return
         path = control.socket_path(self.store.path)
@@ -171,12 +166,19 @@ class RecorderAddon:
             self._subscribed = False
 
     def _close(self) -> None:
+        if self._rotator is not None:
+            self._rotator.cancel()
+            self._rotator = None
         if self.control is not None:
             self.control.stop()
             self.control = None
+        lost = 0
         if self.writer is not None:
-            self.writer.stop()
+            lost = self.writer.stop()
             self.writer = None
+        if self.journal is not None:
+            self.journal.close(delete=not lost)  # kept if rows were lost: the next start uses it
+            self.journal = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -189,7 +191,14 @@ class RecorderAddon:
 
     def _health(self) -> dict:
         return {"db": str(self.store.path) if self.store else None,
-                "recording": self.writer.failure or "ok" if self.writer else "off"}
+                "recording": self.failure or "ok" if self.writer else "off"}
+
+    @property
+    def failure(self) -> str | None:
+        """Why flows cannot be recorded right now; None when they can."""
+        if self.writer is None:
+            return "the recorder is not running"
+        return self.journal_failure or self.writer.failure
 
     # --- hooks ----------------------------------------------------------------------
 
@@ -200,36 +209,37 @@ class RecorderAddon:
         self._inflight[flow.id] = flow
         request = flow.request
         path, _, query = request.path.partition("?")
-        state.emit("received", method=request.method, scheme=request.scheme, host=request.host,
-                   port=request.port, path=path, query=query or None,
-                   client_addr=rows.client_address(flow.client_conn.peername))
-        if not self.writer.healthy and self.block_on_failure:
-            self._refuse(flow)
+        redactor = rows.Redactor(self._known)
+        detail = {"method": request.method, "scheme": request.scheme, "host": request.host,
+                  "port": request.port, "path": redactor.text(path),
+                  "query": redactor.text(query) if query else None,
+                  "client_addr": rows.client_address(flow.client_conn.peername)}
+        # On disk before anything else happens to the flow: a crash still leaves its trace.
+        self._journal("received", flow.id, detail)
+        state.emit("received", **detail)
+        if self.failure is not None:
+            if self.block_on_failure:
+                self._refuse(flow)
+            else:
+                log.warning("recording: %s may go unrecorded (%s)", flow.id, self.failure)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
         if self.writer is None or flow.id not in self._inflight:
             return
         state = state_of(flow)
-        if flow.response is not None or flow.error is not None or not state.forwarded:
-            return  # not going upstream: the flows row is written with the answer
-        self._remember_secrets(state)
-        if await self._committed():
+        if flow.response is None and flow.error is None and state.forwarded:
+            self._remember_secrets(state)
             state.emit("forwarded")
-        elif self.block_on_failure:
-            self._refuse(flow)
-        else:
-            log.warning("recording: forwarding %s although its trace is not on disk (%s)",
-                        flow.id, self.writer.failure if self.writer else "stopped")
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self._finish(flow)
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        await self._finish(flow)
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
 
     # --- internals --------------------------------------------------------------------
 
-    async def _finish(self, flow: http.HTTPFlow) -> None:
+    def _finish(self, flow: http.HTTPFlow) -> None:
         if self.writer is None or self._inflight.pop(flow.id, None) is None:
             return  # not ours (CONNECT), or already written at the first of response/error
         state = state_of(flow)
@@ -244,9 +254,14 @@ class RecorderAddon:
             state.emit("completed", status=flow.response.status_code)
         else:
             state.emit("error", error=state.error or (flow.error.msg if flow.error else None))
-        self._write_flow(flow, decision)
         if not state.forwarded:
-            await self._committed()  # a denial is on disk before the agent sees it
+            # A denial is on disk before the agent sees it.
+            self._journal("final", flow.id, {
+                "decision": decision, "rules": state.rules, "reason": state.reason,
+                "identity": state.identity, "session_id": state.session_id,
+                "status_code": flow.response.status_code if flow.response else None,
+                "error": state.error or (flow.error.msg if flow.error else None)})
+        self._write_flow(flow, decision)
 
     def _write_flow(self, flow: http.HTTPFlow, decision: str) -> None:
         if self.writer is None:
@@ -257,29 +272,43 @@ class RecorderAddon:
 
     def _refuse(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        failure = self.writer.failure if self.writer else "the recorder stopped"
         log.error("recording unavailable, not forwarding %s %s: %s", flow.request.method,
-                  flow.request.pretty_url, failure)
+                  flow.request.pretty_url, self.failure)
         state.decision = "error"
         state.reason = "recording_unavailable"
         reply(flow, 503, "recording_unavailable", "error",
               reason="the gateway cannot record this request, so it does not forward it")
 
-    async def _committed(self) -> bool:
-        """Wait until everything queued so far is on disk. False if that failed."""
-        if self.writer is None:
-            return False
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-
-        def resolve(ok: bool) -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(ok))
-
-        self.writer.barrier(resolve)
+    def _journal(self, kind: str, flow_id: str, fields: dict) -> None:
+        if self.journal is None:
+            return
         try:
-            return await asyncio.wait_for(done, COMMIT_TIMEOUT_S)
-        except TimeoutError:
-            return False
+            self.journal.note({"k": kind, "id": flow_id, "at": time.time(), **fields})
+        except OSError as exc:
+            if self.journal_failure is None:
+                log.error("recording failed: cannot write the journal: %s", exc)
+            self.journal_failure = f"cannot write the journal: {exc}"
+            return
+        if self.journal_failure is not None:
+            log.warning("recording works again: the journal is writable")
+            self.journal_failure = None
+
+    async def _rotate_journal(self) -> None:
+        """Keep the journal short: a new file every few seconds; older files are deleted
+        once everything queued before the switch is committed (if that fails, the next
+        switch tries again)."""
+        while True:
+            await asyncio.sleep(JOURNAL_ROTATE_S)
+            if self.journal is None or self.writer is None:
+                continue
+            try:
+                self.journal.rotate()
+            except OSError as exc:
+                log.error("recording: cannot start a new journal file: %s", exc)
+                continue
+            # On the event loop, between hooks: every line in these files was queued before.
+            older = self.journal.files()[:-1]
+            self.writer.barrier(partial(_delete_when_committed, older))
 
     def _remember_secrets(self, state: flowstate.FlowState) -> None:
         """Secrets seen in any flow are redacted everywhere (an event may quote another flow's)."""
@@ -303,3 +332,9 @@ class RecorderAddon:
         # Encoding and redaction happen on the writer thread, not on the event loop.
         self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
                                       event.detail, secrets))
+
+
+def _delete_when_committed(paths: list[Path], committed: bool) -> None:
+    if committed:  # on the writer thread, right after the commit
+        for path in paths:
+            path.unlink(missing_ok=True)

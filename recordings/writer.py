@@ -99,14 +99,15 @@ class Writer:
             cur.close()
         self._thread.start()
 
-    def stop(self, timeout: float = 30) -> None:
-        """Write everything queued, then end the thread."""
+    def stop(self, timeout: float = 30) -> int:
+        """Write everything queued, then end the thread. Returns the number of rows lost."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
-        lost = len(self._flows) + len(self._events)
+        lost = len(self._flows) + len(self._events) + self._queue.qsize() + self.dropped
         if lost:
             log.error("recording: %d rows could not be written before exit (%s)", lost, self.failure)
+        return lost
 
     # --- the thread -------------------------------------------------------------
 

@@ -142,17 +142,15 @@ def wait_flow(db: Path, flow_id: str) -> dict:
         time.sleep(0.05)
 
 
-def test_blocked_flow_is_on_disk_before_the_denial_arrives(gateway, upstream):
+def test_blocked_flow_is_recorded(gateway, upstream):
     response = client(gateway).delete(upstream.url("/v1/tables/users"), timeout=10)
     assert response.status_code == 403
     flow_id = response.json()["flow_id"]
-    # No waiting: the denial is only sent once its row is committed.
-    rows = sql(gateway.db, f"SELECT decision, rules, reason, status_code, response_body "
-                           f"FROM flows WHERE id = '{flow_id}'")
-    assert len(rows) == 1
-    decision, rules, reason, status, body = rows[0]
-    assert (decision, rules, reason, status) == ("blocked", ["no-deletes"], "Agents may not delete", 403)
-    assert json.loads(body)["flow_id"] == flow_id
+    row = wait_flow(gateway.db, flow_id)
+    assert (row["decision"], row["rules"], row["reason"], row["status_code"]) == \
+        ("blocked", ["no-deletes"], "Agents may not delete", 403)
+    assert json.loads(row["response_body"])["flow_id"] == flow_id
+    assert upstream.received == [] or all(r.method != "DELETE" for r in upstream.received)
 
 
 def test_upstream_down_is_recorded_as_error(gateway):
@@ -300,6 +298,9 @@ def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, c
         lost = sql(again.db, """SELECT count(*) FROM events e WHERE kind = 'received'
                                AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = e.flow_id)""")
         assert lost == [(0,)]
+        # Even flows answered in the last second were journaled before they were forwarded.
+        every_row = {flow_id for (flow_id,) in sql(again.db, "SELECT id FROM flows")}
+        assert {flow_id for flow_id, _ in completed} - every_row == set()
         restarted = sql(again.db, "SELECT decision, count(*) FROM flows "
                                   "WHERE reason = 'gateway_restart' GROUP BY ALL")
         assert all(decision == "error" for decision, _ in restarted)
@@ -328,18 +329,18 @@ def test_when_recording_fails_forwarding_stops_and_resumes(tmp_path, confdir, up
         assert again.status_code == 503
     finally:
         resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
-    gw.wait_for_output("recording works again")
     deadline = time.monotonic() + 10
     while (after := http.get(upstream.url("/after"), timeout=10)).status_code != 200:
         assert time.monotonic() < deadline, after.text
         time.sleep(0.2)
+    gw.wait_for_output("recording works again")
     rows = wait_for(gw.db, "SELECT path, decision, reason FROM flows WHERE path = '/during'",
                     [("/during", "error", "recording_unavailable")] * 2)
     assert rows == [("/during", "error", "recording_unavailable")] * 2
     gw.stop()
 
 
-def test_a_flow_held_when_the_gateway_died_is_recorded_as_expired(tmp_path, confdir, upstream):
+def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart(tmp_path, confdir, upstream):
     rules = RULES + """
       - name: hold-refunds
         match: {path: /v1/refunds}
@@ -352,17 +353,22 @@ def test_a_flow_held_when_the_gateway_died_is_recorded_as_expired(tmp_path, conf
     waiting.start()
     held = wait_for(gw.db, "SELECT count(*) FROM events WHERE kind = 'held'", [(1,)])
     assert held == [(1,)]
+    denied = client(gw).delete(upstream.url("/v1/tables/users"), timeout=10)
     assert gw.process is not None
-    gw.process.kill()
+    gw.process.kill()  # at once: the denial's row was not committed yet, only journaled
     gw.process.wait(10)
+    assert denied.status_code == 403
     again = start(tmp_path, confdir, "--db", str(gw.db))
     try:
-        again.wait_for_output("1 flows were unfinished")
-        assert sql(again.db, "SELECT path, decision, reason FROM flows") == [
-            ("/v1/refunds", "expired", "gateway_restart")]
+        again.wait_for_output("flows were unfinished")
+        rows = sql(again.db, "SELECT path, decision, rules, reason, status_code FROM flows ORDER BY path")
+        assert rows == [("/v1/refunds", "expired", [], "gateway_restart", None),
+                        ("/v1/tables/users", "blocked", ["no-deletes"], "Agents may not delete", 403)]
         assert sql(again.db, "SELECT kind FROM events WHERE kind = 'expired'") == [("expired",)]
+        assert sql(again.db, "SELECT count(*) FROM events WHERE kind = 'received'") == [(2,)]
     finally:
         again.stop()
+    assert list(gw.db.parent.glob(gw.db.name + ".journal.*")) == []  # clean stop: nothing left
 
 
 def _quietly(call, *args, **kwargs) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from recordings import schema
 from recordings.export import export, parse_since
+from recordings.journal import Journal
+from recordings.recovery import recover
 from recordings.sqlguard import ReadOnlyViolation, read_only_statement
 from recordings.store import Store, StoreError, micros
 from recordings.writer import Writer
@@ -199,3 +201,44 @@ def test_export_round_trips_through_duckdb(store, tmp_path, fmt):
     if fmt == "parquet":
         original = store.query("SELECT * FROM flows WHERE id = 'after'")[1]
         assert reader.execute(f"SELECT * FROM '{tmp_path}/out/flows.parquet'").fetchall() == original
+
+
+def test_journal_survives_rotation_and_a_torn_last_line(tmp_path):
+    journal = Journal(tmp_path / "rec.duckdb")
+    journal.open()
+    journal.note({"k": "received", "id": "a", "at": 1.0})
+    old = journal.rotate()
+    journal.note({"k": "final", "id": "a", "at": 2.0, "decision": "blocked"})
+    with open(journal.files()[-1], "ab") as torn:
+        torn.write(b'{"k": "received", "id": "b"')  # the process died mid-line
+    assert [p.name for p in journal.files()] == ["rec.duckdb.journal.1", "rec.duckdb.journal.2"]
+    assert old == journal.files()[0]
+    assert [(e["k"], e["id"]) for e in journal.entries()] == [("received", "a"), ("final", "a")]
+    assert oct(journal.files()[0].stat().st_mode & 0o777) == "0o600"
+    journal.close(delete=True)
+    assert journal.files() == []
+
+
+def test_recovery_uses_the_journal_and_closes_unfinished_flows(store):
+    insert(store, [flow("done", 1)], [event("done", "received", 1, 1), event("held", "received", 2, 2),
+                                      event("held", "held", 2.5, 3)])
+    journal = [
+        {"k": "received", "id": "done", "at": 1, "method": "GET"},  # already recorded: ignored
+        {"k": "received", "id": "denied", "at": 3, "method": "DELETE", "path": "/t", "host": "h"},
+        {"k": "final", "id": "denied", "at": 3.1, "decision": "blocked", "rules": ["r"],
+         "reason": "no", "status_code": 403},
+        {"k": "received", "id": "inflight", "at": 4, "method": "GET", "path": "/slow"},
+    ]
+    cur = store.cursor()
+    assert recover(store, cur, journal) == (2, 2)
+    cur.close()
+    rows = store.query("SELECT id, method, path, decision, rules, reason, status_code FROM flows ORDER BY id")[1]
+    assert rows == [
+        ("denied", "DELETE", "/t", "blocked", ["r"], "no", 403),
+        ("done", "GET", "/v1/x", "allowed", [], None, None),
+        ("held", None, None, "expired", [], "gateway_restart", None),
+        ("inflight", "GET", "/slow", "error", [], "gateway_restart", None),
+    ]
+    cur = store.cursor()
+    assert recover(store, cur, journal) == (0, 0)  # idempotent
+    cur.close()

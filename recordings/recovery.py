@@ -1,0 +1,77 @@
+"""On start: give every flow the previous run left unfinished its row. Nothing is dropped.
+
+1. Journal entries (see :mod:`recordings.journal`) of flows that never reached the
+   database become rows: a ``received`` event, and for denials the full decision (the
+   agent was told, so the record says exactly that).
+2. Every flow with a ``received`` event but no ``flows`` row gets one: ``expired`` if it
+   was held (its reviewer never decided), else ``error``; reason ``gateway_restart``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import duckdb
+
+from recordings.store import Store, micros
+
+#: Request fields a journal ``received`` entry / event detail carries into a flows row.
+REQUEST_FIELDS = ("method", "scheme", "host", "port", "path", "query", "client_addr")
+
+
+def recover(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> tuple[int, int]:
+    """Returns (flows recorded from the journal, flows closed as gateway_restart)."""
+    return _from_journal(store, cur, journal), _close_unfinished(store, cur)
+
+
+def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> int:
+    received = {e["id"]: e for e in journal if e.get("k") == "received"}
+    final = {e["id"]: e for e in journal if e.get("k") == "final"}
+    ids = list(received.keys() | final.keys())
+    if not ids:
+        return 0
+    have_row = _ids(cur, "SELECT id FROM flows WHERE id IN (SELECT unnest($1::VARCHAR[]))", ids)
+    have_event = _ids(cur, "SELECT flow_id FROM events WHERE kind = 'received' "
+                           "AND flow_id IN (SELECT unnest($1::VARCHAR[]))", ids)
+    seq = store.next_seq(cur)
+    flows, events = [], []
+    for flow_id in ids:
+        if flow_id in have_row:
+            continue
+        request = received.get(flow_id, {})
+        if request and flow_id not in have_event:
+            events.append({"seq": seq + len(events), "flow_id": flow_id, "at": micros(request["at"]),
+                           "actor": "gateway", "kind": "received",
+                           "detail": json.dumps({k: request.get(k) for k in REQUEST_FIELDS})})
+        decided = final.get(flow_id)
+        if decided:
+            flows.append({**{k: request.get(k) for k in REQUEST_FIELDS}, "id": flow_id,
+                          "started_at": micros(request.get("at", decided["at"])),
+                          "ended_at": micros(decided["at"]),
+                          **{k: decided.get(k) for k in ("decision", "rules", "reason", "identity",
+                                                         "session_id", "status_code", "error")}})
+    store.insert(cur, flows, events)
+    return len({row["id"] for row in flows} | {row["flow_id"] for row in events})
+
+
+def _close_unfinished(store: Store, cur: duckdb.DuckDBPyConnection) -> int:
+    unfinished = store.unfinished(cur)
+    seq = store.next_seq(cur)
+    flows, events = [], []
+    for index, found in enumerate(unfinished):
+        detail = json.loads(found["detail"] or "{}")
+        decision = "expired" if found["held"] else "error"
+        flows.append({**{k: detail.get(k) for k in REQUEST_FIELDS}, "id": found["flow_id"],
+                      "started_at": found["at_us"], "decision": decision, "reason": "gateway_restart",
+                      "rules": []})
+        events.append({"seq": seq + index, "flow_id": found["flow_id"], "at": micros(time.time()),
+                       "actor": "gateway", "kind": decision,
+                       "detail": json.dumps({"reason": "gateway_restart"})})
+    store.insert(cur, flows, events)
+    return len(flows)
+
+
+def _ids(cur: duckdb.DuckDBPyConnection, sql: str, ids: list[str]) -> set[str]:
+    return {row[0] for row in cur.execute(sql, [ids]).fetchall()}
