@@ -19,7 +19,7 @@ import requests
 from addons.credentials import StreamMasker
 from gateway.cli import main
 from gateway.settings import PROJECT_ROOT
-from tests.support.certs import TestPki
+from tests.support import certs
 from tests.support.gateway import GatewayProcess, free_port
 from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 from tests.support.recording_check import find_in_recording
@@ -58,7 +58,7 @@ RULES = """\
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Path:
+def home(tmp_path_factory: pytest.TempPathFactory, pki: certs.TestPki) -> Path:
     directory = tmp_path_factory.mktemp("credentials")
     (directory / "secrets").mkdir()
     (directory / "secrets" / "db_api_key").write_text(FILE_KEY + "\n")

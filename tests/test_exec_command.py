@@ -17,7 +17,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.settings import PROJECT_ROOT
-from tests.support.certs import TestPki
+from tests.support import certs
 from tests.support.gateway import GatewayProcess, free_port
 from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 
@@ -41,7 +41,7 @@ CLIENT = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, confdir: Path, pki: TestPki) -> Iterator[GatewayProcess]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, confdir: Path, pki: certs.TestPki) -> Iterator[GatewayProcess]:
     directory = tmp_path_factory.mktemp("exec")
     (directory / "rules.yaml").write_text(textwrap.dedent(f"""\
         version: 1

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gateway.cli import main
-from tests.support.certs import TestPki
+from tests.support import certs
 from tests.support.gateway import GatewayProcess
 from tests.support.jwtkeys import AUDIENCE, ISSUER, SigningKey, ec_key, jwks, rsa_key
 from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
@@ -38,7 +38,7 @@ def keys() -> dict[str, SigningKey]:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, SigningKey], pki: TestPki) -> Path:
+def home(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, SigningKey], pki: certs.TestPki) -> Path:
     directory = tmp_path_factory.mktemp("identity")
     (directory / "jwks.json").write_text(jwks(keys["rsa"], keys["ec"]))
     (directory / "rules.yaml").write_text(textwrap.dedent(f"""\

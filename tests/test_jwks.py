@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 import textwrap
 from collections.abc import Iterator
 
@@ -13,17 +12,16 @@ import requests
 from addons.jwks import JwksCache, JwksUnavailable
 from addons.rulefile import RuleFileError
 from addons.ruleset import compile_policy
-from tests.support.certs import TestPki
+from tests.support import certs
 from tests.support.jwtkeys import AUDIENCE, ISSUER, jwks, rsa_key
+from tests.support.module_servers import tls_server
 from tests.support.upstream import Canned, UpstreamServer
 
 
 @pytest.fixture
-def idp(pki: TestPki) -> Iterator[UpstreamServer]:
+def idp(pki: certs.TestPki) -> Iterator[UpstreamServer]:
     """An identity provider's key endpoint, over HTTPS with the test CA."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
+    server = tls_server(pki)
     yield server
     server.stop()
 

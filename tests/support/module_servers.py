@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.certs import TestPki
+from tests.support import certs
 from tests.support.upstream import UpstreamServer
 
 
-def tls_server(pki: TestPki) -> UpstreamServer:
+def tls_server(pki: certs.TestPki) -> UpstreamServer:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.server_cert, pki.server_key)
     return UpstreamServer(tls=context).start()
@@ -32,7 +32,7 @@ def module_upstream() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module", name="tls_upstream")
-def module_tls_upstream(pki: TestPki) -> Iterator[UpstreamServer]:
+def module_tls_upstream(pki: certs.TestPki) -> Iterator[UpstreamServer]:
     server = tls_server(pki)
     yield server
     server.stop()
