@@ -115,6 +115,7 @@ class Hold:
     body_sha256: str
     justification: str | None
     mode: str  # "wait" | "async"
+    matched: list[dict[str, Any]]  # every rule that matched: name, action, reason
     created: float
     deadline: float
     event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -175,6 +176,7 @@ class Hold:
     def details(self) -> dict[str, Any]:
         return {
             **self.summary(),
+            "matched": self.matched,
             "headers": [[k, v] for k, v in self.headers],
             "body": self.body,
             "body_truncated": self.body_truncated,
@@ -315,6 +317,7 @@ class ApprovalsAddon:
             body_sha256=body_hash(raw),
             justification=justification,
             mode="async" if state.control.get(WAIT_HEADER, "").strip().lower() == "async" else "wait",
+            matched=[{"name": r.name, "action": r.action, "reason": r.reason} for r in verdict.matched],
             created=now,
             deadline=now + spec.timeout,
         )

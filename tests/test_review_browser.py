@@ -84,6 +84,8 @@ def test_hold_appears_live_then_approve_with_comment_completes_the_agent_call(ri
     assert "sk-live-should-not-show" not in page.content()
     expect(page.locator("td.redacted").first).to_have_text("[redacted]")
     expect(page.locator("#session-flows")).to_contain_text("/v1/orders/A-7")  # from the recording
+    expect(page.locator("#matched-rules")).to_contain_text("money-movement")
+    expect(page.locator("#matched-rules")).to_contain_text("Moves customer money")
 
     page.fill("#comment", "Refund confirmed by phone")
     page.click("#approve")

@@ -67,6 +67,9 @@ rules:
     match: {{path: /v1/anyone}}
     action: hold
     reason: "Any reviewer may decide"
+  - name: money-movement   # no action: only shown to reviewers as context
+    match: {{method: POST, path: /v1/refunds}}
+    reason: "Moves customer money"
 """
 
 
