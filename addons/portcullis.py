@@ -24,6 +24,7 @@ from addons.requestlimits import RequestLimitsAddon
 from addons.review_server import ReviewServerAddon
 from addons.upstream_errors import UpstreamErrorsAddon
 from addons.upstreams import UpstreamsAddon
+from addons.wsguard import WebSocketGuardAddon
 
 
 def make_addons() -> list[object]:
@@ -43,6 +44,7 @@ def make_addons() -> list[object]:
         ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
         HostCheckAddon(),  # Host header / SNI must name the target the rules will see
         policy,
+        WebSocketGuardAddon(),  # upgrades on masked routes are refused; messages tallied
         approvals,  # holds: awaits the reviewer inside its request hook
         NotifyAddon(approvals),  # webhooks about holds, delivered off the event loop
         credentials,  # only flows that will be forwarded get secrets
