@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
+import duckdb
 import pytest
+import requests
 
 from addons.review_server import literal_ip, parse_ui_address
 from gateway.settings import PROJECT_ROOT
 from review_ui.reviewers import add_reviewer
-from tests.support.gateway import free_port
+from tests.support.gateway import GatewayProcess, free_port
 
 RULES = """
     version: 1
@@ -75,3 +81,31 @@ def test_a_missing_reviewers_file_stops_the_gateway(tmp_path, confdir):
     )
     assert run.returncode != 0
     assert "nope.yaml does not exist" in run.stdout + run.stderr
+
+
+def test_a_hold_pending_at_a_crash_is_recorded_as_expired_after_restart(tmp_path, confdir, upstream):
+    """The recorder's side of the agreement: holds never vanish silently."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules:\n  - {name: wait, match: {path: /v1/wait}, action: hold}\n")
+    db = tmp_path / "crash.duckdb"
+    first = GatewayProcess(rules, confdir, ["--db", str(db), "--ui", "off"]).start()
+    proxies = {"http": first.proxy_url}
+
+    def agent() -> None:
+        try:
+            requests.post(upstream.url("/v1/wait"), json={}, proxies=proxies, timeout=30)
+        except requests.RequestException:
+            pass  # the gateway dies under it
+
+    threading.Thread(target=agent, daemon=True).start()
+    first.wait_for_output("held POST")
+    time.sleep(1.5)  # the recorder commits in the background; this test is about the restart
+    first.stop(signal.SIGKILL)
+    GatewayProcess(rules, confdir, ["--db", str(db), "--ui", "off"]).start().stop()
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT decision, reason FROM flows WHERE path = '/v1/wait'").fetchall()
+        events = con.execute("SELECT kind, detail FROM events WHERE kind IN ('held', 'expired')").fetchall()
+    assert [kind for kind, _ in events] == ["held", "expired"]
+    assert "gateway_restart" in json.dumps(rows) + json.dumps([d for _, d in events])
+    assert rows and rows[0][0] == "expired"
+    assert upstream.received == []
