@@ -299,7 +299,7 @@ class RecorderAddon:
         switch tries again)."""
         while True:
             await asyncio.sleep(JOURNAL_ROTATE_S)
-            if self.journal is None or self.writer is None:
+            if self.journal is None or self.writer is None or self.journal.empty():
                 continue
             try:
                 self.journal.rotate()

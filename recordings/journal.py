@@ -46,6 +46,9 @@ class Journal:
             raise OSError("the journal is closed")
         os.write(self._fd, (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode())
 
+    def empty(self) -> bool:
+        return self._fd is None or os.fstat(self._fd).st_size == 0
+
     def rotate(self) -> Path | None:
         """Start a new file; returns the previous one (delete it once its flows are committed)."""
         old_fd, old_path = self._fd, self._path
