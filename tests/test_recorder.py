@@ -376,3 +376,13 @@ def _quietly(call, *args, **kwargs) -> None:
         call(*args, **kwargs)
     except requests.RequestException:
         pass  # the gateway was killed under it
+
+
+def test_a_recording_from_a_newer_portcullis_stops_the_start_with_a_clear_message(tmp_path, confdir):
+    db = tmp_path / "newer.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    con.execute("INSERT INTO schema_version VALUES (99, now())")
+    con.close()
+    with pytest.raises(RuntimeError, match="schema version 99, newer than this Portcullis"):
+        start(tmp_path, confdir, "--db", str(db))
