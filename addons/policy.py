@@ -145,8 +145,13 @@ class PolicyAddon:
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
         state = state_of(flow)
-        if state.forwarded and DECISION_HEADER not in flow.response.headers:
-            flow.response.headers[DECISION_HEADER] = state.decision or "allowed"
+        if state.forwarded:
+            # The response is the upstream's (gateway replies never leave a flow
+            # forwarded), and an upstream must not speak for the gateway.
+            headers = flow.response.headers
+            for name in [n for n in headers if n.lower().startswith(CONTROL_HEADER_PREFIX)]:
+                del headers[name]
+            headers[DECISION_HEADER] = state.decision or "allowed"
         flow.response.headers.setdefault(FLOW_ID_HEADER, flow.id)
 
 
