@@ -22,6 +22,7 @@ from addons.recorder import RecorderAddon
 from addons.replay import ReplayAddon
 from addons.requestlimits import RequestLimitsAddon
 from addons.review_server import ReviewServerAddon
+from addons.tunnelguard import TunnelGuardAddon
 from addons.upstream_errors import UpstreamErrorsAddon
 from addons.upstreams import UpstreamsAddon
 from addons.wsguard import WebSocketGuardAddon
@@ -52,6 +53,7 @@ def make_addons() -> list[object]:
         ReplayAddon(),  # re-sends recorded requests through all of the above
         upstreams,
         UpstreamErrorsAddon(),  # JSON 502/504 for upstream faults; times forwarded requests
+        TunnelGuardAddon(),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP
         RecorderAddon(),  # last: it stores what the agent actually received
     ]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import server_hooks
 
 from addons import errorpages
@@ -141,7 +141,7 @@ class UpstreamErrorsAddon:
         task.cancel()
 
 
-def connection_task(flow: http.HTTPFlow) -> asyncio.Task | None:
+def connection_task(flow: http.HTTPFlow | tcp.TCPFlow) -> asyncio.Task | None:
     """The task that reads the flow's upstream connection, if it is open."""
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)

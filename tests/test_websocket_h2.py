@@ -18,7 +18,13 @@ from wsproto.events import (
     TextMessage,
 )
 
-from tests.support.hardening import parse_response, read_response, recorded_flows, shared_gateway
+from tests.support.hardening import (
+    parse_response,
+    read_response,
+    read_until_close,
+    recorded_flows,
+    shared_gateway,
+)
 from tests.support.upstream import UpstreamServer
 
 RULES = """
@@ -144,6 +150,33 @@ def test_http2_streams_are_subject_to_the_rules(gateway, tls_upstream):
     summary, _ = curl_h2(gateway, f"https://127.0.0.1:{tls_upstream.port}/v1/other")
     assert summary == "2 200"
     assert [r.path for r in tls_upstream.received] == ["/v1/other"]
+
+
+def test_raw_tcp_through_connect_is_refused(gateway):
+    accepted = []
+    service = socket.socket()
+    service.bind(("127.0.0.1", 0))
+    service.listen(1)
+    service.settimeout(3)
+
+    def serve() -> None:
+        try:
+            conn, _ = service.accept()
+        except OSError:
+            return
+        accepted.append(conn)
+        conn.sendall(b"SSH-2.0-banner\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    target = f"127.0.0.1:{service.getsockname()[1]}"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"\x00\x01 not TLS, not HTTP\n")
+        received = read_until_close(sock)
+    service.close()
+    assert received == b""
+    assert accepted == []
 
 
 def test_allowed_websocket_works_and_is_tallied_not_recorded(gateway, ws_upstream):
