@@ -51,3 +51,12 @@ def test_demo_agent_exercises_every_default_rule(tmp_path, confdir):
     assert by_step["list customers"]["status"] == 200
     assert by_step["delete a table"]["status"] == 403
     assert by_step["small refund"]["status"] == 201
+    held = by_step["medium refund"]
+    assert (held["status"], held["decision"]) == (202, "held")
+    assert held["body"]["reason"] == "Refunds over $100 need a finance lead"
+    customer = by_step["read one customer"]
+    assert customer["masked"] >= 4
+    assert customer["body"]["ssn"] == "[masked]"
+    assert customer["body"]["card_number"].endswith("4242")
+    assert "4242 4242 4242 4242" not in json.dumps(customer["body"])
+    assert customer["body"]["email"].startswith("email_")
