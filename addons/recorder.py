@@ -209,7 +209,7 @@ class RecorderAddon:
         self._inflight[flow.id] = flow
         request = flow.request
         path, _, query = request.path.partition("?")
-        redactor = rows.Redactor(self._known)
+        redactor = rows.redactor_for(frozenset(self._known))
         detail = {"method": request.method, "scheme": request.scheme, "host": request.host,
                   "port": request.port, "path": redactor.text(path),
                   "query": redactor.text(query) if query else None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -65,6 +66,12 @@ class Redactor:
         if isinstance(value, list | tuple | set | frozenset):
             return [self.deep(v) for v in value]
         return value
+
+
+@lru_cache(maxsize=256)
+def redactor_for(secrets: frozenset[str]) -> Redactor:
+    """Most flows share the same few secrets (or none): build each Redactor once."""
+    return Redactor(secrets)
 
 
 def headers_json(fields: HeaderFields, redactor: Redactor, hidden: frozenset[str]) -> str:
@@ -174,8 +181,9 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
 
     def make() -> dict[str, Any]:
         # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
-        redactor = Redactor(secret_list | hidden_values(request_parts[0], hidden)
-                            | (hidden_values(response_parts[0], hidden) if response_parts else set()))
+        redactor = redactor_for(frozenset(
+            secret_list | hidden_values(request_parts[0], hidden)
+            | (hidden_values(response_parts[0], hidden) if response_parts else set())))
         row = dict(snapshot)
         row["path"], row["query"] = redactor.text(path), redactor.text(query) if query else None
         row["host"] = redactor.text(row["host"])
@@ -196,10 +204,10 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
 
 def event_row(flow_id: str, kind: str, at: float, actor: str, detail: dict[str, Any],
               secrets: Iterable[str], seq: int) -> dict[str, Any]:
-    redactor = Redactor(secrets)
-    return {
-        "seq": seq, "flow_id": flow_id, "at": micros(at), "actor": redactor.text(str(actor)), "kind": kind,
-        # Round-trip first so that values only str() can render are redacted too.
-        "detail": json.dumps(redactor.deep(json.loads(json.dumps(detail, default=str))),
-                             ensure_ascii=False),
-    }
+    redactor = redactor_for(frozenset(secrets))
+    text = json.dumps(detail, ensure_ascii=False, default=str)
+    if redactor.forms:
+        # Redact the decoded values, not the JSON text, so the result stays valid JSON.
+        text = json.dumps(redactor.deep(json.loads(text)), ensure_ascii=False)
+    return {"seq": seq, "flow_id": flow_id, "at": micros(at), "actor": redactor.text(str(actor)),
+            "kind": kind, "detail": text}

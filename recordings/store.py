@@ -99,7 +99,10 @@ class Store:
         if self.read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such recording")
         if not self.read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # e.g. a parent is a file, or a read-only file system
+                raise StoreError(f"cannot create the directory for {self.path}: {exc}") from None
         try:
             con = duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.IOException as exc:

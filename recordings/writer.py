@@ -1,10 +1,10 @@
 """The single writer thread: drains a queue and inserts rows in batches.
 
 Hooks on mitmproxy's event loop only ever call :meth:`Writer.put_flow`,
-:meth:`Writer.put_event` and :meth:`Writer.barrier`, which never block. The thread
-commits a batch when it holds ``batch_rows`` rows, ``batch_seconds`` after the first
-row of the batch arrived, or at once when somebody waits on a barrier (a group
-commit: whatever queued up meanwhile goes into the same transaction).
+:meth:`Writer.put_event` and :meth:`Writer.barrier`, which append to a deque and never
+block. The thread wakes every ``batch_seconds``, or earlier when ``batch_rows`` rows are
+queued or a barrier arrives, and commits everything queued in one transaction (one
+INSERT per table). Row encoding and redaction happen here, not on the event loop.
 
 When a commit fails, the batch is kept, barriers are answered ``False`` (so the
 gateway can stop forwarding) and the write is retried every ``retry_seconds`` until it
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +61,10 @@ class Writer:
         self.failure: str | None = None  # why writing fails right now; None when healthy
         self.written = 0
         self.dropped = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # A deque, not a queue.Queue: appending wakes nobody. Waking the writer for every
+        # row made it fight the event loop for the GIL on each request.
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
         self._flows: list[RowMaker | dict[str, Any]] = []
         self._events: list[_Event | dict[str, Any]] = []
         self._waiters: list[Barrier] = []
@@ -80,14 +83,20 @@ class Writer:
 
     def put_flow(self, make_row: RowMaker) -> None:
         """Queue a flows row; ``make_row`` runs on the writer thread (encoding costs CPU)."""
-        self._queue.put(make_row)
+        self._put(make_row)
 
     def put_event(self, make_row: Callable[[int], dict[str, Any]]) -> None:
         """Queue an events row; ``make_row(seq)`` runs on the writer thread."""
-        self._queue.put(_Event(next(self._seq), make_row))  # count() is atomic under the GIL
+        self._put(_Event(next(self._seq), make_row))  # count() is atomic under the GIL
 
     def barrier(self, callback: Callable[[bool], None]) -> None:
-        self._queue.put(Barrier(callback))
+        self._queue.append(Barrier(callback))
+        self._wake.set()
+
+    def _put(self, item: Any) -> None:
+        self._queue.append(item)  # deque.append is atomic
+        if len(self._queue) >= self.batch_rows:
+            self._wake.set()
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -102,9 +111,10 @@ class Writer:
     def stop(self, timeout: float = 30) -> int:
         """Write everything queued, then end the thread. Returns the number of rows lost."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._queue.append(_STOP)
+            self._wake.set()
             self._thread.join(timeout)
-        lost = len(self._flows) + len(self._events) + self._queue.qsize() + self.dropped
+        lost = len(self._flows) + len(self._events) + len(self._queue) + self.dropped
         if lost:
             log.error("recording: %d rows could not be written before exit (%s)", lost, self.failure)
         return lost
@@ -125,46 +135,24 @@ class Writer:
         cur.close()
 
     def _collect(self) -> None:
-        """Take items off the queue until a commit is due."""
-        deadline: float | None = None
+        """Sleep until a commit is due (batch_seconds, a full batch, a barrier, stop, or the
+        next retry), then take everything queued."""
+        if self.healthy:
+            timeout = self.batch_seconds
+        else:
+            timeout = max(0.0, self._retry_at - time.monotonic())
+        if not self._stopping:
+            self._wake.wait(timeout)
+        self._wake.clear()
         while True:
-            now = time.monotonic()
+            try:
+                self._take(self._queue.popleft())
+            except IndexError:
+                break
+        if not self.healthy:
+            self._answer_waiters(False)
             if self._stopping:
-                self._drain()
-                if not self.healthy:
-                    time.sleep(max(0.0, self._retry_at - now))
-                return
-            if not self.healthy:
-                self._answer_waiters(False)
-                if now >= self._retry_at:
-                    return
-                timeout = self._retry_at - now
-            elif deadline is not None:
-                if now >= deadline:
-                    return
-                timeout = deadline - now
-            else:
-                timeout = 1.0
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                if deadline is None and self.healthy:
-                    return  # idle: give retention a chance
-                continue
-            self._take(item)
-            if deadline is None:
-                deadline = now + self.batch_seconds
-            if self._waiters or len(self._flows) + len(self._events) >= self.batch_rows:
-                self._drain()
-                if self.healthy:
-                    return
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._take(self._queue.get_nowait())
-            except queue.Empty:
-                return
+                time.sleep(max(0.0, self._retry_at - time.monotonic()))
 
     def _take(self, item: Any) -> None:
         if item is _STOP:
