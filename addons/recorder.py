@@ -191,7 +191,9 @@ class RecorderAddon:
 
     def _health(self) -> dict:
         return {"db": str(self.store.path) if self.store else None,
-                "recording": self.failure or "ok" if self.writer else "off"}
+                "recording": self.failure or "ok" if self.writer else "off",
+                "rows_written": self.writer.written if self.writer else 0,
+                "writer_cpu_s": round(self.writer.cpu_seconds, 3) if self.writer else 0}
 
     @property
     def failure(self) -> str | None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import requests
 
+from recordings import control
 from recordings.store import Store, micros
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +153,7 @@ def throughput(rounds: int, seconds: float, clients: int) -> dict:
                     rps, count = _load(port, upstream_port, clients, seconds)
                     results[mode].append(round(rps, 1))
                     cpu_ms[mode].append(round((_cpu_seconds(process.pid) - cpu_before) * 1000 / count, 3))
+            health = control.call(control.socket_path(work / "bench.duckdb"), "/health")
         finally:
             for process, _ in gateways.values():
                 process.terminate()
@@ -166,7 +168,8 @@ def throughput(rounds: int, seconds: float, clients: int) -> dict:
             "cpu_ms_per_request_on": cpu_ms["on"], "cpu_ms_per_request_off": cpu_ms["off"],
             "cpu_ratio_off_over_on": round(cpu_off / cpu_on, 3),
             "on_rps": results["on"], "off_rps": results["off"], "median_on_rps": round(on, 1),
-            "median_off_rps": round(off, 1), "ratio": round(on / off, 3), "flows_recorded": flows}
+            "median_off_rps": round(off, 1), "ratio": round(on / off, 3), "flows_recorded": flows,
+            "writer_thread_cpu_ms_per_flow": round(health["writer_cpu_s"] * 1000 / max(flows, 1), 3)}
 
 
 # --- 2. a million flows ------------------------------------------------------------------
@@ -270,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput, {t['clients']} clients: recording on {t['median_on_rps']} req/s, "
               f"off {t['median_off_rps']} req/s, ratio {t['ratio']}; gateway CPU per request "
               f"on {statistics.median(t['cpu_ms_per_request_on'])} ms, off "
-              f"{statistics.median(t['cpu_ms_per_request_off'])} ms (off/on {t['cpu_ratio_off_over_on']})",
+              f"{statistics.median(t['cpu_ms_per_request_off'])} ms (off/on {t['cpu_ratio_off_over_on']}); "
+              f"writer thread {t['writer_thread_cpu_ms_per_flow']} ms per flow",
               flush=True)
     if not args.skip_million:
         report["million"] = m = million(100_000 if args.quick else 1_000_000)

@@ -60,6 +60,7 @@ class Writer:
         self.retain_days = retain_days
         self.failure: str | None = None  # why writing fails right now; None when healthy
         self.written = 0
+        self.cpu_seconds = 0.0
         self.dropped = 0
         # A deque, not a queue.Queue: appending wakes nobody. Waking the writer for every
         # row made it fight the event loop for the GIL on each request.
@@ -124,6 +125,7 @@ class Writer:
     def _run(self) -> None:
         cur = self.store.cursor()
         while True:
+            self.cpu_seconds = time.thread_time()  # this thread's CPU so far (for /health)
             self._collect()
             if self._flows or self._events or self._waiters:
                 cur = self._flush(cur)
