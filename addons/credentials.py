@@ -31,6 +31,7 @@ from urllib.parse import quote, quote_plus
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
+from addons import logscrub
 from addons.flowstate import state_of
 from addons.matching import Match, RequestView, compile_match
 from addons.replies import reply
@@ -132,9 +133,11 @@ class CredentialsAddon:
                 raise  # start-up: refuse to start
             self.credentials = previous
             log.error("the reloaded credentials are not used, the previous ones stay: %s", exc)
+        logscrub.set_secrets(s for credential in self.credentials for s in credential.secrets)
 
     def running(self) -> None:
         self._running = True
+        logscrub.install()
 
     def configure(self, updated: set[str]) -> None:
         if "flow_detail" in updated:
