@@ -5,6 +5,9 @@
    agent was told, so the record says exactly that).
 2. Every flow with a ``received`` event but no ``flows`` row gets one: ``expired`` if it
    was held (its reviewer never decided), else ``error``; reason ``gateway_restart``.
+3. Holds in async mode (the agent got ``202`` and the flow has its ``held`` row) that were
+   still undecided get an ``expired`` event, reason ``gateway_restart``: the hold died
+   with the process, as a clean shutdown would have said with ``gateway_shutdown``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ REQUEST_FIELDS = ("method", "scheme", "host", "port", "path", "query", "client_a
 
 def recover(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> tuple[int, int]:
     """Returns (flows recorded from the journal, flows closed as gateway_restart)."""
-    return _from_journal(store, cur, journal), _close_unfinished(store, cur)
+    return _from_journal(store, cur, journal), _close_unfinished(store, cur) + _expire_async_holds(store, cur)
 
 
 def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> int:
@@ -71,6 +74,24 @@ def _close_unfinished(store: Store, cur: duckdb.DuckDBPyConnection) -> int:
                        "detail": json.dumps({"reason": "gateway_restart"})})
     store.insert(cur, flows, events)
     return len(flows)
+
+
+#: Events that end a hold; a held flow without one was still pending.
+HOLD_OUTCOMES = ("approved", "rejected", "expired", "abandoned")
+
+
+def _expire_async_holds(store: Store, cur: duckdb.DuckDBPyConnection) -> int:
+    pending = [row[0] for row in cur.execute(
+        "SELECT f.id FROM flows f WHERE f.decision = 'held' AND NOT EXISTS "
+        "(SELECT 1 FROM events e WHERE e.flow_id = f.id AND e.kind IN (SELECT unnest($1::VARCHAR[])))",
+        [list(HOLD_OUTCOMES)],
+    ).fetchall()]
+    seq = store.next_seq(cur)
+    now = micros(time.time())
+    store.insert(cur, [], [{"seq": seq + i, "flow_id": flow_id, "at": now, "actor": "gateway",
+                            "kind": "expired", "detail": json.dumps({"reason": "gateway_restart"})}
+                           for i, flow_id in enumerate(pending)])
+    return len(pending)
 
 
 def _ids(cur: duckdb.DuckDBPyConnection, sql: str, ids: list[str]) -> set[str]:
