@@ -44,7 +44,10 @@ class Journal:
         """Append one entry; raises OSError when the disk refuses it."""
         if self._fd is None:
             raise OSError("the journal is closed")
-        os.write(self._fd, (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode())
+        data = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
+        written = os.write(self._fd, data)
+        if written != len(data):  # e.g. the disk filled up mid-line (the reader skips the torn line)
+            raise OSError(f"short write to {self._path}: {written} of {len(data)} bytes")
 
     def empty(self) -> bool:
         return self._fd is None or os.fstat(self._fd).st_size == 0

@@ -353,6 +353,11 @@ def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart
     waiting.start()
     held = wait_for(gw.db, "SELECT count(*) FROM events WHERE kind = 'held'", [(1,)])
     assert held == [(1,)]
+    # An agent that gives up while held: the approvals addon kills the flow -> `error` hook.
+    with pytest.raises(requests.Timeout):
+        client(gw).post(upstream.url("/v1/refunds?impatient=1"), json={"amount": 8}, timeout=1)
+    abandoned = wait_for(gw.db, "SELECT decision FROM flows WHERE query = 'impatient=1'", [("abandoned",)])
+    assert abandoned == [("abandoned",)]
     denied = client(gw).delete(upstream.url("/v1/tables/users"), timeout=10)
     assert gw.process is not None
     gw.process.kill()  # at once: the denial's row was not committed yet, only journaled
@@ -361,11 +366,12 @@ def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart
     again = start(tmp_path, confdir, "--db", str(gw.db))
     try:
         again.wait_for_output("flows were unfinished")
-        rows = sql(again.db, "SELECT path, decision, rules, reason, status_code FROM flows ORDER BY path")
+        rows = sql(again.db, "SELECT path, decision, rules, reason, status_code FROM flows "
+                             "WHERE query IS NULL ORDER BY path")
         assert rows == [("/v1/refunds", "expired", [], "gateway_restart", None),
                         ("/v1/tables/users", "blocked", ["no-deletes"], "Agents may not delete", 403)]
         assert sql(again.db, "SELECT kind FROM events WHERE kind = 'expired'") == [("expired",)]
-        assert sql(again.db, "SELECT count(*) FROM events WHERE kind = 'received'") == [(2,)]
+        assert sql(again.db, "SELECT count(*) FROM events WHERE kind = 'received'") == [(3,)]
     finally:
         again.stop()
     assert list(gw.db.parent.glob(gw.db.name + ".journal.*")) == []  # clean stop: nothing left
@@ -386,3 +392,22 @@ def test_a_recording_from_a_newer_portcullis_stops_the_start_with_a_clear_messag
     con.close()
     with pytest.raises(RuntimeError, match="schema version 99, newer than this Portcullis"):
         start(tmp_path, confdir, "--db", str(db))
+
+
+def test_on_record_failure_allow_keeps_forwarding_and_catches_up(tmp_path, confdir, upstream):
+    import resource
+
+    gw = start(tmp_path, confdir, "--on-record-failure", "allow")
+    assert gw.process is not None
+    soft, hard = resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE)
+    try:
+        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (1, hard))
+        response = client(gw).get(upstream.url("/allowed-anyway"), timeout=10)
+        assert response.status_code == 200
+        gw.wait_for_output("may go unrecorded")
+    finally:
+        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
+    # The rows waited in memory and are written once the disk takes them again.
+    assert wait_for(gw.db, "SELECT decision FROM flows WHERE path = '/allowed-anyway'",
+                    [("allowed",)]) == [("allowed",)]
+    gw.stop()
