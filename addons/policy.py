@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils import human
 
 from addons.flowstate import CONTROL_HEADER_PREFIX, state_of
 from addons.matching import RequestView
@@ -103,6 +104,29 @@ class PolicyAddon:
         return True
 
     # --- hooks ---------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Stop request bodies mitmproxy would stream to the upstream before `request`.
+
+        With mitmproxy's ``stream_large_bodies`` set, bodies over that size (and chunked
+        bodies, which may grow over it) are forwarded while they arrive, and the request
+        hook, where rules run, fires only afterwards: the policy could not stop them.
+        mitmproxy cannot answer such a request early without crashing its stream state,
+        so the connection is closed instead: fail closed, and say why in the log.
+        """
+        limit = ctx.options.stream_large_bodies
+        if not limit or flow.response is not None:
+            return
+        headers = flow.request.headers
+        length = headers.get("content-length", "")
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if chunked or (length.isdigit() and int(length) > human.parse_size(limit)):
+            state = state_of(flow)
+            state.decision = "blocked"
+            state.reason = f"the request body may exceed stream_large_bodies ({limit}) and cannot be checked"
+            state.emit("decided", action="block", error="request_not_checkable", reason=state.reason)
+            log.warning("closed a request to %s: %s", flow.request.host, state.reason)
+            flow.kill()
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:

@@ -12,11 +12,8 @@ import hmac
 import json
 import os
 import stat
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,8 +25,8 @@ import pytest
 import requests
 import zstandard
 
-from gateway.settings import PROJECT_ROOT
-from tests.support.gateway import GatewayProcess, free_port
+from tests.support.gateway import GatewayProcess
+from tests.support.mitmdump import mitmdump
 from tests.support.upstream import Canned, UpstreamServer
 
 MASK_KEY = "test-mask-key-for-the-shared-gateway"
@@ -427,39 +424,18 @@ def test_streamed_bodies_are_refused_unless_the_rule_passes_them(tmp_path, confd
     length (which mitmproxy may start streaming mid-way), would pass the masker: refuse them."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(STREAM_RULES)
-    port = free_port()
-    mitmdump = Path(sys.executable).with_name("mitmdump")
-    process = subprocess.Popen(
-        [str(mitmdump), "-s", "addons/portcullis.py", "--listen-host", "127.0.0.1", "-p", str(port),
-         "--set", f"confdir={confdir}", "--set", f"portcullis_rules={rules}", "--set", "portcullis_db=",
-         "--set", "portcullis_ui=off", "--set", "stream_large_bodies=1k"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    output: list[str] = []
-    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    proxies = {"http": f"http://127.0.0.1:{port}"}
     upstream.routes["/v1/customers/small"] = Canned(200, {"ssn": "123-45-6789"})
     upstream.routes["/v1/customers/large"] = Canned(200, {"ssn": "123-45-6789", "pad": "x" * 5000})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                small = requests.get(upstream.url("/v1/customers/small"), proxies=proxies, timeout=10)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "".join(output)
-                time.sleep(0.2)
+    with mitmdump(confdir, rules, "portcullis_db=", "portcullis_ui=off", "stream_large_bodies=1k") as proxies:
+        small = requests.get(upstream.url("/v1/customers/small"), proxies=proxies, timeout=10)
         large = requests.get(upstream.url("/v1/customers/large"), proxies=proxies, timeout=10)
         chunked = requests.get(f"{chunked_upstream}/v1/customers/chunked", proxies=proxies, timeout=10)
         passed = requests.get(f"{chunked_upstream}/pass/chunked", proxies=proxies, timeout=10)
         small_post = requests.post(upstream.url("/v1/messages"), json={"content": "a@example.com"},
                                    proxies=proxies, timeout=10)
-        with pytest.raises(requests.ConnectionError):  # streamed: it could not be masked
+        with pytest.raises(requests.ConnectionError):  # streamed: it could not be checked or masked
             requests.post(upstream.url("/v1/messages"), json={"content": "a@example.com " + "x" * 5000},
                           proxies=proxies, timeout=10)
-    finally:
-        process.terminate()
-        process.wait(20)
     assert small.status_code == 200 and small.json()["ssn"] == "[masked]"
     for refused in (large, chunked):
         assert refused.status_code == 502

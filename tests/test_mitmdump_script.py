@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
-
+import pytest
 import requests
 
-from gateway.settings import PROJECT_ROOT
-from tests.support.gateway import free_port
+from tests.support.mitmdump import mitmdump
 
 RULES = """\
 version: 1
@@ -20,37 +14,37 @@ rules:
     match: {method: DELETE}
     action: block
     reason: "read-only agent"
+  - name: no-big-refunds
+    match: {path: /refunds, json: {"$.amount": {gt: 100}}}
+    action: block
 """
 
 
 def test_mitmdump_loads_the_portcullis_addons(tmp_path, confdir, upstream):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    port = free_port()
-    mitmdump = Path(sys.executable).with_name("mitmdump")
-    process = subprocess.Popen(
-        [str(mitmdump), "-s", "addons/portcullis.py", "--listen-host", "127.0.0.1", "-p", str(port),
-         "--set", f"confdir={confdir}", "--set", f"portcullis_rules={rules}"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
-    try:
-        proxies = {"http": f"http://127.0.0.1:{port}"}
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                allowed = requests.get(upstream.url("/x"), proxies=proxies, timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "".join(lines)
-                time.sleep(0.2)
+    with mitmdump(confdir, rules, f"portcullis_db={tmp_path / 'r.duckdb'}") as proxies:
+        allowed = requests.get(upstream.url("/x"), proxies=proxies, timeout=5)
         blocked = requests.delete(upstream.url("/x"), proxies=proxies, timeout=5)
-    finally:
-        process.terminate()
-        process.wait(20)
     assert allowed.status_code == 200
     assert allowed.headers["X-Portcullis-Decision"] == "allowed"
     assert blocked.status_code == 403
     assert blocked.json()["rule"] == "no-deletes"
     assert [r.method for r in upstream.received] == ["GET"]
+
+
+def test_bodies_mitmproxy_would_stream_are_refused_not_forwarded_unchecked(tmp_path, confdir, upstream):
+    """Under stream_large_bodies a large body is sent upstream before rules could see it."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    options = (f"portcullis_db={tmp_path / 'r.duckdb'}", "stream_large_bodies=1k")
+    with mitmdump(confdir, rules, *options) as proxies:
+        small = requests.post(upstream.url("/refunds"), json={"amount": 1}, proxies=proxies, timeout=5)
+        with pytest.raises(requests.ConnectionError):
+            requests.post(upstream.url("/refunds"), json={"amount": 1000, "pad": "x" * 5000},
+                          proxies=proxies, timeout=5)
+        with pytest.raises(requests.ConnectionError):
+            requests.post(upstream.url("/refunds"), data=iter([b'{"amount": 1000}']), proxies=proxies, timeout=5)
+        after = requests.get(upstream.url("/still-serving"), proxies=proxies, timeout=5)
+    assert (small.status_code, after.status_code) == (200, 200)
+    assert [r.path for r in upstream.received] == ["/refunds", "/still-serving"]
