@@ -23,8 +23,11 @@ Recorded secrets read ``[redacted]``.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -123,7 +126,8 @@ class Store:
                     )
             else:
                 self.previous_version = schema.migrate(con, str(self.path))
-        except (schema.SchemaError, duckdb.Error) as exc:
+                _confine(con, self.staging, self.path)
+        except (schema.SchemaError, duckdb.Error, OSError) as exc:
             con.close()
             raise StoreError(str(exc)) from None
         return con
@@ -167,19 +171,37 @@ class Store:
     def write_parquet(self, sql: str, output: str | Path) -> int:
         """Write the result of one read-only SELECT to a Parquet file; returns the row count."""
         statement = sqlguard.read_only_statement(sql)
-        with self._read_only_cursor() as cur:
+        with self._read_only_cursor() as cur, self._staged(output) as staged:
             # A relation, not COPY (<sql>) TO: the analyst's text is never spliced into SQL.
-            cur.sql(statement).write_parquet(str(output))
-            row = cur.execute("SELECT count(*) FROM read_parquet(?)", [str(output)]).fetchone()
+            cur.sql(statement).write_parquet(str(staged))
+            row = cur.execute("SELECT count(*) FROM read_parquet(?)", [str(staged)]).fetchone()
             return int(row[0]) if row else 0
 
     def copy_to(self, select_sql: str, output: str | Path, fmt: str) -> int:
         """COPY a SELECT that Portcullis built itself (export) to a parquet or JSON-lines file."""
-        with self._read_only_cursor() as cur:
+        with self._read_only_cursor() as cur, self._staged(output) as staged:
             row = cur.execute(
-                f"COPY ({select_sql}) TO '{_sql_string(output)}' (FORMAT {'parquet' if fmt == 'parquet' else 'json'})"
+                f"COPY ({select_sql}) TO '{_sql_string(staged)}' (FORMAT {'parquet' if fmt == 'parquet' else 'json'})"
             ).fetchone()
             return int(row[0]) if row else 0
+
+    @property
+    def staging(self) -> Path:
+        """The only directory DuckDB may touch besides the database (see _confine)."""
+        return self.path.parent / f"{self.path.name}.out"
+
+    @contextmanager
+    def _staged(self, output: str | Path) -> Iterator[Path]:
+        """DuckDB writes into the staging directory; Python moves the file to ``output``."""
+        if self.read_only:  # a read-only store (the CLI, offline) is not confined
+            yield Path(output)
+            return
+        staged = self.staging / f"{uuid.uuid4().hex}{Path(output).suffix}"
+        try:
+            yield staged
+            shutil.move(str(staged), str(output))
+        finally:
+            staged.unlink(missing_ok=True)
 
     def _read_only_cursor(self) -> _ReadOnly:
         return _ReadOnly(self.cursor())
@@ -274,6 +296,22 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(row.get(name), str):
             row[name] = json.loads(row[name])
     return row
+
+
+def _confine(con: duckdb.DuckDBPyConnection, staging: Path, db: Path) -> None:
+    """No file access for SQL run on this database beyond its own files.
+
+    Reviewers' SELECTs run here, and DuckDB's table functions read any file
+    (``read_text('/etc/...')``, ``glob``, ``read_csv``, ``'file.csv'`` scans): the CA key,
+    the reviewers file and the identities file would be one query away. With external
+    access off, only the staging directory (exports go through it) and DuckDB's own
+    temp directory are reachable, and DuckDB refuses to turn access back on while the
+    database is open: read-only by construction, not by filtering function names.
+    """
+    staging.mkdir(mode=0o700, exist_ok=True)
+    allowed = [str(staging) + "/", str(db.parent / f"{db.name}.tmp") + "/"]
+    con.execute("SET allowed_directories = [" + ", ".join(f"'{_sql_string(d)}'" for d in allowed) + "]")
+    con.execute("SET enable_external_access = false")
 
 
 def _sql_string(value: str | Path) -> str:
