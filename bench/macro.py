@@ -32,8 +32,8 @@ from tests.support.certs import make_pki
 
 @dataclass
 class Config:
-    duration: float = 2.0
-    warmup: float = 1.0
+    duration: float = 1.5
+    warmup: float = 0.75
     repetitions: int = 3
     quick: bool = False
     only: tuple[str, ...] = ()  # scenario names; empty = all that apply
@@ -254,9 +254,12 @@ def _results(config, windows, cells, invalid, skipped, peak_rss, proxies) -> dic
 
 
 def _add_ratios(scenarios: dict[str, dict[str, Any]]) -> None:
-    """× bare and × direct: this scenario's req/s over the reference's, same client count."""
+    """× bare and × direct: this scenario's req/s over the reference's, same client count.
+    Only for proxied scenarios; bare mitmdump's own runs get × direct only."""
     for entry in scenarios.values():
+        references = {"x_bare": entry["bare"] if entry["proxy"] not in (None, "bare") else None,
+                      "x_direct": entry["direct"] if entry["proxy"] is not None else None}
         for n, cell in entry["clients"].items():
-            for column, reference in (("x_bare", entry["bare"]), ("x_direct", entry["direct"])):
+            for column, reference in references.items():
                 ref = scenarios.get(reference, {}).get("clients", {}).get(n)
                 cell[column] = round(cell["rps"] / ref["rps"], 3) if ref and ref["rps"] else None

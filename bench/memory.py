@@ -21,6 +21,8 @@ CLIENTS = 16
 
 async def run(workdir: Path, flows: tuple[int, int] = (10_000, 100_000),
               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """RSS after flows[0] flows, then at three more even steps up to flows[1]: a plateau
+    (caches filling) and a steady climb (something kept per flow) look different."""
     name = "p10-rec" if features()["recording"] else "p10"
     spec = next(p for p in PROXIES if p.name == name)
     env = Environment(workdir, [spec])
@@ -32,7 +34,8 @@ async def run(workdir: Path, flows: tuple[int, int] = (10_000, 100_000),
         process = env.proxies[name]
         sent = 0
         started = time.monotonic()
-        for goal in flows:
+        low, high = flows
+        for goal in [low + (high - low) * step // 3 for step in range(4)]:
             result = await loadgen.run_count(target, SMALL, CLIENTS, goal - sent, timeout=900)
             sent = goal
             failures = sum(v for k, v in result.statuses.items() if k != 200)

@@ -52,8 +52,11 @@ def _per_call(function, budget_s: float) -> float:
     return (time.perf_counter() - started) / calls
 
 
-def run(counts: tuple[int, ...] = (10, 100, 1000, 10000), layouts=("same-host", "spread")) -> list[dict]:
-    return [measure(count, layout) for layout in layouts for count in counts]
+def run(quick: bool = False) -> list[dict]:
+    """Same-host rules at each size; the spread layout (which the host index handles
+    alone) at 1,000 only. Compiling 10,000 rules takes seconds, so --quick skips it."""
+    counts = (10, 1000) if quick else (10, 100, 1000, 10000)
+    return [measure(count, "same-host") for count in counts] + [measure(1000, "spread")]
 
 
 def table(results: list[dict]) -> str:
