@@ -1,0 +1,246 @@
+"""Load and soak: many agents at once, mixed traffic, every flow recorded exactly once.
+
+    python -m bench.load                   # 200 clients for 60 s
+    python -m bench.load --quick           # 50 clients for 15 s
+    python -m bench.load --minutes 30      # the soak
+    python -m bench.load --clients 100 --seconds 120 --json out.json
+
+Starts a real gateway (recording on, review UI on), the benchmark upstream
+(``bench.upstream``, a subprocess) and a scripted reviewer that decides holds through the
+JSON API. Each client loops over a mix until the time is up:
+
+    allowed  GET /small                  -> 200, decision allowed
+    blocked  DELETE /v1/tables/<n>       -> 403 blocked_by_policy, never forwarded
+    masked   GET /json1k                 -> 200, X-Portcullis-Masked > 0, no SSN in the body
+    held     POST /slow?decide=approve|reject  (waits for the reviewer)
+                                         -> 200 approved, or 403 rejected, as the reviewer chose
+
+It fails (exit 1) on any unexpected answer or client error, if the recording does not
+hold every flow the clients saw exactly once (and nothing else), or if the gateway's
+memory grows by more than --max-growth-mb between the end of the first fifth of the run
+and its end. Everything listens on 127.0.0.1; every loop is bounded by time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import requests
+
+from bench.procs import gateway_process, upstream_process, usage
+from review_ui.reviewers import add_reviewer
+from tests.support.gateway import free_port
+
+RULES = """\
+version: 1
+default: allow
+hold_timeout: 60s
+rules:
+  - name: no-table-deletes
+    match: {method: DELETE, path: "/v1/tables/**"}
+    action: block
+  - name: mask-pii
+    match: {path: /json1k}
+    mask: ["$..ssn", {path: "$..card", keep_last: 4}]
+  - name: hold-slow-posts
+    match: {method: POST, path: /slow}
+    action: hold
+    reason: load test hold
+"""
+MIX = (("allowed", 50), ("blocked", 20), ("masked", 20), ("held", 10))
+SSN_PREFIX = "078-05-"
+
+
+@dataclass
+class Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    outcomes: Counter = field(default_factory=Counter)
+    unexpected: list[str] = field(default_factory=list)
+    flow_ids: list[str] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, kind: str, flow_id: str | None, seconds: float, problem: str | None) -> None:
+        with self.lock:
+            self.outcomes[kind if problem is None else f"{kind}:unexpected"] += 1
+            if flow_id:
+                self.flow_ids.append(flow_id)
+            if problem is not None and len(self.unexpected) < 50:
+                self.unexpected.append(f"{kind}: {problem}")
+            self.latencies.setdefault(kind, []).append(seconds)
+
+
+def check(kind: str, response: requests.Response, decide: str) -> str | None:
+    """What is wrong with this answer, or None."""
+    decision = response.headers.get("X-Portcullis-Decision")
+    expected = {
+        "allowed": (200, "allowed"), "masked": (200, "allowed"), "blocked": (403, "blocked"),
+        "held": (200, "approved") if decide == "approve" else (403, "rejected"),
+    }[kind]
+    if (response.status_code, decision) != expected:
+        return f"expected {expected}, got {(response.status_code, decision)}: {response.text[:200]}"
+    if kind == "masked" and (SSN_PREFIX in response.text or int(response.headers.get("X-Portcullis-Masked", 0)) < 1):
+        return "an SSN was not masked"
+    return None
+
+
+def client(number: int, proxy: str, upstream: str, deadline: float, tally: Tally) -> None:
+    rng = random.Random(number)
+    kinds, weights = zip(*MIX, strict=True)
+    with requests.Session() as http:
+        http.trust_env = False
+        http.proxies = {"http": proxy}
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            kind = rng.choices(kinds, weights)[0]
+            decide = rng.choice(("approve", "reject"))
+            started = time.monotonic()
+            try:
+                if kind == "allowed":
+                    response = http.get(f"{upstream}/small?c={number}&n={n}", timeout=30)
+                elif kind == "blocked":
+                    response = http.delete(f"{upstream}/v1/tables/t{n}", timeout=30)
+                elif kind == "masked":
+                    response = http.get(f"{upstream}/json1k?c={number}&n={n}", timeout=30)
+                else:
+                    response = http.post(f"{upstream}/slow?decide={decide}&c={number}&n={n}",
+                                         json={"amount": n}, timeout=90)
+            except requests.RequestException as exc:
+                tally.add(kind, None, time.monotonic() - started, f"client error: {exc}")
+                continue
+            tally.add(kind, response.headers.get("X-Portcullis-Flow-Id"), time.monotonic() - started,
+                      check(kind, response, decide))
+
+
+def reviewer(ui: str, token: str, stop: threading.Event, decided: Counter) -> None:
+    """Decides every pending hold as its URL asks, through the JSON API."""
+    with requests.Session() as http:
+        http.trust_env = False
+        http.headers["Authorization"] = f"Bearer {token}"
+        while not stop.is_set():
+            try:
+                pending = http.get(f"{ui}/api/pending", timeout=10).json()["pending"]
+                for hold in pending:
+                    action = "approve" if "decide=approve" in hold["url"] else "reject"
+                    answer = http.post(f"{ui}/api/flows/{hold['flow_id']}/{action}",
+                                       json={"comment": "load test"}, timeout=10)
+                    decided[f"{action}:{answer.status_code}"] += 1
+            except (requests.RequestException, ValueError, KeyError):
+                decided["reviewer_error"] += 1
+            stop.wait(0.05)
+
+
+def verify_recording(db: Path, seen: list[str]) -> dict[str, Any]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        total = con.execute("SELECT count(*) FROM flows").fetchone()[0]
+        duplicates = con.execute("SELECT count(*) FROM (SELECT id FROM flows GROUP BY id HAVING count(*) > 1)").fetchone()[0]
+        con.execute("CREATE TEMP TABLE seen (id VARCHAR)")
+        con.executemany("INSERT INTO seen VALUES (?)", [(i,) for i in seen])
+        missing = con.execute("SELECT count(*) FROM seen WHERE id NOT IN (SELECT id FROM flows)").fetchone()[0]
+        decisions = dict(con.execute("SELECT decision, count(*) FROM flows GROUP BY ALL").fetchall())
+    return {"rows": total, "seen_by_clients": len(seen), "distinct_seen": len(set(seen)),
+            "missing": missing, "duplicate_ids": duplicates, "decisions": decisions}
+
+
+def run(clients: int, seconds: float, max_growth_mb: float, workdir: Path) -> dict[str, Any]:
+    rules = workdir / "rules.yaml"
+    rules.write_text(RULES)
+    reviewers = workdir / "reviewers.yaml"
+    _, token = add_reviewer(reviewers, "load-reviewer", [], "load-reviewer-password")
+    ui_port = free_port()
+    db = workdir / "load.duckdb"
+    upstream = upstream_process(workdir)
+    gateway = gateway_process("portcullis", workdir, rules, workdir / "conf", "--db", str(db),
+                              "--ui", f"127.0.0.1:{ui_port}", "--reviewers", str(reviewers))
+    tally, decided, stop = Tally(), Counter(), threading.Event()
+    memory: list[tuple[float, int]] = []
+    try:
+        upstream.start()
+        gateway.start()
+        pid = gateway.pid
+        ui = f"http://127.0.0.1:{ui_port}"
+        review = threading.Thread(target=reviewer, args=(ui, token, stop, decided), daemon=True)
+        review.start()
+        started = time.monotonic()
+        deadline = started + seconds
+        threads = [threading.Thread(target=client, daemon=True,
+                                    args=(i, f"http://127.0.0.1:{gateway.port}",
+                                          f"http://127.0.0.1:{upstream.port}", deadline, tally))
+                   for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        while time.monotonic() < deadline:
+            memory.append((round(time.monotonic() - started, 1), usage(pid).rss))
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        for thread in threads:
+            thread.join(120)  # a held request may still be waiting for its decision
+        stuck = sum(thread.is_alive() for thread in threads)
+        elapsed = time.monotonic() - started
+        memory.append((round(elapsed, 1), usage(pid).rss))
+        stop.set()
+        review.join(15)
+        final_usage = usage(pid)
+    finally:
+        stop.set()
+        gateway.stop()
+        upstream.stop()
+    recording = verify_recording(db, tally.flow_ids)
+    warm = [rss for at, rss in memory if at >= seconds / 5] or [memory[-1][1]]
+    growth_mb = (memory[-1][1] - warm[0]) / 2**20
+    requests_done = sum(tally.outcomes.values())
+    problems = list(tally.unexpected)
+    if stuck:
+        problems.append(f"{stuck} clients did not finish")
+    if recording["missing"] or recording["duplicate_ids"] or recording["rows"] != recording["distinct_seen"] \
+            or recording["distinct_seen"] != recording["seen_by_clients"]:
+        problems.append(f"recording mismatch: {recording}")
+    if growth_mb > max_growth_mb:
+        problems.append(f"gateway memory grew by {growth_mb:.0f} MiB (limit {max_growth_mb:.0f})")
+    return {
+        "clients": clients, "seconds": round(elapsed, 1), "requests": requests_done,
+        "requests_per_s": round(requests_done / elapsed, 1), "outcomes": dict(tally.outcomes),
+        "reviewer": dict(decided), "recording": recording,
+        "latency_ms_p50": {k: round(1000 * sorted(v)[len(v) // 2], 1) for k, v in tally.latencies.items()},
+        "latency_ms_p99": {k: round(1000 * sorted(v)[int(len(v) * 0.99)], 1) for k, v in tally.latencies.items()},
+        "gateway_rss_mb": [(at, round(rss / 2**20, 1)) for at, rss in memory],
+        "gateway_peak_rss_mb": round(final_usage.peak_rss / 2**20, 1),
+        "gateway_cpu_s": round(final_usage.cpu, 1),
+        "memory_growth_mb": round(growth_mb, 1), "problems": problems, "ok": not problems,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--minutes", type=float, help="soak: run this many minutes (overrides --seconds)")
+    parser.add_argument("--quick", action="store_true", help="50 clients for 15 s")
+    parser.add_argument("--max-growth-mb", type=float, default=150.0,
+                        help="allowed gateway RSS growth after the first fifth of the run")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    clients, seconds = (50, 15.0) if args.quick else (args.clients, args.seconds)
+    if args.minutes:
+        seconds = args.minutes * 60
+    with tempfile.TemporaryDirectory(prefix="portcullis-load-") as directory:
+        result = run(clients, seconds, args.max_growth_mb, Path(directory))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
