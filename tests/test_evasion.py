@@ -185,3 +185,6 @@ def test_mismatch_rules():
     assert mismatch(flow("http://127.0.0.1:8080/", "[::ffff:127.0.0.1]:8080")) is None
     assert "names 'other.example.com'" in mismatch(flow("http://api.example.com/", "other.example.com"))
     assert mismatch(flow("http://api.example.com/", "api.example.com.evil.test")) is not None
+    twice = flow("http://api.example.com/", "api.example.com")
+    twice.request.headers.set_all("Host", ["api.example.com", "blocked.example.com"])
+    assert mismatch(twice) is not None  # two Host headers: the upstream might read either

@@ -46,7 +46,7 @@ for _module in EXTENSION_MODULES:
     importlib.import_module(_module)
 
 #: PORTCULLIS_FUZZ_EXAMPLES=20000 for a long run; CI keeps it short.
-FUZZ = settings(max_examples=int(os.environ.get("PORTCULLIS_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=int(os.environ.get("PORTCULLIS_FUZZ_EXAMPLES", "100")), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def check(text: str) -> None:
