@@ -105,6 +105,12 @@ def markdown(results: dict[str, Any]) -> str:
             macro_table(results),
             "",
         ]
+        direct = results["macro"]["scenarios"].get("direct", {}).get("clients", {}).get("16")
+        if direct and direct.get("loadgen_cpu_s_per_1k"):
+            per_request = direct["loadgen_cpu_s_per_1k"]
+            parts += [f"Load generator: {per_request:.3f} ms CPU per request in the direct run, a ceiling of "
+                      f"about {1000 / per_request:,.0f} req/s on one core; the upstream served "
+                      f"{direct['rps']:,.0f} req/s. Neither is the bottleneck of any proxied run.", ""]
         for name, why in results["macro"].get("skipped", {}).items():
             parts.append(f"- skipped {name}: {why}")
         parts.append("")
