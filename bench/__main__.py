@@ -32,6 +32,7 @@ from typing import Any
 
 from bench import macro, memory, micro, report
 from bench.procs import PROJECT_ROOT
+from bench.scenarios import PROXIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUILTIN = ("micro", "macro", "memory")
@@ -58,7 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="macro: measured seconds per window")
     parser.add_argument("--warmup", type=float, help="macro: warm-up seconds per window")
     parser.add_argument("--repetitions", type=int, help="macro: interleaved repetitions (median reported)")
-    parser.add_argument("--memory-flows", default="10000,100000", help="memory: two flow counts")
+    parser.add_argument("--memory-flows", default="10000,100000", help="memory: first and last flow count")
+    parser.add_argument("--memory-proxy", choices=[p.name for p in PROXIES],
+                        help="memory: which gateway (default: p10-rec, recording on)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     return parser.parse_args(argv)
 
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["macro"] = asyncio.run(macro.run(config, workdir / "macro"))
             elif target == "memory":
                 low, high = (int(n) for n in args.memory_flows.split(","))
-                results["memory"] = asyncio.run(memory.run(workdir / "memory", (low, high)))
+                results["memory"] = asyncio.run(memory.run(workdir / "memory", (low, high),
+                                                           proxy=args.memory_proxy))
             else:
                 quick = args.quick or not args.full_targets
                 results.setdefault("targets_run", {})[target] = run_external(target, quick, workdir)

@@ -20,10 +20,10 @@ CLIENTS = 16
 
 
 async def run(workdir: Path, flows: tuple[int, int] = (10_000, 100_000),
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print, proxy: str | None = None) -> dict[str, Any]:
     """RSS after flows[0] flows, then at three more even steps up to flows[1]: a plateau
     (caches filling) and a steady climb (something kept per flow) look different."""
-    name = "p10-rec" if features()["recording"] else "p10"
+    name = proxy or ("p10-rec" if features()["recording"] else "p10")
     spec = next(p for p in PROXIES if p.name == name)
     env = Environment(workdir, [spec])
     scenario = Scenario("memory", spec.label, spec.name)

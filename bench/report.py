@@ -134,8 +134,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path, clients: int = 16) -> Path | None:
-    """Horizontal bars: req/s and p99 per scenario at `clients` clients (direct runs omitted:
-    they are two orders of magnitude off the scale)."""
+    """Horizontal bars: req/s, p99 and CPU per request per scenario at `clients` clients
+    (direct runs omitted: they are two orders of magnitude off the scale)."""
     try:
         import matplotlib
 
@@ -147,18 +147,20 @@ def plot(results: dict[str, Any], path: Path, clients: int = 16) -> Path | None:
     for name, entry in results.get("macro", {}).get("scenarios", {}).items():
         cell = entry["clients"].get(str(clients))
         if cell and entry["proxy"] and not entry.get("invalid"):
-            rows.append((name, cell["rps"], cell["p99_ms"], entry["proxy"] == "bare"))
+            rows.append((name, cell["rps"], cell["p99_ms"], entry["proxy"] == "bare", cell["cpu_s_per_1k"]))
     if not rows:
         return None
     rows.reverse()
     names = [r[0] for r in rows]
     colors = ["#999999" if r[3] else "#3366aa" for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.38 * len(rows) + 1.5), sharey=True)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 0.38 * len(rows) + 1.5), sharey=True)
     left.barh(names, [r[1] for r in rows], color=colors)
     left.set_xlabel(f"requests/s at {clients} clients (higher is better)")
-    right.barh(names, [r[2] for r in rows], color=colors)
-    right.set_xlabel("p99 latency, ms (lower is better)")
-    for axis in (left, right):
+    middle.barh(names, [r[2] for r in rows], color=colors)
+    middle.set_xlabel("p99 latency, ms (lower is better)")
+    right.barh(names, [r[4] for r in rows], color=colors)
+    right.set_xlabel("proxy CPU ms per request (lower is better)")
+    for axis in (left, middle, right):
         axis.grid(axis="x", alpha=0.3)
     fig.suptitle("Portcullis (blue) vs bare mitmdump (grey), same run, same machine")
     fig.tight_layout()
