@@ -47,7 +47,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     memory = results.get("memory")
     if memory and memory.get("growth") is not None:
         first, last = memory["samples"][0], memory["samples"][-1]
-        add("memory flat (within 10%) from 10k to 100k flows", memory["growth"], abs(memory["growth"]) <= 0.10,
+        add(f"memory flat (within 10%) from {first['flows']:,} to {last['flows']:,} flows", memory["growth"],
+            abs(memory["growth"]) <= 0.10,
             f"RSS {first['rss_mb']} MB after {first['flows']:,} flows, {last['rss_mb']} MB after "
             f"{last['flows']:,} ({memory['proxy']})")
     return out
