@@ -329,6 +329,7 @@ class RecorderAddon:
             return
         if event.kind == "held":
             self._held.add(event.flow_id)
+            self._journal("held", event.flow_id, {})  # so a crash cannot make it look unheld
         flow = self._inflight.get(event.flow_id)
         secrets = self._known + tuple(state_of(flow).secrets if flow is not None and has_state(flow) else ())
         # Encoding and redaction happen on the writer thread, not on the event loop.

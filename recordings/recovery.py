@@ -1,8 +1,8 @@
 """On start: give every flow the previous run left unfinished its row. Nothing is dropped.
 
 1. Journal entries (see :mod:`recordings.journal`) of flows that never reached the
-   database become rows: a ``received`` event, and for denials the full decision (the
-   agent was told, so the record says exactly that).
+   database become rows: ``received`` and ``held`` events, and for denials the full
+   decision (the agent was told, so the record says exactly that).
 2. Every flow with a ``received`` event but no ``flows`` row gets one: ``expired`` if it
    was held (its reviewer never decided), else ``error``; reason ``gateway_restart``.
 3. Holds in async mode (the agent got ``202`` and the flow has its ``held`` row) that were
@@ -32,12 +32,15 @@ def recover(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str
 def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> int:
     received = {e["id"]: e for e in journal if e.get("k") == "received"}
     final = {e["id"]: e for e in journal if e.get("k") == "final"}
-    ids = list(received.keys() | final.keys())
+    held = {e["id"]: e for e in journal if e.get("k") == "held"}
+    ids = list(received.keys() | final.keys() | held.keys())
     if not ids:
         return 0
     have_row = _ids(cur, "SELECT id FROM flows WHERE id IN (SELECT unnest($1::VARCHAR[]))", ids)
     have_event = _ids(cur, "SELECT flow_id FROM events WHERE kind = 'received' "
                            "AND flow_id IN (SELECT unnest($1::VARCHAR[]))", ids)
+    have_held = _ids(cur, "SELECT flow_id FROM events WHERE kind = 'held' "
+                          "AND flow_id IN (SELECT unnest($1::VARCHAR[]))", ids)
     seq = store.next_seq(cur)
     flows, events = [], []
     for flow_id in ids:
@@ -48,6 +51,9 @@ def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[di
             events.append({"seq": seq + len(events), "flow_id": flow_id, "at": micros(request["at"]),
                            "actor": "gateway", "kind": "received",
                            "detail": json.dumps({k: request.get(k) for k in REQUEST_FIELDS})})
+        if flow_id in held and flow_id not in have_held:
+            events.append({"seq": seq + len(events), "flow_id": flow_id, "at": micros(held[flow_id]["at"]),
+                           "actor": "gateway", "kind": "held", "detail": json.dumps({"from": "journal"})})
         decided = final.get(flow_id)
         if decided:
             flows.append({**{k: request.get(k) for k in REQUEST_FIELDS}, "id": flow_id,

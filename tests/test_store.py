@@ -228,15 +228,18 @@ def test_recovery_uses_the_journal_and_closes_unfinished_flows(store):
         {"k": "final", "id": "denied", "at": 3.1, "decision": "blocked", "rules": ["r"],
          "reason": "no", "status_code": 403},
         {"k": "received", "id": "inflight", "at": 4, "method": "GET", "path": "/slow"},
+        {"k": "received", "id": "held-unsaved", "at": 5, "method": "POST", "path": "/r"},
+        {"k": "held", "id": "held-unsaved", "at": 5.1},  # its held event never reached the db
     ]
     cur = store.cursor()
-    assert recover(store, cur, journal) == (2, 2)
+    assert recover(store, cur, journal) == (3, 3)
     cur.close()
     rows = store.query("SELECT id, method, path, decision, rules, reason, status_code FROM flows ORDER BY id")[1]
     assert rows == [
         ("denied", "DELETE", "/t", "blocked", ["r"], "no", 403),
         ("done", "GET", "/v1/x", "allowed", [], None, None),
         ("held", None, None, "expired", [], "gateway_restart", None),
+        ("held-unsaved", "POST", "/r", "expired", [], "gateway_restart", None),
         ("inflight", "GET", "/slow", "error", [], "gateway_restart", None),
     ]
     cur = store.cursor()
