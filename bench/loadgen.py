@@ -5,8 +5,9 @@ a ``CONNECT`` tunnel per client and runs TLS inside it, as agents using ``HTTPS_
 Each client sends one request at a time on its own connection (no pipelining), so
 concurrency equals the number of clients.
 
-A window runs every client for ``warmup + duration`` seconds; only requests that start
-after the warm-up and finish before the end are measured. The generator's own CPU time
+A window runs every client for ``warmup + duration`` seconds. Throughput counts the
+responses completed inside the measured interval; latency percentiles use the requests
+that both started and finished inside it. The generator's own CPU time
 is reported so its ceiling can be seen in the direct run.
 """
 
@@ -58,14 +59,15 @@ class WindowResult:
     errors: Counter = field(default_factory=Counter)
     loadgen_cpu: float = 0.0
     bodies: list[bytes] = field(default_factory=list)  # kept by run_count only
+    completed: int = 0  # responses that arrived inside the measured interval
 
     @property
     def requests(self) -> int:
-        return len(self.latencies)
+        return self.completed
 
     @property
     def rps(self) -> float:
-        return self.requests / self.duration if self.duration else 0.0
+        return self.completed / self.duration if self.duration else 0.0
 
     def percentile(self, p: float) -> float:
         """Latency percentile in milliseconds (nearest rank)."""
@@ -158,9 +160,11 @@ async def _client(
                 await asyncio.sleep(0.01)  # do not spin on a dead proxy
                 continue
             i += 1
-            if window.measure_start <= started and not window.stopped:
-                result.latencies.append(finished - started)
+            if window.measuring and not window.stopped:
+                result.completed += 1
                 result.statuses[status] += 1
+                if window.measure_start <= started:
+                    result.latencies.append(finished - started)
     finally:
         _close(connection)
 
@@ -239,6 +243,7 @@ async def run_count(target: Target, requests: Sequence[Request], clients: int, c
                 writer.write(encoded[i % len(encoded)])
                 status, body = await _read_response(reader)
                 result.latencies.append(time.perf_counter() - started)
+                result.completed += 1
                 if keep_bodies:
                     result.bodies.append(body)
                 result.statuses[status] += 1
