@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = selected_targets(args)
     config = macro.Config(quick=args.quick, only=tuple(args.only), clients=tuple(args.clients))
     if args.quick:
-        config.duration, config.warmup, config.repetitions = 1.5, 0.5, 2
+        config.duration, config.warmup, config.repetitions = 1.25, 0.5, 2
     for name in ("duration", "warmup", "repetitions"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))

@@ -32,8 +32,8 @@ from tests.support.certs import make_pki
 
 @dataclass
 class Config:
-    duration: float = 1.5
-    warmup: float = 0.75
+    duration: float = 1.25
+    warmup: float = 0.5
     repetitions: int = 3
     quick: bool = False
     only: tuple[str, ...] = ()  # scenario names; empty = all that apply
