@@ -58,6 +58,16 @@ def classify(status: int, message: str) -> tuple[int, str]:
     return 502, "upstream_protocol_error"
 
 
+def http_status(code: Any) -> int | None:
+    """The HTTP status of a ResponseProtocolError code, None for "send no response".
+
+    mitmproxy 11 passes a status (``NO_RESPONSE`` for none); mitmproxy 12 an ``ErrorCode``.
+    """
+    if hasattr(code, "http_status_code"):
+        return code.http_status_code()
+    return None if code == status_codes.NO_RESPONSE else int(code)
+
+
 def render(status: int, message: str, kind: str | None = None,
            flow_id: str | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, JSON body and headers of an error answer."""
@@ -96,8 +106,9 @@ def _http1_send(original: Callable) -> Callable:
         # Mirrors Http1Server.send for this event, with a JSON body.
         if not (self.conn.state & ConnectionState.CAN_WRITE):
             return None
-        if not self.response and event.code != status_codes.NO_RESPONSE:
-            yield commands.SendData(self.conn, _http1_bytes(event.code, event.message, self.conn.id))
+        status = http_status(event.code)
+        if not self.response and status is not None:
+            yield commands.SendData(self.conn, _http1_bytes(status, event.message, self.conn.id))
         yield commands.CloseConnection(self.conn)
         return None
 
@@ -132,11 +143,11 @@ def _http1_read_body(original: Callable) -> Callable:
 
 def _http2_handle_event(original: Callable) -> Callable:
     def handle_event(self: _http2.Http2Server, event: Any) -> commands.CommandGenerator[None]:
-        if not (isinstance(event, ResponseProtocolError) and event.code != status_codes.NO_RESPONSE
+        if not (isinstance(event, ResponseProtocolError) and http_status(event.code) is not None
                 and not self.is_closed(event.stream_id) and self.is_open_for_us(event.stream_id)
                 and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent):
             return (yield from original(self, event))
-        status, payload, headers = render(event.code, event.message)
+        status, payload, headers = render(http_status(event.code) or 502, event.message)
         self.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % status), *headers])
         self.h2_conn.send_data(event.stream_id, payload, end_stream=True)
         data = self.h2_conn.data_to_send()
