@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import Counter
 
 import duckdb
 import requests
@@ -92,8 +93,11 @@ def test_kill_9_under_load_then_restart_on_the_same_port(tmp_path, confdir, upst
             "SELECT flow_id, detail->>'reason' FROM events WHERE kind = 'expired' "
             "AND flow_id IN (SELECT unnest($1::VARCHAR[]))", [holds]).fetchall())
     # The wait-mode hold was open at the kill: its row is written on restart.
-    waited = [row for row in rows.values() if row["path"] == "/v1/refunds" and row["decision"] != "held"]
-    assert [(r["decision"], r["reason"]) for r in waited] == [("expired", "gateway_restart")]
+    # (An async hold request still in flight at the kill is closed as error/gateway_restart.)
+    waited = Counter((r["decision"], r["reason"]) for r in rows.values()
+                     if r["path"] == "/v1/refunds" and r["decision"] != "held")
+    assert waited[("expired", "gateway_restart")] == 1
+    assert set(waited) <= {("expired", "gateway_restart"), ("error", "gateway_restart")}
     for hold_id in holds:
         # Async holds: the agent got its 202 (the flow's row says held); the hold itself
         # died with the process and is recorded as expired on restart.
