@@ -24,7 +24,8 @@ from addons.matching import EvaluationError, RequestView
 from addons.ruleset import compile_policy
 from addons.synthetic import make_flow
 from tests.support.hardening import shared_gateway
-from tests.support.upstream import Canned, UpstreamServer
+from tests.support.module_servers import module_upstream  # noqa: F401
+from tests.support.upstream import Canned
 
 RULES = """
     version: 1
@@ -37,13 +38,6 @@ RULES = """
         match: {path: "/v1/people/**"}
         mask: ["$..ssn"]
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

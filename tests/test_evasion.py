@@ -4,8 +4,6 @@ client library normalises the request before the gateway sees it."""
 
 from __future__ import annotations
 
-import ssl
-
 import pytest
 
 from addons.hostcheck import mismatch
@@ -17,7 +15,7 @@ from tests.support.hardening import (
     shared_gateway,
     tunnel,
 )
-from tests.support.upstream import UpstreamServer
+from tests.support.module_servers import module_tls_upstream, module_upstream  # noqa: F401
 
 RULES = """
     version: 1
@@ -41,22 +39,6 @@ RULES = """
         match: {{host: "bücher.test"}}
         action: block
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tls_upstream(pki):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

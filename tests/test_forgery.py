@@ -7,7 +7,8 @@ import pytest
 import requests
 
 from tests.support.hardening import recorded_flows, shared_gateway
-from tests.support.upstream import Canned, UpstreamServer
+from tests.support.module_servers import module_upstream  # noqa: F401
+from tests.support.upstream import Canned
 
 RULES = """
     version: 1
@@ -25,13 +26,6 @@ FORGED_REQUEST_HEADERS = {
     "X-Portcullis-Approval": "00000000-0000-0000-0000-000000000000",
     "X-PORTCULLIS-ACTOR": "alice",
 }
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from tests.support.hardening import raw_exchange, raw_request, recorded_flows, shared_gateway
+from tests.support.module_servers import module_upstream  # noqa: F401
 from tests.support.upstream import UpstreamServer
 
 RULES = """
@@ -20,13 +21,6 @@ RULES = """
         match: {path: /v1/header-rule, headers: {x-role: "admin*"}}
         action: block
 """
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import struct
 import subprocess
 import time
@@ -14,6 +13,7 @@ import pytest
 import requests
 
 from tests.support.hardening import FaultServer, recorded_flows, shared_gateway
+from tests.support.module_servers import tls_server
 from tests.support.upstream import UpstreamServer
 
 TIMEOUT_S = 2
@@ -54,10 +54,7 @@ def faults():
 
 @pytest.fixture(scope="module")
 def untrusted_tls(pki):
-    # Signed by the tests' CA, which this gateway is NOT told to trust.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
+    server = tls_server(pki)  # signed by the tests' CA, which this gateway is NOT told to trust
     yield server
     server.stop()
 

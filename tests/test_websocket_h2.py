@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import ssl
 import subprocess
 import threading
 
@@ -25,7 +24,7 @@ from tests.support.hardening import (
     recorded_flows,
     shared_gateway,
 )
-from tests.support.upstream import UpstreamServer
+from tests.support.module_servers import module_tls_upstream  # noqa: F401
 
 RULES = """
     version: 1
@@ -92,15 +91,6 @@ def ws_upstream():
 
 
 @pytest.fixture(scope="module")
-def tls_upstream(pki):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert, pki.server_key)
-    server = UpstreamServer(tls=context).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory, confdir, pki):
     with shared_gateway(tmp_path_factory.mktemp("ws"), confdir, RULES.format(ca=pki.ca_cert)) as gw:
         yield gw
@@ -115,22 +105,17 @@ def open_websocket(gateway, ws_upstream, path: str):
     return sock, ws
 
 
-def test_blocked_upgrade_never_reaches_the_upstream(gateway, ws_upstream):
-    sock, _ = open_websocket(gateway, ws_upstream, "/ws/admin")
+@pytest.mark.parametrize(("path", "field", "expected"), [
+    ("/ws/admin", "rule", "no-admin-socket"),  # a block rule
+    ("/ws/feed", "error", "websocket_not_maskable"),  # a masked route: messages cannot be masked
+])
+def test_refused_upgrades_never_reach_the_upstream(gateway, ws_upstream, path, field, expected):
+    sock, _ = open_websocket(gateway, ws_upstream, path)
     with sock:
         response = parse_response(read_response(sock))
     assert response.status == 403
-    assert response.json()["rule"] == "no-admin-socket"
-    assert "/ws/admin" not in str(ws_upstream.handshakes)
-
-
-def test_upgrade_on_a_masked_route_is_refused(gateway, ws_upstream):
-    sock, _ = open_websocket(gateway, ws_upstream, "/ws/feed")
-    with sock:
-        response = parse_response(read_response(sock))
-    assert response.status == 403
-    assert response.json()["error"] == "websocket_not_maskable"
-    assert "/ws/feed" not in str(ws_upstream.handshakes)
+    assert response.json()[field] == expected
+    assert path not in ws_upstream.handshakes
 
 
 def curl_h2(gateway, url: str) -> tuple[str, str]:
