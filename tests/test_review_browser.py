@@ -62,7 +62,13 @@ def test_hold_appears_live_then_approve_with_comment_completes_the_agent_call(ri
     page = login("alice")
     page.evaluate("window.__notReloaded = true")
     session = {"X-Portcullis-Session": "ticket-4711"}
-    assert rig.call("GET", "/v1/orders/A-7?t=ui-approve", headers=session).status_code == 200
+    earlier = rig.call("GET", "/v1/orders/A-7?t=ui-approve", headers=session)
+    assert earlier.status_code == 200
+    # The review page reads the session's history from the recording: wait for its group commit.
+    earlier_id = earlier.headers["X-Portcullis-Flow-Id"]
+    rig.wait_for(lambda: any(f["id"] == earlier_id for f in rig.api(
+        "alice", "GET", "/api/audit/session?id=ticket-4711").json().get("flows", [])),
+        what="the earlier flow to be recorded")
     call = rig.agent("POST", "/v1/refunds?t=ui-approve", "billing-agent", json=REFUND,
                      headers={"X-Portcullis-Justification": "Customer was charged twice",
                               "Authorization": "Bearer sk-live-should-not-show", **session})
