@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--focus", default="", help="only list inclusive frames containing this text")
     parser.add_argument("--out", type=Path, default=Path("bench/results/profile.collapsed"))
+    parser.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL")
+    parser.add_argument("--idle", action="store_true", help="include idle (waiting) samples")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     scenario = next(s for s in SCENARIOS if s.name == args.scenario)
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             pid = env.proxies[spec.name].pid
             args.out.parent.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(int(args.seconds)), "-r", "200",
-                                    "-f", "raw", "-o", str(args.out), "--nonblocking"],
+                                    "-f", "raw", "-o", str(args.out), "--nonblocking", "--threads",
+                                    *(["--gil"] if args.gil else []), *(["--idle"] if args.idle else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             result = asyncio.run(drive(env, scenario, args.clients, args.seconds + 1))
             spy.wait()
