@@ -57,7 +57,13 @@
     }
   }
 
+  // Once the reviewer submits a form, a live update must not reload the page: the
+  // reload would cancel the submission's own navigation (and its confirmation message).
+  let submitting = false;
+  document.addEventListener("submit", () => { submitting = true; });
+
   function onChange(event) {
+    if (submitting) return;
     refreshCount().then(notifyNew);
     if (page === "queue") refreshQueue();
     if (page === "review") {
