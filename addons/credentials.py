@@ -65,11 +65,7 @@ def compile_credentials(value: Any, where: Where, context: LoadContext) -> tuple
 
 
 def _compile_one(item: Any, index: int, at: Where, context: LoadContext) -> Credential:
-    if not isinstance(item, dict):
-        at.fail("expected a mapping with match and set_header and/or query")
-    for key in item:
-        if key not in CREDENTIAL_KEYS:
-            (at / key).fail(f"unknown key {key!r}; expected one of {', '.join(CREDENTIAL_KEYS)}")
+    at.mapping(item, CREDENTIAL_KEYS, "match and set_header and/or query")
     name = item.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         (at / "name").fail("name must be a non-empty string")

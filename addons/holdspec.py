@@ -111,11 +111,7 @@ def compile_notify(value: Any, where: Where, context: LoadContext) -> list[Webho
     hooks = []
     for i, item in enumerate(value):
         at = where / i
-        if not isinstance(item, dict):
-            at.fail("expected a mapping with url (and optional format, events)")
-        for key in item:
-            if key not in ("url", "format", "events"):
-                (at / key).fail(f"unknown key {key!r}; expected url, format or events")
+        at.mapping(item, ("url", "format", "events"), "url (and optional format, events)")
         url = item.get("url")
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
             (at / "url").fail("url must be an http:// or https:// URL")

@@ -84,11 +84,7 @@ def compile_identities(value: Any, where: Where, context: LoadContext) -> tuple[
     seen: set[str] = set()
     for i, item in enumerate(value):
         at = where / i
-        if not isinstance(item, dict):
-            at.fail("expected a mapping with name, groups and token_sha256")
-        for key in item:
-            if key not in IDENTITY_KEYS:
-                (at / key).fail(f"unknown key {key!r}; expected one of {', '.join(IDENTITY_KEYS)}")
+        at.mapping(item, IDENTITY_KEYS, "name, groups and token_sha256")
         name = item.get("name")
         if not isinstance(name, str) or not NAME.fullmatch(name):
             (at / "name").fail("name must be 1-64 letters, digits, '.', '_' or '-' (no ':')")

@@ -87,6 +87,15 @@ class Where:
     def fail(self, message: str) -> NoReturn:
         raise Invalid(self.problem(message))
 
+    def mapping(self, value: Any, allowed: tuple[str, ...], expected: str) -> dict[str, Any]:
+        """``value`` as a mapping whose keys are all in ``allowed``; else fail here."""
+        if not isinstance(value, dict):
+            self.fail(f"expected a mapping with {expected}")
+        for key in value:
+            if key not in allowed:
+                (self / key).fail(f"unknown key {key!r}; expected one of {', '.join(allowed)}")
+        return value
+
 
 def parse(text: str, filename: str) -> tuple[Any, SourceMap]:
     """Parse YAML text into data and a SourceMap; syntax errors become RuleFileError."""

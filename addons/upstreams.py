@@ -55,11 +55,7 @@ def compile_upstreams(value: Any, where: Where, context: LoadContext) -> list[Up
     result = []
     for i, item in enumerate(value):
         at = where / i
-        if not isinstance(item, dict):
-            at.fail("expected a mapping with host and ca_bundle or verify")
-        for key in item:
-            if key not in UPSTREAM_KEYS:
-                (at / key).fail(f"unknown key {key!r}; expected one of {', '.join(UPSTREAM_KEYS)}")
+        at.mapping(item, UPSTREAM_KEYS, "host and ca_bundle, verify or address")
         host = item.get("host")
         if not isinstance(host, str) or not host:
             (at / "host").fail("host must be a non-empty host name or glob")
