@@ -52,8 +52,8 @@ def run(api: str, as_json: bool) -> int:
                 line += f"\n          rule {detail['rule']}: {detail.get('reason')}"
             if decision == "held":
                 line += f"\n          waiting for a reviewer: {detail.get('reason')} (flow {detail.get('flow_id')})"
-            if response.headers.get("X-Portcullis-Masked"):
-                line += f"\n          {response.headers['X-Portcullis-Masked']} values masked"
+            if results[-1]["masked"]:
+                line += f"\n          {results[-1]['masked']} values masked"
             print(line, flush=True)
     if as_json:
         print(json.dumps(results))
