@@ -31,14 +31,14 @@ from addons.wsguard import WebSocketGuardAddon
 def make_addons() -> list[object]:
     """A fresh set of Portcullis addons, wired together, in hook order."""
     policy = PolicyAddon()
-    upstreams = UpstreamsAddon()
-    policy.listeners.append(upstreams.policy_loaded)
     identity = IdentityAddon()
-    credentials = CredentialsAddon()
     approvals = ApprovalsAddon()
-    policy.listeners += [identity.policy_loaded, credentials.policy_loaded]
+    credentials = CredentialsAddon()
     masking = MaskingAddon()
-    policy.listeners.append(masking.policy_loaded)
+    upstreams = UpstreamsAddon()
+    # Addons configured by the rules file learn of every (re)load from the policy addon.
+    policy.listeners += [identity.policy_loaded, credentials.policy_loaded,
+                         masking.policy_loaded, upstreams.policy_loaded]
     return [
         RequestLimitsAddon(),  # oversized header sections never reach the other addons
         identity,  # who is calling: before the policy, which matches on it
