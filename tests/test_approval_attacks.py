@@ -58,12 +58,7 @@ def planted(rig: ReviewRig) -> dict[str, str]:
 
 
 def sign_in(browser, rig: ReviewRig, name: str = "alice") -> Page:
-    page = browser.new_context().new_page()
-    page.set_default_timeout(10_000)
-    page.goto(rig.ui_url + "/login")
-    page.fill("input[name=name]", name)
-    page.fill("input[name=password]", name + PASSWORD_SUFFIX)
-    page.click("button[type=submit]")
+    page = rig.sign_in(browser.new_context().new_page(), name, "/login")
     expect(page.locator("h1")).to_have_text("Pending requests")
     return page
 

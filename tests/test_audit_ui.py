@@ -21,7 +21,7 @@ from playwright.sync_api import Page, expect
 
 from gateway.settings import PROJECT_ROOT
 from tests.support.module_servers import tls_server
-from tests.support.review import PASSWORD_SUFFIX, ReviewRig
+from tests.support.review import ReviewRig
 from tests.support.upstream import Canned, UpstreamServer
 
 pytestmark = pytest.mark.browser
@@ -80,12 +80,7 @@ def login(browser, rig: ReviewRig) -> Iterator:
     def sign_in(name: str = "alice") -> Page:
         context = browser.new_context(accept_downloads=True)
         contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
-        page.goto(rig.ui_url + "/audit/flows")
-        page.fill("input[name=name]", name)
-        page.fill("input[name=password]", name + PASSWORD_SUFFIX)
-        page.click("button[type=submit]")
+        page = rig.sign_in(context.new_page(), name, "/audit/flows")
         expect(page.locator("h1")).to_have_text("Flows")
         return page
 

@@ -125,6 +125,16 @@ class ReviewRig:
     def reject(self, reviewer: str, flow_id: str, comment: str = "") -> requests.Response:
         return self.api(reviewer, "POST", f"/api/flows/{flow_id}/reject", json={"comment": comment})
 
+    def sign_in(self, page: Any, name: str, start: str = "/") -> Any:
+        """Log a browser page in as ``name`` through the login form, starting at ``start``
+        (the login page sends the reviewer back there)."""
+        page.set_default_timeout(10_000)
+        page.goto(self.ui_url + start)
+        page.fill("input[name=name]", name)
+        page.fill("input[name=password]", name + PASSWORD_SUFFIX)
+        page.click("button[type=submit]")
+        return page
+
     def flow(self, flow_id: str, reviewer: str = "alice") -> dict[str, Any]:
         response = self.api(reviewer, "GET", f"/api/flows/{flow_id}")
         assert response.status_code == 200, response.text
