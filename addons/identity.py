@@ -48,6 +48,7 @@ from addons.policy import _signature
 from addons.replies import reply
 from addons.rulefile import Invalid, Problem, RuleFileError, Where, parse
 from addons.ruleset import LoadContext, Policy, top_level_field
+from addons.watchloop import poll_forever
 
 log = logging.getLogger("portcullis.identity")
 
@@ -380,9 +381,7 @@ class IdentityAddon:
             self._watcher = None
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_INTERVAL_S)
-            self.reload_if_changed()
+        await poll_forever(self.reload_if_changed, RELOAD_INTERVAL_S, f"identities file {self.file}", log)
 
     def reload_if_changed(self) -> bool:
         """Pick up `portcullis identity add` and revocations without a restart."""
@@ -396,6 +395,11 @@ class IdentityAddon:
         except (RuleFileError, ValueError) as exc:
             self.from_file = previous
             log.error("identities file edit rejected; the previous identities stay in force:\n%s", exc)
+            return False
+        except Exception:  # noqa: BLE001 - a loader bug must not end reloading (or pass silently)
+            self.from_file = previous  # the authenticator was not replaced: merge() raised first
+            log.exception("identities file %s could not be loaded; the previous identities stay in force",
+                          self.file)
             return False
         log.info("reloaded identities from %s", self.file)
         return True

@@ -182,12 +182,18 @@ class JwksCache:
         async with self._lock:
             started = time.monotonic()
             try:
-                keys = self.parse(await asyncio.to_thread(self.fetch))
+                try:
+                    keys = self.parse(await asyncio.to_thread(self.fetch))
+                except JwksUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an unexpected failure is an unavailable key set
+                    log.exception("JWKS refresh from %s failed unexpectedly", self.location)
+                    raise JwksUnavailable(f"cannot load JWKS from {self.location}: {exc!r}") from None
             except JwksUnavailable:
                 if not self.keys:
                     raise
                 # Keep serving the keys we have; an IdP hiccup must not lock agents out.
-                log.warning("JWKS refresh failed; keeping %d cached keys", len(self.keys), exc_info=False)
+                log.warning("JWKS refresh from %s failed; keeping %d cached keys", self.location, len(self.keys))
                 self.loaded_at = started
                 return
             self.keys = keys

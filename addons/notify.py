@@ -29,14 +29,28 @@ BACKOFF_S = 0.5
 MAX_BACKLOG = 1000
 
 
+def slack_escape(value: Any) -> str:
+    """``value`` as inert Slack text: ``&``, ``<``, ``>`` escaped as Slack requires
+    (https://api.slack.com/reference/surfaces/formatting#escaping), so an agent's URL
+    cannot ping ``<!channel>`` or render ``<https://evil.example|Approve here>`` as a
+    link; line breaks become spaces, so it cannot fake a "Review:" line either."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.splitlines())
+
+
 def message(kind: str, hold: dict[str, Any], link: str | None) -> str:
-    """One line for humans (Slack ``text``)."""
-    who = {"approved": f" by {hold.get('decided_by')}", "rejected": f" by {hold.get('decided_by')}"}.get(kind, "")
-    text = (f"[Portcullis] {kind}{who}: {hold['method']} {hold['url']} from {hold['identity']}"
-            f" — {hold.get('reason') or hold.get('rule')}")
+    """One line for humans (Slack ``text``). Every interpolated value is escaped: the URL,
+    identity and rule reason may all come from the agent or an edited rules file."""
+    e = slack_escape
+    who = {"approved": f" by {e(hold.get('decided_by'))}",
+           "rejected": f" by {e(hold.get('decided_by'))}"}.get(kind, "")
+    text = (f"[Portcullis] {kind}{who}: {e(hold['method'])} {e(hold['url'])} from {e(hold['identity'])}"
+            f" — {e(hold.get('reason') or hold.get('rule'))}")
+    if hold.get("justification"):
+        text += f" (justification: {e(hold['justification'])})"
     if kind == "escalated":
-        text += f" (now also for: {', '.join(hold.get('escalate_to') or [])})"
-    return text + (f"\nReview: {link}" if link else "")
+        text += f" (now also for: {e(', '.join(hold.get('escalate_to') or []))})"
+    return text + (f"\nReview: {e(link)}" if link else "")
 
 
 def payload(hook: Webhook, kind: str, hold: dict[str, Any], link: str | None) -> dict[str, Any]:
@@ -79,6 +93,13 @@ class NotifyAddon:
         return f"{base}/flows/{flow_id}" if base else None
 
     def on_event(self, event: Event) -> None:
+        """Called inside ``state.emit`` on the proxy's path: a bug here must not break it."""
+        try:
+            self._enqueue(event)
+        except Exception:  # noqa: BLE001 - notifications are best effort, the flow is not
+            log.exception("could not queue the %s notification for flow %s", event.kind, event.flow_id)
+
+    def _enqueue(self, event: Event) -> None:
         if event.kind not in NOTIFY_EVENTS or self.pool is None:
             return
         hold = self.approvals.holds.get(event.flow_id)
@@ -99,10 +120,10 @@ class NotifyAddon:
     def _deliver(self, hook: Webhook, body: dict[str, Any], attempt: int = 1) -> None:
         """One attempt (on a pool thread). A retry is scheduled, not slept on, so one
         dead webhook cannot hold the pool's threads while others wait."""
-        request = urllib.request.Request(hook.url, data=json.dumps(body, default=str).encode(), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "User-Agent": "portcullis-notify"})
         try:
+            request = urllib.request.Request(hook.url, data=json.dumps(body, default=str).encode(),
+                                             method="POST", headers={"Content-Type": "application/json",
+                                                                     "User-Agent": "portcullis-notify"})
             # No proxy: a webhook must not loop back through the gateway itself.
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             with opener.open(request, timeout=TIMEOUT_S) as response:
@@ -111,6 +132,8 @@ class NotifyAddon:
             problem = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             problem = str(getattr(exc, "reason", exc))
+        except Exception as exc:  # noqa: BLE001 - a pool thread's exception would vanish unlogged
+            problem = f"unexpected error: {exc!r}"
         if problem is None:
             self.delivered += 1
         elif attempt < ATTEMPTS and self.pool is not None:

@@ -23,6 +23,7 @@ from addons.matching import RequestView
 from addons.replies import DECISION_HEADER, FLOW_ID_HEADER, reply
 from addons.rulefile import RuleFileError
 from addons.ruleset import Policy, Verdict, load_policy
+from addons.watchloop import poll_forever
 
 log = logging.getLogger("portcullis.policy")
 
@@ -80,12 +81,16 @@ class PolicyAddon:
         self.policy = policy
         log.info("loaded %d rules from %s (default: %s)", len(policy.rules), policy.source, policy.default)
         for listener in self.listeners:
-            listener(policy)
+            if self._watcher is None:
+                listener(policy)  # start-up: a listener's OptionsError must stop the gateway
+                continue
+            try:
+                listener(policy)
+            except Exception:  # noqa: BLE001 - one listener's failure must not skip the others
+                log.exception("applying the reloaded rules file %s failed in %r", policy.source, listener)
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_INTERVAL_S)
-            self.reload_if_changed()
+        await poll_forever(self.reload_if_changed, RELOAD_INTERVAL_S, f"rules file {self.rules_path}", log)
 
     def reload_if_changed(self) -> bool:
         """Reload when the file changed; keep the last good rules if the edit is invalid."""
@@ -99,6 +104,10 @@ class PolicyAddon:
             policy = load_policy(self.rules_path)
         except RuleFileError as exc:
             log.error("rules file edit rejected; the previous rules stay in force:\n%s", exc)
+            return False
+        except Exception:  # noqa: BLE001 - a loader bug must not end hot reload (or pass silently)
+            log.exception("rules file %s could not be loaded; the previous rules stay in force",
+                          self.rules_path)
             return False
         self._install(policy)
         return True

@@ -3,6 +3,11 @@
 Every rejection the loader makes names ``file:line:column`` and the dotted field, so an
 operator can jump straight to the mistake. PyYAML's composer gives us the node marks;
 we build the data ourselves so that duplicate keys are an error instead of "last wins".
+
+Anchors and aliases (``&a`` / ``*a``) are refused while composing, before any node is
+built: a recursive alias made the builder recurse until the reload task died, and a
+"billion laughs" chain of aliases expands to gigabytes from a few hundred bytes. Rules
+files gain nothing from them that a plain copy would not give.
 """
 
 from __future__ import annotations
@@ -97,11 +102,38 @@ class Where:
         return value
 
 
+class AliasRefused(yaml.MarkedYAMLError):
+    """An anchor or alias was found; raised by NoAliasLoader at its position."""
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer refuses anchors and aliases (see the module docstring)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise AliasRefused(problem=f"YAML aliases (*{event.anchor}) are not allowed; "
+                                       "write the value out in full", problem_mark=event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise AliasRefused(problem=f"YAML anchors (&{event.anchor}) are not allowed; "
+                                       "write the value out in full", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def compose_without_aliases(text: str) -> yaml.Node | None:
+    """The YAML node tree of ``text``; raises AliasRefused on any anchor or alias."""
+    return yaml.compose(text, Loader=NoAliasLoader)
+
+
 def parse(text: str, filename: str) -> tuple[Any, SourceMap]:
     """Parse YAML text into data and a SourceMap; syntax errors become RuleFileError."""
     source = SourceMap(filename)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_without_aliases(text)
+    except AliasRefused as exc:
+        mark = exc.problem_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise RuleFileError([Problem(filename, line, column, "", str(exc.problem))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
