@@ -9,10 +9,25 @@ The policy addon leaves ``hold`` verdicts to this addon. Two ways for an agent t
   "flow_id", "poll"}`` at once and later re-sends the identical request with
   ``X-Portcullis-Approval: <flow_id>`` to collect the outcome.
 
-An approval is bound to the request (method, URL, the headers in ``BOUND_HEADERS`` and
-a hash of the body) and can be used once. A reviewer may also approve with a *grant*:
-identical requests (same identity, method, URL, body hash) pass for a while, until the
-grant expires or is revoked.
+An approval is bound to what the reviewer saw (method, URL, body hash, every end-to-end
+header) and to the verdict (matched rules, action, approvers); see addons.holdbinding.
+It can be used once. A collection that differs in any of these is refused with 403
+``approval_mismatch`` (the reason names what differs, never a header value). A reviewer
+may also approve with a *grant*: requests from the same identity with the same print
+and verdict pass for a while, until the grant expires or is revoked; a request that
+differs is not covered and is held anew, like any other.
+
+Limits, so that one agent cannot flood reviewers or memory (top-level rule settings,
+see addons.holdspec): at most ``max_pending_holds_per_identity`` pending holds per
+identity (429 ``too_many_pending_holds``), and a holdable body of at most
+``max_held_body`` bytes (413 ``held_body_too_large``). A hold keeps the shown prefix of
+the body, its hash and a reference to the flow's own bytes (for the download), which it
+drops once decided. Hold rules also refuse a JSON body with a duplicated key (400
+``duplicate_json_key``): the reviewer is shown one copy, the upstream may read the other.
+
+A replay runs as the original agent, but the reviewer who replayed it cannot decide its
+hold (``replay_self_approval``): otherwise one reviewer could overturn another's
+rejection by replaying the flow and approving the replay.
 
 Reviewers act from another thread (the review UI); every state change happens on the
 proxy's event loop (see :meth:`ApprovalsAddon.call`), so no locks are needed here.
@@ -21,7 +36,6 @@ proxy's event loop (see :meth:`ApprovalsAddon.call`), so no locks are needed her
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -36,7 +50,14 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 
 from addons.flowstate import Event, FlowState, state_of, subscribe, unsubscribe
-from addons.holdspec import HoldSpec, format_duration, hold_spec
+from addons.holdbinding import RequestPrint, VerdictPrint, duplicated_key, sha256, shown_body
+from addons.holdspec import (
+    DEFAULT_MAX_HELD_BODY,
+    DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY,
+    HoldSpec,
+    format_duration,
+    hold_spec,
+)
 from addons.replies import DECISION_HEADER, FLOW_ID_HEADER, reply
 
 log = logging.getLogger("portcullis.approvals")
@@ -45,8 +66,6 @@ WAIT_HEADER = "x-portcullis-wait"
 APPROVAL_HEADER = "x-portcullis-approval"
 JUSTIFICATION_HEADER = "x-portcullis-justification"
 JUSTIFICATION_MAX = 1000
-#: Request headers an approval is bound to besides method, URL and body.
-BOUND_HEADERS = ("content-type", "content-encoding", "authorization", "cookie")
 #: Headers never shown to reviewers in clear.
 SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
 BODY_SHOWN_MAX = 64 * 1024
@@ -77,21 +96,6 @@ class Vote:
     at: float
 
 
-def body_hash(content: bytes | None) -> str:
-    return hashlib.sha256(content or b"").hexdigest()
-
-
-def request_binding(request: http.Request) -> str:
-    """What an approval is bound to: method, URL, the bound headers and the body hash."""
-    digest = hashlib.sha256()
-    for part in (request.method.upper(), request.pretty_url, body_hash(request.raw_content)):
-        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
-    for name in BOUND_HEADERS:
-        for value in request.headers.get_all(name):
-            digest.update(f"{name}:{value}".encode("utf-8", "surrogateescape") + b"\0")
-    return digest.hexdigest()
-
-
 def is_secret_header(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in SECRET_HEADER_WORDS)
@@ -111,7 +115,10 @@ class Hold:
     headers: list[tuple[str, str]]
     body: str
     body_truncated: bool
-    binding: str
+    body_warning: str | None
+    body_size: int
+    binding: RequestPrint
+    verdict: VerdictPrint
     body_sha256: str
     justification: str | None
     mode: str  # "wait" | "async"
@@ -130,6 +137,10 @@ class Hold:
     collected: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    #: The exact body bytes (the flow's own object, not a copy) until the hold is decided.
+    raw: bytes | None = field(default=None, repr=False)
+    replay_of: str | None = None
+    replayed_by: str | None = None  # the reviewer who replayed it: may not decide it
 
     @property
     def identity(self) -> str:
@@ -171,6 +182,8 @@ class Hold:
             "decided_at": self.decided_at,
             "detail": self.detail,
             "grant_id": self.grant_id,
+            "replay_of": self.replay_of,
+            "replayed_by": self.replayed_by,
         }
 
     def details(self) -> dict[str, Any]:
@@ -180,7 +193,10 @@ class Hold:
             "headers": [[k, v] for k, v in self.headers],
             "body": self.body,
             "body_truncated": self.body_truncated,
+            "body_warning": self.body_warning,
+            "body_size": self.body_size,
             "body_sha256": self.body_sha256,
+            "body_available": self.raw is not None,
         }
 
 
@@ -189,23 +205,26 @@ class Grant:
     id: str
     flow_id: str
     identity: str
-    method: str
-    url: str
-    body_sha256: str
+    binding: RequestPrint
+    verdict: VerdictPrint
     rule: str | None
     created_by: str
     created_at: float
     expires_at: float
     uses: int = 0
 
-    def matches(self, identity: str, request: http.Request, now: float) -> bool:
-        return (
-            now < self.expires_at
-            and identity == self.identity
-            and request.method.upper() == self.method
-            and request.pretty_url == self.url
-            and body_hash(request.raw_content) == self.body_sha256
-        )
+    @property
+    def method(self) -> str:
+        return self.binding.method
+
+    @property
+    def url(self) -> str:
+        return self.binding.url
+
+    def matches(self, identity: str, binding: RequestPrint, verdict: VerdictPrint, now: float) -> bool:
+        """Only the request the reviewer saw (every bound header), with the same verdict."""
+        return (now < self.expires_at and identity == self.identity
+                and binding == self.binding and verdict == self.verdict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -269,12 +288,16 @@ class ApprovalsAddon:
             return
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
+        spec = hold_spec(verdict.rule, self._policy(), verdict.reason)
+        binding, verdict_print = RequestPrint.of(flow.request), VerdictPrint.of(verdict, spec)
         if APPROVAL_HEADER in state.control:
-            self._collect(flow, state, state.control[APPROVAL_HEADER].strip())
+            self._collect(flow, state, state.control[APPROVAL_HEADER].strip(), binding, verdict_print)
             return
-        if self._use_grant(flow, state):
+        if self._use_grant(flow, state, binding, verdict_print):
             return
-        hold = self._hold(flow, state, verdict)
+        if not self._holdable(flow, state):
+            return
+        hold = self._hold(flow, state, verdict, spec, binding, verdict_print)
         if state.control.get(WAIT_HEADER, "").strip().lower() == "async":
             hold.timers.append(self.loop.call_at(
                 self.loop.time() + hold.deadline - time.time(), self._expire, hold))
@@ -289,19 +312,52 @@ class ApprovalsAddon:
             self._finish(hold, "abandoned", "gateway", detail="client disconnected")
             state_of(flow).decision = "abandoned"
 
-    def _hold(self, flow: http.HTTPFlow, state: FlowState, verdict) -> Hold:
+    def _policy(self) -> Any:
         policy_addon = ctx.master.addons.get("portcullis_policy") if _has_master() else None
-        spec = hold_spec(verdict.rule, getattr(policy_addon, "policy", None), verdict.reason)
+        return getattr(policy_addon, "policy", None)
+
+    def _setting(self, key: str, default: Any) -> Any:
+        policy = self._policy()
+        return policy.settings.get(key, default) if policy is not None else default
+
+    def _holdable(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        """Refuse (and say so) a request that must not become a hold; True if it may."""
+        size = len(flow.request.raw_content or b"")
+        limit = self._setting("max_held_body", DEFAULT_MAX_HELD_BODY)
+        if size > limit:
+            refuse(flow, state, 413, "held_body_too_large",
+                   f"this request needs approval, and a held body may be at most {limit:,} bytes "
+                   f"(this one is {size:,}); split it or ask for the limit (max_held_body) to be raised",
+                   size=size, limit=limit)
+            return False
+        key = duplicated_key(flow.request)
+        if key is not None:
+            refuse(flow, state, 400, "duplicate_json_key",
+                   f"the JSON body has the key {key!r} more than once in one object; a reviewer "
+                   "would see one copy and the upstream might read the other", key=key[:200])
+            return False
+        cap = self._setting("max_pending_holds_per_identity", DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY)
+        pending = sum(1 for h in self.holds.values() if h.decision is None and h.identity == state.identity)
+        if pending >= cap:
+            refuse(flow, state, 429, "too_many_pending_holds",
+                   f"{state.identity} already has {pending} requests waiting for review (the limit is "
+                   f"{cap}); wait for decisions before sending more", pending=pending, limit=cap,
+                   headers={"Retry-After": "30"})
+            return False
+        return True
+
+    def _hold(self, flow: http.HTTPFlow, state: FlowState, verdict: Any, spec: HoldSpec,
+              binding: RequestPrint, verdict_print: VerdictPrint) -> Hold:
         justification = state.control.get(JUSTIFICATION_HEADER)
         if justification is not None:
             justification = justification.strip()[:JUSTIFICATION_MAX]
             state.extras["justification"] = justification
         request = flow.request
         raw = request.raw_content or b""
-        shown = request.get_text(strict=False) if raw else ""
-        shown = shown or ""
+        shown = shown_body(request, BODY_SHOWN_MAX)
+        text = shown.text
         for secret in state.secrets:
-            shown = shown.replace(secret, "[redacted]")
+            text = text.replace(secret, "[redacted]")
         now = time.time()
         hold = Hold(
             id=flow.id,
@@ -311,15 +367,21 @@ class ApprovalsAddon:
             url=request.pretty_url,
             headers=[(k, "[redacted]" if is_secret_header(k) or k.lower() in state.injected_headers else v)
                      for k, v in request.headers.items(multi=True)],
-            body=shown[:BODY_SHOWN_MAX],
-            body_truncated=len(shown) > BODY_SHOWN_MAX,
-            binding=request_binding(request),
-            body_sha256=body_hash(raw),
+            body=text,
+            body_truncated=shown.truncated,
+            body_warning=shown.warning,
+            body_size=len(raw),
+            binding=binding,
+            verdict=verdict_print,
+            body_sha256=sha256(raw),
             justification=justification,
             mode="async" if state.control.get(WAIT_HEADER, "").strip().lower() == "async" else "wait",
             matched=[{"name": r.name, "action": r.action, "reason": r.reason} for r in verdict.matched],
             created=now,
             deadline=now + spec.timeout,
+            raw=raw,
+            replay_of=state.replay_of,
+            replayed_by=state.actor if state.replay_of else None,
         )
         self.holds[hold.id] = hold
         self._trim_history()
@@ -369,12 +431,11 @@ class ApprovalsAddon:
                     self._finish(hold, "abandoned", "gateway", detail="client disconnected")
 
     def _forward_approved(self, flow: http.HTTPFlow, state: FlowState, hold: Hold) -> None:
-        if request_binding(flow.request) != hold.binding:
+        differs = hold.binding.difference(RequestPrint.of(flow.request))
+        if differs is not None:
             # The approved request is not what the reviewer saw: refuse rather than forward.
-            state.decision = "blocked"
-            state.emit("approval_mismatch", actor="gateway", hold=hold.id)
-            reply(flow, 403, "approval_mismatch", "blocked",
-                  reason="the request differs from the one that was approved")
+            state.emit("approval_mismatch", actor="gateway", hold=hold.id, differs=differs)
+            refuse(flow, state, 403, "approval_mismatch", f"the request differs from the approved one: {differs}")
             return
         state.decision = "approved"
         state.actor = hold.decided_by
@@ -409,18 +470,27 @@ class ApprovalsAddon:
             "Cache-Control": "no-store", "Retry-After": "2",
         })
 
-    def _collect(self, flow: http.HTTPFlow, state: FlowState, hold_id: str) -> None:
-        """An async-mode agent re-sends the held request to collect the decision."""
+    def _collect(self, flow: http.HTTPFlow, state: FlowState, hold_id: str,
+                 binding: RequestPrint, verdict: VerdictPrint) -> None:
+        """An async-mode agent re-sends the held request to collect the decision.
+
+        It must be the request the reviewer saw (every bound header) and the policy must
+        still decide it the same way (same rules, action, approvers), else 403.
+        """
         hold = self.holds.get(hold_id)
         if hold is None:
-            state.decision = "blocked"
-            reply(flow, 404, "unknown_approval", "blocked", approval=hold_id[:64])
+            refuse(flow, state, 404, "unknown_approval", "there is no held request with this id",
+                   approval=hold_id[:64])
             return
-        if hold.identity != state.identity or request_binding(flow.request) != hold.binding:
-            state.decision = "blocked"
-            state.emit("approval_mismatch", actor=state.identity, hold=hold.id)
-            reply(flow, 403, "approval_mismatch", "blocked", approval=hold.id,
-                  reason="an approval is valid only for the identical request from the same identity")
+        if hold.identity != state.identity:
+            differs: str | None = "it was held for another identity"
+        else:
+            differs = hold.binding.difference(binding) or hold.verdict.difference(verdict)
+        if differs is not None:
+            state.emit("approval_mismatch", actor=state.identity, hold=hold.id, differs=differs)
+            refuse(flow, state, 403, "approval_mismatch",
+                   f"an approval is valid only for the identical request from the same identity, "
+                   f"decided by the same rules: {differs}", approval=hold.id)
             return
         if hold.decision is None:
             self._answer_pending(flow, state, hold)
@@ -429,15 +499,17 @@ class ApprovalsAddon:
             state.emit("approval_used", actor=state.identity, hold=hold.id)
             self._forward_approved(flow, state, hold)
         elif hold.decision == "approved":
-            state.decision = "blocked"
-            reply(flow, 409, "approval_already_used", "blocked", approval=hold.id)
+            refuse(flow, state, 409, "approval_already_used", "this approval was already used once",
+                   approval=hold.id)
         else:
             self._deny(flow, state, hold)
 
-    def _use_grant(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+    def _use_grant(self, flow: http.HTTPFlow, state: FlowState, binding: RequestPrint,
+                   verdict: VerdictPrint) -> bool:
         now = time.time()
         self._drop_expired_grants(now)
-        grant = next((g for g in self.grants.values() if g.matches(state.identity, flow.request, now)), None)
+        grant = next((g for g in self.grants.values()
+                      if g.matches(state.identity, binding, verdict, now)), None)
         if grant is None:
             return False
         grant.uses += 1
@@ -472,6 +544,11 @@ class ApprovalsAddon:
             if record:
                 self._refuse(hold, actor, "self_approval")
             raise DecisionError(403, "self_approval", "reviewers cannot decide their own requests")
+        if hold.replayed_by is not None and actor.name == hold.replayed_by:
+            if record:
+                self._refuse(hold, actor, "replay_self_approval")
+            raise DecisionError(403, "replay_self_approval",
+                                "you replayed this request; another reviewer must decide its hold")
         allowed = hold.allowed_groups()
         if allowed is not None and not (allowed & actor.groups):
             if record:
@@ -528,8 +605,8 @@ class ApprovalsAddon:
 
     def _grant(self, hold: Hold, actor: Actor, seconds: float) -> None:
         now = time.time()
-        grant = Grant(uuid.uuid4().hex[:12], hold.id, hold.identity, hold.method, hold.url,
-                      hold.body_sha256, hold.spec.rule, actor.name, now, now + seconds)
+        grant = Grant(uuid.uuid4().hex[:12], hold.id, hold.identity, hold.binding, hold.verdict,
+                      hold.spec.rule, actor.name, now, now + seconds)
         self.grants[grant.id] = grant
         hold.grant_id = grant.id
         self._tell("grants", {})
@@ -554,6 +631,7 @@ class ApprovalsAddon:
             return
         hold.decision = decision
         hold.decided_at = time.time()
+        hold.raw = None  # decided: the bytes are no longer offered for review
         hold.comment = comment
         hold.detail = detail
         if decision == "approved":
@@ -613,6 +691,15 @@ class ApprovalsAddon:
 
         loop.call_soon_threadsafe(run)
         return future.result(timeout)
+
+
+def refuse(flow: http.HTTPFlow, state: FlowState, status: int, code: str, reason: str,
+           headers: dict[str, str] | None = None, **fields: Any) -> None:
+    """Answer the agent with a JSON refusal and record why (decision, reason, event)."""
+    state.decision = "blocked"
+    state.reason = reason
+    state.emit("decided", action="block", error=code, reason=reason)
+    reply(flow, status, code, "blocked", headers=headers, reason=reason, **fields)
 
 
 def _has_master() -> bool:

@@ -13,6 +13,8 @@ Per rule::
 Top level::
 
     hold_timeout: 5m
+    max_pending_holds_per_identity: 20   # more pending holds for one identity: 429
+    max_held_body: 1MiB                  # a larger body cannot be held: 413
     notify:
       - url: https://hooks.slack.com/services/...
         format: slack            # or json (default)
@@ -32,6 +34,14 @@ from addons.rulefile import Where
 from addons.ruleset import LoadContext, Policy, Rule, rule_field, top_level_field
 
 DEFAULT_HOLD_TIMEOUT_S = 300.0
+#: One agent must not fill the reviewers' queue (and the gateway's memory) on its own.
+DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY = 20
+#: A held request's body stays in memory until it is decided (the flow keeps it; the
+#: review page offers it for download), so a holdable body is bounded. 1 MiB is far
+#: above what a reviewer can read, and 20 holds per identity cost at most ~20 MiB.
+DEFAULT_MAX_HELD_BODY = 1024 * 1024
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|k|mb|mib|m)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
 NOTIFY_EVENTS = ("held", "escalated", "approved", "rejected", "expired", "abandoned")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -88,6 +98,38 @@ for _key in ("approvers", "escalate_to"):
 for _key in ("timeout", "escalate_after", "grant"):
     rule_field(_key)(compile_duration)
 top_level_field("hold_timeout")(compile_duration)
+
+
+@top_level_field("max_pending_holds_per_identity")
+def compile_max_pending(value: Any, where: Where, context: LoadContext) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        where.fail("max_pending_holds_per_identity must be a whole number from 1 to 10000")
+    return value
+
+
+def parse_size(value: Any) -> int:
+    """'64KiB' -> 65536, '1MiB' -> 1048576, 2048 -> 2048 (binary units). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 512KiB or 1MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        found = _SIZE.match(str(value))
+        if not found:
+            raise ValueError(f"expected a size like 512KiB or 1MiB, got {value!r}")
+        unit = found.group(2).lower() if found.group(2) else None
+        size = int(found.group(1)) * _SIZE_UNITS[unit]
+    if not 1 <= size <= 64 * 1024**2:
+        raise ValueError("a held body size must be from 1 byte to 64MiB")
+    return size
+
+
+@top_level_field("max_held_body")
+def compile_max_held_body(value: Any, where: Where, context: LoadContext) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        where.fail(str(exc))
 
 
 @rule_field("approvals_required")

@@ -2,6 +2,7 @@
 
     GET    /api/pending                 pending holds, most urgent first
     GET    /api/flows/<id>              one held flow: request, approvals, events
+    GET    /api/flows/<id>/body         the exact body bytes of a pending hold (a download)
     POST   /api/flows/<id>/approve      {"comment": "...", "grant": "15m"?}
     POST   /api/flows/<id>/reject       {"comment": "..."}
     GET    /api/grants                  active grants
@@ -46,6 +47,32 @@ def flow_details(flow_id: str) -> dict[str, Any]:
     return _call(read)
 
 
+def held_body_response(flow_id: str) -> Any:
+    """The exact bytes the upstream will get, as a download; JSON error if not available.
+
+    The review page shows a decoded prefix; a body it cannot show in full (or cannot
+    decode) must still be reviewable, byte for byte. Only pending holds keep the bytes.
+    """
+    approvals = services().approvals
+
+    def read() -> tuple[bytes | None, str, str, set[str]]:
+        hold = approvals.get(flow_id)
+        return hold.raw, hold.body_sha256, hold.decision or "pending", set(hold.state.secrets)
+
+    try:
+        raw, digest, status, secrets = _call(read)
+    except DecisionError as exc:
+        return decision_error(exc)
+    if raw is None:
+        return api_error(410, "body_released", f"flow {flow_id} is {status}: its body is no longer kept")
+    if any(secret.encode("utf-8", "surrogateescape") in raw for secret in secrets if secret):
+        return api_error(409, "body_contains_secret", "the body holds an injected credential and is not offered")
+    return Response(raw, mimetype="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{flow_id}.body"',
+        "X-Body-SHA256": digest, "Cache-Control": "no-store",
+    })
+
+
 def may_decide(flow_id: str) -> tuple[bool, str | None]:
     """Whether the current reviewer may decide this flow, and if not, why."""
     approvals = services().approvals
@@ -79,6 +106,12 @@ def flow(flow_id: str) -> Any:
     except DecisionError as exc:
         return decision_error(exc)
     return jsonify({**details, "you_may_decide": allowed, "why_not": why})
+
+
+@bp.get("/flows/<flow_id>/body")
+@api_auth_required
+def body(flow_id: str) -> Any:
+    return held_body_response(flow_id)
 
 
 def _body() -> dict[str, Any] | None:

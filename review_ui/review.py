@@ -10,7 +10,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from addons.approvals import DecisionError
 from addons.holdspec import format_duration, parse_duration
-from review_ui.api import COMMENT_MAX, flow_details, may_decide
+from review_ui.api import COMMENT_MAX, flow_details, held_body_response, may_decide
 from review_ui.auth import current_actor, login_required
 from review_ui.services import services
 
@@ -25,10 +25,22 @@ SESSION_FLOWS_SQL = (
 
 
 def pretty_body(body: str) -> tuple[str, bool]:
-    """The body re-indented when it is JSON; (text, is_json)."""
+    """The body re-indented when it is JSON; (text, is_json).
+
+    A document with a repeated key is shown as sent: re-indenting it through a dict
+    would keep only the last copy and hide the other from the reviewer.
+    """
+
+    def refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            raise ValueError("duplicate key")
+        return result
+
     try:
-        return json.dumps(json.loads(body), indent=2, ensure_ascii=False), True
-    except (ValueError, TypeError):
+        return json.dumps(json.loads(body, object_pairs_hook=refuse_duplicates), indent=2,
+                          ensure_ascii=False), True
+    except (ValueError, TypeError, RecursionError):
         return body, False
 
 
@@ -62,6 +74,12 @@ def render_review(flow_id: str, error: str | None = None, status: int = 200) -> 
 @login_required
 def show(flow_id: str) -> Any:
     return render_review(flow_id)
+
+
+@bp.get("/flows/<flow_id>/body")
+@login_required
+def body(flow_id: str) -> Any:
+    return held_body_response(flow_id)
 
 
 @bp.post("/flows/<flow_id>/decide")
