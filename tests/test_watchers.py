@@ -1,0 +1,143 @@
+"""Every file watcher logs a failed reload with the file's name and keeps watching.
+
+A watcher task that raised used to end silently, so every later edit (and identity
+revocation) was ignored. These drive the real reload loops of the policy and identity
+addons with a loader that blows up unexpectedly once, then check the next edit applies;
+and one real gateway whose identities live in the rules file: after a rejected edit, a
+revocation still takes effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+
+import pytest
+import requests
+
+from addons import identity as identity_module
+from addons import policy as policy_module
+from addons.identity import IdentityAddon
+from addons.policy import PolicyAddon
+from addons.ruleset import load_policy
+
+RULES = """\
+version: 1
+rules:
+  - name: block-{name}
+    match: {{path: /{name}}}
+    action: block
+"""
+
+
+def _explode(*_args, **_kwargs):
+    raise RuntimeError("loader bug")
+
+
+async def _run_watch(addon, attempts_until: callable, timeout: float = 5.0) -> None:
+    addon._watcher = asyncio.get_running_loop().create_task(addon._watch())
+    try:
+        deadline = time.monotonic() + timeout
+        while not attempts_until():
+            assert not addon._watcher.done(), "the watcher task ended"
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+    finally:
+        addon._watcher.cancel()
+
+
+def test_policy_watcher_survives_an_unexpected_loader_failure(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(policy_module, "RELOAD_INTERVAL_S", 0.02)
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.format(name="a"))
+    addon = PolicyAddon()
+    addon.rules_path, addon._signature = path, policy_module._signature(path)
+    addon.policy = load_policy(path)
+
+    async def scenario() -> None:
+        monkeypatch.setattr(policy_module, "load_policy", _explode)
+        path.write_text(RULES.format(name="bb"))
+        await _run_watch(addon, lambda: "loader bug" in caplog.text)
+        assert addon.policy.rules[0].name == "block-a"  # the last good rules stay
+        monkeypatch.setattr(policy_module, "load_policy", load_policy)
+        path.write_text(RULES.format(name="ccc"))
+        await _run_watch(addon, lambda: addon.policy.rules[0].name == "block-ccc")
+
+    with caplog.at_level(logging.ERROR, logger="portcullis.policy"):
+        asyncio.run(scenario())
+    assert f"rules file {path} could not be loaded" in caplog.text
+
+
+def test_a_failing_listener_does_not_stop_the_others_or_the_reload(tmp_path, caplog):
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES.format(name="a"))
+    addon = PolicyAddon()
+    addon.rules_path, addon._signature = path, policy_module._signature(path)
+    addon._watcher = object()  # running: listeners' failures are logged, not raised
+    told = []
+    addon.listeners = [_explode, told.append]
+    path.write_text(RULES.format(name="bb"))
+    with caplog.at_level(logging.ERROR, logger="portcullis.policy"):
+        assert addon.reload_if_changed()
+    assert [p.rules[0].name for p in told] == ["block-bb"]
+    assert "loader bug" in caplog.text and str(path) in caplog.text
+
+
+def test_identities_watcher_survives_an_unexpected_loader_failure(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(identity_module, "RELOAD_INTERVAL_S", 0.02)
+    path = tmp_path / "identities.yaml"
+    token = hashlib.sha256(b"t").hexdigest()
+    path.write_text(f"identities:\n  - {{name: a, token_sha256: {token}}}\n")
+    addon = IdentityAddon()
+    addon.file = path
+    addon.from_file = identity_module.load_identities_file(path)
+    addon._signature = identity_module._signature(path)
+    addon._rebuild()
+    real_loader = identity_module.load_identities_file
+
+    async def scenario() -> None:
+        monkeypatch.setattr(identity_module, "load_identities_file", _explode)
+        path.write_text(f"identities:\n  - {{name: bb, token_sha256: {token}}}\n")
+        await _run_watch(addon, lambda: "loader bug" in caplog.text)
+        assert set(addon.authenticator.identities) == {"a"}
+        monkeypatch.setattr(identity_module, "load_identities_file", real_loader)
+        path.write_text("identities: []\n")  # revoke everyone
+        await _run_watch(addon, lambda: not addon.authenticator.identities)
+
+    with caplog.at_level(logging.ERROR, logger="portcullis.identity"):
+        asyncio.run(scenario())
+    assert f"identities file {path} could not be loaded" in caplog.text
+
+
+AGENT_TOKEN = "watcher-agent-token-0123456789"
+WITH_IDENTITY = f"""\
+version: 1
+default: allow
+identities:
+  - {{name: agent, token_sha256: {hashlib.sha256(AGENT_TOKEN.encode()).hexdigest()}}}
+rules: []
+"""
+
+
+@pytest.mark.parametrize("bad_edit", [
+    "version: 1\nrules: &r [*r]\n",
+    "version: 1\nrules: [\n",
+], ids=["recursive-alias", "syntax-error"])
+def test_revocation_in_the_rules_file_applies_after_a_rejected_edit(start_gateway, upstream, bad_edit):
+    gateway = start_gateway(WITH_IDENTITY)
+    proxy = f"http://agent:{AGENT_TOKEN}@127.0.0.1:{gateway.port}"
+    with requests.Session() as agent:
+        agent.trust_env = False
+        agent.proxies = {"http": proxy, "https": proxy}
+        assert agent.get(upstream.url("/x"), timeout=10).status_code == 200
+        gateway.rules.write_text(bad_edit)
+        gateway.wait_for_output("rules file edit rejected", timeout=5)
+        assert agent.get(upstream.url("/x"), timeout=10).status_code == 200
+        gateway.rules.write_text(WITH_IDENTITY.replace("name: agent", "name: other"))  # revoke "agent"
+        deadline = time.monotonic() + 3
+        while (code := agent.get(upstream.url("/x"), timeout=10).status_code) == 200:
+            assert time.monotonic() < deadline, "the revocation never took effect"
+            time.sleep(0.05)
+        assert code == 407
