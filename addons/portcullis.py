@@ -20,6 +20,7 @@ from addons.notify import NotifyAddon
 from addons.policy import PolicyAddon
 from addons.recorder import RecorderAddon
 from addons.replay import ReplayAddon
+from addons.requestguard import RequestGuardAddon
 from addons.requestlimits import RequestLimitsAddon
 from addons.review_server import ReviewServerAddon
 from addons.tunnelguard import TunnelGuardAddon
@@ -41,6 +42,7 @@ def make_addons() -> list[object]:
                          masking.policy_loaded, upstreams.policy_loaded]
     return [
         RequestLimitsAddon(),  # oversized header sections never reach the other addons
+        RequestGuardAddon(),  # CR/LF/NUL, obs-fold, method override, trailers: before any rule
         identity,  # who is calling: before the policy, which matches on it
         ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
         HostCheckAddon(),  # Host header / SNI must name the target the rules will see
