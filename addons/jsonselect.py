@@ -102,7 +102,10 @@ def _children(loc: Location) -> list[Location]:
 
 def _eval(node: Any, current: list[Location], root: Any) -> list[Location]:
     if isinstance(node, jp.Root):
-        return [Location(None, None, root, None)]
+        # `$` is a step like any other: jsonpath-ng yields the root once per value reached
+        # so far, so `$.a.$.b` selects nothing when `a` matched nothing (and `$.*.$` gives
+        # the root once per child; masking de-duplicates locations).
+        return [Location(None, None, root, None) for _ in current]
     if isinstance(node, jp.Child):
         return _eval(node.right, _eval(node.left, current, root), root)
     if isinstance(node, jp.Descendants):
@@ -171,6 +174,9 @@ def _descendants(right: Any, starts: list[Location], root: Any) -> list[Location
     and (value, link) pairs instead of Locations for the many nodes that are not selected.
     """
     names = right.fields if isinstance(right, jp.Fields) and not right._deprecated_wildcard_use else None
+    # Only containers can hold a match, except for a `$` on the right (`$..$.b`): like
+    # jsonpath-ng, that jumps to the root from every node, scalars included.
+    every_node = names is None and _reaches_root(right)
     out: list[Location] = []
     stack: list[tuple[Any, Link]] = [(loc.value, loc.link) for loc in starts]
     push, pop = stack.append, stack.pop
@@ -184,11 +190,20 @@ def _descendants(right: Any, starts: list[Location], root: Any) -> list[Location
                 out.extend(Location(value, f, value[f], (link, f)) for f in names if f in value)
             for key, child in value.items():
                 child_kind = type(child)
-                if child_kind is dict or child_kind is list:
+                if child_kind is dict or child_kind is list or every_node:
                     push((child, (link, key)))
         elif kind is list:
             for index, child in enumerate(value):
                 child_kind = type(child)
-                if child_kind is dict or child_kind is list:
+                if child_kind is dict or child_kind is list or every_node:
                     push((child, (link, index)))
     return out
+
+
+def _reaches_root(node: Any) -> bool:
+    """Does this path step contain a `$` of its own (not one inside a filter)?"""
+    if isinstance(node, jp.Root):
+        return True
+    if isinstance(node, jp.Child | jp.Descendants):
+        return _reaches_root(node.left) or _reaches_root(node.right)
+    return False

@@ -22,7 +22,17 @@ EXPRESSIONS = [
     "$.items[::2].a", "$.*", "$..*", "$['a','b']", "$..[0]", "$.a..b", "$['x y']",
     "$..items[?(@.role=='admin')].email", "$.items[?(@.a > 1)]", "$..[?(@ == 'admin')]",
     "$..items[?(@.role == $.role)]",
+    # `$` in the middle of a path jumps back to the root only from values reached so far.
+    "$.a.$.b", "$.nothing.$", "$.*.$", "$..$", "$..$.b", "$.a..$", "$[*].$..b",
 ]
+
+#: Steps of generated paths, `$` among them: mid-path roots were the one form the walker
+#: got wrong (it jumped to the root even when the steps before it had matched nothing).
+STEPS = st.sampled_from([
+    ".a", ".b", ".email", ".items", "['x y']", "['a','b']", ".*", "[*]", "[0]", "[-1]",
+    "[1:3]", "[::2]", "..a", "..*", "..[0]", ".$", "..$", "[?(@.role=='admin')]", "[?(@ == 'u')]",
+])
+GENERATED = st.lists(STEPS, min_size=1, max_size=5).map(lambda steps: "$" + "".join(steps))
 
 
 def reference(expression, document):
@@ -46,12 +56,28 @@ def reference(expression, document):
 @settings(max_examples=40, deadline=None)
 @given(document=DOCUMENTS)
 def test_same_matches_as_jsonpath_ng(expression, document):
+    assert_same_matches(expression, document)
+
+
+@settings(max_examples=600, deadline=None)
+@given(expression=GENERATED, document=DOCUMENTS)
+def test_same_matches_as_jsonpath_ng_on_generated_paths(expression, document):
+    assert_same_matches(expression, document)
+
+
+def test_a_mid_path_root_after_a_step_that_matched_nothing_selects_nothing():
+    document = {"b": 1}
+    assert Selector("$.a.$.b", parse("$.a.$.b")).locate(document) == []
+    assert [loc.path for loc in Selector("$.b.$.b", parse("$.b.$.b")).locate(document)] == [("b",)]
+
+
+def assert_same_matches(expression, document):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         selector = Selector(expression, parse(expression))
         expected = reference(expression, document)
     locations = selector.locate(document)
-    assert sorted(map(repr, (loc.path for loc in locations))) == sorted(map(repr, expected))
+    assert sorted(map(repr, (loc.path for loc in locations))) == sorted(map(repr, expected)), expression
     for loc in locations:
         assert loc.parent is None or loc.parent[loc.key] is loc.value
 
