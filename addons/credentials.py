@@ -16,7 +16,11 @@ requests the policy decided to forward (allowed or approved), after any hold, an
 replace whatever the agent sent under the same header or query name.
 
 Every injected value is registered in the flow state (``secrets``, ``injected_headers``)
-so the recorder redacts it, and it is masked in the response if the upstream echoes it.
+so the recorder redacts it, and it is masked in the response if the upstream echoes it,
+in any spelling and charset :mod:`addons.echoforms` knows (the body is first decoded from
+its Content-Encoding). What cannot be scrubbed safely -- an unknown Content-Encoding, a
+charset that cannot be scrubbed in place and shows a secret, an unknown charset -- is
+refused with a 502 ``response_not_scannable``: the agent gets exactly what is recorded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons import logscrub
+from addons.bodies import media_type
+from addons.echoforms import MASK, WIDE, Unscrubbable, charsets_for, forms_for
 from addons.flowstate import state_of
 from addons.matching import Match, RequestView, compile_match
 from addons.replies import reply
@@ -41,8 +47,7 @@ from addons.secretrefs import Resolved, resolve
 
 log = logging.getLogger("portcullis.credentials")
 
-#: What an echoed secret is replaced with (safe inside JSON strings and headers).
-MASK = "[REDACTED]"
+__all__ = ["MASK", "CredentialsAddon", "StreamMasker", "Unscrubbable", "mask_response", "refuse_unscannable"]
 CREDENTIAL_KEYS = ("name", "match", "set_header", "query", "plain_http")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -196,16 +201,18 @@ class CredentialsAddon:
             return
         mask_headers(response, state.secrets)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("", "identity"):
+        charset = media_type(response.headers.get("content-type", ""))[1]
+        if encoding in ("", "identity") and _streamable_charset(charset):
             response.stream = StreamMasker(state.secrets)
             # Masking changes the length: frame the body by chunks instead.
             if response.headers.pop("content-length", None) is not None and flow.request.http_version == "HTTP/1.1":
                 response.headers["transfer-encoding"] = "chunked"
             return
-        reason = f"a streamed {encoding}-encoded response cannot be checked for echoed credentials"
-        log.warning("refused flow %s: %s", flow.id, reason)
-        state.emit("decided", action="block", error="response_not_scannable", reason=reason)
-        reply(flow, 502, "response_not_scannable", "error", reason=reason)
+        if encoding in ("", "identity"):
+            reason = f"a streamed response in charset {charset!r} cannot be checked for echoed credentials"
+        else:
+            reason = f"a streamed {encoding}-encoded response cannot be checked for echoed credentials"
+        refuse_unscannable(flow, reason)
         assert flow.response is not None
         body = flow.response.content or b""
         # Drop the upstream body as it arrives; send our answer at the end.
@@ -216,7 +223,11 @@ class CredentialsAddon:
         state = state_of(flow)
         if not state.secrets or flow.response is None:
             return
-        masked = mask_response(flow.response, state.secrets)
+        try:
+            masked = mask_response(flow.response, state.secrets)
+        except Unscrubbable as exc:
+            refuse_unscannable(flow, str(exc))
+            return
         stream = flow.response.stream
         masked += stream.count if isinstance(stream, StreamMasker) else 0
         if masked:
@@ -255,69 +266,71 @@ def _may_stream(response: http.Response) -> bool:
         return True  # unknown length: mitmproxy may switch to streaming half-way
 
 
-def _variants(secrets: set[str] | frozenset[str]) -> list[bytes]:
-    """Longest first, so that a full value is masked before a part of it."""
-    return sorted({v.encode() for s in secrets for v in echo_variants(s)}, key=len, reverse=True)
+def refuse_unscannable(flow: http.HTTPFlow, reason: str) -> None:
+    """Fail closed: a body an echoed secret may hide in, and that cannot be scrubbed."""
+    state = state_of(flow)
+    log.warning("refused flow %s: %s", flow.id, reason)
+    state.error, state.reason = "response_not_scannable", reason
+    state.emit("decided", action="block", error="response_not_scannable", reason=reason)
+    reply(flow, 502, "response_not_scannable", state.decision or "error", reason=reason)
 
 
-def _scrub(data: bytes, variants: list[bytes]) -> tuple[bytes, int]:
-    count = 0
-    for variant in variants:
-        found = data.count(variant)
-        if found:
-            count += found
-            data = data.replace(variant, MASK.encode())
-    return data, count
+def _streamable_charset(charset: str | None) -> bool:
+    """Charsets whose echoes the chunk-wise scrubber catches (it scans UTF-8 and UTF-16/32)."""
+    return charset is None or charset.lower().replace("_", "-") in ("utf-8", "utf8", "us-ascii", "ascii",
+                                                                     "utf-16", "utf-32", *WIDE)
 
 
 def mask_headers(response: http.Response, secrets: set[str] | frozenset[str]) -> int:
-    variants = _variants(secrets)
+    forms = forms_for(frozenset(secrets))
     count = 0
     fields = []
     for name, value in response.headers.fields:
-        value, found = _scrub(value, variants)
+        value, found = forms.scrub(value)
         count += found
         fields.append((name, value))
-    response.headers.fields = tuple(fields)
+    if count:
+        response.headers.fields = tuple(fields)
     return count
 
 
 def mask_response(response: http.Response, secrets: set[str] | frozenset[str]) -> int:
-    """Replace every occurrence of the secrets in headers and body; return how many."""
-    variants = _variants(secrets)
+    """Replace every spelling of the secrets in headers and body; return how many.
+    Raises :class:`Unscrubbable` when the body cannot be scrubbed safely."""
     count = mask_headers(response, secrets)
+    if not response.raw_content:
+        return count
     try:
         body = response.get_content(strict=True)  # decoded: gzip, br, zstd, deflate
     except ValueError:
-        body = None  # undecodable: scrub the bytes as they are
-    if body is None:
-        if response.raw_content:
-            response.raw_content, found = _scrub(response.raw_content, variants)
-            count += found
-            if found and "content-length" in response.headers:
-                response.headers["content-length"] = str(len(response.raw_content))
-    elif body:
-        scrubbed, found = _scrub(body, variants)
+        encoding = response.headers.get("content-encoding", "")
+        raise Unscrubbable(f"the body's Content-Encoding {encoding!r} cannot be decoded to check it "
+                           "for echoed credentials") from None
+    if body:
+        declared = media_type(response.headers.get("content-type", ""))[1]
+        scrubbed, found = forms_for(frozenset(secrets)).scrub_body(body, declared)
         if found:
             count += found
-            response.set_content(scrubbed)
+            response.set_content(scrubbed)  # re-encodes in the same Content-Encoding
     return count
 
 
 class StreamMasker:
     """Masks secrets in a streamed, unencoded body chunk by chunk. The last
-    ``len(longest form) - 1`` bytes are held back until the next chunk, so a secret split
+    ``longest match - 1`` bytes are held back until the next chunk, so a secret split
     across two chunks is still caught."""
 
     def __init__(self, secrets: set[str] | frozenset[str]) -> None:
-        self.variants = _variants(secrets)
-        self.keep = max(len(v) for v in self.variants) - 1
+        self.forms = forms_for(frozenset(secrets))
+        self.keep = self.forms.longest() - 1
         self.pending = b""
         self.count = 0
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        data, found = _scrub(self.pending + chunk, self.variants)
-        self.count += found
+        data = self.pending + chunk
+        for charset in charsets_for(data, None):
+            data, found = self.forms.scrub(data, charset)
+            self.count += found
         if chunk == b"":  # end of the body
             self.pending = b""
             return data

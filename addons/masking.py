@@ -6,8 +6,9 @@ Options:
 
 Responses of forwarded flows get the ``mask`` lists of every matched rule; requests
 about to be forwarded get their ``mask_request`` lists. A body that cannot be masked
-(streamed, larger than the limit, undecodable, nested too deeply) is never passed on
-unmasked: the agent gets a 502 ``response_not_maskable`` (requests: 413/422
+(streamed, larger than the limit, undecodable, nested too deeply; not JSON on a route
+with path masks, e.g. ``?format=xml``; binary on any route with body masks) is never
+passed on unmasked: the agent gets a 502 ``response_not_maskable`` (requests: 413/422
 ``request_not_maskable``), unless every masking rule says ``on_unmaskable: pass``.
 
 Masked responses carry ``X-Portcullis-Masked: <count>``; each rule that masked something
@@ -27,6 +28,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons.bodies import Unparseable, rewrite
+from addons.credentials import Unscrubbable, mask_response, refuse_unscannable
 from addons.flowstate import FlowState, state_of
 from addons.maskspec import Mask, uses_hash
 from addons.pseudonyms import MaskKeyError, Pseudonyms
@@ -192,6 +194,7 @@ class MaskingAddon:
         if not plan or "mask_passed" in state.extras:
             return  # nothing to mask, or let through unmasked under on_unmaskable: pass
         tallies: dict[str, Tally] = state.extras.pop("mask_tallies", {})
+        before = flow.response.raw_content
         if _has_body_masks(plan) and not _without_body(flow):
             try:
                 await self._mask_body_off_loop(flow.response, plan, tallies, keep_encoding=False)
@@ -199,6 +202,13 @@ class MaskingAddon:
                 reason = _reason(exc)
                 if not _passes(state, plan, reason, "response"):
                     self._refuse(flow, state, plan, reason)
+                return
+        if state.secrets and flow.response.raw_content is not before:
+            # Re-serialising may spell an echoed credential anew: scrub what will be sent.
+            try:
+                mask_response(flow.response, state.secrets)
+            except Unscrubbable as exc:
+                refuse_unscannable(flow, str(exc))
                 return
         flow.response.headers[MASKED_HEADER] = str(sum(t.count for t in tallies.values()))
         _record(state, tallies, "response")
@@ -257,7 +267,8 @@ class MaskingAddon:
 
         try:
             with _no_gc_pauses():
-                new = rewrite(content, message.headers.get("content-type", ""), edit_json, edit_text)
+                new = rewrite(content, message.headers.get("content-type", ""), edit_json, edit_text,
+                              need_json=_needs_json(plan))
         except (Unparseable, MaskKeyError) as exc:
             raise NotMaskable(str(exc)) from None
         if new is None:
@@ -314,6 +325,11 @@ def _plan(state: FlowState, key: str) -> Plan:
     if verdict is None:
         return []
     return [(rule, rule.extensions[key]) for rule in verdict.matched if key in rule.extensions]
+
+
+def _needs_json(plan: Plan) -> bool:
+    """Path masks can only be applied to JSON: any other body must be refused."""
+    return any(mask.needs_json for _, masks in plan for mask in masks)
 
 
 def _has_body_masks(plan: Plan) -> bool:

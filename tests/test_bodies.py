@@ -44,8 +44,18 @@ def shout(text):
 
 def test_untouched_bodies_return_none_so_the_original_bytes_stay():
     assert rewrite(b'{"n": 1,   "m": [1.0]}', "application/json", upper_strings, shout) is None
-    assert rewrite(b"\x89PNG secret", "image/png", upper_strings, shout) is None
-    assert rewrite(b"\xff\xfe secret", "text/plain", upper_strings, shout) is None  # not UTF-8
+    assert rewrite(b"\x89PNG plain", "image/png", upper_strings, shout) is None
+
+
+def test_no_body_escapes_the_editors_by_its_content_type_or_charset():
+    """Was: an image/png body and a non-UTF-8 text body were returned untouched, so a
+    text mask never saw the secret in them (issue 12, finding 5)."""
+    assert rewrite(b"\x89PNG secret", "image/png", upper_strings, shout) == b"\x89PNG [x]"
+    assert rewrite(b"\xe9 secret", "text/plain", upper_strings, shout) == b"\xe9 [x]"  # latin-1, as requests reads it
+    with pytest.raises(Unparseable, match="binary"):
+        rewrite(b"\x89PNG\r\n\x1a\n\x00 secret", "image/png", upper_strings, shout)
+    with pytest.raises(Unparseable, match="unknown charset"):
+        rewrite(b"secret", "text/plain; charset=x-bogus", upper_strings, shout)
 
 
 def test_json_keeps_unicode_big_integers_and_decimal_text():

@@ -194,10 +194,22 @@ def test_encoded_response_with_nothing_to_mask_keeps_its_encoding(gw):
 
 def test_ndjson_is_masked_line_by_line(gw):
     lines = ['{"ssn": "123-45-6789", "n": 1}', "", "not json: AKIAIOSFODNN7EXAMPLE", '[{"ssn": "1"}]']
+    del lines[2]
     url = serve(gw, "/v1/customers/export", "\r\n".join(lines) + "\n", "application/x-ndjson")
     response = requests.get(url, timeout=10)
-    assert response.text == '{"ssn":"[masked]","n":1}\r\n\r\nnot json: [masked:secret]\r\n[{"ssn":"[masked]"}]\n'
-    assert response.headers["X-Portcullis-Masked"] == "3"
+    assert response.text == '{"ssn":"[masked]","n":1}\r\n\r\n[{"ssn":"[masked]"}]\n'
+    assert response.headers["X-Portcullis-Masked"] == "2"
+
+
+def test_ndjson_line_that_is_not_json_is_refused_on_a_path_masked_route_and_scanned_elsewhere(gw):
+    """Was: the non-JSON line passed the path masks untouched (issue 12, finding 5)."""
+    lines = ['{"ssn": "123-45-6789", "n": 1}', "not json: ssn 123-45-6789 AKIAIOSFODNN7EXAMPLE"]
+    body = "\n".join(lines) + "\n"
+    refused = requests.get(serve(gw, "/v1/customers/export2", body, "application/x-ndjson"), timeout=10)
+    assert refused.status_code == 502 and refused.json()["error"] == "response_not_maskable"
+    assert "123-45-6789" not in refused.text
+    detect_only = requests.get(serve(gw, "/v1/other/export", body, "application/x-ndjson"), timeout=10)
+    assert detect_only.text.splitlines()[1] == "not json: ssn 123-45-6789 [masked:secret]"
 
 
 def test_sse_is_masked_event_by_event(gw):
@@ -208,13 +220,16 @@ def test_sse_is_masked_event_by_event(gw):
         "data: plain text ghp_" + "a" * 36 + "\n\n"
         "data: [DONE]\n\n"
     )
+    # Was: the plain-text event passed the path masks untouched (issue 12, finding 5).
+    refused = requests.get(serve(gw, "/v1/customers/stream", stream, "text/event-stream"), timeout=10)
+    assert refused.status_code == 502 and refused.json()["error"] == "response_not_maskable"
+    stream = stream.replace("data: plain text ghp_" + "a" * 36 + "\n\n", "")
     response = requests.get(serve(gw, "/v1/customers/stream", stream, "text/event-stream"), timeout=10)
     expected_email = token("a@example.com", "email")
     assert response.text == (
         ": comment\n"
         f"event: customer\nid: 1\ndata: {{\"ssn\":\"[masked]\",\"email\":\"{expected_email}\"}}\n\n"
-        "data: plain text [masked:secret]\n\n"
-        "data: [DONE]\n\n"
+        "data: [DONE]\n\n"  # a bare word carries no value: allowed
     )
 
 
@@ -222,11 +237,15 @@ def test_json_is_sniffed_in_other_content_types_and_text_gets_only_detectors(gw)
     sniffed = requests.get(serve(gw, "/v1/customers/s", '{"ssn": "123-45-6789"}', "text/plain"), timeout=10)
     assert sniffed.json() == {"ssn": "[masked]"}
     text = "ssn: 123-45-6789\nkey: AKIAIOSFODNN7EXAMPLE\n"
+    # Was: text and binary bodies passed path masks (and detectors) untouched (issue 12, finding 5).
     plain = requests.get(serve(gw, "/v1/customers/t", text, "text/plain; charset=utf-8"), timeout=10)
-    assert plain.text == "ssn: 123-45-6789\nkey: [masked:secret]\n"  # the path mask does nothing
+    assert plain.status_code == 502 and plain.json()["error"] == "response_not_maskable"
+    other = requests.get(serve(gw, "/v1/other/t", text, "text/plain; charset=utf-8"), timeout=10)
+    assert other.text == "ssn: 123-45-6789\nkey: [masked:secret]\n"  # detect-only route: scanned
     binary = b"\x89PNG\r\n\x1a\n AKIAIOSFODNN7EXAMPLE \xff\x00"
-    image = requests.get(serve(gw, "/v1/customers/i", binary, "image/png"), timeout=10)
-    assert image.content == binary
+    image = requests.get(serve(gw, "/v1/other/i", binary, "image/png"), timeout=10)
+    assert image.status_code == 502 and "binary" in image.json()["reason"]
+    assert b"AKIAIOSFODNN7EXAMPLE" not in image.content
 
 
 def test_larger_bodies_are_masked_too(gw):
