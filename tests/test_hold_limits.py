@@ -24,8 +24,8 @@ from addons.holdspec import (
 )
 from addons.rulefile import RuleFileError
 from addons.ruleset import compile_policy
+from tests.support.approval_pages import LoggedIn
 from tests.support.review import ReviewRig
-from tests.support.review_login import LoggedIn
 
 LIMITS = """
 max_pending_holds_per_identity: 3
