@@ -22,6 +22,7 @@ from review_ui.errors import api_error
 from review_ui.live import Broker
 from review_ui.reviewers import ReviewerStore
 from review_ui.services import Services
+from review_ui.session_store import MemorySessionStore, SessionStore
 
 #: Blueprint modules, in navigation order. Later issues append theirs here.
 BLUEPRINT_MODULES = [
@@ -52,11 +53,13 @@ def create_app(
     allowed_hosts: Iterable[str] = (),
     sse_lifetime: float = 300.0,
     blueprint_modules: Iterable[str] = (),
+    session_store: SessionStore | None = None,
 ) -> Flask:
     """The review UI for an ApprovalsAddon.
 
     ``allowed_hosts``: acceptable ``Host`` headers (e.g. ``127.0.0.1:8081``); anything
     else is refused, which defeats DNS-rebinding pages. Empty: no check (tests).
+    ``session_store``: where reviewer sessions live (default: this process's memory).
     """
     app = Flask(__name__)
     app.config.update(
@@ -71,6 +74,8 @@ def create_app(
     )
     broker = Broker()
     app.extensions["portcullis"] = Services(approvals, reviewers, broker, recorder, sse_lifetime)
+    # Reviewer sessions live on the server (logout revokes them); in memory unless given one.
+    app.extensions["portcullis_sessions"] = session_store if session_store is not None else MemorySessionStore()
     approvals.watchers.append(broker.publish)
     hosts = {h.lower() for h in allowed_hosts}
     nav: list[tuple[str, str]] = []

@@ -1,9 +1,14 @@
-"""Logging in and out, who the current reviewer is, CSRF tokens and the login rate limit.
+"""Logging in and out, who the current reviewer is, CSRF tokens and the login rate limits.
 
 Browsers authenticate with a session cookie (Secure, HttpOnly, SameSite=Strict) and
 must send the session's CSRF token with every POST (form field ``csrf_token`` or header
 ``X-CSRF-Token``). API clients send ``Authorization: Bearer <token>`` instead; a bearer
 token cannot be sent by a cross-site page, so it needs no CSRF token.
+
+The cookie carries only a session id; the session itself is on the server
+(review_ui.session_store), so logout and expiry end it for every copy of the cookie.
+Failed logins are throttled per (name, address) pair, so one reviewer's typos never lock
+out another, plus a looser cap per address against trying many names.
 """
 
 from __future__ import annotations
@@ -17,19 +22,40 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from addons.approvals import Actor
 from review_ui.errors import api_error
 from review_ui.services import services
+from review_ui.session_store import SessionStore
 
 bp = Blueprint("auth", __name__)
 
-LOGIN_ATTEMPTS = 5  # failures allowed per client address (and per name) ...
-LOGIN_WINDOW_S = 60.0  # ... within this many seconds
+#: Failed logins allowed per (reviewer name, client address) pair within LOGIN_WINDOW_S: one
+#: reviewer's typos, or someone guessing one reviewer's password, lock out only that pair.
+LOGIN_ATTEMPTS = 5
+#: Failed logins allowed per client address (any names) in the window: against spraying
+#: many names from one address. Looser, because every local reviewer shares 127.0.0.1.
+ADDRESS_ATTEMPTS = 30
+LOGIN_WINDOW_S = 60.0
+#: Longest reviewer name the rate limiter keys on (longer input cannot be a valid name).
+NAME_KEY_MAX = 200
 
 
 class RateLimit:
+    """Sliding-window failure counts per key; a key is blocked at ``attempts`` failures."""
+
     def __init__(self, attempts: int, window: float) -> None:
         self.attempts, self.window = attempts, window
         self._lock = threading.Lock()
@@ -39,10 +65,14 @@ class RateLimit:
         now = time.monotonic()
         with self._lock:
             for key in keys:
-                failures = self._failures[key]
+                failures = self._failures.get(key)
+                if failures is None:
+                    continue
                 while failures and failures[0] < now - self.window:
                     failures.popleft()
-                if len(failures) >= self.attempts:
+                if not failures:
+                    del self._failures[key]  # keep memory bounded by recent failures
+                elif len(failures) >= self.attempts:
                     return True
         return False
 
@@ -51,8 +81,19 @@ class RateLimit:
             for key in keys:
                 self._failures[key].append(time.monotonic())
 
+    def clear(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
 
-login_limit = RateLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
+
+pair_limit = RateLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
+address_limit = RateLimit(ADDRESS_ATTEMPTS, LOGIN_WINDOW_S)
+
+
+def sessions() -> SessionStore:
+    """The server-side session table of this app (see review_ui.session_store)."""
+    return current_app.extensions["portcullis_sessions"]
 
 
 def csrf_token() -> str:
@@ -77,8 +118,10 @@ def current_actor() -> Actor | None:
         reviewer = services().reviewers.by_token(header[7:].strip())
         g.via_token = True
     else:
-        name = session.get("reviewer")
-        reviewer = services().reviewers.get(name) if name else None
+        # The cookie holds only a session id; the server decides whether it is still live.
+        session_id = session.get("sid")
+        record = sessions().get(session_id) if isinstance(session_id, str) else None
+        reviewer = services().reviewers.get(record.reviewer) if record else None
         g.via_token = False
     if reviewer is not None:
         actor = Actor(reviewer.name, reviewer.groups)
@@ -126,17 +169,23 @@ def login() -> Any:
     if not csrf_ok():
         abort(403, "The login form was stale (CSRF token mismatch). Reload the page and try again.")
     name = request.form.get("name", "").strip()
-    keys = (f"addr:{request.remote_addr}", f"name:{name}")
-    if login_limit.blocked(*keys):
+    address = request.remote_addr or "?"
+    pair = f"{name[:NAME_KEY_MAX]}\x1f{address}"
+    if pair_limit.blocked(pair) or address_limit.blocked(address):
         return render_template("login.html", next=target, name=name,
                                error="Too many failed attempts. Wait a minute and try again."), 429
     reviewer = services().reviewers.authenticate(name, request.form.get("password", ""))
     if reviewer is None:
-        login_limit.fail(*keys)
+        pair_limit.fail(pair)
+        address_limit.fail(address)
         return render_template("login.html", next=target, name=name,
                                error="Unknown reviewer or wrong password."), 401
+    pair_limit.clear(pair)
+    previous = session.get("sid")
+    if isinstance(previous, str):
+        sessions().delete(previous)  # signing in again ends the session this browser had
     session.clear()
-    session["reviewer"] = reviewer.name
+    session["sid"] = sessions().create(reviewer.name)
     session["csrf"] = secrets.token_urlsafe(32)
     flash(f"Signed in as {reviewer.name}.")
     return redirect(target)
@@ -145,5 +194,8 @@ def login() -> Any:
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout() -> Any:
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        sessions().delete(session_id)  # a copy of the cookie stops working too
     session.clear()
     return redirect(url_for("auth.login"))

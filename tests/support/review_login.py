@@ -1,40 +1,39 @@
-"""A reviewer logged in to the review UI with plain `requests`, through the login form.
+"""Signing in to the review UI with its login form, from a raw HTTP client (no browser).
 
-`requests` never sends Secure cookies over http (browsers do for 127.0.0.1), so the
-session cookie is carried by hand. For page-level checks without a browser.
+The session cookie is Secure, which ``requests`` will not send over http://127.0.0.1:
+the cookie is carried by hand, exactly as an attacker replaying a stolen one would.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import requests
 
-from tests.support.review import PASSWORD_SUFFIX, ReviewRig
+COOKIE = "portcullis_session"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-class LoggedIn:
-    def __init__(self, rig: ReviewRig, name: str) -> None:
-        self.rig = rig
-        self.http = requests.Session()
-        self.http.trust_env = False
-        page = self.http.get(rig.ui_url + "/login", timeout=10)
-        cookie = page.headers["Set-Cookie"].split(";", 1)[0]
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        done = self.http.post(rig.ui_url + "/login", timeout=10, allow_redirects=False,
-                              data={"name": name, "password": name + PASSWORD_SUFFIX, "csrf_token": token},
-                              headers={"Cookie": cookie})
-        assert done.status_code == 302, done.text
-        self.cookie = done.headers["Set-Cookie"].split(";", 1)[0]
+def csrf_of(html: str) -> str:
+    match = _CSRF.search(html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
 
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.http.get(self.rig.ui_url + path, headers={"Cookie": self.cookie}, timeout=10, **kwargs)
 
-    def csrf(self, path: str) -> str:
-        """The CSRF token of the form on the page at ``path``."""
-        return re.search(r'name="csrf_token" value="([^"]+)"', self.get(path).text).group(1)
+def post_login(ui_url: str, name: str, password: str) -> requests.Response:
+    """One login attempt through the form (a fresh client, no redirects followed)."""
+    with requests.Session() as http:
+        http.trust_env = False
+        page = http.get(ui_url + "/login", timeout=10)
+        return http.post(ui_url + "/login", allow_redirects=False, timeout=10,
+                         data={"name": name, "password": password, "csrf_token": csrf_of(page.text)},
+                         headers={"Cookie": f"{COOKIE}={page.cookies.get(COOKIE)}"})
 
-    def post(self, path: str, data: dict[str, str], **kwargs: Any) -> requests.Response:
-        return self.http.post(self.rig.ui_url + path, data=data, timeout=10, allow_redirects=False,
-                              headers={"Cookie": self.cookie, "Origin": self.rig.ui_url}, **kwargs)
+
+def sign_in(ui_url: str, name: str, password: str) -> tuple[str, str]:
+    """A signed-in session: (Cookie header value, the CSRF token of its pages)."""
+    response = post_login(ui_url, name, password)
+    assert response.status_code in (302, 303), response.text
+    cookie = f"{COOKIE}={response.cookies.get(COOKIE)}"
+    page = requests.get(ui_url + "/", headers={"Cookie": cookie}, timeout=10, proxies={"http": "", "https": ""})
+    return cookie, csrf_of(page.text)
