@@ -6,6 +6,10 @@ Options:
     portcullis_retain_days: delete flows/events older than this, on start and daily (0 = keep).
     portcullis_on_record_failure: block (default) | allow: whether flows are forwarded
         while the recording cannot be written.
+    portcullis_db_memory_limit, portcullis_db_threads: the DuckDB instance's memory_limit
+        (default 512MB) and threads (default 1); see recordings.store.DuckDBSettings.
+    portcullis_sql_timeout: seconds an analyst's query may run (default 30; see
+        recordings/analyst.py for the other limits).
 
 What it writes, and when:
     requestheaders  a ``received`` line in the journal (recordings/journal.py: a plain
@@ -30,6 +34,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -40,10 +45,11 @@ from addons import flowstate
 from addons.flowstate import Event, has_state, state_of
 from addons.replies import reply
 from recordings import control, rows, writer
+from recordings.analyst import DEFAULT_LIMITS, Limits
 from recordings.journal import Journal
 from recordings.recovery import recover
 from recordings.schema import SCHEMA_VERSION
-from recordings.store import Store, StoreError
+from recordings.store import DuckDBSettings, Store, StoreError
 
 log = logging.getLogger("portcullis.recorder")
 
@@ -72,6 +78,8 @@ class RecorderAddon:
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._known: tuple[str, ...] = ()
         self._subscribed = False
+        self._duckdb = DuckDBSettings()
+        self._limits = DEFAULT_LIMITS
 
     # --- options ------------------------------------------------------------------
 
@@ -85,6 +93,12 @@ class RecorderAddon:
         loader.add_option("portcullis_on_record_failure", str, "block",
                           "What to do when the recording cannot be written: block or allow.",
                           choices=FAILURE_POLICIES)
+        loader.add_option("portcullis_db_memory_limit", str, DuckDBSettings.memory_limit,
+                          "Memory the recording database may use (DuckDB memory_limit).")
+        loader.add_option("portcullis_db_threads", int, DuckDBSettings.threads,
+                          "DuckDB worker threads for the recording database.")
+        loader.add_option("portcullis_sql_timeout", float, DEFAULT_LIMITS.timeout_s,
+                          "Seconds an analyst's query (SQL page, portcullis sql) may run.")
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_max_body_record" in updated:
@@ -98,6 +112,11 @@ class RecorderAddon:
                 self.writer.retain_days = ctx.options.portcullis_retain_days
         if "portcullis_on_record_failure" in updated:
             self.block_on_failure = ctx.options.portcullis_on_record_failure == "block"
+        if updated & {"portcullis_db_memory_limit", "portcullis_db_threads", "portcullis_sql_timeout"}:
+            self._duckdb, self._limits = _database_options()
+            if self.store is not None and "portcullis_db" not in updated:
+                self.store.configure(self._duckdb)
+                self.store.limits = self._limits
         if "portcullis_db" in updated:
             self._close()
             if ctx.options.portcullis_db:
@@ -105,7 +124,7 @@ class RecorderAddon:
 
     def _open(self, path: Path) -> None:
         try:
-            store = Store(path)
+            store = Store(path, settings=self._duckdb, limits=self._limits)
         except StoreError as exc:
             raise exceptions.OptionsError(f"cannot record to {path}: {exc}") from None
         if 0 < store.previous_version < SCHEMA_VERSION:
@@ -335,6 +354,16 @@ class RecorderAddon:
         # Encoding and redaction happen on the writer thread, not on the event loop.
         self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
                                       event.detail, secrets))
+
+
+def _database_options() -> tuple[DuckDBSettings, Limits]:
+    if ctx.options.portcullis_sql_timeout <= 0:
+        raise exceptions.OptionsError("portcullis_sql_timeout must be > 0")
+    try:
+        settings = DuckDBSettings(ctx.options.portcullis_db_memory_limit, ctx.options.portcullis_db_threads)
+    except ValueError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+    return settings, replace(DEFAULT_LIMITS, timeout_s=ctx.options.portcullis_sql_timeout)
 
 
 def _delete_when_committed(paths: list[Path], committed: bool) -> None:

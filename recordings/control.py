@@ -11,7 +11,9 @@ Routes (JSON in, JSON out):
     POST /query  {"sql": ..., "output": FILE?}     -> {"columns": [...], "rows": [[...]]}
                  (with "output": writes Parquet)   -> {"written": FILE, "rows": N}
     POST /export {"since": ..., "format": ..., "output": DIR} -> {"flows": N, "events": N, ...}
-Errors: 400 {"error": "read_only" | "sql_error" | "bad_request", "message": ...}.
+Errors: 400 {"error": "read_only" | "sql_error" | "bad_request", "message": ...}; a query
+stopped by a limit (recordings/analyst.py): 408 query_timeout, 413 query_memory or
+result_too_large, 499 query_cancelled (the client closed the socket while it ran).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import http.client
 import json
 import logging
 import os
+import select
 import socket
 import socketserver
 import threading
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from functools import partial
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -35,10 +39,15 @@ from uuid import UUID
 import duckdb
 
 from recordings import export as exporting
+from recordings.analyst import LimitHit
 from recordings.sqlguard import ReadOnlyViolation
 from recordings.store import Store
 
 log = logging.getLogger("portcullis.recorder")
+
+#: With this environment variable set (and PYTHONTRACEMALLOC=1), GET /debug/tracemalloc
+#: answers the Python allocations that grew most since the first call (bench/soak.py).
+TRACEMALLOC_ENV = "PORTCULLIS_TRACEMALLOC"
 
 #: Longest AF_UNIX path Linux accepts (sun_path is 108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
@@ -76,23 +85,29 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def answer(store: Store, route: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Serve one API call against ``store``: (HTTP status, JSON body)."""
+def answer(store: Store, route: str, payload: dict[str, Any],
+           gone: Callable[[], bool] | None = None) -> tuple[int, dict[str, Any]]:
+    """Serve one API call against ``store``: (HTTP status, JSON body).
+
+    ``gone()`` says whether the client has left; a running query is then stopped.
+    """
     try:
         if route == "/query":
             sql = payload.get("sql")
             if not isinstance(sql, str):
                 return 400, {"error": "bad_request", "message": "'sql' must be a string"}
             if payload.get("output"):
-                count = store.write_parquet(sql, _absolute(payload["output"]))
+                count = store.write_parquet(sql, _absolute(payload["output"]), gone)
                 return 200, {"written": payload["output"], "rows": count}
-            columns, rows = store.query(sql, payload.get("params"))
+            columns, rows = store.query(sql, payload.get("params"), gone)
             return 200, {"columns": columns, "rows": jsonable(rows)}
         if route == "/export":
             since = exporting.parse_since(str(payload.get("since", "1970-01-01")))
             result = exporting.export(store, since, str(payload.get("format", "parquet")),
                                       _absolute(payload.get("output")))
             return 200, result
+    except LimitHit as exc:
+        return exc.status, exc.as_json()
     except ReadOnlyViolation as exc:
         return 400, {"error": "read_only", "message": str(exc)}
     except (ValueError, TypeError) as exc:
@@ -140,6 +155,19 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             pass
 
 
+def peer_gone(sock: socket.socket) -> bool:
+    """True once the peer has closed its end (readable, and a peek reads nothing)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):  # reset, or already closed
+        return True
+
+
 def _remove_stale(path: Path) -> None:
     """A socket left by a killed gateway: remove it (the database lock proves it is dead)."""
     if path.exists() or path.is_symlink():
@@ -156,6 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         if self.path == "/health":
             self._send(200, {"ok": True, **self.server.health()})
+        elif self.path == "/debug/tracemalloc" and os.environ.get(TRACEMALLOC_ENV):
+            self._send(200, {"top": _tracemalloc_growth()})
         else:
             self._send(404, {"error": "not_found", "message": f"no route {self.path}"})
 
@@ -168,7 +198,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._send(400, {"error": "bad_request", "message": str(exc)})
             return
-        status, body = answer(self.server.store, self.path, payload)
+        status, body = answer(self.server.store, self.path, payload,
+                              gone=partial(peer_gone, self.connection))
+        if status == 499:
+            return  # nobody is listening
         self._send(status, body)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -178,6 +211,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+_first_snapshot: list[Any] = []
+
+
+def _tracemalloc_growth(top: int = 15) -> list[str]:
+    """The lines whose allocations grew most since the first call (a debugging aid)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return ["tracemalloc is not tracing (start the gateway with PYTHONTRACEMALLOC=1)"]
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    if not _first_snapshot:
+        _first_snapshot.append(snapshot)
+    stats = snapshot.compare_to(_first_snapshot[0], "lineno")
+    traced, _ = tracemalloc.get_traced_memory()
+    return [f"traced total {traced / 2**20:.1f} MiB"] + [str(stat) for stat in stats[:top]]
 
 
 class _UnixConnection(http.client.HTTPConnection):

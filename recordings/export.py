@@ -33,7 +33,7 @@ def export(store: Store, since: datetime | date, fmt: str, directory: str | Path
     if not isinstance(since, datetime):
         since = datetime.combine(since, time())
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # the files are 0600 (store._staged)
     # A literal from a datetime we parsed ourselves: nothing user-typed reaches the SQL.
     literal = f"TIMESTAMP '{since.isoformat(sep=' ')}'"
     ext = FORMATS[fmt]

@@ -9,7 +9,9 @@ replay)::
     trail = recorder.store.events(flow_id)  # list of dicts, in order
 
 All three are thread-safe (a cursor per call) and read-only: ``query`` accepts a single
-SELECT only and runs it in a read-only transaction that is rolled back. In the dicts
+SELECT only and runs it in a read-only transaction that is rolled back, under the
+analyst limits of :mod:`recordings.analyst` (a timeout, cancellation when the client
+leaves, the result's size; raises :class:`recordings.analyst.LimitHit`). In the dicts
 ``request_headers``/``response_headers`` and event ``detail`` are parsed JSON (headers:
 lower-case name -> value, repeated headers joined with ", "); timestamps are naive UTC
 datetimes. ``flow()`` adds one key that is not a column, ``target``: the path with its
@@ -23,11 +25,14 @@ Recorded secrets read ``[redacted]``.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ from typing import Any
 import duckdb
 
 from recordings import schema, sqlguard
+from recordings.analyst import DEFAULT_LIMITS, LimitHit, Limits, Watchdog, fetch_bounded
 
 #: Column -> DuckDB type of the values the writer passes (timestamps as epoch microseconds).
 FLOW_COLUMNS: dict[str, str] = {
@@ -57,6 +63,42 @@ JSON_COLUMNS = ("request_headers", "response_headers", "detail")
 
 class StoreError(Exception):
     """The recording database cannot be opened or written; the message says why."""
+
+
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DuckDBSettings:
+    """The DuckDB instance's own bounds, set deliberately rather than left at DuckDB's defaults.
+
+    DuckDB's default ``memory_limit`` is 80% of the machine's RAM and ``threads`` its core
+    count: an analyst's query could take the gateway's whole machine, and the CPU the
+    proxy's event loop needs. ``memory_limit`` bounds DuckDB's buffer manager (query
+    state, cached blocks); operators that can spill go to ``<db>.tmp``. One thread is
+    enough for the recorder's batched inserts (about 2% of a core at 400 flows/s); each
+    query still runs on the thread that asked for it, so the writer and an analyst run
+    side by side. Overridable: ``--db-memory-limit`` / ``--db-threads``
+    (options ``portcullis_db_memory_limit`` / ``portcullis_db_threads``).
+    """
+
+    memory_limit: str = "512MB"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not _MEMORY.match(self.memory_limit):
+            raise ValueError(f"memory limit {self.memory_limit!r}: expected a size like 512MB or 2GB")
+        if not 1 <= self.threads <= 64:
+            raise ValueError(f"threads {self.threads}: expected 1..64")
+
+    def config(self) -> dict[str, str]:
+        return {"memory_limit": self.memory_limit.replace(" ", ""), "threads": str(self.threads)}
+
+
+#: Recordings hold every body: only the gateway's user may read them (files 0600, dirs 0700).
+PRIVATE_UMASK = 0o077
+_umask_lock = threading.Lock()
+_umask_users: list[int] = []  # previous umask, while any read-write store is open
 
 
 def micros(epoch_seconds: float | None) -> int | None:
@@ -91,23 +133,37 @@ def _columnar(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> list[li
 class Store:
     """One DuckDB recording file. The gateway process holds it read-write; others read-only."""
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False,
+                 settings: DuckDBSettings | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.settings = settings or DuckDBSettings()
+        self.limits = limits
         self._lock = threading.Lock()
+        self._watchdogs: set[Watchdog] = set()
         self.previous_version = 0
-        self._con = self._connect()
+        self._private = False
+        if not read_only:
+            _private_files(True)
+            self._private = True
+        try:
+            self._con = self._connect()
+        except BaseException:
+            self._release_umask()
+            raise
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self.read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such recording")
         if not self.read_only:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _restrict(self.path, self.wal, self.temp_directory, self.staging)
             except OSError as exc:  # e.g. a parent is a file, or a read-only file system
                 raise StoreError(f"cannot create the directory for {self.path}: {exc}") from None
         try:
-            con = duckdb.connect(str(self.path), read_only=self.read_only)
+            con = duckdb.connect(str(self.path), read_only=self.read_only,
+                                 config=self.settings.config())
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise StoreError(
@@ -134,6 +190,30 @@ class Store:
 
     # --- connections -----------------------------------------------------------
 
+    @property
+    def wal(self) -> Path:
+        return self.path.parent / f"{self.path.name}.wal"
+
+    @property
+    def temp_directory(self) -> Path:
+        """Where DuckDB spills (its default for a file database; allowed by _confine)."""
+        return self.path.parent / f"{self.path.name}.tmp"
+
+    def configure(self, settings: DuckDBSettings) -> None:
+        """Apply new instance settings to the open database (values validated by the type)."""
+        with self._lock:
+            for name, value in settings.config().items():
+                self._con.execute(f"SET {name} = '{_sql_string(value)}'")
+            self.settings = settings
+
+    def interrupt_analysts(self, reason: LimitHit) -> int:
+        """Stop every running analyst query (the recorder needs the memory); returns how many."""
+        with self._lock:
+            running = list(self._watchdogs)
+        for watchdog in running:
+            watchdog.interrupt(reason)
+        return len(running)
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor for the calling thread (a connection must not be shared by threads)."""
         with self._lock:
@@ -156,26 +236,50 @@ class Store:
                 except duckdb.Error:
                     pass  # the WAL is replayed on the next open
             self._con.close()
+        self._release_umask()
+
+    def _release_umask(self) -> None:
+        if self._private:
+            self._private = False
+            _private_files(False)
 
     # --- reading ---------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None,
-              ) -> tuple[list[str], list[tuple]]:
-        """Run one read-only SELECT; returns (column names, rows)."""
+              gone: Callable[[], bool] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one read-only SELECT; returns (column names, rows).
+
+        Bounded by ``self.limits`` (raises LimitHit); ``gone()`` returning True (the
+        client left) stops the query.
+        """
         statement = sqlguard.read_only_statement(sql)
-        with self._read_only_cursor() as cur:
+        with self._read_only_cursor() as cur, self._watched(cur, gone):
             cur.execute(statement, params)
             columns = [d[0] for d in cur.description or []]
-            return columns, cur.fetchall()
+            return columns, fetch_bounded(cur, self.limits)
 
-    def write_parquet(self, sql: str, output: str | Path) -> int:
+    def write_parquet(self, sql: str, output: str | Path,
+                      gone: Callable[[], bool] | None = None) -> int:
         """Write the result of one read-only SELECT to a Parquet file; returns the row count."""
         statement = sqlguard.read_only_statement(sql)
-        with self._read_only_cursor() as cur, self._staged(output) as staged:
+        with self._read_only_cursor() as cur, self._staged(output) as staged, self._watched(cur, gone):
             # A relation, not COPY (<sql>) TO: the analyst's text is never spliced into SQL.
             cur.sql(statement).write_parquet(str(staged))
             row = cur.execute("SELECT count(*) FROM read_parquet(?)", [str(staged)]).fetchone()
             return int(row[0]) if row else 0
+
+    @contextmanager
+    def _watched(self, cur: duckdb.DuckDBPyConnection,
+                 gone: Callable[[], bool] | None) -> Iterator[Watchdog]:
+        watchdog = Watchdog(cur, self.limits, gone)
+        with self._lock:
+            self._watchdogs.add(watchdog)
+        try:
+            with watchdog:
+                yield watchdog
+        finally:
+            with self._lock:
+                self._watchdogs.discard(watchdog)
 
     def copy_to(self, select_sql: str, output: str | Path, fmt: str) -> int:
         """COPY a SELECT that Portcullis built itself (export) to a parquet or JSON-lines file."""
@@ -195,10 +299,12 @@ class Store:
         """DuckDB writes into the staging directory; Python moves the file to ``output``."""
         if self.read_only:  # a read-only store (the CLI, offline) is not confined
             yield Path(output)
+            os.chmod(output, 0o600)
             return
         staged = self.staging / f"{uuid.uuid4().hex}{Path(output).suffix}"
         try:
             yield staged
+            os.chmod(staged, 0o600)  # move keeps the mode: an export holds bodies too
             shutil.move(str(staged), str(output))
         finally:
             staged.unlink(missing_ok=True)
@@ -312,6 +418,35 @@ def _confine(con: duckdb.DuckDBPyConnection, staging: Path, db: Path) -> None:
     allowed = [str(staging) + "/", str(db.parent / f"{db.name}.tmp") + "/"]
     con.execute("SET allowed_directories = [" + ", ".join(f"'{_sql_string(d)}'" for d in allowed) + "]")
     con.execute("SET enable_external_access = false")
+
+
+def _private_files(on: bool) -> None:
+    """Files and directories this process creates while a recording is open are private.
+
+    DuckDB creates the database, its ``.wal`` (again after every checkpoint), its spill
+    directory and export files with mode 0666 minus the umask, so the umask is the only
+    place to make them 0600 from the first byte. It is per process: it stays 077 while any
+    read-write store is open and goes back to what it was when the last one closes.
+    """
+    with _umask_lock:
+        if on:
+            _umask_users.append(os.umask(PRIVATE_UMASK))
+        elif _umask_users:
+            previous = _umask_users.pop()
+            if not _umask_users:
+                os.umask(previous)
+
+
+def _restrict(*paths: Path) -> None:
+    """Existing files from before this rule (or another umask) lose group/other access."""
+    for path in paths:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        wanted = 0o700 if path.is_dir() else 0o600
+        if mode & 0o077:
+            os.chmod(path, mode & wanted)
 
 
 def _sql_string(value: str | Path) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 
+from recordings.analyst import LimitHit
 from recordings.store import Store, StoreError
 
 log = logging.getLogger("portcullis.recorder")
@@ -177,7 +178,7 @@ class Writer:
         flows = self._flows = [row for row in map(self._make, self._flows) if row is not None]
         events = self._events = [row for row in map(self._make, self._events) if row is not None]
         try:
-            self.store.insert(cur, flows, events)
+            self._insert(cur, flows, events)
         except (duckdb.Error, StoreError) as exc:
             return self._failed(cur, exc)
         self.written += len(flows) + len(events)
@@ -188,6 +189,29 @@ class Writer:
             self.failure = None
         self._answer_waiters(True)
         return cur
+
+    def _insert(self, cur: duckdb.DuckDBPyConnection, flows: list[dict[str, Any]],
+                events: list[dict[str, Any]]) -> None:
+        """Insert; recording comes before analysis: when a commit runs out of memory while
+        analysts' queries run, those queries are stopped and the commit is tried again."""
+        try:
+            self.store.insert(cur, flows, events)
+        except duckdb.OutOfMemoryException:
+            stopped = self.store.interrupt_analysts(LimitHit(
+                "query_memory", 413, "the query was stopped: the recorder needed the memory "
+                "it held (portcullis_db_memory_limit)"))
+            if not stopped:
+                raise
+            log.warning("recording: a commit ran out of memory; stopped %d analyst queries", stopped)
+            deadline = time.monotonic() + 2.0
+            while True:
+                time.sleep(0.05)  # an interrupted query releases its memory as it unwinds
+                try:
+                    self.store.insert(cur, flows, events)
+                    return
+                except duckdb.OutOfMemoryException:
+                    if time.monotonic() > deadline:
+                        raise
 
     def _make(self, item: RowMaker | _Event | dict[str, Any]) -> dict[str, Any] | None:
         if isinstance(item, dict):

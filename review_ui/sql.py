@@ -4,18 +4,24 @@ Queries go through exactly the path ``portcullis sql`` uses (recordings.control.
 the read-only guard, a read-only transaction that is rolled back, the same error
 codes), so the page accepts and refuses the same statements as the command line.
 The query is in the URL (a GET form): a result can be shared as a link.
+
+The same limits apply too (recordings/analyst.py: a timeout, DuckDB's memory limit, the
+result's size), and a query stops when the browser closes its connection: the page
+shows the limit that was hit (``query_timeout``, ``query_memory``, ...).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request
 
 from gateway.commands.sql import render
-from recordings.control import answer
+from recordings.control import answer, peer_gone
 from review_ui import audit_data
 from review_ui.audit_data import Unavailable
 from review_ui.auth import login_required
@@ -34,14 +40,33 @@ EXAMPLES = (
 )
 
 
+#: Refusals after which the statement is run again as written (it may not be wrappable).
+RETRY_UNWRAPPED = ("sql_error", "read_only")
+
+
+def browser_gone() -> Callable[[], bool] | None:
+    """A check that the browser has closed its connection (werkzeug's server exposes it)."""
+    sock = request.environ.get("werkzeug.socket")
+    return partial(peer_gone, sock) if sock is not None else None
+
+
 def run(sql: str, limit: int) -> tuple[int, dict[str, Any]]:
     """(status, answer) for ``sql``, at most ``limit`` rows when the statement allows a LIMIT."""
     store = audit_data.store()
-    status, result = answer(store, "/query", {"sql": f"SELECT * FROM ({sql.strip().rstrip(';')}) LIMIT {limit}"})
-    if status != 200:
+    gone = browser_gone()
+    status, result = answer(store, "/query", {"sql": f"SELECT * FROM ({sql.strip().rstrip(';')}) LIMIT {limit}"},
+                            gone)
+    if status != 200 and result.get("error") in RETRY_UNWRAPPED:
         # DESCRIBE, SHOW, EXPLAIN ... cannot be wrapped; run them as written (same guard).
-        status, result = answer(store, "/query", {"sql": sql})
+        status, result = answer(store, "/query", {"sql": sql}, gone)
     return status, result
+
+
+def refuse(status: int, result: dict[str, Any]) -> Any:
+    """A download that failed: the code of the limit or error, and why."""
+    if status == 499:  # the browser left: nobody reads this
+        return Response(status=499)
+    abort(status, f"{result['error']}: {result['message']}")
 
 
 def query_text() -> str:
@@ -76,7 +101,7 @@ def download_csv() -> Any:
     except Unavailable as exc:
         abort(exc.status, exc.message)
     if status != 200:
-        abort(status, f"{result['error']}: {result['message']}")
+        return refuse(status, result)
     return Response(render(result["columns"], result["rows"], "csv"), mimetype="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="portcullis-query.csv"'})
 
@@ -91,9 +116,9 @@ def download_parquet() -> Any:
         abort(exc.status, exc.message)
     with tempfile.TemporaryDirectory(prefix="portcullis-sql-") as directory:
         output = Path(directory) / "result.parquet"
-        status, result = answer(store, "/query", {"sql": sql, "output": str(output)})
+        status, result = answer(store, "/query", {"sql": sql, "output": str(output)}, browser_gone())
         if status != 200:
-            abort(status, f"{result['error']}: {result['message']}")
+            return refuse(status, result)
         data = output.read_bytes()
     return Response(data, mimetype="application/vnd.apache.parquet",
                     headers={"Content-Disposition": 'attachment; filename="portcullis-query.parquet"'})
