@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,6 +282,14 @@ def test_gateway_grant_does_not_cover_other_headers_and_holds_them_anew(rig):
     assert len(rig.received(path)) == 2
 
 
+def reload_rules(rig: ReviewRig, text: str) -> None:
+    """Rewrite the running gateway's rules file and wait for its hot reload."""
+    before = sum("rules from" in line for line in rig.gateway.lines)
+    Path(rig.gateway.rules).write_text(text)
+    rig.wait_for(lambda: sum("rules from" in line for line in rig.gateway.lines) > before,
+                 timeout=5, what="the rules to reload")
+
+
 def test_gateway_refuses_a_collection_once_the_rules_decide_it_otherwise(rig):
     path = "/v1/payments?t=verdict"
     flow_id = held_async(rig, path)
@@ -290,16 +297,14 @@ def test_gateway_refuses_a_collection_once_the_rules_decide_it_otherwise(rig):
     rules = rig.gateway.rules
     original = Path(rules).read_text()
     try:
-        Path(rules).write_text(original + FREEZE)
-        time.sleep(1.5)  # hot reload checks every 0.5 s
+        reload_rules(rig, original + FREEZE)
         collect = {"X-Portcullis-Approval": flow_id}
         response = rig.call("POST", path, json=PAYMENT, headers=collect)
         assert response.status_code == 403, response.text
         assert response.json()["error"] == "approval_mismatch" and "payments-freeze" in response.json()["reason"]
         assert rig.received(path) == []
     finally:
-        Path(rules).write_text(original)
-        time.sleep(1.5)
+        reload_rules(rig, original)
     done = rig.call("POST", path, json=PAYMENT, headers={"X-Portcullis-Approval": flow_id})
     assert done.status_code == 200, done.text
 
