@@ -245,7 +245,7 @@ def _holds(rule: Rule, request: RequestView) -> bool:
     try:
         return rule.match.holds(request)
     except EvaluationError as exc:
-        raise EvaluationError(f"rule {rule.name}: {exc}") from None
+        raise type(exc)(f"rule {rule.name}: {exc}") from None  # keeps its error_code
 
 
 CORE_RULE_KEYS = ("name", "match", "action", "reason")

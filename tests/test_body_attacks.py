@@ -124,9 +124,11 @@ def test_an_allow_rule_cannot_be_satisfied_by_one_duplicate():
     assert policy.evaluate(RequestView(flow)).action == "allow"
 
 
-def test_bodies_that_are_plainly_not_json_are_not_json(post, upstream):
-    # A form post does not look like JSON: json conditions simply do not hold.
-    assert post("/v1/refunds", b"amount=5000", "application/x-www-form-urlencoded").status_code == 200
+def test_form_bodies_are_fields_too(post, upstream):
+    # Issue 12: a form post is read into the same fields as JSON (addons.fields); it used
+    # to be "not JSON" and walked past the rule.
+    assert post("/v1/refunds", b"amount=5000", "application/x-www-form-urlencoded").status_code == 403
+    assert post("/v1/refunds", b"amount=50", "application/x-www-form-urlencoded").status_code == 200
 
 
 def test_declared_json_that_does_not_parse_is_blocked(post, upstream):

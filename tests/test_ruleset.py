@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from addons.matching import RequestView
+from addons.matching import EvaluationError, RequestView
 from addons.rulefile import RuleFileError
 from addons.ruleset import compile_policy
 from addons.synthetic import make_flow
@@ -53,7 +53,8 @@ rules:
          {"body": {"statement": "select"}}),
         ('{json: {"$.mode": {in: [a, b]}}}', {"body": {"mode": "b"}}, {"body": {"mode": "c"}}),
         ('{json: {"$.mode": {ne: safe}}}', {"body": {"mode": "x"}}, {"body": {"mode": "safe"}}),
-        ('{json: {"$.force": true}}', {"body": {"force": True}}, {"body": {"force": 1}}),
+        # 1 is true to pydantic & co.: typed conditions read it so (issue 12); it used to miss.
+        ('{json: {"$.force": true}}', {"body": {"force": 1}}, {"body": {"force": False}}),
         ('{json: {"$.force": {exists: true}}}', {"body": {"force": None}}, {"body": {}}),
         ('{json: {"$.force": {exists: false}}}', {"body": {}}, {"body": {"force": 0}}),
         ("{json: {\"$.users[?(@.role=='admin')].name\": {eq: root}}}",
@@ -70,11 +71,17 @@ def test_each_match_key(match, hit, miss):
     assert decide(p, **miss).action == "allow"
 
 
-def test_a_body_that_is_not_json_never_satisfies_a_json_condition():
+def test_json_conditions_read_forms_and_refuse_untyped_bodies():
+    # Issue 12: a form is read into the same fields (it used to be "not JSON" and never
+    # match), an empty body has no fields, and a body of unknown type is refused.
     p = policy(ONE_RULE.format(match='{json: {"$.a": {exists: false}}}'))
-    assert decide(p, body=b"a=1").action == "allow"
-    assert decide(p, body=b"").action == "allow"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert decide(p, body=b"a=1", headers=form).action == "allow"
+    assert decide(p, body=b"b=1", headers=form).action == "block"
+    assert decide(p, body=b"").action == "block"
     assert decide(p, body={"b": 1}).action == "block"
+    with pytest.raises(EvaluationError, match="cannot read fields"):
+        decide(p, body=b"a=1")
 
 
 def test_strongest_action_wins_and_first_rule_of_that_strength_decides():
