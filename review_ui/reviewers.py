@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -28,8 +29,12 @@ from pathlib import Path
 
 import yaml
 
+from addons.rulefile import AliasRefused, NoAliasLoader
+
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_PREFIX = "pcr_"
+
+log = logging.getLogger("portcullis.review_ui")
 
 
 def hash_secret(secret: str) -> str:
@@ -70,7 +75,13 @@ class ReviewersError(Exception):
 
 
 def parse_reviewers(text: str, source: str = "<reviewers>") -> dict[str, Reviewer]:
-    data = yaml.safe_load(text) or {}
+    try:
+        # Anchors and aliases are refused like in rules files (see addons.rulefile).
+        data = yaml.load(text, Loader=NoAliasLoader) or {}  # noqa: S506 - a SafeLoader subclass
+    except AliasRefused as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ReviewersError(f"{where}: {exc.problem}") from None
     if not isinstance(data, dict) or not isinstance(data.get("reviewers", []), list):
         raise ReviewersError(f"{source}: expected a mapping with a 'reviewers' list")
     result: dict[str, Reviewer] = {}
@@ -159,8 +170,10 @@ class ReviewerStore:
                 try:
                     self._reviewers = parse_reviewers(self.path.read_text(), str(self.path))
                     self._verified_tokens.clear()  # a removed token must stop working
-                except (OSError, ReviewersError, yaml.YAMLError):
-                    pass  # keep the last good file; the operator sees the error at next start
+                except (OSError, ReviewersError, yaml.YAMLError) as exc:
+                    # Keep the last good file, and say so once per edit (not on every request).
+                    log.error("reviewers file %s edit rejected; the previous reviewers stay: %s",
+                              self.path, exc)
                 self._signature = signature
             return self._reviewers
 

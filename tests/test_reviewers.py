@@ -69,3 +69,23 @@ def test_cli_generates_password_and_token_once(tmp_path):
         cwd=PROJECT_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
     )
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_anchors_and_aliases_are_refused_with_their_position():
+    from review_ui.reviewers import parse_reviewers
+
+    laughs = "reviewers:\n  - name: x\n    groups: &g [a, a]\n  - name: y\n    groups: [*g, *g]\n"
+    with pytest.raises(ReviewersError, match=r"r\.yaml:3:13: YAML anchors \(&g\) are not allowed"):
+        parse_reviewers(laughs, "r.yaml")
+
+
+def test_a_rejected_edit_is_logged_and_the_last_good_reviewers_stay(tmp_path, caplog):
+    path = tmp_path / "reviewers.yaml"
+    add_reviewer(path, "alice", ["a"], "a-long-password", token=False)
+    store = ReviewerStore(path)
+    path.write_text("reviewers:\n- &x {name: bob}\n- *x\n")
+    with caplog.at_level("ERROR", logger="portcullis.review_ui"):
+        assert store.get("alice") is not None and store.get("bob") is None
+        store.get("alice")
+    assert caplog.text.count(f"reviewers file {path} edit rejected") == 1  # once per edit
+    assert "YAML anchors (&x)" in caplog.text
