@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons.flowstate import CONTROL_HEADER_PREFIX, state_of
-from addons.matching import RequestView
+from addons.matching import EvaluationError, RequestView
 from addons.replies import DECISION_HEADER, FLOW_ID_HEADER, reply
 from addons.rulefile import RuleFileError
 from addons.ruleset import Policy, Verdict, load_policy
@@ -151,10 +151,15 @@ class PolicyAddon:
             verdict = self.policy.evaluate(RequestView(flow, state.identity, state.groups))
         except Exception as exc:  # noqa: BLE001 - any failure inside policy evaluation blocks
             log.error("policy evaluation failed for %s %s: %s", flow.request.method, flow.request.pretty_url, exc)
+            # EvaluationError says what about the request was ambiguous (types, not values),
+            # which the agent needs to fix it; other failures are internal and stay generic.
+            known = isinstance(exc, EvaluationError)
+            code = exc.error_code if known else "policy_error"
             state.decision = "blocked"
             state.reason = f"policy evaluation failed: {exc}"
-            state.emit("decided", action="block", error="policy_error", reason=state.reason)
-            reply(flow, 403, "policy_error", "blocked", reason="the policy could not be evaluated for this request")
+            state.emit("decided", action="block", error=code, reason=state.reason)
+            reply(flow, 400 if code == "unsupported_charset" else 403, code, "blocked",
+                  reason=str(exc) if known else "the policy could not be evaluated for this request")
             return
         self.apply(flow, verdict)
 
