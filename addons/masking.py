@@ -202,6 +202,8 @@ class MaskingAddon:
                 reason = _reason(exc)
                 if not _passes(state, plan, reason, "response"):
                     self._refuse(flow, state, plan, reason)
+                else:  # passed unmasked: say so, as for a body passed at its headers
+                    flow.response.headers[MASKED_HEADER] = str(sum(t.count for t in tallies.values()))
                 return
         if state.secrets and flow.response.raw_content is not before:
             # Re-serialising may spell an echoed credential anew: scrub what will be sent.
