@@ -12,6 +12,7 @@ that it stores what the agent actually received.
 from __future__ import annotations
 
 from addons.approvals import ApprovalsAddon
+from addons.clienttimeouts import ClientTimeoutsAddon
 from addons.credentials import CredentialsAddon
 from addons.hostcheck import HostCheckAddon
 from addons.identity import IdentityAddon
@@ -41,6 +42,7 @@ def make_addons() -> list[object]:
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded,
                          masking.policy_loaded, upstreams.policy_loaded]
     return [
+        ClientTimeoutsAddon(),  # closes agent connections stalled before headers, or idle
         RequestLimitsAddon(),  # oversized header sections never reach the other addons
         RequestGuardAddon(),  # CR/LF/NUL, obs-fold, method override, trailers: before any rule
         identity,  # who is calling: before the policy, which matches on it

@@ -70,6 +70,11 @@ SETTINGS: list[Setting] = [
             convert=lambda v: str(Path(v).resolve())),
     Setting("--upstream-timeout", "portcullis_upstream_timeout",
             "seconds an upstream has for a complete response (0 = no limit)", 60.0, type=float),
+    Setting("--header-timeout", "portcullis_header_timeout",
+            "seconds an agent connection has to send complete request headers (0 = no limit)",
+            30.0, type=float),
+    Setting("--idle-timeout", "portcullis_idle_timeout",
+            "seconds an idle agent keep-alive connection stays open (0 = no limit)", 60.0, type=float),
 ]
 
 
