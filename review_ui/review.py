@@ -13,15 +13,11 @@ from addons.holdspec import format_duration, parse_duration
 from review_ui.api import COMMENT_MAX, flow_details, held_body_response, may_decide
 from review_ui.auth import current_actor, login_required
 from review_ui.services import services
+from review_ui.sessions import recent_flows
 
 bp = Blueprint("review", __name__)
 
 GRANT_CHOICES = (300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0)
-
-SESSION_FLOWS_SQL = (
-    "SELECT id, started_at, method, host, path, status_code, decision FROM flows "
-    "WHERE session_id = ? ORDER BY started_at DESC LIMIT 15"
-)
 
 
 def pretty_body(body: str) -> tuple[str, bool]:
@@ -60,7 +56,7 @@ def render_review(flow_id: str, error: str | None = None, status: int = 200) -> 
     body, is_json = pretty_body(flow["body"])
     session_flows = None
     if flow["session_id"]:
-        session_flows = services().query(SESSION_FLOWS_SQL, [flow["session_id"]])
+        session_flows = recent_flows(flow["identity"], flow["session_id"])  # keyed by both
     return render_template(
         "review.html", flow=flow, body=body, body_is_json=is_json,
         query=parse_qsl(urlsplit(flow["url"]).query, keep_blank_values=True),

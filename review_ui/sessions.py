@@ -17,6 +17,7 @@ from review_ui import audit_data
 from review_ui.audit_data import Unavailable
 from review_ui.auth import login_required
 from review_ui.flowquery import FilterError, decode_cursor, encode_cursor, parse_time
+from review_ui.services import services
 
 bp = Blueprint("audit_sessions", __name__)
 NAV = [("audit_sessions.index", "Sessions")]
@@ -33,6 +34,19 @@ _KEY = "coalesce('s:' || session_id, 'c:' || conn_identity || '@' || conn_client
 _SEP = "\x1f"
 
 Query = Callable[[str, list[Any]], tuple[list[str], list[tuple]]]
+
+#: "Recent flows in this session" on the review page. The session id is whatever the
+#: agent sent, so any agent can name another's: the flows shown are the held flow's own
+#: identity's alone, or agent-b could plant requests in agent-a's history.
+RECENT_FLOWS_SQL = (
+    "SELECT id, started_at, method, host, path, status_code, decision FROM flows "
+    "WHERE session_id = ? AND identity IS NOT DISTINCT FROM ? ORDER BY started_at DESC LIMIT 15"
+)
+
+
+def recent_flows(identity: str | None, session_id: str) -> list[dict[str, Any]] | None:
+    """The latest flows of ``identity`` in ``session_id`` (None when recording is off)."""
+    return services().query(RECENT_FLOWS_SQL, [session_id, identity])
 
 
 def _where(identity: str, since: str, until: str) -> tuple[str, list[Any]]:
