@@ -17,12 +17,20 @@ This addon also makes mitmproxy connect to upstreams lazily (``connection_strate
 a TCP and TLS connection to the upstream before any rule has seen a request, so
 blocked requests would still touch the upstream and an unreachable upstream would
 surface as a bare CONNECT failure instead of a JSON answer.
+
+The timeout finds what a flow is waiting for: the task still opening its upstream
+connection (mitmproxy assigns ``flow.server_conn`` only once that connection is open,
+so connects are tracked per client connection and address), or the task reading the
+open connection. A flow waiting for one of mitmproxy's five connection slots per
+address and client connection cannot be cut safely (cancelling it there would leave
+the flow without an answer), so it is given more time and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import server_hooks
@@ -35,6 +43,21 @@ log = logging.getLogger("portcullis.upstream_errors")
 DEFAULT_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class Connecting:
+    """An upstream connection being opened, and by which task."""
+
+    client_id: str
+    server: connection.Server
+    task: asyncio.Task
+
+    @property
+    def waiting_for_slot(self) -> bool:
+        # mitmproxy stamps the connection when it starts the TCP connect, after it got
+        # one of its per-address slots; cancelling before that would lose the flow.
+        return self.server.timestamp_start is None
+
+
 class UpstreamErrorsAddon:
     name = "portcullis_upstream_errors"
 
@@ -42,8 +65,8 @@ class UpstreamErrorsAddon:
         self.timeout: float = DEFAULT_TIMEOUT_S
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._timed_out: set[str] = set()
-        #: server connection id -> the task opening it (a connect can hang too)
-        self._connecting: dict[str, asyncio.Task] = {}
+        #: server connection id -> the connect in progress (a connect can hang too)
+        self._connecting: dict[str, Connecting] = {}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -102,7 +125,7 @@ class UpstreamErrorsAddon:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._connecting[data.server.id] = task
+            self._connecting[data.server.id] = Connecting(data.client.id, data.server, task)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._connecting.pop(data.server.id, None)
@@ -128,9 +151,22 @@ class UpstreamErrorsAddon:
         self._timers.pop(flow.id, None)
         if flow.response is not None or flow.error is not None:
             return
+        connecting = self._connect_of(flow)
+        if connecting is not None and connecting.waiting_for_slot:
+            log.warning("flow %s to %s is still waiting for a free upstream connection slot",
+                        flow.id, flow.request.host)
+            self._timers[flow.id] = asyncio.get_running_loop().call_later(
+                self.timeout, self._expire, flow)
+            return
         log.warning("upstream %s did not answer %s %s within %g s",
                     flow.request.host, flow.request.method, flow.request.pretty_url, self.timeout)
-        task = self._connecting.pop(flow.server_conn.id, None) or connection_task(flow)
+        if connecting is not None:
+            self._connecting.pop(connecting.server.id, None)
+            task = connecting.task
+        elif flow.server_conn.connected:
+            task = connection_task(flow)
+        else:
+            task = None
         if task is None:
             log.error("cannot cut the upstream connection of flow %s", flow.id)
             return
@@ -139,6 +175,18 @@ class UpstreamErrorsAddon:
         # looks like a peer close to the protocol layers, so mitmproxy fails the flow
         # through its normal error path (error hook, then the error answer).
         task.cancel()
+
+    def _connect_of(self, flow: http.HTTPFlow) -> Connecting | None:
+        """The connect in progress that the flow waits for, if any."""
+        exact = self._connecting.get(flow.server_conn.id)
+        if exact is not None:
+            return exact
+        # Not yet assigned to the flow: mitmproxy opens it for the flow's (host, port),
+        # on the flow's client connection (HTTP/1: one request at a time; HTTP/2: all
+        # streams to one address wait for the same connect).
+        address = (flow.request.host, flow.request.port)
+        return next((c for c in self._connecting.values()
+                     if c.client_id == flow.client_conn.id and c.server.address == address), None)
 
 
 def connection_task(flow: http.HTTPFlow | tcp.TCPFlow) -> asyncio.Task | None:

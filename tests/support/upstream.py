@@ -1,7 +1,8 @@
 """A real upstream API server on 127.0.0.1 for tests: echoes requests, or serves canned replies.
 
 Every request it receives is kept in ``received`` so tests can assert what reached the
-upstream (and, as importantly, what did not).
+upstream (and, as importantly, what did not); ``accepted`` counts the TCP connections it
+accepted, so tests can tell whether the gateway reused its upstream connections.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Canned:
 class _Handler(BaseHTTPRequestHandler):
     server: UpstreamServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+    # and the peer's delayed ACK add ~40 ms to every answer on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet test output
         pass
@@ -84,11 +88,18 @@ class UpstreamServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.received: list[Received] = []
         self.routes: dict[str, Canned | Any] = {}
+        self.accepted = 0  # TCP connections accepted (each handled by one thread)
+        self._accept_lock = threading.Lock()
         self.scheme = "http"
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
             self.scheme = "https"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._accept_lock:
+            self.accepted += 1
+        super().process_request(request, client_address)
 
     @property
     def port(self) -> int:
