@@ -123,3 +123,17 @@ def test_identities_file_refuses_aliases(tmp_path):
     """) % ("0" * 64))
     with pytest.raises(RuleFileError, match=rf"{path}:2:5: YAML anchors \(&agent\)"):
         load_identities_file(path)
+
+
+def test_identity_add_refuses_a_file_with_aliases_instead_of_looping(tmp_path):
+    """`portcullis identity add` walks the file's nodes to find the end of the list: a
+    recursive alias made that walk endless."""
+    path = tmp_path / "identities.yaml"
+    original = "identities: &ids\n  - name: a\n    token_sha256: x\n    more: *ids\n"
+    path.write_text(original)
+    result = subprocess.run([sys.executable, "-m", "gateway", "identity", "add", "b", "--file", str(path)],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
+                            preexec_fn=_limit_memory)
+    assert result.returncode != 0
+    assert "YAML anchors (&ids) are not allowed" in result.stderr
+    assert path.read_text() == original

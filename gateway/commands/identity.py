@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from addons.identity import NAME, compile_identities_file
-from addons.rulefile import RuleFileError
+from addons.rulefile import RuleFileError, compose_without_aliases
 from addons.ruleset import compile_policy
 
 DEFAULT_FILE = "identities.yaml"
@@ -81,7 +81,8 @@ def _entry(name: str, groups: list[str], digest: str) -> list[str]:
 
 def add_entry(text: str, entry: list[str]) -> str:
     """Insert a list item into the file's top-level ``identities:`` list, keeping the rest."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    # No anchors/aliases: a recursive one would make the walk below loop forever.
+    root = compose_without_aliases(text) if text.strip() else None
     if text and not text.endswith("\n"):
         text += "\n"
     block = "".join(f"  {line}\n" for line in entry)
