@@ -21,6 +21,7 @@ The bounds, each answered with a JSON error that names the limit:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+
+log = logging.getLogger("portcullis.recorder")
 
 #: Fetch this many rows at a time while counting the result's size.
 FETCH_ROWS = 2048
@@ -91,6 +94,7 @@ class Watchdog:
                 self.reason = reason
             if not self._done.is_set():
                 self.cur.interrupt()
+                log.warning("analyst query stopped (%s): %s", reason.code, reason.message)
 
     def _watch(self) -> None:
         deadline = self._started + self.limits.timeout_s
