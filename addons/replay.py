@@ -9,9 +9,12 @@ replay can be blocked or held), credentials are injected from the *current*
 configuration, masking applies, and the recorder stores it with ``replay_of`` set.
 
 The rules run for the original agent's identity (and the groups configured for it now);
-the replaying reviewer is the flow's ``actor``. If a replay is held and approved, the
-approvals addon names the approver as actor; we put the replaying reviewer back before
-the recorder writes the row (the approver stays in the events and in the ticket).
+the replaying reviewer is the flow's ``actor``. If a replay is held, the approvals addon
+keeps that actor as the hold's ``replayed_by`` and refuses to let them decide it
+(``replay_self_approval``): a reviewer must not overturn another's rejection by
+replaying the flow and approving the replay. Once approved, the approvals addon names
+the approver as actor; we put the replaying reviewer back before the recorder writes
+the row (the approver stays in the events and in the ticket).
 
 Recordings hold no secrets: headers the recorder redacted are dropped here and the
 credentials addon injects what is configured now. A request whose body was truncated by
