@@ -26,7 +26,7 @@ only safe if the upstream acts on exactly that request. Two kinds of request bre
   was a DELETE).
 
 Everything here is pure and cheap (bytes in, a :class:`Refusal` or None out, about
-2 µs for a small request: see bench/micro.py), so it runs on every request before any
+5 µs for a small request: see bench/micro.py), so it runs on every request before any
 rule. The mitmproxy side is addons/requestguard.py.
 """
 
@@ -39,6 +39,11 @@ from urllib.parse import unquote_to_bytes
 
 #: RFC 9110 token: methods and field names.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: The same sets as bytes, for the fast path (bytes.translate).
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789" + bytes(range(0x41, 0x5b)) + bytes(range(0x61, 0x7b))
+_NAME_JOINED_BYTES = _TOKEN_BYTES + b":"  # names are joined with ':' (not a token byte)
+_VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7f)) + bytes(range(0x80, 0x100))
+_TARGET_BYTES = bytes(range(0x21, 0x7f)) + bytes(range(0x80, 0x100))
 #: Controls a field value may not hold: all C0 but HTAB, and DEL. obs-text (0x80+) is legal.
 _VALUE_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 #: Bytes a request target or authority may not hold: controls and space.
@@ -79,17 +84,30 @@ def check_request_head(
     ``path`` is the request target as sent (path and query); ``authority`` the
     absolute-form / ``:authority`` value (may be empty); ``headers`` the raw fields.
     """
-    if not _TOKEN.fullmatch(method):
+    if not method or method.translate(None, _TOKEN_BYTES):
         return malformed(f"the method {_show(method)} is not an HTTP token "
                          "(control characters, spaces or separators in it)")
-    for label, value in (("request target", path), ("authority", authority),
-                         ("host", host), ("scheme", scheme)):
-        if _TARGET_CONTROL.search(value):
-            return malformed(f"the {label} {_show(value)} contains a control character or a space")
+    # bytes.translate(None, allowed) deletes every allowed byte: what is left is at
+    # fault. It is several times faster than a regex search, and this runs on every
+    # request, so each field kind is scanned once, joined; the loops below only run
+    # to say which field is at fault.
+    if (path + authority + host + scheme).translate(None, _TARGET_BYTES):
+        for label, value in (("request target", path), ("authority", authority),
+                             ("host", host), ("scheme", scheme)):
+            if _TARGET_CONTROL.search(value):
+                return malformed(f"the {label} {_show(value)} contains a control character or a space")
     route = path.split(b"?", 1)[0]
     if b"%" in route and _ESCAPED_CONTROL.search(route):
         return malformed(f"the path {_show(route)} contains a percent-encoded CR, LF or NUL")
-    for name, value in headers:
+    fields = headers if isinstance(headers, list | tuple) else list(headers)
+    names = [name for name, _ in fields]
+    joined = b":".join(names)
+    if (not joined.translate(None, _NAME_JOINED_BYTES) and b"" not in names
+            and joined.count(b":") == len(names) - 1
+            and not b"\t".join([value for _, value in fields]).translate(None, _VALUE_BYTES)
+            and b"method" not in joined.lower()):
+        return check_query(path)
+    for name, value in fields:
         if not _TOKEN.fullmatch(name):
             return malformed(f"the header name {_show(name)} is not an HTTP token "
                              "(control characters, spaces or a colon in it)")

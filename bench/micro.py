@@ -4,6 +4,10 @@ Runs in-process on ``addons.ruleset`` (no proxy, no network): it compiles genera
 files with 10 to 10,000 rules and times ``Policy.evaluate`` for an allowed ``GET`` and a
 blocked one, in both layouts of bench/rulegen.py. Also reports the compile (load) time,
 which is what a hot reload costs.
+
+:func:`canonical_checks` times the request guard (addons/requestguard.py: the
+canonical-request checks that run on every request before any rule); the target is
+at most 20 µs per small request.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import time
 
 from addons.matching import RequestView
+from addons.requestguard import RequestGuardAddon
 from addons.ruleset import compile_policy
 from addons.synthetic import make_flow
 from bench import rulegen
@@ -59,6 +64,36 @@ def run(quick: bool = False) -> list[dict]:
     return [measure(count, "same-host") for count in counts] + [measure(1000, "spread")]
 
 
+#: Small requests as agents send them: (method, url, headers, body).
+GUARD_REQUESTS = {
+    "GET, 6 headers": ("GET", f"http://{HOST}:8000/v1/customers?limit=10&page=2", {
+        "User-Agent": "python-requests/2.32", "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate", "Authorization": "Bearer " + "x" * 40,
+        "X-Request-Id": "5f0c6f4e-1111-2222-3333-444455556666"}, b""),
+    "POST form, 6 headers": ("POST", f"http://{HOST}:8000/v1/payments", {
+        "User-Agent": "python-requests/2.32", "Accept": "application/json",
+        "Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer " + "x" * 40,
+        "X-Request-Id": "5f0c6f4e-1111-2222-3333-444455556666"}, b"amount=25&to=acct-42&memo=rent"),
+}
+
+
+def canonical_checks(budget_s: float = 0.3) -> dict[str, float]:
+    """µs per request for the guard's requestheaders + request hooks on clean requests."""
+    guard = RequestGuardAddon()
+    result = {}
+    for label, (method, url, headers, body) in GUARD_REQUESTS.items():
+        flow = make_flow(method, url, headers=headers, body=body)
+
+        def check(flow=flow) -> None:
+            guard.requestheaders(flow)
+            guard.request(flow)
+
+        check()
+        assert flow.response is None, "the benchmark request was refused"
+        result[label] = round(min(_per_call(check, budget_s / 3) for _ in range(3)) * 1e6, 2)
+    return result
+
+
 def table(results: list[dict]) -> str:
     labels = list(REQUESTS)
     head = "| layout | rules | compile ms | " + " | ".join(f"{lbl} µs (rules evaluated)" for lbl in labels) + " |"
@@ -71,3 +106,4 @@ def table(results: list[dict]) -> str:
 
 if __name__ == "__main__":
     print(table(run()))
+    print("\ncanonical-request checks (µs per request, target <= 20):", canonical_checks())
