@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from addons.detectors import DETECTORS, Detector, expand, find_all, iban_ok, luhn_ok, register
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7\n-----END RSA PRIVATE KEY-----"
+GH = "Zk3vT9qL2mXw8RbN4cYp7HsJd6FgA1eU0oKi"  # 36 random base62 characters
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 
 POSITIVES = [
@@ -32,14 +33,14 @@ POSITIVES = [
     ("iban", "pay DE89 3704 0044 0532 0130 00 now", "DE89 3704 0044 0532 0130 00"),
     ("iban", "GB82WEST12345698765432", "GB82WEST12345698765432"),
     ("iban", "FR1420041010050500013M02606.", "FR1420041010050500013M02606"),
-    ("secret", "AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
-    ("secret", "token=ghp_" + "A1b2" * 9, "ghp_" + "A1b2" * 9),
+    ("secret", "AKIA2E0A8F3B244C9986", "AKIA2E0A8F3B244C9986"),
+    ("secret", "token=ghp_" + GH, "ghp_" + GH),
     ("secret", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz"),
     ("secret", "glpat-abcdefghij0123456789", "glpat-abcdefghij0123456789"),
-    ("secret", "xoxb-1234567890-abcdefghij", "xoxb-1234567890-abcdefghij"),
+    ("secret", "xoxb-2837465019-kQ3vTz8LmP", "xoxb-2837465019-kQ3vTz8LmP"),
     ("secret", "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
-    ("secret", "key: sk-proj-" + "x" * 40, "sk-proj-" + "x" * 40),
-    ("secret", "AIzaSyA-1234567890abcdefghijklmnopqrstu", "AIzaSyA-1234567890abcdefghijklmnopqrstu"),
+    ("secret", "key: sk-proj-" + GH + "Q7z", "sk-proj-" + GH + "Q7z"),
+    ("secret", "AIzaSyDq3kX9vT2mL8bN4cYp7HsJd6FgA1eU0oK", "AIzaSyDq3kX9vT2mL8bN4cYp7HsJd6FgA1eU0oK"),
     ("secret", f"key:\n{PEM}\n", PEM),
     ("secret", f"jwt {JWT} end", JWT),
     ("secret", "Authorization: Bearer abcDEF123456ghiJKL789", "abcDEF123456ghiJKL789"),
@@ -81,6 +82,14 @@ NEGATIVES = [
     ("secret", "eyJhbGciOi.eyJzdWIiOiIx.notasignature"),
     ("secret", "eyJub3RqdXN0.eyJzdWIiOiIxMjM0In0.abcdefghijkl"),  # header is not a JWT header
     ("secret", "Bearer token"),
+    # Placeholders and keys printed in vendors' documentation are not secrets.
+    ("secret", "AKIAIOSFODNN7EXAMPLE"),
+    ("secret", "AIzaSyA-1234567890abcdefghijklmnopqrstu"),  # counting, not random
+    ("secret", "token=ghp_" + "x" * 36),
+    ("secret", "token=ghp_" + "A1b2" * 9),
+    ("secret", "key: sk-proj-" + "x" * 40),
+    ("secret", "sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
+    ("secret", "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
     ("secret", "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----"),
 ]
 
