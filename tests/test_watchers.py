@@ -141,3 +141,25 @@ def test_revocation_in_the_rules_file_applies_after_a_rejected_edit(start_gatewa
             assert time.monotonic() < deadline, "the revocation never took effect"
             time.sleep(0.05)
         assert code == 407
+
+
+def test_jwks_refresh_survives_an_unexpected_failure_and_keeps_its_keys(tmp_path, caplog):
+    from addons.jwks import JwksCache, JwksUnavailable
+    from tests.support.jwtkeys import jwks, rsa_key
+
+    path = tmp_path / "jwks.json"
+    path.write_text(jwks(rsa_key("k1")))
+    cache = JwksCache(str(path), path, ("RS256",), min_refresh=0, ttl=0)  # refresh on every lookup
+    cache.keys = cache.parse(cache.fetch())
+    cache.loaded_at = time.monotonic()
+
+    def broken(_raw: bytes):
+        raise TypeError("parser bug")
+
+    cache.parse = broken
+    with caplog.at_level(logging.WARNING, logger="portcullis.identity"):
+        assert asyncio.run(cache.key_for("k1")) is not None  # the cached key still serves
+    assert f"JWKS refresh from {path} failed" in caplog.text and "parser bug" in caplog.text
+    cache.keys = {}
+    with pytest.raises(JwksUnavailable, match="parser bug"):  # no keys at all: fail closed, cleanly
+        asyncio.run(cache.key_for("k1"))
