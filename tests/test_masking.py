@@ -203,7 +203,7 @@ def test_ndjson_is_masked_line_by_line(gw):
 
 def test_ndjson_line_that_is_not_json_is_refused_on_a_path_masked_route_and_scanned_elsewhere(gw):
     """Was: the non-JSON line passed the path masks untouched (issue 12, finding 5)."""
-    lines = ['{"ssn": "123-45-6789", "n": 1}', "not json: ssn 123-45-6789 AKIAIOSFODNN7EXAMPLE"]
+    lines = ['{"ssn": "123-45-6789", "n": 1}', "not json: ssn 123-45-6789 AKIAZ3MXQ7RT2PLW5HJK"]
     body = "\n".join(lines) + "\n"
     refused = requests.get(serve(gw, "/v1/customers/export2", body, "application/x-ndjson"), timeout=10)
     assert refused.status_code == 502 and refused.json()["error"] == "response_not_maskable"
@@ -236,16 +236,16 @@ def test_sse_is_masked_event_by_event(gw):
 def test_json_is_sniffed_in_other_content_types_and_text_gets_only_detectors(gw):
     sniffed = requests.get(serve(gw, "/v1/customers/s", '{"ssn": "123-45-6789"}', "text/plain"), timeout=10)
     assert sniffed.json() == {"ssn": "[masked]"}
-    text = "ssn: 123-45-6789\nkey: AKIAIOSFODNN7EXAMPLE\n"
+    text = "ssn: 123-45-6789\nkey: AKIAZ3MXQ7RT2PLW5HJK\n"
     # Was: text and binary bodies passed path masks (and detectors) untouched (issue 12, finding 5).
     plain = requests.get(serve(gw, "/v1/customers/t", text, "text/plain; charset=utf-8"), timeout=10)
     assert plain.status_code == 502 and plain.json()["error"] == "response_not_maskable"
     other = requests.get(serve(gw, "/v1/other/t", text, "text/plain; charset=utf-8"), timeout=10)
     assert other.text == "ssn: 123-45-6789\nkey: [masked:secret]\n"  # detect-only route: scanned
-    binary = b"\x89PNG\r\n\x1a\n AKIAIOSFODNN7EXAMPLE \xff\x00"
+    binary = b"\x89PNG\r\n\x1a\n AKIAZ3MXQ7RT2PLW5HJK \xff\x00"
     image = requests.get(serve(gw, "/v1/other/i", binary, "image/png"), timeout=10)
     assert image.status_code == 502 and "binary" in image.json()["reason"]
-    assert b"AKIAIOSFODNN7EXAMPLE" not in image.content
+    assert b"AKIAZ3MXQ7RT2PLW5HJK" not in image.content
 
 
 def test_larger_bodies_are_masked_too(gw):
