@@ -44,7 +44,7 @@ from mitmproxy import ctx, exceptions, http
 from addons import flowstate
 from addons.flowstate import Event, has_state, state_of
 from addons.replies import reply
-from recordings import control, rows, writer
+from recordings import control, native_heap, rows, writer
 from recordings.analyst import DEFAULT_LIMITS, Limits
 from recordings.journal import Journal
 from recordings.recovery import recover
@@ -84,6 +84,7 @@ class RecorderAddon:
     # --- options ------------------------------------------------------------------
 
     def load(self, loader) -> None:
+        native_heap.limit_arenas()  # before the writer, DuckDB and the UI start threads
         loader.add_option("portcullis_db", str, "",
                           "DuckDB file that records every flow ('' = recording off).")
         loader.add_option("portcullis_max_body_record", int, DEFAULT_MAX_BODY,

@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 
+from recordings import native_heap
 from recordings.analyst import LimitHit
 from recordings.store import Store, StoreError
 
@@ -72,6 +73,7 @@ class Writer:
         self._waiters: list[Barrier] = []
         self._retry_at = 0.0
         self._next_retention = time.time() + 86_400
+        self._next_trim = time.monotonic() + native_heap.TRIM_EVERY_S
         self._stopping = False
         self._give_up_at = 0.0
         self._seq = itertools.count(1)
@@ -135,6 +137,7 @@ class Writer:
             if self._stopping and time.monotonic() > self._give_up_at:
                 break
             self._maybe_retain(cur)
+            self._maybe_trim()
         cur.close()
 
     def _collect(self) -> None:
@@ -244,6 +247,12 @@ class Writer:
                 waiter.callback(ok)
             except Exception:  # noqa: BLE001 - a waiter's bug must not stop the writer
                 log.exception("recording: barrier callback failed")
+
+    def _maybe_trim(self) -> None:
+        """Hand freed heap pages back now and then (recordings/native_heap.py says why)."""
+        if time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + native_heap.TRIM_EVERY_S
+            native_heap.trim()
 
     def _maybe_retain(self, cur: duckdb.DuckDBPyConnection) -> None:
         if not self.retain_days or time.time() < self._next_retention or not self.healthy:
