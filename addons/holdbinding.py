@@ -184,7 +184,9 @@ def duplicated_key(request: http.Request) -> str | None:
     """The first key that appears twice in one object of a JSON body, else None.
 
     A reviewer is shown one copy (the page may show only the first 64 KiB; a pretty
-    printer keeps only the last copy); the upstream may read the other. Bodies that are
+    printer keeps only the last copy); the upstream may read the other. Keys that differ
+    only by case count as the same key: Go's decoder, among others, matches them
+    case-insensitively (``"to"`` then ``"TO"`` sets the field twice). Bodies that are
     not JSON (or cannot be decoded) have no duplicate keys here: the policy has already
     decided what to do with those.
     """
@@ -198,10 +200,10 @@ def duplicated_key(request: http.Request) -> str | None:
         if not found:
             seen: set[str] = set()
             for key, _ in pairs:
-                if key in seen:
+                if key.casefold() in seen:
                     found.append(key)
                     break
-                seen.add(key)
+                seen.add(key.casefold())
 
     stripped = text.lstrip("\ufeff \t\r\n")
     if stripped[:1] not in ("{", "["):

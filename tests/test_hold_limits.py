@@ -98,6 +98,9 @@ def test_a_duplicate_key_past_what_the_reviewer_sees_is_refused_at_hold_time(rig
     nested = rig.call("POST", path, data='{"a": {"b": 1, "b": 2}}',
                       headers={**ASYNC, "Content-Type": "application/json"})
     assert nested.status_code == 400 and nested.json()["key"] == "b"
+    by_case = rig.call("POST", path, data='{"to": "acct-42", "TO": "attacker"}',
+                       headers={**ASYNC, "Content-Type": "application/json"})
+    assert by_case.status_code == 400 and by_case.json()["key"] == "TO"
     assert rig.received(path) == []
 
 
