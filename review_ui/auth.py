@@ -14,6 +14,7 @@ out another, plus a looser cap per address against trying many names.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import secrets
 import threading
@@ -37,6 +38,7 @@ from flask import (
 
 from addons.approvals import Actor
 from review_ui.errors import api_error
+from review_ui.reviewers import Reviewer
 from review_ui.services import services
 from review_ui.session_store import SessionStore
 
@@ -96,6 +98,11 @@ def sessions() -> SessionStore:
     return current_app.extensions["portcullis_sessions"]
 
 
+def credential_of(reviewer: Reviewer) -> str:
+    """What a session is bound to besides the name: the stored password hash (digested)."""
+    return hashlib.sha256((reviewer.password_hash or "").encode()).hexdigest()
+
+
 def csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(32)
@@ -122,6 +129,9 @@ def current_actor() -> Actor | None:
         session_id = session.get("sid")
         record = sessions().get(session_id) if isinstance(session_id, str) else None
         reviewer = services().reviewers.get(record.reviewer) if record else None
+        if record is not None and (reviewer is None or credential_of(reviewer) != record.credential):
+            sessions().delete(record.id)  # removed from the reviewers file, or a new password
+            reviewer = None
         g.via_token = False
     if reviewer is not None:
         actor = Actor(reviewer.name, reviewer.groups)
@@ -185,7 +195,7 @@ def login() -> Any:
     if isinstance(previous, str):
         sessions().delete(previous)  # signing in again ends the session this browser had
     session.clear()
-    session["sid"] = sessions().create(reviewer.name)
+    session["sid"] = sessions().create(reviewer.name, credential_of(reviewer))
     session["csrf"] = secrets.token_urlsafe(32)
     flash(f"Signed in as {reviewer.name}.")
     return redirect(target)

@@ -33,10 +33,13 @@ class SessionRecord:
     reviewer: str
     created_at: float
     last_seen: float
+    #: A fingerprint of the credential used to sign in: when it changes (new password),
+    #: the UI ends the session.
+    credential: str = ""
 
 
 class SessionStore(Protocol):
-    def create(self, reviewer: str) -> str:
+    def create(self, reviewer: str, credential: str = "") -> str:
         """Start a session for ``reviewer``; returns its id (unguessable)."""
 
     def get(self, session_id: str) -> SessionRecord | None:
@@ -58,14 +61,14 @@ class MemorySessionStore:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionRecord] = {}  # insertion order = least recently used first
 
-    def create(self, reviewer: str) -> str:
+    def create(self, reviewer: str, credential: str = "") -> str:
         now = self.clock()
         session_id = secrets.token_urlsafe(32)
         with self._lock:
             self._expire(now)
             while len(self._sessions) >= self.max_sessions:
                 del self._sessions[next(iter(self._sessions))]
-            self._sessions[session_id] = SessionRecord(session_id, reviewer, now, now)
+            self._sessions[session_id] = SessionRecord(session_id, reviewer, now, now, credential)
         return session_id
 
     def get(self, session_id: str) -> SessionRecord | None:

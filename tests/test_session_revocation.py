@@ -104,6 +104,18 @@ def test_a_session_in_constant_use_still_ends_after_its_lifetime(reviewers):
     assert page.status_code == 302 and api.status_code == 401
 
 
+def test_a_new_password_or_removal_from_the_reviewers_file_ends_the_session(tmp_path):
+    path = tmp_path / "reviewers.yaml"
+    add_reviewer(path, "alice", ["finance-leads"], "alice" + PASSWORD_SUFFIX, token=False)
+    store = MemorySessionStore()
+    app = make_app(ReviewerStore(path), store)
+    _, cookie = log_in(app)
+    assert replay(app, cookie)[0].status_code == 200
+    add_reviewer(path, "alice", ["finance-leads"], "a-brand-new-password", token=False, replace=True)
+    assert replay(app, cookie)[0].status_code == 302
+    assert len(store) == 0  # ended, not merely refused: setting the old password back won't revive it
+
+
 def test_the_memory_store_is_bounded():
     store = MemorySessionStore(max_sessions=3)
     ids = [store.create("alice") for _ in range(5)]
