@@ -9,10 +9,14 @@ pages (``_http1.make_error_response``, ``Http1Server.send`` and
 ``Http2Server._handle_event`` for ``ResponseProtocolError``) to write
 ``{"error": <kind>, "detail": <mitmproxy's message>, "flow_id": ...}`` instead.
 
-This reaches into mitmproxy internals; it is checked against the installed version on
-install and covered by tests/test_upstream_faults.py and tests/test_malformed_http.py.
-If the internals change shape, install() logs an error and mitmproxy's HTML pages
-remain (still an error status, never a forwarded request).
+This reaches into mitmproxy internals, so it is written for the mitmproxy majors in
+:data:`SUPPORTED_MAJORS` (CI runs the suite on both: Python 3.11 + mitmproxy 11 and
+Python 3.12 + mitmproxy 12; tests/test_errorpages_versions.py proves the patch applies
+on each). On any other major, install() logs an error naming the installed version and
+the supported ones, which stops the gateway at start-up (mitmproxy's errorcheck exits on
+errors logged while loading) rather than running with HTML error pages or a patch that
+misbehaves. If a supported major's internals change shape anyway, install() logs an
+error the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1, _http2
 from addons.replies import DECISION_HEADER, FLOW_ID_HEADER
 
 log = logging.getLogger("portcullis.errorpages")
+
+#: mitmproxy major versions whose internals the patch below is written and tested for.
+SUPPORTED_MAJORS = (11, 12)
 
 #: client connection id -> (flow id, error kind), set by the error hook for the flow
 #: whose error page is about to be written on that connection (HTTP/1: one at a time).
@@ -162,11 +169,30 @@ def _http2_handle_event(original: Callable) -> Callable:
 _installed = False
 
 
+def unsupported_version(installed: str) -> str | None:
+    """Why this mitmproxy version cannot be patched, or None if it is supported."""
+    major = installed.split(".", 1)[0]
+    if major.isdigit() and int(major) in SUPPORTED_MAJORS:
+        return None
+    supported = " and ".join(f"{m}.x" for m in SUPPORTED_MAJORS)
+    return (f"Portcullis does not support mitmproxy {installed}: its JSON error answers patch "
+            f"mitmproxy internals and are written for mitmproxy {supported}. "
+            f"Install a supported version, e.g. pip install 'mitmproxy>={SUPPORTED_MAJORS[0]},"
+            f"<{SUPPORTED_MAJORS[-1] + 1}'.")
+
+
 def install() -> bool:
-    """Patch mitmproxy's error pages (idempotent). Returns False if it could not."""
+    """Patch mitmproxy's error pages (idempotent). Returns False if it could not.
+
+    Failing is logged as an error, which makes mitmproxy refuse to start.
+    """
     global _installed
     if _installed:
         return True
+    refusal = unsupported_version(version.VERSION)
+    if refusal is not None:
+        log.error(refusal)
+        return False
     try:
         _http1.make_error_response = lambda status, message="": _http1_bytes(status, message)
         _http1.Http1Server.send = _http1_send(_http1.Http1Server.send)
