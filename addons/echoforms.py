@@ -17,8 +17,8 @@ target charset, so the UTF-16LE regex matches UTF-16LE text: no decoding, no
 re-encoding, and bytes outside a match are left exactly as they were.
 
 Charsets scanned: UTF-8 (which covers every ASCII-compatible charset for ASCII secrets)
-always; UTF-16/32 in both byte orders when the body holds a NUL byte (the wide form of
-any ASCII character does); the declared charset when it is another stateless one. A
+always; UTF-16 in both byte orders when the body holds a NUL byte (the UTF-16 form of
+any ASCII character does), UTF-32 when it holds three in a row; the declared charset when it is another stateless one. A
 stateful charset (UTF-7, ...) or an unknown one cannot be scrubbed byte-wise: the body
 is decoded and, if a secret shows there, :class:`Unscrubbable` is raised so the caller
 refuses the response instead of passing it.
@@ -237,8 +237,10 @@ def charsets_for(data: bytes, declared: str | None) -> list[str]:
     """The charsets to scrub ``data`` in: UTF-8, the wide ones if there are NULs, and
     the declared one if it is another byte-scannable charset."""
     charsets = ["utf-8"]
-    if b"\0" in data:
-        charsets += WIDE
+    if b"\0" in data:  # the UTF-16 form of any ASCII character has a NUL byte...
+        charsets += WIDE[:2]
+        if b"\0\0\0" in data:  # ...and its UTF-32 form three in a row
+            charsets += WIDE[2:]
     if declared and _byte_scannable(declared):
         name = codecs.lookup(declared).name
         if name not in ("utf-8", "utf-8-sig", "utf-16", "utf-32", *WIDE):
