@@ -50,7 +50,15 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 
 from addons.flowstate import Event, FlowState, state_of, subscribe, unsubscribe
-from addons.holdbinding import RequestPrint, VerdictPrint, duplicated_key, sha256, shown_body
+from addons.holdbinding import (
+    DecodedBody,
+    RequestPrint,
+    VerdictPrint,
+    decode_body,
+    duplicated_key,
+    sha256,
+    shown_body,
+)
 from addons.holdspec import (
     DEFAULT_MAX_HELD_BODY,
     DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY,
@@ -295,9 +303,10 @@ class ApprovalsAddon:
             return
         if self._use_grant(flow, state, binding, verdict_print):
             return
-        if not self._holdable(flow, state):
+        body = self._holdable(flow, state)
+        if body is None:
             return
-        hold = self._hold(flow, state, verdict, spec, binding, verdict_print)
+        hold = self._hold(flow, state, verdict, spec, binding, verdict_print, body)
         if state.control.get(WAIT_HEADER, "").strip().lower() == "async":
             hold.timers.append(self.loop.call_at(
                 self.loop.time() + hold.deadline - time.time(), self._expire, hold))
@@ -320,8 +329,9 @@ class ApprovalsAddon:
         policy = self._policy()
         return policy.settings.get(key, default) if policy is not None else default
 
-    def _holdable(self, flow: http.HTTPFlow, state: FlowState) -> bool:
-        """Refuse (and say so) a request that must not become a hold; True if it may."""
+    def _holdable(self, flow: http.HTTPFlow, state: FlowState) -> DecodedBody | None:
+        """Refuse (and say so) a request that must not become a hold, returning None;
+        else its body, decoded (once) the way the policy reads it."""
         size = len(flow.request.raw_content or b"")
         limit = self._setting("max_held_body", DEFAULT_MAX_HELD_BODY)
         if size > limit:
@@ -329,13 +339,14 @@ class ApprovalsAddon:
                    f"this request needs approval, and a held body may be at most {limit:,} bytes "
                    f"(this one is {size:,}); split it or ask for the limit (max_held_body) to be raised",
                    size=size, limit=limit)
-            return False
-        key = duplicated_key(flow.request)
+            return None
+        body = decode_body(flow.request)
+        key = duplicated_key(body)
         if key is not None:
             refuse(flow, state, 400, "duplicate_json_key",
                    f"the JSON body has the key {key!r} more than once in one object; a reviewer "
                    "would see one copy and the upstream might read the other", key=key[:200])
-            return False
+            return None
         cap = self._setting("max_pending_holds_per_identity", DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY)
         pending = sum(1 for h in self.holds.values() if h.decision is None and h.identity == state.identity)
         if pending >= cap:
@@ -343,18 +354,18 @@ class ApprovalsAddon:
                    f"{state.identity} already has {pending} requests waiting for review (the limit is "
                    f"{cap}); wait for decisions before sending more", pending=pending, limit=cap,
                    headers={"Retry-After": "30"})
-            return False
-        return True
+            return None
+        return body
 
     def _hold(self, flow: http.HTTPFlow, state: FlowState, verdict: Any, spec: HoldSpec,
-              binding: RequestPrint, verdict_print: VerdictPrint) -> Hold:
+              binding: RequestPrint, verdict_print: VerdictPrint, body: DecodedBody) -> Hold:
         justification = state.control.get(JUSTIFICATION_HEADER)
         if justification is not None:
             justification = justification.strip()[:JUSTIFICATION_MAX]
             state.extras["justification"] = justification
         request = flow.request
         raw = request.raw_content or b""
-        shown = shown_body(request, BODY_SHOWN_MAX)
+        shown = shown_body(body, BODY_SHOWN_MAX)
         text = shown.text
         for secret in state.secrets:
             text = text.replace(secret, "[redacted]")

@@ -139,6 +139,15 @@ class VerdictPrint:
 
 
 @dataclass(frozen=True)
+class DecodedBody:
+    """The body's text as the policy reads it, or why it cannot be read (decoded once per hold)."""
+
+    raw: bytes
+    text: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ShownBody:
     text: str  # at most `limit` characters
     truncated: bool
@@ -161,16 +170,22 @@ def _policy_text(request: http.Request) -> str:
     return data.decode(json.detect_encoding(data))
 
 
-def shown_body(request: http.Request, limit: int) -> ShownBody:
-    """The body as the review page shows it: a decoded prefix and, if needed, a warning."""
+def decode_body(request: http.Request) -> DecodedBody:
     raw = request.raw_content or b""
     if not raw:
-        return ShownBody("", False, None)
+        return DecodedBody(raw, "")
     try:
-        text = _policy_text(request)
+        return DecodedBody(raw, _policy_text(request))
     except (UnicodeDecodeError, jsonbody.UninspectableBody) as exc:
+        return DecodedBody(raw, None, str(exc))
+
+
+def shown_body(body: DecodedBody, limit: int) -> ShownBody:
+    """The body as the review page shows it: a decoded prefix and, if needed, a warning."""
+    raw, text = body.raw, body.text
+    if text is None:
         text = raw.decode("utf-8", "replace")
-        warning = (f"The body cannot be decoded as text the way the policy reads it ({exc}); "
+        warning = (f"The body cannot be decoded as text the way the policy reads it ({body.error}); "
                    "it is shown with replacement characters. Download the exact bytes to review it.")
         return ShownBody(text[:limit], len(text) > limit, warning)
     if len(text) > limit:
@@ -180,7 +195,7 @@ def shown_body(request: http.Request, limit: int) -> ShownBody:
     return ShownBody(text, False, None)
 
 
-def duplicated_key(request: http.Request) -> str | None:
+def duplicated_key(body: DecodedBody) -> str | None:
     """The first key that appears twice in one object of a JSON body, else None.
 
     A reviewer is shown one copy (the page may show only the first 64 KiB; a pretty
@@ -190,9 +205,8 @@ def duplicated_key(request: http.Request) -> str | None:
     not JSON (or cannot be decoded) have no duplicate keys here: the policy has already
     decided what to do with those.
     """
-    try:
-        text = _policy_text(request)
-    except (UnicodeDecodeError, jsonbody.UninspectableBody):
+    text = body.text
+    if not text:
         return None
     found: list[str] = []
 

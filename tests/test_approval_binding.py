@@ -19,7 +19,7 @@ from mitmproxy.test import taddons, tflow
 
 from addons.approvals import Actor, ApprovalsAddon
 from addons.flowstate import state_of
-from addons.holdbinding import RequestPrint, shown_body
+from addons.holdbinding import RequestPrint, decode_body, shown_body
 from addons.matching import RequestView
 from addons.policy import capture_control_headers
 from addons.ruleset import compile_policy
@@ -124,11 +124,11 @@ def test_pretty_body_shows_a_document_with_duplicate_keys_as_sent():
 def test_the_body_is_shown_decoded_as_the_policy_reads_it_not_by_the_declared_charset():
     # UTF-7 would read "+AGE-" as "a": the policy reads UTF-8, so must the reviewer.
     utf7 = payment([("Content-Type", "application/json; charset=utf-7")], b'{"note": "+AGE-"}')
-    assert shown_body(utf7.request, 1000).text == '{"note": "+AGE-"}'
+    assert shown_body(decode_body(utf7.request), 1000).text == '{"note": "+AGE-"}'
     utf16 = payment([("Content-Type", "application/json")], '{"amount": 5}'.encode("utf-16-le"))
-    assert shown_body(utf16.request, 1000).text == '{"amount": 5}'
+    assert shown_body(decode_body(utf16.request), 1000).text == '{"amount": 5}'
     big = payment(body=b'{"x": "' + b"a" * 70_000 + b'"}')
-    shown = shown_body(big.request, 64 * 1024)
+    shown = shown_body(decode_body(big.request), 64 * 1024)
     assert shown.truncated and len(shown.text) == 64 * 1024 and "Download the exact bytes" in shown.warning
 
 
