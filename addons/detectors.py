@@ -465,31 +465,32 @@ _KECCAK_ROUNDS = (
 _KECCAK_ROTATIONS = (0, 1, 62, 28, 27, 36, 44, 6, 55, 20, 3, 10, 43, 25, 39, 41, 45, 15, 21, 8, 18, 2, 61, 56, 14)
 
 
+#: (source lane, destination lane, rotation) of Keccak's rho and pi steps, in one table.
+_KECCAK_MOVES = tuple((x + 5 * y, y + 5 * ((2 * x + 3 * y) % 5), _KECCAK_ROTATIONS[x + 5 * y])
+                      for x in range(5) for y in range(5))
+_MASK64 = (1 << 64) - 1
+
+
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 as Ethereum uses it (not NIST SHA3-256: the padding differs), which
     hashlib lacks. Only ever run on 40-character addresses, so pure Python is enough."""
-    mask = (1 << 64) - 1
     rate = 136
     padded = bytearray(data) + b"\x01" + b"\0" * (-(len(data) + 1) % rate)
     padded[-1] |= 0x80
     state = [0] * 25
+    moved = [0] * 25
     for offset in range(0, len(padded), rate):
         for i in range(rate // 8):
             state[i] ^= int.from_bytes(padded[offset + 8 * i:offset + 8 * i + 8], "little")
         for constant in _KECCAK_ROUNDS:
-            parity = [state[x] ^ state[x + 5] ^ state[x + 10] ^ state[x + 15] ^ state[x + 20] for x in range(5)]
-            for x in range(5):
-                d = parity[(x - 1) % 5] ^ ((parity[(x + 1) % 5] << 1 | parity[(x + 1) % 5] >> 63) & mask)
-                for y in range(0, 25, 5):
-                    state[x + y] ^= d
-            moved = [0] * 25
-            for x in range(5):
-                for y in range(5):
-                    r = _KECCAK_ROTATIONS[x + 5 * y]
-                    lane = state[x + 5 * y]
-                    moved[y + 5 * ((2 * x + 3 * y) % 5)] = ((lane << r) | (lane >> (64 - r))) & mask if r else lane
-            state = [moved[i] ^ (~moved[(i % 5 + 1) % 5 + 5 * (i // 5)] & moved[(i % 5 + 2) % 5 + 5 * (i // 5)])
-                     for i in range(25)]
+            c = [state[x] ^ state[x + 5] ^ state[x + 10] ^ state[x + 15] ^ state[x + 20] for x in range(5)]
+            d = [c[(x - 1) % 5] ^ (((c[(x + 1) % 5] << 1) | (c[(x + 1) % 5] >> 63)) & _MASK64) for x in range(5)]
+            for source, target, r in _KECCAK_MOVES:
+                lane = state[source] ^ d[source % 5]
+                moved[target] = ((lane << r) | (lane >> (64 - r))) & _MASK64 if r else lane
+            for y in range(0, 25, 5):
+                a0, a1, a2, a3, a4 = moved[y:y + 5]
+                state[y:y + 5] = (a0 ^ (~a1 & a2), a1 ^ (~a2 & a3), a2 ^ (~a3 & a4), a3 ^ (~a4 & a0), a4 ^ (~a0 & a1))
             state[0] ^= constant
     return b"".join(lane.to_bytes(8, "little") for lane in state[:4])
 

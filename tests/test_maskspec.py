@@ -38,8 +38,8 @@ def test_every_form_compiles():
         Replacement(NULL), Replacement(REMOVE), Replacement(FIXED, text="<redacted>"),
     ]
     assert masks[0].selector.expression == "$..ssn"
-    assert masks[7].detect == ("email", "phone", "card", "ssn", "iban", "secret", "jwt", "bearer")
-    assert masks[8].selector is None and masks[8].detect == ("secret", "jwt", "bearer")
+    assert masks[7].detect == ("email", "phone", "card", "ssn", "iban", "secret", "jwt", "bearer", "url_credentials")
+    assert masks[8].selector is None and masks[8].detect == ("secret", "jwt", "bearer", "url_credentials")
     assert masks[9].header == "x-internal-token" and not masks[9].on_body
     assert rule.extensions["mask_request"][0].detect == ("email",)
     assert rule.extensions["on_unmaskable"] == "pass"
