@@ -48,6 +48,9 @@ rules:
     match: {path: "/notes/**"}
     mask:
       - {detect: [ssn, card, email]}
+  - name: outgoing-paths
+    match: {method: POST, path: "/outgoing/**"}
+    mask_request: ["$..ssn"]
   - name: passing-paths
     match: {path: "/pass/**"}
     mask: ["$..ssn"]
@@ -55,9 +58,18 @@ rules:
 """
 
 
+#: Request bodies the Flask upstream received on /outgoing.
+received: list[bytes] = []
+
+
 def customer_app() -> Flask:
     """One record, many representations, chosen by ?format= as real APIs do."""
     app = Flask("negotiating-upstream")
+
+    @app.post("/outgoing/<path:_where>")
+    def outgoing(_where: str) -> Response:
+        received.append(request.get_data())
+        return Response("{}", mimetype="application/json")
 
     @app.get("/<path:_where>")
     def customer(_where: str) -> Response:
@@ -196,6 +208,19 @@ def test_on_unmaskable_pass_lets_other_formats_through(gateway, flask_upstream):
     response = get(gateway, f"{flask_upstream}/pass/7?format=xml")
     assert response.status_code == 200 and f"<ssn>{SSN}</ssn>" in response.text
     assert response.headers["X-Portcullis-Masked"] == "0"
+
+
+def test_request_bodies_that_are_not_json_are_not_forwarded_on_a_mask_request_route(gateway, flask_upstream):
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"http": gateway.proxy_url}
+    received.clear()
+    form = session.post(f"{flask_upstream}/outgoing/x", data={"ssn": SSN}, timeout=10)
+    assert form.status_code == 422 and form.json()["error"] == "request_not_maskable"
+    assert "application/x-www-form-urlencoded body is not JSON" in form.json()["reason"]
+    assert received == []
+    ok = session.post(f"{flask_upstream}/outgoing/x", json={"ssn": SSN}, timeout=10)
+    assert ok.status_code == 200 and received == [b'{"ssn":"[masked]"}']
 
 
 # --- detect masks ------------------------------------------------------------------------
