@@ -13,6 +13,7 @@ import ssl
 import time
 
 import duckdb
+import h2
 import h2.config
 import h2.connection
 import h2.events
@@ -33,6 +34,12 @@ RULES = """
         match: {{method: DELETE, path: "/v1/tables/**"}}
         action: block
 """
+
+#: h2 4.3+ (CVE-2025-57804) refuses CR, LF and NUL in any field itself: the connection
+#: ends with a GOAWAY before an addon sees the request (mitmproxy 12 ships with it).
+#: Older h2 (mitmproxy 11's) passes them on, and the guard answers 400 JSON.
+H2_REFUSES_CONTROLS = tuple(int(p) for p in h2.__version__.split(".")[:2]) >= (4, 3)
+GOAWAY = -1
 
 #: The smuggled request; it ends without whitespace (h2 refuses values that end in it),
 #: and the headers mitmproxy writes after the field complete it.
@@ -109,6 +116,8 @@ def h2_request(gateway, upstream: RawUpstream, headers: list[tuple[bytes, bytes]
                 elif isinstance(event, h2.events.DataReceived):
                     data += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.ConnectionTerminated) and not status:
+                    return GOAWAY, data
                 elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset
                                 | h2.events.ConnectionTerminated):
                     return status, data
@@ -136,6 +145,8 @@ def test_h2_field_with_crlf_never_smuggles_a_second_request(gateway, tls_raw_ups
     tls_raw_upstream.wait_idle(quiet_s=0.3)
     assert b"DELETE" not in tls_raw_upstream.received, tls_raw_upstream.received
     assert tls_raw_upstream.requests == []  # not even the allowed-looking GET
+    if H2_REFUSES_CONTROLS and status == GOAWAY:
+        return  # refused by the h2 library itself, before the guard
     assert status == 400, (status, body)
     assert b'"malformed_request"' in body and b'"flow_id"' in body and b'"reason"' in body
 
@@ -145,9 +156,8 @@ def test_h2_header_name_with_crlf_is_refused_by_mitmproxy_itself(gateway, tls_ra
     # its default) and h2 refuses upper-case names with a GOAWAY; our guard checks them
     # too, should either be switched off. Either way nothing reaches the upstream.
     name = b"x-a\r\n\r\n" + SECOND.lower() + b"\r\nx-b"
-    status, body = h2_request(gateway, tls_raw_upstream, pseudo(tls_raw_upstream) + [(name, b"v")])
-    assert status == 400
-    assert b'"flow_id"' not in body or b"request_smuggling" not in body
+    status, _ = h2_request(gateway, tls_raw_upstream, pseudo(tls_raw_upstream) + [(name, b"v")])
+    assert status == 400 or (H2_REFUSES_CONTROLS and status == GOAWAY)
     tls_raw_upstream.wait_idle(quiet_s=0.3)
     assert tls_raw_upstream.received == b""
 
