@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from addons.matching import RequestView
 from addons.policy import capture_control_headers
 from addons.ruleset import compile_policy
 from review_ui.review import pretty_body
-from tests.support.review import ReviewRig
+from tests.support.module_servers import tls_server
+from tests.support.review import AGENT_TOKENS, ReviewRig
+from tests.support.upstream import UpstreamServer
 
 RULES = """
 version: 1
@@ -220,14 +223,55 @@ FREEZE = """
     reason: "Payment freeze: the CFO decides"
     approvers: [cfo]
 """
+UPSTREAM_CA = """
+upstreams:
+  - host: "127.0.0.1"
+    ca_bundle: {ca}
+"""
 PAYMENT = {"to": "acct-42", "amount": 10}
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
-    rig = ReviewRig(tmp_path_factory.mktemp("binding"), confdir, extra_rules=EXTRA)
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir, pki) -> Iterator[ReviewRig]:
+    rig = ReviewRig(tmp_path_factory.mktemp("binding"), confdir,
+                    extra_rules=EXTRA + UPSTREAM_CA.format(ca=pki.ca_cert))
     yield rig
     rig.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(pki) -> Iterator[UpstreamServer]:
+    server = tls_server(pki)
+    yield server
+    server.stop()
+
+
+def curl(rig: ReviewRig, version: str, url: str, headers: dict[str, str]) -> tuple[str, dict]:
+    """One POST of PAYMENT with curl over ``--http1.1`` or ``--http2``: (version status, body)."""
+    proxy = f"http://billing-agent:{AGENT_TOKENS['billing-agent']}@127.0.0.1:{rig.gateway.port}"
+    args = ["curl", "-s", version, "-x", proxy, "--cacert", str(rig.gateway.ca_cert),
+            "-H", "Content-Type: application/json", "--data", json.dumps(PAYMENT)]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    result = subprocess.run([*args, "-w", "\n%{http_version} %{http_code}", url],
+                            capture_output=True, text=True, timeout=30, check=True)
+    body, _, summary = result.stdout.rpartition("\n")
+    return summary, json.loads(body) if body.startswith("{") else {"raw": body}
+
+
+def test_a_hold_made_over_http1_is_collected_over_http2(rig, tls_upstream):
+    url = f"https://127.0.0.1:{tls_upstream.port}/v1/payments?t=h2"
+    summary, pending = curl(rig, "--http1.1", url, {"X-Portcullis-Wait": "async"})
+    assert summary == "1.1 202", (summary, pending)
+    assert rig.approve("bob", pending["flow_id"]).status_code == 200
+    collect = {"X-Portcullis-Approval": pending["flow_id"]}
+    summary, refused = curl(rig, "--http2", url, {**collect, "X-Target-Env": "prod"})
+    assert summary == "2 403" and refused["error"] == "approval_mismatch", refused
+    assert tls_upstream.received == []
+    # Same request over h2 (lower-case names, :authority instead of Host): it is the one approved.
+    summary, _ = curl(rig, "--http2", url, collect)
+    assert summary == "2 200"
+    assert [r.path for r in tls_upstream.received] == ["/v1/payments?t=h2"]
 
 
 def held_async(rig: ReviewRig, path: str, **kwargs) -> str:
