@@ -85,7 +85,7 @@ class Watchdog:
             raise self.reason or LimitHit("query_cancelled", 499, "the query was interrupted") from None
         if isinstance(exc, duckdb.OutOfMemoryException):
             raise LimitHit("query_memory", 413, "the query needed more memory than the recording "
-                           f"database may use (portcullis_db_memory_limit): {str(exc).splitlines()[0]}"
+                           f"database may use (--db-memory-limit, option portcullis_db_memory_limit): {str(exc).splitlines()[0]}"
                            ) from None
 
     def interrupt(self, reason: LimitHit) -> None:
@@ -101,7 +101,7 @@ class Watchdog:
         while not self._done.wait(self.limits.poll_s):
             if time.monotonic() >= deadline:
                 self.interrupt(LimitHit("query_timeout", 408, f"the query ran longer than "
-                                        f"{self.limits.timeout_s:g} s (portcullis_sql_timeout)"))
+                                        f"{self.limits.timeout_s:g} s (--sql-timeout, option portcullis_sql_timeout)"))
                 return
             if self.gone is not None and self.gone():
                 self.interrupt(LimitHit("query_cancelled", 499, "the client went away; the query was stopped"))
@@ -116,7 +116,7 @@ def fetch_bounded(cur: duckdb.DuckDBPyConnection, limits: Limits) -> list[tuple]
         size += sum(_size(value) for row in chunk for value in row)
         if size > limits.result_bytes:
             raise LimitHit("result_too_large", 413, f"the result is larger than "
-                           f"{limits.result_bytes // 2**20} MiB (portcullis_sql_max_result); "
+                           f"{limits.result_bytes // 2**20} MiB (the analyst result limit); "
                            "select fewer rows or columns, or write it to a file")
         rows.extend(chunk)
     return rows
