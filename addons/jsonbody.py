@@ -55,7 +55,8 @@ class _NotJson:
         return "NOT_JSON"
 
 
-#: The body is absent or plainly not JSON (e.g. a form post): `json` conditions don't hold.
+#: Marker kept for callers of the old JSON-only reading. `json` conditions no longer use it:
+#: they read every place fields come from (addons.fields), so a form is not "not JSON".
 NOT_JSON: Any = _NotJson()
 
 
@@ -64,20 +65,6 @@ class Variants:
     """A document with duplicate keys: one entry per way of resolving the duplicates."""
 
     documents: tuple[Any, ...]
-
-
-def read_json_body(message: http.Message) -> Any:
-    """The body as a JSON value, :class:`Variants`, or NOT_JSON.
-
-    Raises UninspectableBody when the body cannot be examined (see the module doc).
-    """
-    content = body_content(message)
-    if not content:
-        return NOT_JSON
-    content_type = message.headers.get("content-type", "")
-    if not declares_json(content_type) and not looks_like_json(content):
-        return NOT_JSON
-    return parse_strict(json_text(content, content_type))
 
 
 def body_content(message: http.Message) -> bytes:
