@@ -102,3 +102,36 @@ def test_every_answered_request_was_recorded_once(gateway):
         (count,) = con.execute(
             "SELECT count(*) FROM flows WHERE host = ? AND status_code = 200", [HOST]).fetchone()
     assert count == len(ANSWERED) == 2 * (REQUESTS + SESSIONS * SESSION_REQUESTS)
+
+
+def test_pinned_resolver_answers_only_pinned_names_and_uninstalls():
+    import asyncio
+    import socket
+
+    from addons.upstreams import UpstreamsAddon
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        original = loop.getaddrinfo
+        addon = UpstreamsAddon()
+        addon.pinned = {"api.demo.test": "127.0.0.1"}
+        resolver = addon.resolver
+        resolver.install(loop)
+        infos = await loop.getaddrinfo("API.demo.test.", 8900, type=socket.SOCK_STREAM)
+        assert {info[4] for info in infos} == {("127.0.0.1", 8900)}
+        infos = await loop.getaddrinfo("localhost", 1, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        assert {info[4][0] for info in infos} == {"127.0.0.1"}  # not pinned: the system's answer
+        resolver.uninstall()
+        assert loop.getaddrinfo == original
+
+    asyncio.run(check())
+
+
+def test_resolve_option_needs_an_ip_address():
+    from mitmproxy import exceptions
+
+    from addons.upstreams import parse_resolve
+
+    assert parse_resolve(["API.example.test=127.0.0.1"]) == {"api.example.test": "127.0.0.1"}
+    with pytest.raises(exceptions.OptionsError, match="not an IP address"):
+        parse_resolve(["api.example.test=localhost"])
