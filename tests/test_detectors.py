@@ -8,10 +8,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addons.detectors import DETECTORS, Detector, expand, find_all, iban_ok, luhn_ok, register
+from addons.detectors import (
+    DETECTORS,
+    Detector,
+    expand,
+    find_all,
+    iban_ok,
+    keccak256,
+    luhn_ok,
+    real_secret,
+    register,
+)
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7\n-----END RSA PRIVATE KEY-----"
 GH = "Zk3vT9qL2mXw8RbN4cYp7HsJd6FgA1eU0oKi"  # 36 random base62 characters
+UNSIGNED_JWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9"  # {"alg":"none"}.{"sub":"admin"}, no signature
+PEM_NO_END = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
+PGP = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF3kq0kBCADQ8Zk3vT9qL2mXw8RbN4cYp7HsJd6FgA1e\n-----END PGP PRIVATE KEY BLOCK-----"
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 
 POSITIVES = [
@@ -44,6 +57,28 @@ POSITIVES = [
     ("secret", f"key:\n{PEM}\n", PEM),
     ("secret", f"jwt {JWT} end", JWT),
     ("secret", "Authorization: Bearer abcDEF123456ghiJKL789", "abcDEF123456ghiJKL789"),
+    # Issue 17: forms and kinds real documents use.
+    ("iban", "IBAN BY13-NBRB-3600-9000-0000-2Z00-AB00.", "BY13-NBRB-3600-9000-0000-2Z00-AB00"),
+    ("iban", "TL380080012345678910157 (Timor-Leste)", "TL380080012345678910157"),
+    ("email", "mail info@пример.xn--p1ai now", "info@пример.xn--p1ai"),
+    ("email", "to josé.müller@correo.es", "josé.müller@correo.es"),
+    ("ssn", "ssn 078.05.1123", "078.05.1123"),
+    ("card", "card 4111 1111-1111.1111 ok", "4111 1111-1111.1111"),
+    ("card", "UATP 135410014004955", "135410014004955"),
+    ("phone", "mobile 07400123456", "07400123456"),
+    ("phone", "Handy 015123456789", "015123456789"),
+    ("secret", "sk_prod_" + GH, "sk_prod_" + GH),
+    ("secret", "rk_live_" + GH, "rk_live_" + GH),
+    ("secret", UNSIGNED_JWT, UNSIGNED_JWT),
+    ("secret", f"key {PEM_NO_END}", PEM_NO_END),
+    ("secret", f"{PGP}\n", PGP),
+    ("secret", "hooks.slack.com/triggers/T0123ABCD/49588/" + GH, "hooks.slack.com/triggers/T0123ABCD/49588/" + GH),
+    ("url_credentials", "https://deploy:hunter2@git.example.com/x", "deploy:hunter2"),
+    ("ip", "from 203.0.113.7:443", "203.0.113.7"),
+    ("ip", "v6 fe80::1ff:fe23:4567:890a.", "fe80::1ff:fe23:4567:890a"),
+    ("wallet", "btc 1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"),
+    ("wallet", "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"),
+    ("wallet", "eth 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"),
 ]
 
 NEGATIVES = [
@@ -90,6 +125,17 @@ NEGATIVES = [
     ("secret", "key: sk-proj-" + "x" * 40),
     ("secret", "sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
     ("secret", "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
+    ("iban", "GB01BARC20714583608387"),  # check digits 01 never issued
+    ("ssn", "ssn 078.05.1120"),  # advertising number, dotted
+    ("ssn", "666.12.3456"),
+    ("card", "1700000000000000"),  # microsecond timestamp: a 1... number of 16 digits
+    ("card", "4111 1111-1111.1112"),  # Luhn still required with mixed separators
+    ("phone", "id 00012345678"),  # bare digits that are no mobile number
+    ("url_credentials", "ssh://git@github.com/org/repo"),
+    ("ip", "version 1.2.3.4"),
+    ("ip", "256.1.1.1"),
+    ("wallet", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"),  # EIP-55 checksum broken
+    ("wallet", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNb"),  # base58check broken
     ("secret", "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----"),
 ]
 
@@ -126,6 +172,15 @@ def test_overlaps_prefer_the_earlier_then_longer_span():
 def test_checksums():
     assert luhn_ok("4242424242424242") and not luhn_ok("4242424242424241")
     assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765423")
+    # Keccak-256 (Ethereum's, not NIST SHA3): the published digests of "" and "abc".
+    assert keccak256(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    assert keccak256(b"abc").hex() == "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"
+
+
+def test_placeholders_and_documented_examples_are_not_secrets():
+    assert not real_secret("AKIAIOSFODNN7EXAMPLE") and not real_secret("ghp_" + "x" * 36)
+    assert not real_secret("sk_live_" + "ab" * 12)  # two characters repeated: under 3 bits each
+    assert real_secret("ghp_" + GH) and real_secret(PEM)
 
 
 def test_the_registry_is_extensible():
@@ -139,6 +194,6 @@ def test_the_registry_is_extensible():
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from("0123456789 -+().@abcXYZ_\n"), max_size=80) | st.text(max_size=80))
 def test_spans_are_ordered_disjoint_and_inside_the_text(text):
-    spans = find_all(text, expand(("email", "phone", "card", "ssn", "iban", "secret")))
+    spans = find_all(text, expand(("email", "phone", "card", "ssn", "iban", "secret", "ip", "wallet")))
     assert all(0 <= s < e <= len(text) for s, e, _ in spans)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
