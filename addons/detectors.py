@@ -317,7 +317,10 @@ DOCUMENTED_EXAMPLES = frozenset({
     "sk_test_4eC39HqLyjWDarjtT1zdp7dc",                  # Stripe API reference
     "sk_test_BQokikJOvBiI2HlWgH4olfQ2", "rk_test_4eC39HqLyjWDarjtT1zdp7dc",
 })
-_PLACEHOLDER_WORDS = re.compile(r"(?i)example|xxxx|\*\*\*\*|your_?(?:api_?)?(?:key|token|secret)|placeholder|redacted|dummy|changeme|0000000000|1234567890")
+_PLACEHOLDER_WORDS = re.compile(
+    r"(?i)example|xxxx|\*\*\*\*|your[_-]?[a-z_-]{0,20}(?:key|token|secret)|placeholder|redacted|dummy|changeme"
+    r"|0000000000|1234567890"
+)
 
 
 def shannon_bits(text: str) -> float:
@@ -375,8 +378,8 @@ register(Detector(
     hint=contains_any("eyJ"),
 ))
 register(Detector(
-    "bearer", re.compile(r"\b[Bb]earer[ ]+([A-Za-z0-9._~+/\-]{16,}=*)(?![A-Za-z0-9._~+/=\-])"), group=1,
-    hint=contains_any("earer"),
+    "bearer", re.compile(r"\b[Bb]earer[ ]+([A-Za-z0-9._~+/\-]{16,}=*)(?![A-Za-z0-9._~+/=\-])"), real_secret,
+    group=1, hint=contains_any("earer"),
 ))
 # A URL with a password in it ("https://deploy:hunter2@git.example.com/"): the user and
 # password are replaced, the rest of the URL stays readable.
