@@ -135,6 +135,8 @@ class CredentialsAddon:
             self.credentials = previous
             log.error("the reloaded credentials are not used, the previous ones stay: %s", exc)
         logscrub.set_secrets(s for credential in self.credentials for s in credential.secrets)
+        for credential in self.credentials:  # compile now, not on the first flow's event loop
+            forms_for(credential.secrets).pattern("utf-8")
 
     def running(self) -> None:
         self._running = True
@@ -227,6 +229,10 @@ class CredentialsAddon:
             masked = mask_response(flow.response, state.secrets)
         except Unscrubbable as exc:
             refuse_unscannable(flow, str(exc))
+            return
+        except Exception:  # noqa: BLE001 - whatever fails, the echo must not go out unchecked
+            log.exception("echo scrubbing failed (flow %s)", flow.id)
+            refuse_unscannable(flow, "the response could not be checked for echoed credentials")
             return
         stream = flow.response.stream
         masked += stream.count if isinstance(stream, StreamMasker) else 0

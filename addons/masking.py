@@ -212,6 +212,10 @@ class MaskingAddon:
             except Unscrubbable as exc:
                 refuse_unscannable(flow, str(exc))
                 return
+            except Exception:  # noqa: BLE001 - never send a re-serialised body unchecked
+                log.exception("echo scrubbing after masking failed")
+                refuse_unscannable(flow, "the masked response could not be checked for echoed credentials")
+                return
         flow.response.headers[MASKED_HEADER] = str(sum(t.count for t in tallies.values()))
         _record(state, tallies, "response")
 
