@@ -128,7 +128,7 @@ def rss_at(samples: list[tuple[float, float]], seconds: float) -> float | None:
 
 def run(minutes: float, rate: float, clients: int, warmup_minutes: float, sample_seconds: float,
         workdir: Path, trace: bool, extra: list[str], env: dict[str, str] | None = None,
-        log=print) -> dict[str, Any]:
+        record: bool = True, log=print) -> dict[str, Any]:
     rules = workdir / "rules.yaml"
     rules.write_text(RULES)
     reviewers = workdir / "reviewers.yaml"
@@ -137,7 +137,7 @@ def run(minutes: float, rate: float, clients: int, warmup_minutes: float, sample
     db = workdir / "soak.duckdb"
     seconds = minutes * 60
     upstream = upstream_process(workdir)
-    gateway = gateway_process("portcullis", workdir, rules, workdir / "conf", "--db", str(db),
+    gateway = gateway_process("portcullis", workdir, rules, workdir / "conf", "--db", str(db) if record else "",
                               "--ui", f"127.0.0.1:{ui_port}", "--reviewers", str(reviewers), *extra)
     gateway.env = dict(env or {})
     if trace:
@@ -166,7 +166,8 @@ def run(minutes: float, rate: float, clients: int, warmup_minutes: float, sample
             if at >= next_minute or at >= seconds:
                 done = sum(tally.outcomes.values())
                 line = {"minute": round(at / 60, 1), "rss_mb": round(samples[-1][1], 1),
-                        "requests": done, "req_per_s": round(done / at, 1), **duckdb_view(db)}
+                        "requests": done, "req_per_s": round(done / at, 1),
+                        **(duckdb_view(db) if record else {})}
                 if trace:
                     line["python_growth"] = _tracemalloc_top(db)
                 minutes_log.append(line)
@@ -186,14 +187,15 @@ def run(minutes: float, rate: float, clients: int, warmup_minutes: float, sample
         stop.set()
         gateway.stop()
         upstream.stop()
-    recording = verify_recording(db, tally.flow_ids)
+    recording = verify_recording(db, tally.flow_ids) if record else {"off": True}
     warm = [(at, mb) for at, mb in samples if at >= warmup_minutes * 60]
     slope = slope_mb_per_min(warm)
     at5, last = rss_at(samples, 300), samples[-1][1]
     problems = list(tally.unexpected)
     if stuck:
         problems.append(f"{stuck} clients did not finish")
-    if recording["missing"] or recording["duplicate_ids"] or recording["rows"] != recording["distinct_seen"]:
+    if record and (recording["missing"] or recording["duplicate_ids"]
+                   or recording["rows"] != recording["distinct_seen"]):
         problems.append(f"recording mismatch: {recording}")
     done = sum(tally.outcomes.values())
     return {
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra `portcullis run` argument (repeatable), e.g. --gateway-arg=--db-memory-limit=1GB")
     parser.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment variable for the gateway (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    parser.add_argument("--no-recording", action="store_true",
+                        help="run the gateway with recording off (to tell the recorder's share of memory)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= MAX_MINUTES or not 0 < args.rate <= MAX_RATE or not 0 < args.clients <= 200:
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="portcullis-soak-") as directory:
         result = run(args.minutes, args.rate, args.clients, args.warmup_minutes, args.sample_seconds,
                      Path(directory), args.tracemalloc, args.gateway_arg,
-                     dict(item.split("=", 1) for item in args.gateway_env))
+                     dict(item.split("=", 1) for item in args.gateway_env), not args.no_recording)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -84,9 +84,11 @@ class DuckDBSettings:
 
     memory_limit: str = "512MB"
     threads: int = 1
+    #: What the block cache is trimmed to every minute while no analyst reads (see trim_cache).
+    cache_target: str = "32MB"
 
     def __post_init__(self) -> None:
-        if not _MEMORY.match(self.memory_limit):
+        if not _MEMORY.match(self.memory_limit) or not _MEMORY.match(self.cache_target):
             raise ValueError(f"memory limit {self.memory_limit!r}: expected a size like 512MB or 2GB")
         if not 1 <= self.threads <= 64:
             raise ValueError(f"threads {self.threads}: expected 1..64")
@@ -141,6 +143,7 @@ class Store:
         self.limits = limits
         self._lock = threading.Lock()
         self._watchdogs: set[Watchdog] = set()
+        self._readers = 0  # analyst queries and exports running now (trim_cache waits for 0)
         self.previous_version = 0
         self._private = False
         if not read_only:
@@ -205,6 +208,38 @@ class Store:
             for name, value in settings.config().items():
                 self._con.execute(f"SET {name} = '{_sql_string(value)}'")
             self.settings = settings
+
+    def trim_cache(self) -> bool:
+        """Drop DuckDB's cached table blocks, unless someone is reading; True if trimmed.
+
+        DuckDB's buffer manager keeps every block it wrote or read until ``memory_limit``
+        forces it out, so under steady recording the gateway's memory grew with the file
+        (the 30-minute soak: +218 MB, about the size of the database). Lowering the limit
+        for a moment evicts the cached blocks (they are on disk) and gives analysts the
+        whole limit back at once. Done only while no analyst query or export runs (the
+        lock keeps one from starting meanwhile), so none can run out of memory because
+        of it; the writer calls it between commits.
+        """
+        with self._lock:
+            if self._readers or self.read_only:
+                return False
+            try:
+                self._con.execute(f"SET memory_limit = '{_sql_string(self.settings.cache_target)}'")
+            except duckdb.Error:
+                return False  # more than the target is pinned right now: try again later
+            finally:
+                self._con.execute(f"SET memory_limit = '{_sql_string(self.settings.config()['memory_limit'])}'")
+            return True
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._lock:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._readers -= 1
 
     def interrupt_analysts(self, reason: LimitHit) -> int:
         """Stop every running analyst query (the recorder needs the memory); returns how many."""
@@ -274,16 +309,18 @@ class Store:
         watchdog = Watchdog(cur, self.limits, gone)
         with self._lock:
             self._watchdogs.add(watchdog)
+            self._readers += 1
         try:
             with watchdog:
                 yield watchdog
         finally:
             with self._lock:
                 self._watchdogs.discard(watchdog)
+                self._readers -= 1
 
     def copy_to(self, select_sql: str, output: str | Path, fmt: str) -> int:
         """COPY a SELECT that Portcullis built itself (export) to a parquet or JSON-lines file."""
-        with self._read_only_cursor() as cur, self._staged(output) as staged:
+        with self._reading(), self._read_only_cursor() as cur, self._staged(output) as staged:
             row = cur.execute(
                 f"COPY ({select_sql}) TO '{_sql_string(staged)}' (FORMAT {'parquet' if fmt == 'parquet' else 'json'})"
             ).fetchone()

@@ -249,9 +249,14 @@ class Writer:
                 log.exception("recording: barrier callback failed")
 
     def _maybe_trim(self) -> None:
-        """Hand freed heap pages back now and then (recordings/native_heap.py says why)."""
-        if time.monotonic() >= self._next_trim:
+        """Now and then: drop DuckDB's block cache (Store.trim_cache says why), then hand
+        freed heap pages back to the kernel (recordings/native_heap.py)."""
+        if time.monotonic() >= self._next_trim and self.healthy:
             self._next_trim = time.monotonic() + native_heap.TRIM_EVERY_S
+            try:
+                self.store.trim_cache()
+            except duckdb.Error as exc:
+                log.warning("recording: could not trim DuckDB's cache: %s", exc)
             native_heap.trim()
 
     def _maybe_retain(self, cur: duckdb.DuckDBPyConnection) -> None:

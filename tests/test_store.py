@@ -245,3 +245,27 @@ def test_recovery_uses_the_journal_and_closes_unfinished_flows(store):
     cur = store.cursor()
     assert recover(store, cur, journal) == (0, 0)  # idempotent
     cur.close()
+
+
+def test_trim_cache_drops_duckdbs_cached_blocks_but_never_under_a_reader(tmp_path):
+    """DuckDB keeps every block it wrote until memory_limit forces it out: the gateway's
+    memory grew with the recording. trim_cache evicts them, unless a query is reading."""
+    store = Store(tmp_path / "cache.duckdb")
+
+    def cached_mb() -> float:
+        return store.query("SELECT sum(memory_usage_bytes) / 2**20 FROM duckdb_memory()")[1][0][0]
+
+    try:
+        cur = store.cursor()
+        cur.execute("CREATE TABLE filler AS SELECT i, repeat(md5(i::VARCHAR), 10) AS s FROM range(600000) r(i)")
+        cur.execute("CHECKPOINT")
+        cur.close()
+        assert cached_mb() > 80
+        with store._reading():  # an analyst's query or an export in progress
+            assert not store.trim_cache()
+        assert cached_mb() > 80
+        assert store.trim_cache()
+        assert cached_mb() < 40
+        assert store.query("SELECT current_setting('memory_limit')")[1] == [("488.2 MiB",)]
+    finally:
+        store.close()
