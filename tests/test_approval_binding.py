@@ -341,7 +341,8 @@ def test_gateway_refuses_a_collection_once_the_rules_decide_it_otherwise(rig):
     rules = rig.gateway.rules
     original = Path(rules).read_text()
     try:
-        reload_rules(rig, original + FREEZE)
+        # At the top of the rules list (top-level keys such as upstreams follow it).
+        reload_rules(rig, original.replace("\nrules:\n", "\nrules:\n" + FREEZE.lstrip("\n"), 1))
         collect = {"X-Portcullis-Approval": flow_id}
         response = rig.call("POST", path, json=PAYMENT, headers=collect)
         assert response.status_code == 403, response.text
