@@ -42,6 +42,34 @@ SUPPORTED_MAJORS = (11, 12)
 #: client connection id -> (flow id, error kind), set by the error hook for the flow
 #: whose error page is about to be written on that connection (HTTP/1: one at a time).
 pending: dict[str, tuple[str, str]] = {}
+#: HTTP/2: (client connection id, mitmproxy's message) -> [(flow id, error kind)], in the
+#: order of the error hooks; the page for a stream carries only the message, and the
+#: error hook runs just before mitmproxy writes that stream's page.
+pending_h2: dict[tuple[str, str], list[tuple[str, str]]] = {}
+
+
+def expect_page(client_id: str, http_version: str, message: str, flow_id: str, kind: str) -> None:
+    """Called by the error hook: the next error page for this message names this flow."""
+    if http_version.startswith("HTTP/1"):
+        pending[client_id] = (flow_id, kind)
+    else:
+        pending_h2.setdefault((client_id, message), []).append((flow_id, kind))
+
+
+def forget_client(client_id: str) -> None:
+    pending.pop(client_id, None)
+    for key in [key for key in pending_h2 if key[0] == client_id]:
+        del pending_h2[key]
+
+
+def _h2_flow(client_id: str, message: str) -> tuple[str | None, str | None]:
+    waiting = pending_h2.get((client_id, message))
+    if not waiting:
+        return None, None
+    found = waiting.pop(0)
+    if not waiting:
+        del pending_h2[(client_id, message)]
+    return found
 
 
 def classify(status: int, message: str) -> tuple[int, str]:
@@ -154,7 +182,8 @@ def _http2_handle_event(original: Callable) -> Callable:
                 and not self.is_closed(event.stream_id) and self.is_open_for_us(event.stream_id)
                 and not self.h2_conn.streams[event.stream_id].state_machine.headers_sent):
             return (yield from original(self, event))
-        status, payload, headers = render(http_status(event.code) or 502, event.message)
+        flow_id, kind = _h2_flow(self.conn.id, event.message)
+        status, payload, headers = render(http_status(event.code) or 502, event.message, kind, flow_id)
         self.h2_conn.send_headers(event.stream_id, [(b":status", b"%d" % status), *headers])
         self.h2_conn.send_data(event.stream_id, payload, end_stream=True)
         data = self.h2_conn.data_to_send()

@@ -118,9 +118,8 @@ class UpstreamErrorsAddon:
         state = state_of(flow)
         state.error = kind
         state.emit("upstream_error", error=kind, detail=message)
-        if flow.request.http_version.startswith("HTTP/1"):
-            # Tell the error page written next on this connection which flow it is for.
-            errorpages.pending[flow.client_conn.id] = (flow.id, kind)
+        # Tell the error page written next for this flow which flow it is for.
+        errorpages.expect_page(flow.client_conn.id, flow.request.http_version, message, flow.id, kind)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         task = asyncio.current_task()
@@ -133,7 +132,7 @@ class UpstreamErrorsAddon:
     server_connect_error = server_connected
 
     def client_disconnected(self, client: connection.Client) -> None:
-        errorpages.pending.pop(client.id, None)
+        errorpages.forget_client(client.id)
 
     def done(self) -> None:
         for timer in self._timers.values():
@@ -151,22 +150,25 @@ class UpstreamErrorsAddon:
         self._timers.pop(flow.id, None)
         if flow.response is not None or flow.error is not None:
             return
-        connecting = self._connect_of(flow)
-        if connecting is not None and connecting.waiting_for_slot:
-            log.warning("flow %s to %s is still waiting for a free upstream connection slot",
-                        flow.id, flow.request.host)
-            self._timers[flow.id] = asyncio.get_running_loop().call_later(
-                self.timeout, self._expire, flow)
-            return
+        address = (flow.request.host, flow.request.port)
+        task = None
+        if flow.server_conn.connected and flow.server_conn.address == address:
+            task = connection_task(flow)  # sent: waiting for the response
+        else:
+            connecting = self._connects_of(flow)
+            if any(c.waiting_for_slot for c in connecting):
+                # Its connect (or, unassigned yet, one it may be) waits for a slot, which
+                # frees when an earlier connection closes (their timers cut them).
+                log.warning("flow %s to %s is still waiting for a free upstream connection slot",
+                            flow.id, flow.request.host)
+                self._timers[flow.id] = asyncio.get_running_loop().call_later(
+                    self.timeout, self._expire, flow)
+                return
+            if connecting:
+                self._connecting.pop(connecting[0].server.id, None)
+                task = connecting[0].task
         log.warning("upstream %s did not answer %s %s within %g s",
                     flow.request.host, flow.request.method, flow.request.pretty_url, self.timeout)
-        if connecting is not None:
-            self._connecting.pop(connecting.server.id, None)
-            task = connecting.task
-        elif flow.server_conn.connected:
-            task = connection_task(flow)
-        else:
-            task = None
         if task is None:
             log.error("cannot cut the upstream connection of flow %s", flow.id)
             return
@@ -176,17 +178,15 @@ class UpstreamErrorsAddon:
         # through its normal error path (error hook, then the error answer).
         task.cancel()
 
-    def _connect_of(self, flow: http.HTTPFlow) -> Connecting | None:
-        """The connect in progress that the flow waits for, if any."""
+    def _connects_of(self, flow: http.HTTPFlow) -> list[Connecting]:
+        """The connects in progress the flow may wait for: its own if known, else (not
+        yet assigned to it by mitmproxy) those on its client connection to its address."""
         exact = self._connecting.get(flow.server_conn.id)
         if exact is not None:
-            return exact
-        # Not yet assigned to the flow: mitmproxy opens it for the flow's (host, port),
-        # on the flow's client connection (HTTP/1: one request at a time; HTTP/2: all
-        # streams to one address wait for the same connect).
+            return [exact]
         address = (flow.request.host, flow.request.port)
-        return next((c for c in self._connecting.values()
-                     if c.client_id == flow.client_conn.id and c.server.address == address), None)
+        return [c for c in self._connecting.values()
+                if c.client_id == flow.client_conn.id and c.server.address == address]
 
 
 def connection_task(flow: http.HTTPFlow | tcp.TCPFlow) -> asyncio.Task | None:

@@ -1,12 +1,16 @@
 """A request the gateway cannot forward never hangs silently (issue 17): on a kept-alive
 agent session to a pinned host, an upstream that never answers, one whose TCP connect
 never completes, and one that resets all give a JSON 504/502 within the upstream
-timeout, are recorded with their error, and leave the session usable."""
+timeout, are recorded with their error, and leave the session usable; so do an HTTP/2
+agent's streams that wait for one of mitmproxy's upstream connection slots."""
 
 from __future__ import annotations
 
+import json
 import socket
+import ssl
 import struct
+import subprocess
 import time
 
 import pytest
@@ -17,6 +21,7 @@ from tests.support.upstream import UpstreamServer
 
 TIMEOUT_S = 2
 SEEN: dict[str, str] = {}  # flow id -> error kind, checked against the recording at the end
+TIMED_OUT_H2: set[str] = set()  # flow ids the HTTP/2 agent was told timed out
 
 
 def _never_answers(conn: socket.socket) -> None:
@@ -50,10 +55,19 @@ class NoAccept:
             sock.close()
 
 
+def _tls_never_answers(context: ssl.SSLContext):
+    def behaviour(conn: socket.socket) -> None:
+        _never_answers(context.wrap_socket(conn, server_side=True))
+    return behaviour
+
+
 @pytest.fixture(scope="module")
-def servers():
+def servers(pki):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
     made = {"silent": FaultServer(_never_answers), "reset": FaultServer(_resets),
-            "no-accept": NoAccept(), "healthy": UpstreamServer().start()}
+            "no-accept": NoAccept(), "healthy": UpstreamServer().start(),
+            "tls-silent": FaultServer(_tls_never_answers(context))}
     yield made
     for server in made.values():
         server.stop()
@@ -62,7 +76,7 @@ def servers():
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, confdir, servers):
     pins = "".join(f"\n          - host: {name}.pinned.test\n            address: 127.0.0.1"
-                   for name in servers)
+                   f"\n            verify: false" for name in servers)
     rules = f"""
         version: 1
         default: allow
@@ -117,10 +131,35 @@ def test_upstream_that_resets_gets_json_502(session, servers):
     assert session.get(url(servers, "healthy", "/after-reset"), timeout=10).status_code == 200
 
 
+def test_http2_streams_waiting_for_a_connection_slot_still_time_out(gateway, servers, tmp_path):
+    # An HTTP/2 agent's concurrent streams to an HTTP/1 upstream each need their own
+    # upstream connection, and mitmproxy opens five at a time per address: streams six
+    # and seven wait for a slot, and must get their JSON 504 too rather than be lost.
+    target = f"https://tls-silent.pinned.test:{servers['tls-silent'].port}"
+    bodies = [tmp_path / f"s{i}.json" for i in range(7)]
+    urls = [arg for i, body in enumerate(bodies) for arg in ("-o", str(body), f"{target}/s{i}")]
+    started = time.monotonic()
+    result = subprocess.run(
+        ["curl", "-s", "--http2", "--parallel", "--parallel-max", "10",
+         "-x", gateway.proxy_url, "--cacert", str(gateway.ca_cert), "--max-time", str(TIMEOUT_S * 8),
+         "-w", "%{http_version} %{http_code}\n", *urls],
+        capture_output=True, text=True, timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert result.stdout.split("\n")[:-1] == ["2 504"] * 7, result.stdout + result.stderr
+    assert elapsed < TIMEOUT_S * 6  # two timeouts for the streams that waited, plus slack
+    answers = [json.loads(body.read_text()) for body in bodies]
+    assert {answer["error"] for answer in answers} == {"upstream_timeout"}
+    TIMED_OUT_H2.update(answer["flow_id"] for answer in answers)
+    assert len(TIMED_OUT_H2) == 7  # each stream's answer names its own flow
+
+
 def test_every_failed_request_was_recorded_with_its_error(gateway):
     gateway.stop()
     assert "cannot cut" not in gateway.output and "Traceback" not in gateway.output
     assert len(SEEN) == 3
+    timed_out = recorded_flows(gateway.db, "host = 'tls-silent.pinned.test'")
+    assert {row["id"]: row["error"] for row in timed_out} == dict.fromkeys(TIMED_OUT_H2, "upstream_timeout")
     rows = {row["id"]: row for row in recorded_flows(gateway.db)}
     for flow_id, kind in SEEN.items():
         assert rows[flow_id]["error"] == kind, rows[flow_id]
