@@ -16,7 +16,8 @@ the whole suite (printed live), the other line the modules that drive mitmproxy 
 gateway or mitmdump, or mitmproxy in-process) except the browser tests (printed when it
 is done). The last line printed is "N passed, N failed" over both lines (failed counts
 failed tests, errors, and a failed ruff); the exit code is non-zero if anything failed.
-Pytest options replace the default selection on every line. If the other line's
+Pytest args that name tests (paths, node ids) replace the default selection on every
+line; other options are added to it. If the other line's
 interpreter is missing the run fails under CI (CI set) and warns otherwise.
 """
 
@@ -124,6 +125,11 @@ def mitmproxy_modules() -> list[str]:
             if MITMPROXY_MARKERS.search(path.read_text(encoding="utf-8"))]
 
 
+def names_tests(args: list[str]) -> bool:
+    """Whether pytest args name tests (paths, node ids) rather than only give options."""
+    return any(not arg.startswith("-") and (ROOT / arg.split("::", 1)[0]).exists() for arg in args)
+
+
 SUMMARY = re.compile(r"(\d+) (passed|failed|errors?)\b")
 
 
@@ -168,9 +174,9 @@ def run_tests(rest: list[str]) -> int:
     LOG_DIR.mkdir(exist_ok=True)
     background = []
     for leg in legs[1:]:
-        selection = rest or ["-m", "not browser", *mitmproxy_modules()]
+        selection = rest if names_tests(rest) else ["-m", "not browser", *mitmproxy_modules(), *rest]
         log_path = LOG_DIR / f"test-py{leg.line}.log"
-        print(f"dev.py: Python {leg.line} runs {'the given tests' if rest else 'the mitmproxy modules'}"
+        print(f"dev.py: Python {leg.line} runs {'the given tests' if names_tests(rest) else 'the mitmproxy modules'}"
               f" in the background; output in {log_path.relative_to(ROOT)}", flush=True)
         log = log_path.open("w")
         command = [str(leg.bin / "python"), "-m", "pytest", "-p", "no:cacheprovider", *selection]
