@@ -406,10 +406,12 @@ class Match:
     filter: Any = None
     identities: tuple[Glob, ...] = ()
     groups: frozenset[str] = frozenset()
+    #: conditions of EXTRA_MATCH_KEYS (sql:, graphql:), each with holds(RequestView)
+    extra: tuple[Any, ...] = ()
     needs_body: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.needs_body = bool(self.json) or self.filter is not None
+        self.needs_body = bool(self.json) or bool(self.extra) or self.filter is not None
 
     def holds(self, req: RequestView) -> bool:
         if self.methods and req.method not in self.methods:
@@ -434,12 +436,17 @@ class Match:
                 return False
         if self.filter is not None and not self.filter(req.flow):
             return False
-        return all(cond.holds(req.fields) for cond in self.json)
+        if not all(cond.holds(req.fields) for cond in self.json):
+            return False
+        return all(cond.holds(req) for cond in self.extra)
 
 
 MATCH_KEYS = (
     "host", "method", "port", "path", "query", "headers", "json", "filter", "identity", "groups",
 )
+#: Match keys registered by other modules (addons.querylang.rules: sql, graphql):
+#: key -> compiler(spec, where) returning a condition with holds(RequestView) -> bool.
+EXTRA_MATCH_KEYS: dict[str, Callable[[Any, Where], Any]] = {}
 
 
 def _str_list(value: Any, where: Where) -> list[str]:
@@ -467,9 +474,12 @@ def compile_match(spec: Any, where: Where) -> Match:
     if not isinstance(spec, dict):
         where.fail("match must be a mapping of conditions")
     for key in spec:
-        if key not in MATCH_KEYS:
-            (where / key).fail(f"unknown match key {key!r}; expected one of {', '.join(MATCH_KEYS)}")
-    kwargs: dict[str, Any] = {}
+        if key not in MATCH_KEYS and key not in EXTRA_MATCH_KEYS:
+            known = ", ".join([*MATCH_KEYS, *EXTRA_MATCH_KEYS])
+            (where / key).fail(f"unknown match key {key!r}; expected one of {known}")
+    kwargs: dict[str, Any] = {
+        "extra": tuple(EXTRA_MATCH_KEYS[k](spec[k], where / k) for k in spec if k in EXTRA_MATCH_KEYS),
+    }
     if "host" in spec:
         kwargs["hosts"] = tuple(
             Glob(normalize_host(h), ignore_case=True) for h in _str_list(spec["host"], where / "host")

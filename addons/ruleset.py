@@ -36,7 +36,7 @@ TOP_LEVEL_FIELDS: dict[str, Compiler] = {}
 
 #: Modules that register extension fields; imported before any file is loaded.
 EXTENSION_MODULES: list[str] = ["addons.upstreams", "addons.identity", "addons.credentials",
-                                 "addons.holdspec", "addons.maskspec"]
+                                 "addons.holdspec", "addons.maskspec", "addons.querylang.rules"]
 
 
 def rule_field(name: str) -> Callable[[Compiler], Compiler]:
