@@ -84,14 +84,14 @@ def _check_keys(spec: Any, keys: tuple[str, ...], where: Where) -> dict[str, Any
     return spec
 
 
-def _remember(req: RequestView, kind: str, key: tuple[Any, ...], detail: Any) -> None:
+def _remember(req: RequestView, language: str, key: tuple[Any, ...], detail: Any) -> None:
     """Keep the classification on the flow and emit it once (events, recordings)."""
     state = state_of(req.flow)
     seen = state.extras.setdefault("querylang", {})
     if key in seen:
         return
     seen[key] = detail
-    state.emit("classified", language=kind, **detail)
+    state.emit("classified", language=language, classification=detail)
 
 
 # --- sql -----------------------------------------------------------------------------
