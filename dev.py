@@ -130,6 +130,9 @@ def names_tests(args: list[str]) -> bool:
     return any(not arg.startswith("-") and (ROOT / arg.split("::", 1)[0]).exists() for arg in args)
 
 
+#: A module that fails to import is one error in the tally, not the end of that line's run.
+KEEP_GOING = ["--continue-on-collection-errors"]
+
 SUMMARY = re.compile(r"(\d+) (passed|failed|errors?)\b")
 
 
@@ -179,7 +182,7 @@ def run_tests(rest: list[str]) -> int:
         print(f"dev.py: Python {leg.line} runs {'the given tests' if names_tests(rest) else 'the mitmproxy modules'}"
               f" in the background; output in {log_path.relative_to(ROOT)}", flush=True)
         log = log_path.open("w")
-        command = [str(leg.bin / "python"), "-m", "pytest", "-p", "no:cacheprovider", *selection]
+        command = [str(leg.bin / "python"), "-m", "pytest", "-p", "no:cacheprovider", *KEEP_GOING, *selection]
         background.append((leg, log_path, log, subprocess.Popen(
             command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
     print(f"dev.py: ===== Python {legs[0].line} =====", flush=True)
@@ -209,7 +212,7 @@ def run_tests(rest: list[str]) -> int:
 
 def _run_live(leg: Leg, rest: list[str]) -> tuple[int, str]:
     """Run pytest in the terminal, keeping a copy of its output for the closing tally."""
-    process = subprocess.Popen([str(leg.bin / "python"), "-m", "pytest", *rest], cwd=ROOT,
+    process = subprocess.Popen([str(leg.bin / "python"), "-m", "pytest", *KEEP_GOING, *rest], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                errors="replace", bufsize=1)
     assert process.stdout is not None
