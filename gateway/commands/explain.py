@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from addons.matching import RequestView
+from addons.flowstate import state_of
+from addons.matching import EvaluationError, RequestView
 from addons.rulefile import RuleFileError
 from addons.ruleset import load_policy
 from addons.synthetic import make_flow
@@ -49,18 +50,28 @@ def handle(args: argparse.Namespace) -> int:
         headers.setdefault("content-type", "application/json")
     flow = make_flow(args.method, args.url, headers, body)
     view = RequestView(flow, args.identity, args.group)
-    verdict = policy.evaluate(view)
+    try:
+        verdict = policy.evaluate(view)
+    except EvaluationError as exc:  # the gateway refuses such a request: say so, and why
+        print(f"{view.method} {view.host}{view.path}")
+        print(f"decision: block ({exc.error_code}): {exc}")
+        return 0
+    # What sql:/graphql: conditions made of the query (addons.querylang.rules).
+    classified = [c["summary"] for c in state_of(flow).extras.get("querylang", {}).values()]
     result = {
         "decision": verdict.action,
         "rule": verdict.rule.name if verdict.rule else None,
         "reason": verdict.reason,
         "matched": [{"name": r.name, "action": r.action, "line": r.line} for r in verdict.matched],
         "normalized": {"host": view.host, "path": view.path, "method": view.method},
+        "classified": classified,
     }
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
     print(f"{view.method} {view.host}{view.path}")
+    for summary in classified:
+        print(f"  {summary}")
     if not verdict.matched:
         print("  no rule matches")
     for r in verdict.matched:
