@@ -249,6 +249,8 @@ def _describe(statements: list[exp.Expression]) -> Classification:
                         written[name] = None
                 if isinstance(node, exp.Update | exp.Delete) and node.args.get("where") is None:
                     where_missing[_nested_kind(node)] = None
+            elif isinstance(node, exp.OnConflict) and "UPDATE" in str(node.args.get("action") or "").upper():
+                kinds.add("update")  # an upsert: ON CONFLICT DO UPDATE / ON DUPLICATE KEY UPDATE
             elif isinstance(node, exp.Command) and not (node is statement and kind == "call"):
                 kinds.add("unknown")
                 reasons.append(f"generic command {str(node.this).upper()}")
@@ -256,6 +258,8 @@ def _describe(statements: list[exp.Expression]) -> Classification:
                 functions[str(node.name).lower()] = None
             elif isinstance(node, exp.Func) and not isinstance(node, exp.Anonymous):
                 functions[node.sql_name().lower()] = None
+        if isinstance(statement, exp.Use):
+            tables = []  # USE names a database, schema or warehouse, not a table read
         for table in tables:
             name = _table_name(table)
             if not name or id(table) in targets or (name in ctes and not table.db):
@@ -265,9 +269,9 @@ def _describe(statements: list[exp.Expression]) -> Classification:
         reasons.append("unclassified statement")
     return Classification(
         kinds=frozenset(kinds),
-        tables=tuple(dict.fromkeys([*read, *written])),
-        tables_read=tuple(read),
-        tables_written=tuple(written),
+        tables=tuple(sorted({*read, *written})),
+        tables_read=tuple(sorted(read)),
+        tables_written=tuple(sorted(written)),
         functions=tuple(functions),
         statements=len(statements),
         where_missing=tuple(where_missing),
@@ -305,8 +309,9 @@ def _write_targets(node: exp.Expression) -> list[exp.Table]:
     candidates: list[Any] = []
     if isinstance(node, exp.TruncateTable):
         candidates = list(node.expressions)
-    elif isinstance(node, exp.Delete) and node.args.get("tables"):
-        candidates = list(node.args["tables"])  # MySQL: DELETE t1, t2 FROM ...
+    elif isinstance(node, exp.Delete | exp.Drop) and node.args.get("tables"):
+        # MySQL: DELETE t1, t2 FROM ...; sqlglot 30 keeps DROP's objects in "tables".
+        candidates = list(node.args["tables"])
     else:
         candidates = [node.this]
     out = []
