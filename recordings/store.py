@@ -85,7 +85,7 @@ class DuckDBSettings:
     memory_limit: str = "512MB"
     threads: int = 1
     #: What the block cache is trimmed to every minute while no analyst reads (see trim_cache).
-    cache_target: str = "32MB"
+    cache_target: str = "4MB"
 
     def __post_init__(self) -> None:
         if not _MEMORY.match(self.memory_limit) or not _MEMORY.match(self.cache_target):
@@ -215,8 +215,9 @@ class Store:
         DuckDB's buffer manager keeps every block it wrote or read until ``memory_limit``
         forces it out, so under steady recording the gateway's memory grew with the file
         (the 30-minute soak: +218 MB, about the size of the database). Lowering the limit
-        for a moment evicts the cached blocks (they are on disk) and gives analysts the
-        whole limit back at once. Done only while no analyst query or export runs (the
+        for a moment (to ``cache_target``: DuckDB evicts down to the new limit, no further)
+        evicts the cached blocks (they are on disk; committed rows not yet checkpointed
+        move to ``<db>.tmp``, 0600) and gives analysts the whole limit back at once. Done only while no analyst query or export runs (the
         lock keeps one from starting meanwhile), so none can run out of memory because
         of it; the writer calls it between commits.
         """
