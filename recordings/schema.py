@@ -93,6 +93,36 @@ VIEWS: dict[str, str] = {
         SELECT e.flow_id, e.seq, e.at, e.kind, e.actor, e.detail
         FROM events e ORDER BY e.flow_id, e.at, e.seq
     """,
+    # One row per SQL text a sql: rule classified (the `classified` events of
+    # addons/querylang/rules.py), with who sent it and what the gateway decided:
+    #   SELECT identity, count(*) FROM sql_statements
+    #   WHERE list_contains(where_missing, 'delete') AND "at" > now() - INTERVAL 7 DAY GROUP BY ALL
+    "sql_statements": """
+        SELECT e.flow_id, e.at AS "at", f.identity, f.method, f.host, f.path, f.decision,
+               CAST(json_extract(e.detail, '$.classification.kinds') AS VARCHAR[]) AS kinds,
+               CAST(json_extract(e.detail, '$.classification.tables_read') AS VARCHAR[]) AS tables_read,
+               CAST(json_extract(e.detail, '$.classification.tables_written') AS VARCHAR[]) AS tables_written,
+               CAST(json_extract(e.detail, '$.classification.functions') AS VARCHAR[]) AS functions,
+               CAST(json_extract(e.detail, '$.classification.where_missing') AS VARCHAR[]) AS where_missing,
+               CAST(json_extract(e.detail, '$.classification.limit_missing') AS BOOLEAN) AS limit_missing,
+               CAST(json_extract(e.detail, '$.classification.statements') AS INTEGER) AS statements,
+               json_extract_string(e.detail, '$.classification.unknown_reason') AS unknown_reason,
+               json_extract_string(e.detail, '$.classification.summary') AS summary
+        FROM events e LEFT JOIN flows f ON f.id = e.flow_id
+        WHERE e.kind = 'classified' AND json_extract_string(e.detail, '$.language') = 'sql'
+        ORDER BY e.at, e.seq
+    """,
+    "graphql_operations": """
+        SELECT e.flow_id, e.at AS "at", f.identity, f.host, f.path, f.decision,
+               json_extract_string(e.detail, '$.classification.kind') AS operation,
+               json_extract_string(e.detail, '$.classification.name') AS name,
+               CAST(json_extract(e.detail, '$.classification.root_fields') AS VARCHAR[]) AS root_fields,
+               CAST(json_extract(e.detail, '$.classification.persisted') AS BOOLEAN) AS persisted,
+               json_extract_string(e.detail, '$.classification.summary') AS summary
+        FROM events e LEFT JOIN flows f ON f.id = e.flow_id
+        WHERE e.kind = 'classified' AND json_extract_string(e.detail, '$.language') = 'graphql'
+        ORDER BY e.at, e.seq
+    """,
 }
 
 
