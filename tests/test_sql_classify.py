@@ -217,6 +217,8 @@ def test_dialect_specific_syntax(dialect, text, kinds, read, written):
     ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", ("delete",)),
     ("SELECT 1; DELETE FROM t", ("delete",)),
     ("DELETE FROM t WHERE a = 1; UPDATE u SET b = 1", ("update",)),
+    # MERGE's WHEN MATCHED THEN UPDATE is bounded by the ON, not a WHERE
+    ("MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN UPDATE SET b = s.b", ()),
 ])
 def test_where_missing(text, missing):
     assert classify(text, "postgres").where_missing == missing

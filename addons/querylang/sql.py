@@ -251,7 +251,9 @@ def _describe(statements: list[exp.Expression]) -> Classification:
                     name = _table_name(table)
                     if name:
                         written[name] = None
-                if nested in ("update", "delete") and node.args.get("where") is None:
+                # MERGE's WHEN MATCHED THEN UPDATE has no WHERE: its rows are the ON's.
+                if (nested in ("update", "delete") and node.args.get("where") is None
+                        and node.find_ancestor(exp.Merge) is None):
                     where_missing[nested] = None
             elif role == "conflict":
                 if "UPDATE" in str(node.args.get("action") or "").upper():
