@@ -305,3 +305,10 @@ def test_whitespace_and_comments_never_change_the_classification(sample, seps, u
     assert got.tables_written == base.tables_written, changed
     assert got.tables_read == base.tables_read, changed
     assert got.where_missing == base.where_missing, changed
+
+
+def test_pretty_lays_out_sql_and_never_prettifies_unknown_text():
+    assert sql.pretty("select a from t where b = 1", "postgres") == "SELECT\n  a\nFROM t\nWHERE\n  b = 1"
+    # printed, the executable comment would look like a comment before a harmless SELECT
+    assert sql.pretty("/*!50000DROP*/ TABLE t", "mysql") is None
+    assert sql.pretty("select (", "postgres") is None

@@ -377,3 +377,16 @@ def _call_name(statement: exp.Expression) -> str:
         return str(statement.this.name if isinstance(statement.this, exp.Expression) else statement.this).lower()
     rest = str(statement.expression.name if isinstance(statement.expression, exp.Expression) else "")
     return rest.strip().split("(", 1)[0].strip().lower()
+
+
+def pretty(text: str, dialect: str = "generic") -> str | None:
+    """The SQL laid out for a reviewer (one clause per line), or None when it does not
+    parse or is ``unknown``: an executable comment would print as a harmless comment
+    (``/*!50000DROP*/ TABLE t`` as ``SELECT * FROM t``), so reviewers see such text raw."""
+    if len(text) > MAX_CACHED_CHARS or "unknown" in classify(text, dialect).kinds:
+        return None
+    try:
+        return ";\n".join(sqlglot.transpile(text, read=DIALECTS[dialect], write=DIALECTS[dialect],
+                                             pretty=True))
+    except (SqlglotError, RecursionError, ValueError):
+        return None
