@@ -11,23 +11,23 @@ that it stores what the agent actually received.
 
 from __future__ import annotations
 
-from addons.approvals import ApprovalsAddon
-from addons.clienttimeouts import ClientTimeoutsAddon
-from addons.credentials import CredentialsAddon
-from addons.hostcheck import HostCheckAddon
-from addons.identity import IdentityAddon
-from addons.masking import MaskingAddon
-from addons.notify import NotifyAddon
-from addons.policy import PolicyAddon
-from addons.recorder import RecorderAddon
-from addons.replay import ReplayAddon
-from addons.requestguard import RequestGuardAddon
-from addons.requestlimits import RequestLimitsAddon
-from addons.review_server import ReviewServerAddon
-from addons.tunnelguard import TunnelGuardAddon
-from addons.upstream_errors import UpstreamErrorsAddon
-from addons.upstreams import UpstreamsAddon
-from addons.wsguard import WebSocketGuardAddon
+from addons.credentials.addon import CredentialsAddon
+from addons.guards.clienttimeouts import ClientTimeoutsAddon
+from addons.guards.hostcheck import HostCheckAddon
+from addons.guards.requestguard import RequestGuardAddon
+from addons.guards.requestlimits import RequestLimitsAddon
+from addons.guards.tunnelguard import TunnelGuardAddon
+from addons.guards.wsguard import WebSocketGuardAddon
+from addons.holds.addon import ApprovalsAddon
+from addons.holds.notify import NotifyAddon
+from addons.identity.addon import IdentityAddon
+from addons.masking.addon import MaskingAddon
+from addons.policy.addon import PolicyAddon
+from addons.recorder.addon import RecorderAddon
+from addons.replay.addon import ReplayAddon
+from addons.upstreams.addon import UpstreamsAddon
+from addons.upstreams.errors import UpstreamErrorsAddon
+from review_ui.server_addon import ReviewServerAddon
 
 
 def make_addons() -> list[object]:

@@ -6,7 +6,7 @@ Seeds a DuckDB file with the recorder's schema (recordings.schema) with generate
 (20 identities, 40 hosts, 7 methods, realistic status/decision mix, sessions of ~20
 flows, rules on blocked/held ones, small JSON bodies, 30 days of timestamps) and their
 events (received, decided, held and the decision for reviewed ones, completed), then
-times the exact queries the review UI's flows page runs (review_ui.flowquery): the first
+times the exact queries the review UI's flows page runs (review_ui.audit.flowquery): the first
 page, a page deep in the table through its keyset cursor, the previous page, and each
 filter; then the sessions list, a session timeline and a flow's detail page.
 Each query runs 5 times after one warm-up; the median and the worst are reported.
@@ -26,8 +26,8 @@ from pathlib import Path
 import duckdb
 
 from recordings import schema
-from review_ui.flowquery import FlowFilter, decode_cursor, encode_cursor, page_query
-from review_ui.sessions import sessions_page
+from review_ui.audit.flowquery import FlowFilter, decode_cursor, encode_cursor, page_query
+from review_ui.audit.sessions import sessions_page
 
 TARGET_MS = 300.0
 RUNS = 5

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from addons.detectors import expand, find_all
+from addons.masking.detectors import expand, find_all
 from tests.test_detector_corpus import KINDS, load
 
 RESULTS = Path(__file__).resolve().parent / "results" / "detectors.json"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from addons.credentials import mask_response
-from addons.identity import Authenticator, Identity
-from addons.jwks import JwksCache, JwtConfig
+from addons.credentials.addon import mask_response
+from addons.identity.addon import Authenticator, Identity
+from addons.identity.jwks import JwksCache, JwtConfig
 from tests.support.jwtkeys import AUDIENCE, ISSUER, ec_key, jwks, rsa_key
 
 RESULTS = Path(__file__).resolve().parent / "results" / "identity.json"

@@ -26,9 +26,9 @@ from pathlib import Path
 import requests
 from mitmproxy import http
 
-from addons.masking import MaskingAddon
-from addons.redaction import Tally
-from addons.ruleset import compile_policy
+from addons.masking.addon import MaskingAddon
+from addons.masking.redaction import Tally
+from addons.policy.engine import compile_policy
 from bench.procs import gateway_process
 
 SIZES = {"1 KiB": 1024, "100 KiB": 100 * 1024, "5 MiB": 5 * 1024 * 1024}

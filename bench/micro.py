@@ -1,11 +1,11 @@
 """Rule-evaluation micro-benchmark: the policy's cost per request vs the number of rules.
 
-Runs in-process on ``addons.ruleset`` (no proxy, no network): it compiles generated rules
+Runs in-process on ``addons.policy.engine`` (no proxy, no network): it compiles generated rules
 files with 10 to 10,000 rules and times ``Policy.evaluate`` for an allowed ``GET`` and a
 blocked one, in both layouts of bench/rulegen.py. Also reports the compile (load) time,
 which is what a hot reload costs.
 
-:func:`canonical_checks` times the request guard (addons/requestguard.py: the
+:func:`canonical_checks` times the request guard (addons/guards/requestguard.py: the
 canonical-request checks that run on every request before any rule); the target is
 at most 20 µs per small request.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import time
 
-from addons.matching import RequestView
-from addons.requestguard import RequestGuardAddon
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.synthetic import make_flow
+from addons.guards.requestguard import RequestGuardAddon
+from addons.policy.conditions import RequestView
+from addons.policy.engine import compile_policy
 from bench import rulegen
 
 HOST = "127.0.0.1"

@@ -21,10 +21,10 @@ import json
 import time
 from pathlib import Path
 
-from addons.matching import RequestView
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import RequestView
+from addons.policy.engine import compile_policy
 from addons.querylang import sql
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
 
 RESULTS = Path(__file__).resolve().parent / "results" / "querylang.json"
 STATEMENT = ("SELECT c.id, c.name, o.total FROM public.customers c JOIN sales.orders o "

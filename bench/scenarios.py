@@ -125,7 +125,7 @@ SCENARIOS = [
 
 def features() -> dict[str, bool]:
     """Which optional capabilities this checkout has (they land in separate issues)."""
-    from addons import ruleset
+    from addons.policy import engine as ruleset
     from gateway.settings import SETTINGS
 
     ruleset._load_extensions()

@@ -19,7 +19,7 @@ from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from review_ui.errors import api_error
-from review_ui.live import Broker
+from review_ui.holds.live import Broker
 from review_ui.reviewers import ReviewerStore
 from review_ui.services import Services
 from review_ui.session_store import MemorySessionStore, SessionStore
@@ -27,15 +27,15 @@ from review_ui.session_store import MemorySessionStore, SessionStore
 #: Blueprint modules, in navigation order. Later issues append theirs here.
 BLUEPRINT_MODULES = [
     "review_ui.auth",
-    "review_ui.queue",
-    "review_ui.review",
-    "review_ui.decisions",
-    "review_ui.api",
-    "review_ui.flows",
-    "review_ui.sessions",
-    "review_ui.sql",
-    "review_ui.flow_detail",
-    "review_ui.audit_api",
+    "review_ui.holds.queue",
+    "review_ui.holds.review",
+    "review_ui.holds.decisions",
+    "review_ui.holds.api",
+    "review_ui.audit.flows",
+    "review_ui.audit.sessions",
+    "review_ui.audit.sql",
+    "review_ui.audit.flow_detail",
+    "review_ui.audit.api",
 ]
 
 CONTENT_SECURITY_POLICY = (

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from addons.rulefile import AliasRefused, NoAliasLoader
+from addons.core.rulefile import AliasRefused, NoAliasLoader
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_PREFIX = "pcr_"
@@ -76,7 +76,7 @@ class ReviewersError(Exception):
 
 def parse_reviewers(text: str, source: str = "<reviewers>") -> dict[str, Reviewer]:
     try:
-        # Anchors and aliases are refused like in rules files (see addons.rulefile).
+        # Anchors and aliases are refused like in rules files (see addons.core.rulefile).
         data = yaml.load(text, Loader=NoAliasLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except AliasRefused as exc:
         mark = exc.problem_mark

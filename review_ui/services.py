@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import current_app
 
-from review_ui.live import Broker
+from review_ui.holds.live import Broker
 from review_ui.reviewers import ReviewerStore
 
 log = logging.getLogger("portcullis.review_ui")
@@ -17,7 +17,7 @@ log = logging.getLogger("portcullis.review_ui")
 
 @dataclass
 class Services:
-    approvals: Any  # addons.approvals.ApprovalsAddon
+    approvals: Any  # addons.holds.addon.ApprovalsAddon
     reviewers: ReviewerStore
     broker: Broker = field(default_factory=Broker)
     #: Returns the recorder addon (with ``.store.query(sql, params)``) or None.

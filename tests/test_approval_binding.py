@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from addons.approvals import Actor, ApprovalsAddon
-from addons.flowstate import state_of
-from addons.holdbinding import RequestPrint, decode_body, shown_body
-from addons.matching import RequestView
-from addons.policy import capture_control_headers
-from addons.ruleset import compile_policy
-from review_ui.review import pretty_body
+from addons.core.flowstate import state_of
+from addons.holds.addon import Actor, ApprovalsAddon
+from addons.holds.binding import RequestPrint, decode_body, shown_body
+from addons.policy.addon import capture_control_headers
+from addons.policy.conditions import RequestView
+from addons.policy.engine import compile_policy
+from review_ui.holds.review import pretty_body
 from tests.support.module_servers import tls_server
 from tests.support.review import AGENT_TOKENS, ReviewRig
 from tests.support.upstream import UpstreamServer

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addons.bodies import Kind, Unparseable, dump_json, kind_of, parse_json, rewrite
+from addons.masking.bodies import Kind, Unparseable, dump_json, kind_of, parse_json, rewrite
 
 
 @pytest.mark.parametrize(("content_type", "body", "kind"), [

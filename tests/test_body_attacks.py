@@ -12,7 +12,7 @@ import zlib
 import pytest
 import requests
 
-from addons.jsonbody import (
+from addons.core.jsonbody import (
     MAX_VARIANTS,
     NOT_JSON,
     UninspectableBody,
@@ -20,9 +20,9 @@ from addons.jsonbody import (
     decode_bounded,
     parse_strict,
 )
-from addons.matching import EvaluationError, RequestView
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import EvaluationError, RequestView
+from addons.policy.engine import compile_policy
 from tests.support.hardening import shared_gateway
 from tests.support.module_servers import module_upstream  # noqa: F401
 from tests.support.upstream import Canned
@@ -125,7 +125,7 @@ def test_an_allow_rule_cannot_be_satisfied_by_one_duplicate():
 
 
 def test_form_bodies_are_fields_too(post, upstream):
-    # Issue 12: a form post is read into the same fields as JSON (addons.fields); it used
+    # Issue 12: a form post is read into the same fields as JSON (addons.policy.fields); it used
     # to be "not JSON" and walked past the rule.
     assert post("/v1/refunds", b"amount=5000", "application/x-www-form-urlencoded").status_code == 403
     assert post("/v1/refunds", b"amount=50", "application/x-www-form-urlencoded").status_code == 200

@@ -1,5 +1,5 @@
-"""The canonical-request checks in-process: the engine (addons.canonical), the addon on
-mitmproxy test flows (addons.requestguard), and the chunked-trailer adaptation.
+"""The canonical-request checks in-process: the engine (addons.guards.canonical), the addon on
+mitmproxy test flows (addons.guards.requestguard), and the chunked-trailer adaptation.
 
 The same attacks against the real gateway are in tests/test_smuggling.py and
 tests/test_method_override.py; these pin down each rule of the engine cheaply.
@@ -16,10 +16,10 @@ from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from addons import chunkedtrailers
-from addons.canonical import check_body, check_query, check_request_head
-from addons.flowstate import state_of
-from addons.requestguard import RequestGuardAddon
+from addons.core.flowstate import state_of
+from addons.guards import chunkedtrailers
+from addons.guards.canonical import check_body, check_query, check_request_head
+from addons.guards.requestguard import RequestGuardAddon
 
 CLEAN_HEADERS = [(b"Host", b"api.example"), (b"Accept", b"*/*"), (b"X-Note", b"a\tb \xe9\xff")]
 

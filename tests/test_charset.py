@@ -3,7 +3,7 @@ body, so the policy and the upstream decode the same bytes to the same text.
 
 `application/json; charset=utf-7` hid a second "amount" key: the policy read UTF-8 (50),
 Express (body-parser + iconv-lite) read UTF-7 (25,000). Through the gateway to real Express,
-then in-process for the decoding rules and :func:`addons.jsonbody.decoded_body_text`.
+then in-process for the decoding rules and :func:`addons.core.jsonbody.decoded_body_text`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 import pytest
 import requests
 
-from addons.jsonbody import UninspectableBody, UnsupportedCharset, decoded_body_text
-from addons.matching import CharsetRefused, RequestView
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.jsonbody import UninspectableBody, UnsupportedCharset, decoded_body_text
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import CharsetRefused, RequestView
+from addons.policy.engine import compile_policy
 from tests.support.express import node_app
 from tests.support.hardening import shared_gateway
 

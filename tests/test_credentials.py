@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from addons.credentials import StreamMasker
+from addons.credentials.addon import StreamMasker
 from gateway.cli import main
 from gateway.settings import PROJECT_ROOT
 from tests.support import certs

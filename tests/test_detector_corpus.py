@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
-from addons.detectors import expand, find_all
+from addons.masking.detectors import expand, find_all
 
 CORPUS = Path(__file__).resolve().parent / "detector_corpus"
 KINDS = sorted(path.stem for path in CORPUS.glob("*.tsv"))
@@ -82,7 +82,7 @@ def score(kind: str) -> Score:
 
 
 def test_every_registered_kind_has_a_corpus():
-    from addons.detectors import FAMILIES
+    from addons.masking.detectors import FAMILIES
     members = {m for family in FAMILIES.values() for m in family if m not in FAMILIES}
     wanted = {"email", "phone", "card", "ssn", "iban", "secret", "ip", "wallet", "url_credentials"}
     assert wanted <= set(KINDS), sorted(wanted - set(KINDS))

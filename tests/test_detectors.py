@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addons.detectors import (
+from addons.masking.detectors import (
     DETECTORS,
     Detector,
     expand,

@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote
 import pytest
 import requests
 
-from addons.credentials import StreamMasker, Unscrubbable, mask_response
-from addons.echoforms import MASK, base64_cores, forms_for
+from addons.core.secretforms import MASK, base64_cores, forms_for
+from addons.credentials.addon import StreamMasker, Unscrubbable, mask_response
 from recordings.control import ask
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Canned, Received, UpstreamServer

@@ -1,4 +1,4 @@
-"""The JSON error answers patch mitmproxy internals (addons/errorpages.py): on the
+"""The JSON error answers patch mitmproxy internals (addons/upstreams/errorpages.py): on the
 installed mitmproxy (CI runs this file on 3.11 + mitmproxy 11 and on 3.12 + mitmproxy 12)
 the patch applies, proved where it is exercised, through a real gateway; and on a
 mitmproxy major it was not written for, the gateway refuses to start, saying why."""
@@ -15,7 +15,7 @@ import requests
 from mitmproxy import version
 from mitmproxy.proxy.layers.http import _http1, _http2
 
-from addons import errorpages
+from addons.upstreams import errorpages
 from gateway.settings import PROJECT_ROOT
 from tests.support.gateway import READY_LINE, free_port
 from tests.support.hardening import raw_request, shared_gateway

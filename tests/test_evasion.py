@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from addons.hostcheck import mismatch
-from addons.synthetic import make_flow
+from addons.core.synthetic import make_flow
+from addons.guards.hostcheck import mismatch
 from tests.support.hardening import (
     parse_response,
     raw_request,

@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from addons.ruleset import load_policy
+from addons.policy.engine import load_policy
 from gateway.settings import DEFAULT_RULES, PROJECT_ROOT
 from tests.support.gateway import GatewayProcess, free_port
 

@@ -1,4 +1,4 @@
-"""The field model (addons.fields): a request's fields from every place frameworks read
+"""The field model (addons.policy.fields): a request's fields from every place frameworks read
 them, with every ambiguous reading kept. In-process; the gateway and Express tests are in
 tests/test_typed_conditions.py."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from addons.fields import MAX_FIELDS, readings, split_name
-from addons.jsonbody import UninspectableBody, UnsupportedCharset
+from addons.core.jsonbody import UninspectableBody, UnsupportedCharset
+from addons.policy.fields import MAX_FIELDS, readings, split_name
 
 FORM = "application/x-www-form-urlencoded"
 

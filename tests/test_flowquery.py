@@ -9,7 +9,7 @@ import pytest
 
 from bench.audit import seed
 from recordings import schema
-from review_ui.flowquery import (
+from review_ui.audit.flowquery import (
     FilterError,
     FlowFilter,
     decode_cursor,

@@ -10,12 +10,12 @@ import textwrap
 
 import pytest
 
-from addons.flowstate import subscribe, unsubscribe
-from addons.matching import EvaluationError, RequestView
+from addons.core.flowstate import subscribe, unsubscribe
+from addons.core.rulefile import RuleFileError
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import EvaluationError, RequestView
+from addons.policy.engine import load_policy
 from addons.querylang import graphql
-from addons.rulefile import RuleFileError
-from addons.ruleset import load_policy
-from addons.synthetic import make_flow
 
 RULES = """
 version: 1

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from addons.holdspec import (
+from addons.core.rulefile import RuleFileError
+from addons.holds.spec import (
     DEFAULT_MAX_HELD_BODY,
     DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY,
     parse_size,
 )
-from addons.rulefile import RuleFileError
-from addons.ruleset import compile_policy
+from addons.policy.engine import compile_policy
 from tests.support.approval_pages import LoggedIn
 from tests.support.review import ReviewRig
 

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from addons.holdspec import DEFAULT_HOLD_TIMEOUT_S, format_duration, hold_spec, parse_duration
-from addons.rulefile import RuleFileError
-from addons.ruleset import compile_policy
+from addons.core.rulefile import RuleFileError
+from addons.holds.spec import DEFAULT_HOLD_TIMEOUT_S, format_duration, hold_spec, parse_duration
+from addons.policy.engine import compile_policy
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

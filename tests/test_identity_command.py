@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from addons.identity import load_identities_file
-from addons.ruleset import load_policy
+from addons.identity.addon import load_identities_file
+from addons.policy.engine import load_policy
 from gateway.cli import main
 from gateway.commands.identity import add_entry
 from gateway.settings import PROJECT_ROOT

@@ -3,7 +3,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from review_ui.jsondiff import Change, child_path, diff, diff_bodies
+from review_ui.audit.jsondiff import Change, child_path, diff, diff_bodies
 
 
 def test_identical_documents_have_no_changes():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from jsonpath_ng import jsonpath as jp
 from jsonpath_ng.ext import parse
 
-from addons.jsonselect import Selector, render
+from addons.masking.jsonselect import Selector, render
 
 KEYS = st.sampled_from(["a", "b", "email", "items", "role", "x y"])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.sampled_from(["admin", "u", ""]))

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from addons.jwks import JwksCache, JwksUnavailable
-from addons.rulefile import RuleFileError
-from addons.ruleset import compile_policy
+from addons.core.rulefile import RuleFileError
+from addons.identity.jwks import JwksCache, JwksUnavailable
+from addons.policy.engine import compile_policy
 from tests.support import certs
 from tests.support.jwtkeys import AUDIENCE, ISSUER, jwks, rsa_key
 from tests.support.module_servers import tls_server

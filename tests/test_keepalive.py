@@ -108,7 +108,7 @@ def test_pinned_resolver_answers_only_pinned_names_and_uninstalls():
     import asyncio
     import socket
 
-    from addons.upstreams import UpstreamsAddon
+    from addons.upstreams.addon import UpstreamsAddon
 
     async def check() -> None:
         loop = asyncio.get_running_loop()
@@ -130,7 +130,7 @@ def test_pinned_resolver_answers_only_pinned_names_and_uninstalls():
 def test_resolve_option_needs_an_ip_address():
     from mitmproxy import exceptions
 
-    from addons.upstreams import parse_resolve
+    from addons.upstreams.addon import parse_resolve
 
     assert parse_resolve(["API.example.test=127.0.0.1"]) == {"api.example.test": "127.0.0.1"}
     with pytest.raises(exceptions.OptionsError, match="not an IP address"):

@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from addons import logscrub
+from addons.core import logscrub
 from tests.support.upstream import Canned
 
 SECRET = "sk_live_logscrub_0123456789"

@@ -26,7 +26,7 @@ import requests
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
-from addons.bodies import Unparseable, rewrite, unwrap
+from addons.masking.bodies import Unparseable, rewrite, unwrap
 from recordings.control import ask
 from tests.support.gateway import GatewayProcess
 

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from addons.maskspec import FIXED, HASH, KEEP_LAST, NULL, REMOVE, Replacement
-from addons.rulefile import RuleFileError
-from addons.ruleset import compile_policy
+from addons.core.rulefile import RuleFileError
+from addons.masking.spec import FIXED, HASH, KEEP_LAST, NULL, REMOVE, Replacement
+from addons.policy.engine import compile_policy
 
 
 def rules(masks: str, extra: str = "") -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from addons.normalize import normalize_host, normalize_path
+from addons.core.normalize import normalize_host, normalize_path
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,14 @@ import stat
 
 import pytest
 
-from addons.pseudonyms import KEY_FILE, MaskKeyError, Pseudonyms, canonical, clean_prefix, load_key
+from addons.masking.pseudonyms import (
+    KEY_FILE,
+    MaskKeyError,
+    Pseudonyms,
+    canonical,
+    clean_prefix,
+    load_key,
+)
 
 
 def test_key_is_generated_once_with_mode_0600_and_reused(tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from addons.matching import EvaluationError, RequestView
-from addons.ruleset import load_policy
-from addons.synthetic import make_flow
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import EvaluationError, RequestView
+from addons.policy.engine import load_policy
 from gateway.settings import PROJECT_ROOT
 
 EXAMPLES = PROJECT_ROOT / "rules" / "examples"

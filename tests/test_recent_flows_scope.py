@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from review_ui import create_app
+from review_ui.audit.sessions import recent_flows
 from review_ui.reviewers import ReviewerStore
-from review_ui.sessions import recent_flows
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.review_login import sign_in
 

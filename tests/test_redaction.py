@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from jsonpath_ng.ext import parse
 from mitmproxy import http
 
-from addons.bodies import dump_json, parse_json
-from addons.jsonselect import Selector, render
-from addons.pseudonyms import Pseudonyms
-from addons.redaction import Redactor, Tally, keep_last
-from addons.ruleset import compile_policy
+from addons.masking.bodies import dump_json, parse_json
+from addons.masking.jsonselect import Selector, render
+from addons.masking.pseudonyms import Pseudonyms
+from addons.masking.redaction import Redactor, Tally, keep_last
+from addons.policy.engine import compile_policy
 
 REDACTOR = Redactor(Pseudonyms(key=b"k" * 32))
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from mitmproxy import connection
 
-from addons.replay import ReplayError, rebuild_request, replay_headers
+from addons.replay.addon import ReplayError, rebuild_request, replay_headers
 
 ROW = {
     "id": "f1", "method": "post", "scheme": "https", "host": "api.example.com", "port": 8443,

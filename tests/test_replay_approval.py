@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from addons.approvals import Actor, ApprovalsAddon, DecisionError
-from addons.flowstate import state_of
-from addons.ruleset import Verdict
+from addons.core.flowstate import state_of
+from addons.holds.addon import Actor, ApprovalsAddon, DecisionError
+from addons.policy.engine import Verdict
 from tests.support.approval_pages import LoggedIn
 from tests.support.review import ReviewRig
 

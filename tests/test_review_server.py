@@ -15,9 +15,9 @@ import duckdb
 import pytest
 import requests
 
-from addons.review_server import literal_ip, parse_ui_address
 from gateway.settings import PROJECT_ROOT
 from review_ui.reviewers import add_reviewer
+from review_ui.server_addon import literal_ip, parse_ui_address
 from tests.support.gateway import GatewayProcess, free_port
 
 RULES = """

@@ -1,6 +1,6 @@
 """The rule index only narrows: every rule that matches a request is among its candidates.
 
-The index (addons.ruleset.RuleIndex / PathIndex) decides which rules are evaluated at
+The index (addons.policy.engine.RuleIndex / PathIndex) decides which rules are evaluated at
 all, so a bug there would silently skip a block rule. These tests compare it with
 brute force: evaluating every rule of the file.
 """
@@ -13,9 +13,9 @@ from urllib.parse import quote
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from addons.matching import RequestView
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import RequestView
+from addons.policy.engine import compile_policy
 
 SEGMENTS = ["v1", "V1", "tables", "Tables", "a", "", "x*", "*", "**", "?", "ſ", "s", "K", "k", "\u212a"]
 HOSTS = ["api.example.com", "*.example.com", "other.test", "*"]

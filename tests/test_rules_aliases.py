@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from addons.rulefile import RuleFileError, parse
+from addons.core.rulefile import RuleFileError, parse
 from gateway.settings import PROJECT_ROOT
 
 RECURSIVE = """\
@@ -113,7 +113,7 @@ def test_hot_reload_refuses_aliases_and_keeps_applying_valid_edits(start_gateway
 
 
 def test_identities_file_refuses_aliases(tmp_path):
-    from addons.identity import load_identities_file
+    from addons.identity.addon import load_identities_file
 
     path = tmp_path / "identities.yaml"
     path.write_text(textwrap.dedent("""\

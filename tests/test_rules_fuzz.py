@@ -12,9 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from addons.matching import MATCH_KEYS, VALUE_OPS
-from addons.rulefile import RuleFileError
-from addons.ruleset import (
+from addons.core.rulefile import RuleFileError
+from addons.policy.conditions import MATCH_KEYS, VALUE_OPS
+from addons.policy.engine import (
     ACTIONS,
     CORE_RULE_KEYS,
     CORE_TOP_KEYS,

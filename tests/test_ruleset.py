@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from addons.matching import EvaluationError, RequestView
-from addons.rulefile import RuleFileError
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.rulefile import RuleFileError
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import EvaluationError, RequestView
+from addons.policy.engine import compile_policy
 
 
 def policy(text: str):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from addons.rulefile import Invalid, SourceMap
-from addons.ruleset import LoadContext
-from addons.secretrefs import resolve
+from addons.core.rulefile import Invalid, SourceMap
+from addons.credentials.secretrefs import resolve
+from addons.policy.engine import LoadContext
 
 WHERE = SourceMap("rules.yaml").at(("credentials", 0, "set_header", "X-Key"))
 

@@ -9,8 +9,8 @@ import pytest
 
 from bench.audit import seed
 from recordings import schema
-from review_ui.flowquery import FilterError
-from review_ui.sessions import MIN_BAR_PCT, sessions_page, timeline
+from review_ui.audit.flowquery import FilterError
+from review_ui.audit.sessions import MIN_BAR_PCT, sessions_page, timeline
 
 
 @pytest.fixture(scope="module")

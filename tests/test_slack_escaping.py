@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from addons.notify import message, payload, slack_escape
+from addons.holds.notify import message, payload, slack_escape
 from tests.support.review import AGENT_TOKENS, ReviewRig
 from tests.support.upstream import UpstreamServer
 

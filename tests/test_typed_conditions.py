@@ -19,9 +19,9 @@ import requests
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-from addons.matching import EvaluationError, RequestView
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import EvaluationError, RequestView
+from addons.policy.engine import compile_policy
 from tests.support.express import node_app
 from tests.support.hardening import shared_gateway
 

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from addons.matching import Glob, RequestView
-from addons.rulefile import RuleFileError
-from addons.ruleset import compile_policy
-from addons.synthetic import make_flow
+from addons.core.rulefile import RuleFileError
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import Glob, RequestView
+from addons.policy.engine import compile_policy
 from gateway.settings import PROJECT_ROOT
 
 EVIL = r"^([a-zA-Z0-9]+\.?)+@corp\.example$"

@@ -17,11 +17,11 @@ import time
 import pytest
 import requests
 
-from addons import identity as identity_module
-from addons import policy as policy_module
-from addons.identity import IdentityAddon
-from addons.policy import PolicyAddon
-from addons.ruleset import load_policy
+from addons.identity import addon as identity_module
+from addons.identity.addon import IdentityAddon
+from addons.policy import addon as policy_module
+from addons.policy.addon import PolicyAddon
+from addons.policy.engine import load_policy
 
 RULES = """\
 version: 1
@@ -144,7 +144,7 @@ def test_revocation_in_the_rules_file_applies_after_a_rejected_edit(start_gatewa
 
 
 def test_jwks_refresh_survives_an_unexpected_failure_and_keeps_its_keys(tmp_path, caplog):
-    from addons.jwks import JwksCache, JwksUnavailable
+    from addons.identity.jwks import JwksCache, JwksUnavailable
     from tests.support.jwtkeys import jwks, rsa_key
 
     path = tmp_path / "jwks.json"

@@ -82,7 +82,7 @@ def operation(request: Any) -> Operation | None:
     """One GraphQL request ``{query, operationName, variables, extensions}``."""
     if not isinstance(request, dict):
         raise NotGraphQL(f"a GraphQL request must be an object, got {type(request).__name__}")
-    # Case-insensitive keys: the gateway reads fields case-folded (addons.fields), and
+    # Case-insensitive keys: the gateway reads fields case-folded (addons.policy.fields), and
     # GET requests carry variables and extensions as JSON text in the query string.
     request = {str(k).casefold(): v for k, v in request.items()}
     query = request.get("query")

@@ -1,7 +1,7 @@
 """The ``sql:`` and ``graphql:`` match keys: query-language conditions on request fields.
 
 Both read the request's fields the way every other field condition does
-(addons.fields: JSON, form and multipart bodies and the query string, keys case-folded,
+(addons.policy.fields: JSON, form and multipart bodies and the query string, keys case-folded,
 each ambiguous reading judged separately and required to agree), find the query text,
 classify it (addons.querylang.sql / .graphql) and judge the classification::
 
@@ -37,8 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from addons.flowstate import state_of
-from addons.matching import (
+from addons.core.flowstate import state_of
+from addons.core.rulefile import Where
+from addons.policy.conditions import (
     EXTRA_MATCH_KEYS,
     EvaluationError,
     Glob,
@@ -49,7 +50,6 @@ from addons.matching import (
     fold_field_names,
 )
 from addons.querylang import graphql, sql
-from addons.rulefile import Where
 
 DEFAULT_SQL_FIELDS = ("$.statement", "$.query", "$.sql", "$.params.arguments.sql",
                       "$.params.arguments.query")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from addons.rulefile import RuleFileError
-from addons.ruleset import load_policy
+from addons.core.rulefile import RuleFileError
+from addons.policy.engine import load_policy
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,11 +9,11 @@ import argparse
 import json
 import sys
 
-from addons.flowstate import state_of
-from addons.matching import EvaluationError, RequestView
-from addons.rulefile import RuleFileError
-from addons.ruleset import load_policy
-from addons.synthetic import make_flow
+from addons.core.flowstate import state_of
+from addons.core.rulefile import RuleFileError
+from addons.core.synthetic import make_flow
+from addons.policy.conditions import EvaluationError, RequestView
+from addons.policy.engine import load_policy
 from gateway import settings
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from addons.identity import NAME, compile_identities_file
-from addons.rulefile import RuleFileError, compose_without_aliases
-from addons.ruleset import compile_policy
+from addons.core.rulefile import RuleFileError, compose_without_aliases
+from addons.identity.addon import NAME, compile_identities_file
+from addons.policy.engine import compile_policy
 
 DEFAULT_FILE = "identities.yaml"
 

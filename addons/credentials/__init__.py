@@ -1,0 +1,1 @@
+"""Credential injection: the gateway, not the agent, holds upstream secrets."""

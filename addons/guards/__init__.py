@@ -1,0 +1,1 @@
+"""Refusals before any rule runs: malformed, ambiguous or oversized requests, fronting, raw tunnels."""

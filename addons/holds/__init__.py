@@ -1,0 +1,1 @@
+"""Holding requests for human approval: hold specs, the approvals state, notifications."""

@@ -1,0 +1,197 @@
+"""Rule fields for ``action: hold`` and the top-level hold settings.
+
+Per rule::
+
+    action: hold
+    approvers: [finance-leads]   # reviewer groups allowed to decide (default: any reviewer)
+    approvals_required: 2        # distinct reviewers needed (default 1); one rejection rejects
+    timeout: 10m                 # then expired (default: top-level hold_timeout, 5m)
+    escalate_after: 3m           # notify and admit the escalate_to groups after this long
+    escalate_to: [security-oncall]
+    grant: 15m                   # longest "approve and allow identical requests" a reviewer may give
+
+Top level::
+
+    hold_timeout: 5m
+    max_pending_holds_per_identity: 20   # more pending holds for one identity: 429
+    max_held_body: 1MiB                  # a larger body cannot be held: 413
+    notify:
+      - url: https://hooks.slack.com/services/...
+        format: slack            # or json (default)
+        events: [held, escalated, approved, rejected, expired]   # default: all of these
+
+Durations are a number with a unit: ``90s``, ``10m``, ``1h`` (or a bare number of seconds).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from addons.core.rulefile import Where
+from addons.policy.engine import LoadContext, Policy, Rule, rule_field, top_level_field
+
+DEFAULT_HOLD_TIMEOUT_S = 300.0
+#: One agent must not fill the reviewers' queue (and the gateway's memory) on its own.
+DEFAULT_MAX_PENDING_HOLDS_PER_IDENTITY = 20
+#: A held request's body stays in memory until it is decided (the flow keeps it; the
+#: review page offers it for download), so a holdable body is bounded. 1 MiB is far
+#: above what a reviewer can read, and 20 holds per identity cost at most ~20 MiB.
+DEFAULT_MAX_HELD_BODY = 1024 * 1024
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|k|mb|mib|m)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+NOTIFY_EVENTS = ("held", "escalated", "approved", "rejected", "expired", "abandoned")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'90s' -> 90.0, '10m' -> 600.0, '1h' -> 3600.0, 30 -> 30.0. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 90s, 10m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        found = _DURATION.match(str(value))
+        if not found:
+            raise ValueError(f"expected a duration like 90s, 10m or 1h, got {value!r}")
+        seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _duration(value: Any, where: Where) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        where.fail(str(exc))
+
+
+def _groups(value: Any, where: Where) -> frozenset[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(g, str) and g.strip() for g in value):
+        where.fail("expected a non-empty list of reviewer group names")
+    return frozenset(g.strip() for g in value)
+
+
+def compile_groups(value: Any, where: Where, context: LoadContext) -> frozenset[str]:
+    return _groups(value, where)
+
+
+def compile_duration(value: Any, where: Where, context: LoadContext) -> float:
+    return _duration(value, where)
+
+
+for _key in ("approvers", "escalate_to"):
+    rule_field(_key)(compile_groups)
+for _key in ("timeout", "escalate_after", "grant"):
+    rule_field(_key)(compile_duration)
+top_level_field("hold_timeout")(compile_duration)
+
+
+@top_level_field("max_pending_holds_per_identity")
+def compile_max_pending(value: Any, where: Where, context: LoadContext) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        where.fail("max_pending_holds_per_identity must be a whole number from 1 to 10000")
+    return value
+
+
+def parse_size(value: Any) -> int:
+    """'64KiB' -> 65536, '1MiB' -> 1048576, 2048 -> 2048 (binary units). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 512KiB or 1MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        found = _SIZE.match(str(value))
+        if not found:
+            raise ValueError(f"expected a size like 512KiB or 1MiB, got {value!r}")
+        unit = found.group(2).lower() if found.group(2) else None
+        size = int(found.group(1)) * _SIZE_UNITS[unit]
+    if not 1 <= size <= 64 * 1024**2:
+        raise ValueError("a held body size must be from 1 byte to 64MiB")
+    return size
+
+
+@top_level_field("max_held_body")
+def compile_max_held_body(value: Any, where: Where, context: LoadContext) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        where.fail(str(exc))
+
+
+@rule_field("approvals_required")
+def compile_approvals_required(value: Any, where: Where, context: LoadContext) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
+        where.fail("approvals_required must be a whole number from 1 to 10")
+    return value
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    format: str  # "json" | "slack"
+    events: frozenset[str]
+
+
+@top_level_field("notify")
+def compile_notify(value: Any, where: Where, context: LoadContext) -> list[Webhook]:
+    if not isinstance(value, list):
+        where.fail("notify must be a list of {url, format, events}")
+    hooks = []
+    for i, item in enumerate(value):
+        at = where / i
+        at.mapping(item, ("url", "format", "events"), "url (and optional format, events)")
+        url = item.get("url")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            (at / "url").fail("url must be an http:// or https:// URL")
+        fmt = item.get("format", "json")
+        if fmt not in ("json", "slack"):
+            (at / "format").fail("format must be json or slack")
+        events = item.get("events", list(NOTIFY_EVENTS))
+        if not isinstance(events, list) or not all(e in NOTIFY_EVENTS for e in events):
+            (at / "events").fail(f"events must be a list of: {', '.join(NOTIFY_EVENTS)}")
+        hooks.append(Webhook(url, fmt, frozenset(events)))
+    return hooks
+
+
+@dataclass(frozen=True)
+class HoldSpec:
+    """Everything the approvals addon needs to know about one hold."""
+
+    rule: str | None
+    reason: str
+    approvers: frozenset[str] | None  # None: any reviewer
+    approvals_required: int
+    timeout: float
+    escalate_after: float | None
+    escalate_to: frozenset[str]
+    grant: float | None
+
+
+def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec:
+    """The hold settings for a verdict's rule (or the defaults, for `default: hold`)."""
+    ext = dict(rule.extensions) if rule is not None else {}
+    settings = policy.settings if policy is not None else {}
+    return HoldSpec(
+        rule=rule.name if rule is not None else None,
+        reason=reason,
+        approvers=ext.get("approvers"),
+        approvals_required=ext.get("approvals_required", 1),
+        timeout=ext.get("timeout", settings.get("hold_timeout", DEFAULT_HOLD_TIMEOUT_S)),
+        escalate_after=ext.get("escalate_after"),
+        escalate_to=ext.get("escalate_to", frozenset()),
+        grant=ext.get("grant"),
+    )

@@ -1,0 +1,1 @@
+"""Who is calling: proxy credentials (tokens, JWTs) turned into an identity."""

@@ -1,0 +1,1 @@
+"""Masking responses: mask specs, detectors, body formats and the masking addon."""

@@ -1,0 +1,1 @@
+"""The rules file, its compiled conditions, and the addon that decides each request."""

@@ -1,0 +1,374 @@
+"""The recorder addon: every flow and every audit event, in DuckDB, without slowing flows.
+
+Options:
+    portcullis_db: the DuckDB file ('' = recording off).
+    portcullis_max_body_record: bytes of each body to keep (the rest is cut, flagged).
+    portcullis_retain_days: delete flows/events older than this, on start and daily (0 = keep).
+    portcullis_on_record_failure: block (default) | allow: whether flows are forwarded
+        while the recording cannot be written.
+    portcullis_db_memory_limit, portcullis_db_threads: the DuckDB instance's memory_limit
+        (default 512MB) and threads (default 1); see recordings.store.DuckDBSettings.
+    portcullis_sql_timeout: seconds an analyst's query may run (default 30; see
+        recordings/analyst.py for the other limits).
+
+What it writes, and when:
+    requestheaders  a ``received`` line in the journal (recordings/journal.py: a plain
+                    write that survives a crash of the process) and the ``received``
+                    event (queued). If either cannot be written and the policy is
+                    ``block``, the agent gets a JSON 503 and nothing is forwarded.
+    response/error  the ``flows`` row, once, at the first of the two; for a denial the
+                    final decision is journaled before the answer goes out.
+    events          every ``state.emit(...)`` of any addon (via flowstate.subscribe).
+Rows reach DuckDB in batches within 200 ms (recordings/writer.py). On start, flows the
+previous run left unfinished are recorded from the journal and the events
+(recordings/recovery.py).
+
+Other addons reach the data through ``ctx.master.addons.get("portcullis_recorder").store``
+(see :mod:`recordings.store` for that API). This addon must be the last one in the
+chain, so that it records what the agent actually received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import duckdb
+from mitmproxy import ctx, exceptions, http
+
+from addons.core import flowstate
+from addons.core.flowstate import Event, has_state, state_of
+from addons.core.replies import reply
+from addons.recorder import rows
+from recordings import control, native_heap, writer
+from recordings.analyst import DEFAULT_LIMITS, Limits
+from recordings.journal import Journal
+from recordings.recovery import recover
+from recordings.schema import SCHEMA_VERSION
+from recordings.store import DuckDBSettings, Store, StoreError
+
+log = logging.getLogger("portcullis.recorder")
+
+DEFAULT_MAX_BODY = 1024 * 1024
+FAILURE_POLICIES = ("block", "allow")
+#: How often the journal starts a new file (the old one goes once its flows are committed).
+JOURNAL_ROTATE_S = 2.0
+#: Distinct secrets remembered across flows (credentials are few; this only bounds memory).
+MAX_KNOWN_SECRETS = 10_000
+
+
+class RecorderAddon:
+    name = "portcullis_recorder"
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.writer: writer.Writer | None = None
+        self.control: control.ControlServer | None = None
+        self.journal: Journal | None = None
+        self.journal_failure: str | None = None
+        self._rotator: asyncio.Task | None = None
+        self.max_body = DEFAULT_MAX_BODY
+        self.block_on_failure = True
+        self._inflight: dict[str, http.HTTPFlow] = {}
+        self._held: set[str] = set()
+        self._secrets: OrderedDict[str, None] = OrderedDict()
+        self._known: tuple[str, ...] = ()
+        self._subscribed = False
+        self._duckdb = DuckDBSettings()
+        self._limits = DEFAULT_LIMITS
+
+    # --- options ------------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        native_heap.limit_arenas()  # before the writer, DuckDB and the UI start threads
+        loader.add_option("portcullis_db", str, "",
+                          "DuckDB file that records every flow ('' = recording off).")
+        loader.add_option("portcullis_max_body_record", int, DEFAULT_MAX_BODY,
+                          "Bytes of each request/response body to record; longer bodies are cut.")
+        loader.add_option("portcullis_retain_days", int, 0,
+                          "Delete recorded flows older than this many days (0 = keep all).")
+        loader.add_option("portcullis_on_record_failure", str, "block",
+                          "What to do when the recording cannot be written: block or allow.",
+                          choices=FAILURE_POLICIES)
+        loader.add_option("portcullis_db_memory_limit", str, DuckDBSettings.memory_limit,
+                          "Memory the recording database may use (DuckDB memory_limit).")
+        loader.add_option("portcullis_db_threads", int, DuckDBSettings.threads,
+                          "DuckDB worker threads for the recording database.")
+        loader.add_option("portcullis_sql_timeout", float, DEFAULT_LIMITS.timeout_s,
+                          "Seconds an analyst's query (SQL page, portcullis sql) may run.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "portcullis_max_body_record" in updated:
+            if ctx.options.portcullis_max_body_record < 0:
+                raise exceptions.OptionsError("portcullis_max_body_record must be >= 0")
+            self.max_body = ctx.options.portcullis_max_body_record
+        if "portcullis_retain_days" in updated:
+            if ctx.options.portcullis_retain_days < 0:
+                raise exceptions.OptionsError("portcullis_retain_days must be >= 0")
+            if self.writer is not None:
+                self.writer.retain_days = ctx.options.portcullis_retain_days
+        if "portcullis_on_record_failure" in updated:
+            self.block_on_failure = ctx.options.portcullis_on_record_failure == "block"
+        if updated & {"portcullis_db_memory_limit", "portcullis_db_threads", "portcullis_sql_timeout"}:
+            self._duckdb, self._limits = _database_options()
+            if self.store is not None and "portcullis_db" not in updated:
+                self.store.configure(self._duckdb)
+                self.store.limits = self._limits
+        if "portcullis_db" in updated:
+            self._close()
+            if ctx.options.portcullis_db:
+                self._open(Path(ctx.options.portcullis_db))
+
+    def _open(self, path: Path) -> None:
+        try:
+            store = Store(path, settings=self._duckdb, limits=self._limits)
+        except StoreError as exc:
+            raise exceptions.OptionsError(f"cannot record to {path}: {exc}") from None
+        if 0 < store.previous_version < SCHEMA_VERSION:
+            log.info("recording: upgraded %s from schema %d to %d", path, store.previous_version,
+                     SCHEMA_VERSION)
+        days = ctx.options.portcullis_retain_days
+        journal = Journal(path)
+        cur = store.cursor()
+        try:
+            from_journal, closed = recover(store, cur, journal.entries())
+            if from_journal or closed:
+                log.warning("recording: %d flows were unfinished when the gateway last stopped "
+                            "(%d known only from the journal); recorded them", closed + from_journal,
+                            from_journal)
+            journal.close(delete=True)  # everything in it is in the database now
+            journal.open()
+            if days:
+                writer.retain(store, cur, days)
+        except (OSError, StoreError, duckdb.Error) as exc:
+            store.close()
+            raise exceptions.OptionsError(f"cannot record to {path}: {exc}") from None
+        finally:
+            cur.close()
+        self.store = store
+        self.journal = journal
+        self.writer = writer.Writer(store, retain_days=days)
+        self.writer.start()
+        if not self._subscribed:
+            flowstate.subscribe(self._on_event)
+            self._subscribed = True
+
+    def running(self) -> None:
+        if self.store is None:
+            log.warning("recording is OFF (no portcullis_db): flows are not recorded")
+            return
+        if self._rotator is None:
+            self._rotator = asyncio.get_running_loop().create_task(self._rotate_journal())
+        if self.control is not None:
+            return
+        path = control.socket_path(self.store.path)
+        try:
+            self.control = control.ControlServer(path, self.store, self._health).start()
+        except OSError as exc:
+            log.error("recording: no analyst endpoint at %s (%s): `portcullis sql` cannot reach "
+                      "this gateway", path, exc)
+
+    def done(self) -> None:
+        while self._inflight:
+            # Still open at shutdown (held, or waiting on an upstream): close its record.
+            _, flow = self._inflight.popitem()
+            state = state_of(flow)
+            decision = "expired" if flow.id in self._held else "error"
+            state.reason = state.reason or "gateway_shutdown"
+            self._write_flow(flow, decision)
+        self._close()
+        if self._subscribed:
+            flowstate.unsubscribe(self._on_event)
+            self._subscribed = False
+
+    def _close(self) -> None:
+        if self._rotator is not None:
+            self._rotator.cancel()
+            self._rotator = None
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        lost = 0
+        if self.writer is not None:
+            lost = self.writer.stop()
+            self.writer = None
+        if self.journal is not None:
+            self.journal.close(delete=not lost)  # kept if rows were lost: the next start uses it
+            self.journal = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def banner(self) -> list[str]:
+        if self.store is None:
+            return ["recording: OFF"]
+        return [f"recording: {self.store.path} (schema v{SCHEMA_VERSION}; "
+                f"on failure: {'block' if self.block_on_failure else 'allow'})"]
+
+    def _health(self) -> dict:
+        return {"db": str(self.store.path) if self.store else None,
+                "recording": self.failure or "ok" if self.writer else "off",
+                "rows_written": self.writer.written if self.writer else 0,
+                "writer_cpu_s": round(self.writer.cpu_seconds, 3) if self.writer else 0}
+
+    @property
+    def failure(self) -> str | None:
+        """Why flows cannot be recorded right now; None when they can."""
+        if self.writer is None:
+            return "the recorder is not running"
+        return self.journal_failure or self.writer.failure
+
+    # --- hooks ----------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.writer is None:
+            return
+        state = state_of(flow)
+        self._inflight[flow.id] = flow
+        request = flow.request
+        path, _, query = request.path.partition("?")
+        redactor = rows.redactor_for(frozenset(self._known))
+        detail = {"method": request.method, "scheme": request.scheme, "host": request.host,
+                  "port": request.port, "path": redactor.text(path),
+                  "query": redactor.text(query) if query else None,
+                  "client_addr": rows.client_address(flow.client_conn.peername)}
+        # On disk before anything else happens to the flow: a crash still leaves its trace.
+        self._journal("received", flow.id, detail)
+        state.emit("received", **detail)
+        if self.failure is not None:
+            if self.block_on_failure:
+                self._refuse(flow)
+            else:
+                log.warning("recording: %s may go unrecorded (%s)", flow.id, self.failure)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.writer is None or flow.id not in self._inflight:
+            return
+        state = state_of(flow)
+        if flow.response is None and flow.error is None and state.forwarded:
+            self._remember_secrets(state)
+            state.emit("forwarded")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        if self.writer is None or self._inflight.pop(flow.id, None) is None:
+            return  # not ours (CONNECT), or already written at the first of response/error
+        state = state_of(flow)
+        self._held.discard(flow.id)
+        decision = state.decision
+        if flow.error is not None and flow.response is None and decision in (None, "allowed", "approved"):
+            decision = "error"
+        elif decision is None:
+            decision = "error"
+            state.reason = state.reason or "no decision was recorded"
+        if flow.response is not None:
+            state.emit("completed", status=flow.response.status_code)
+        else:
+            state.emit("error", error=state.error or (flow.error.msg if flow.error else None))
+        if not state.forwarded:
+            # A denial is on disk before the agent sees it.
+            self._journal("final", flow.id, {
+                "decision": decision, "rules": state.rules, "reason": state.reason,
+                "identity": state.identity, "session_id": state.session_id,
+                "status_code": flow.response.status_code if flow.response else None,
+                "error": state.error or (flow.error.msg if flow.error else None)})
+        self._write_flow(flow, decision)
+
+    def _write_flow(self, flow: http.HTTPFlow, decision: str) -> None:
+        if self.writer is None:
+            return
+        state = state_of(flow)
+        self._remember_secrets(state)
+        self.writer.put_flow(rows.flow_row(flow, state, decision, self.max_body, self._known))
+
+    def _refuse(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        log.error("recording unavailable, not forwarding %s %s: %s", flow.request.method,
+                  flow.request.pretty_url, self.failure)
+        state.decision = "error"
+        state.reason = "recording_unavailable"
+        reply(flow, 503, "recording_unavailable", "error",
+              reason="the gateway cannot record this request, so it does not forward it")
+
+    def _journal(self, kind: str, flow_id: str, fields: dict) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.note({"k": kind, "id": flow_id, "at": time.time(), **fields})
+        except OSError as exc:
+            if self.journal_failure is None:
+                log.error("recording failed: cannot write the journal: %s", exc)
+            self.journal_failure = f"cannot write the journal: {exc}"
+            return
+        if self.journal_failure is not None:
+            log.warning("recording works again: the journal is writable")
+            self.journal_failure = None
+
+    async def _rotate_journal(self) -> None:
+        """Keep the journal short: a new file every few seconds; older files are deleted
+        once everything queued before the switch is committed (if that fails, the next
+        switch tries again)."""
+        while True:
+            await asyncio.sleep(JOURNAL_ROTATE_S)
+            if self.journal is None or self.writer is None or self.journal.empty():
+                continue
+            try:
+                self.journal.rotate()
+            except OSError as exc:
+                log.error("recording: cannot start a new journal file: %s", exc)
+                continue
+            # On the event loop, between hooks: every line in these files was queued before.
+            older = self.journal.files()[:-1]
+            self.writer.barrier(partial(_delete_when_committed, older))
+
+    def _remember_secrets(self, state: flowstate.FlowState) -> None:
+        """Secrets seen in any flow are redacted everywhere (an event may quote another flow's)."""
+        if all(secret in self._secrets for secret in state.secrets):
+            return
+        for secret in state.secrets:
+            self._secrets[secret] = None
+            self._secrets.move_to_end(secret)
+        while len(self._secrets) > MAX_KNOWN_SECRETS:
+            self._secrets.popitem(last=False)
+        self._known = tuple(self._secrets)  # an immutable snapshot other threads can read
+
+    def _on_event(self, event: Event) -> None:
+        """An audit event from any addon (any thread): redact, then queue."""
+        if self.writer is None:
+            return
+        if event.kind == "held":
+            self._held.add(event.flow_id)
+            self._journal("held", event.flow_id, {})  # so a crash cannot make it look unheld
+        flow = self._inflight.get(event.flow_id)
+        secrets = self._known + tuple(state_of(flow).secrets if flow is not None and has_state(flow) else ())
+        # Encoding and redaction happen on the writer thread, not on the event loop.
+        self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
+                                      event.detail, secrets))
+
+
+def _database_options() -> tuple[DuckDBSettings, Limits]:
+    if ctx.options.portcullis_sql_timeout <= 0:
+        raise exceptions.OptionsError("portcullis_sql_timeout must be > 0")
+    try:
+        settings = DuckDBSettings(ctx.options.portcullis_db_memory_limit, ctx.options.portcullis_db_threads)
+    except ValueError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+    return settings, replace(DEFAULT_LIMITS, timeout_s=ctx.options.portcullis_sql_timeout)
+
+
+def _delete_when_committed(paths: list[Path], committed: bool) -> None:
+    if committed:  # on the writer thread, right after the commit
+        for path in paths:
+            path.unlink(missing_ok=True)

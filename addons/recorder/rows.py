@@ -1,0 +1,213 @@
+"""Turn a flow and its Portcullis state into a ``flows`` row, with every secret redacted.
+
+:func:`flow_row` takes a cheap snapshot on the event loop (references to immutable
+header tuples and body bytes) and returns a function that does the expensive part —
+decoding, redacting, capping, JSON — on the writer thread.
+
+Secrets: the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
+``Set-Cookie`` and every header the gateway injected become ``[redacted]``, and every
+literal secret value (plus its URL- and JSON-escaped forms) is replaced wherever it
+appears: path, query, any header, either body. Bodies are redacted *before* they are
+capped, so a cap can never leave half a secret behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from mitmproxy import http
+from mitmproxy.net import encoding
+
+from addons.core.flowstate import FlowState
+from recordings.store import micros
+
+REDACTED = "[redacted]"
+ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+HeaderFields = tuple[tuple[bytes, bytes], ...]
+
+
+class Redactor:
+    """Replaces every known secret value, in the forms it may take on the wire."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret:
+                forms.update({secret, quote(secret, safe=""), quote_plus(secret),
+                              json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]})
+        # Longest first, so a secret that contains another is replaced whole.
+        self.forms = sorted(forms, key=len, reverse=True)
+        self.byte_forms = [form.encode() for form in self.forms]
+
+    def text(self, value: str) -> str:
+        for form in self.forms:
+            if form in value:
+                value = value.replace(form, REDACTED)
+        return value
+
+    def data(self, value: bytes) -> bytes:
+        for form in self.byte_forms:
+            if form in value:
+                value = value.replace(form, REDACTED.encode())
+        return value
+
+    def deep(self, value: Any) -> Any:
+        """Redact strings anywhere in a JSON-like structure (event details)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.deep(v) for v in value]
+        return value
+
+
+@lru_cache(maxsize=256)
+def redactor_for(secrets: frozenset[str]) -> Redactor:
+    """Most flows share the same few secrets (or none): build each Redactor once."""
+    return Redactor(secrets)
+
+
+def headers_json(fields: HeaderFields, redactor: Redactor, hidden: frozenset[str]) -> str:
+    """Headers as a JSON object: lower-case name -> value (repeats joined with ", ")."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1").lower()
+        value = REDACTED if name in hidden else redactor.text(raw_value.decode("utf-8", "replace"))
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return json.dumps(out, ensure_ascii=False)
+
+
+def hidden_values(fields: HeaderFields, hidden: frozenset[str]) -> set[str]:
+    """The values of redacted headers, whole and without their scheme ("Bearer x" -> "x")."""
+    values: set[str] = set()
+    for raw_name, raw_value in fields:
+        if raw_name.decode("latin-1").lower() in hidden:
+            value = raw_value.decode("utf-8", "replace").strip()
+            values.add(value)
+            values.update(part for part in value.replace(";", " ").split()[1:] if len(part) >= 8)
+    return values
+
+
+def body_columns(raw: bytes | None, content_encoding: str | None, cap: int,
+                 redactor: Redactor) -> tuple[str | None, bytes | None, int | None, bool]:
+    """(text, blob, size, truncated) for a body: text when it is UTF-8, else a blob."""
+    if raw is None:
+        return None, None, None, False
+    content = raw
+    if content_encoding:
+        try:
+            content = encoding.decode(raw, content_encoding)
+        except ValueError:
+            content = raw  # store what was sent rather than nothing
+    if isinstance(content, str):
+        content = content.encode()
+    size = len(content)
+    content = redactor.data(content)
+    truncated = len(content) > cap
+    part = content[:cap]
+    text = _as_text(part, truncated)
+    return (text, None, size, truncated) if text is not None else (None, part, size, truncated)
+
+
+def _as_text(data: bytes, truncated: bool) -> str | None:
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A cap may cut a multi-byte character in two: drop the broken tail only.
+        if truncated and exc.start >= len(data) - 3:
+            try:
+                return data[: exc.start].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return None
+
+
+def _deciding_first(state: FlowState) -> list[str]:
+    """Matched rule names with the rule that decided first (``rules[1]`` in SQL)."""
+    rules = list(state.rules)
+    deciding = getattr(getattr(state.extras.get("verdict"), "rule", None), "name", None)
+    if deciding in rules:
+        rules.remove(deciding)
+        rules.insert(0, deciding)
+    return rules
+
+
+def _content_encoding(fields: HeaderFields) -> str | None:
+    for name, value in fields:
+        if name.lower() == b"content-encoding":
+            return value.decode("latin-1")
+    return None
+
+
+def client_address(address: Any) -> str | None:
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
+             secrets: Iterable[str]) -> Callable[[], dict[str, Any]]:
+    """Snapshot the flow now; the returned function builds the row (on the writer thread)."""
+    request, response = flow.request, flow.response
+    ended = (response.timestamp_end if response else None) or \
+        (flow.error.timestamp if flow.error else None) or time.time()
+    started = request.timestamp_start
+    path, _, query = request.path.partition("?")
+    hidden = ALWAYS_REDACTED | {name.lower() for name in state.injected_headers}
+    snapshot = {
+        "id": flow.id, "started_at": micros(started), "ended_at": micros(ended),
+        "duration_ms": round((ended - started) * 1000, 3) if started else None,
+        "identity": state.identity, "actor": state.actor, "client_addr": client_address(flow.client_conn.peername),
+        "session_id": state.session_id, "method": request.method, "scheme": request.scheme,
+        "host": request.host, "port": request.port,
+        "status_code": response.status_code if response else None,
+        "decision": decision, "rules": _deciding_first(state), "reason": state.reason,
+        "error": state.error or (flow.error.msg if flow.error else None),
+        "replay_of": state.replay_of, "masked": state.masked,
+    }
+    secret_list = set(secrets) | set(state.secrets)
+    request_parts = (request.headers.fields, request.raw_content)
+    response_parts = (response.headers.fields, response.raw_content) if response else None
+
+    def make() -> dict[str, Any]:
+        # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
+        redactor = redactor_for(frozenset(
+            secret_list | hidden_values(request_parts[0], hidden)
+            | (hidden_values(response_parts[0], hidden) if response_parts else set())))
+        row = dict(snapshot)
+        row["path"], row["query"] = redactor.text(path), redactor.text(query) if query else None
+        row["host"] = redactor.text(row["host"])
+        for prefix, parts in (("request", request_parts), ("response", response_parts)):
+            if parts is None:
+                continue
+            fields, raw = parts
+            row[f"{prefix}_headers"] = headers_json(fields, redactor, hidden)
+            (row[f"{prefix}_body"], row[f"{prefix}_body_blob"], row[f"{prefix}_size"],
+             row[f"{prefix}_truncated"]) = body_columns(raw, _content_encoding(fields), cap, redactor)
+        for name in ("reason", "error", "session_id", "identity", "actor"):
+            if isinstance(row[name], str):
+                row[name] = redactor.text(row[name])
+        return row
+
+    return make
+
+
+def event_row(flow_id: str, kind: str, at: float, actor: str, detail: dict[str, Any],
+              secrets: Iterable[str], seq: int) -> dict[str, Any]:
+    redactor = redactor_for(frozenset(secrets))
+    text = json.dumps(detail, ensure_ascii=False, default=str)
+    if redactor.forms:
+        # Redact the decoded values, not the JSON text, so the result stays valid JSON.
+        text = json.dumps(redactor.deep(json.loads(text)), ensure_ascii=False)
+    return {"seq": seq, "flow_id": flow_id, "at": micros(at), "actor": redactor.text(str(actor)),
+            "kind": kind, "detail": text}

@@ -1,0 +1,1 @@
+"""Replaying recorded requests through the gateway as it is today."""

@@ -1,0 +1,1 @@
+"""Reaching upstreams: pinned addresses, TLS trust, and JSON answers for upstream faults."""

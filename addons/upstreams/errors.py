@@ -1,0 +1,197 @@
+"""Upstream faults become JSON answers and recorded errors, and hanging upstreams time out.
+
+Options:
+    portcullis_upstream_timeout: seconds from forwarding a request to its complete
+        response (default 60; 0 disables). When it passes, the upstream connection is
+        cut and the agent gets ``504 {"error": "upstream_timeout", ...}``.
+
+Every other upstream failure (refused, unresolvable, TLS failure, connection reset
+before the response was complete, malformed response) reaches the agent as a JSON
+502 with ``error`` one of ``upstream_unreachable``, ``upstream_tls_error``,
+``upstream_closed`` or ``upstream_protocol_error`` (see addons.upstreams.errorpages), and the
+flow's state carries the same kind in ``state.error`` with an ``upstream_error``
+event, so the recorder stores the flow with its error.
+
+This addon also makes mitmproxy connect to upstreams lazily (``connection_strategy
+= lazy``) by default: with mitmproxy's default (eager), a CONNECT from the agent opens
+a TCP and TLS connection to the upstream before any rule has seen a request, so
+blocked requests would still touch the upstream and an unreachable upstream would
+surface as a bare CONNECT failure instead of a JSON answer.
+
+The timeout finds what a flow is waiting for: the task still opening its upstream
+connection (mitmproxy assigns ``flow.server_conn`` only once that connection is open,
+so connects are tracked per client connection and address), or the task reading the
+open connection. A flow waiting for one of mitmproxy's five connection slots per
+address and client connection cannot be cut safely (cancelling it there would leave
+the flow without an answer), so it is given more time and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from mitmproxy import connection, ctx, exceptions, http, tcp
+from mitmproxy.proxy import server_hooks
+
+from addons.core.flowstate import state_of
+from addons.upstreams import errorpages
+
+log = logging.getLogger("portcullis.upstream_errors")
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Connecting:
+    """An upstream connection being opened, and by which task."""
+
+    client_id: str
+    server: connection.Server
+    task: asyncio.Task
+
+    @property
+    def waiting_for_slot(self) -> bool:
+        # mitmproxy stamps the connection when it starts the TCP connect, after it got
+        # one of its per-address slots; cancelling before that would lose the flow.
+        return self.server.timestamp_start is None
+
+
+class UpstreamErrorsAddon:
+    name = "portcullis_upstream_errors"
+
+    def __init__(self) -> None:
+        self.timeout: float = DEFAULT_TIMEOUT_S
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timed_out: set[str] = set()
+        #: server connection id -> the connect in progress (a connect can hang too)
+        self._connecting: dict[str, Connecting] = {}
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "portcullis_upstream_timeout", float, DEFAULT_TIMEOUT_S,
+            "Seconds an upstream has to deliver a complete response (0: no limit).",
+        )
+        errorpages.install()
+        # A default, not a mandate: `--set connection_strategy=eager` still wins.
+        loader.master.options.update(connection_strategy="lazy")
+
+    def configure(self, updated: set[str]) -> None:
+        if "portcullis_upstream_timeout" in updated:
+            value = ctx.options.portcullis_upstream_timeout
+            if value < 0:
+                raise exceptions.OptionsError("portcullis_upstream_timeout must be >= 0 seconds")
+            self.timeout = value
+
+    def banner(self) -> list[str]:
+        limit = f"{self.timeout:g} s" if self.timeout else "none"
+        return [f"upstream timeout: {limit}"]
+
+    # --- hooks ---------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        # Runs after the policy and approvals: only flows about to be forwarded are timed.
+        if flow.response is not None or flow.error is not None or not self.timeout:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[flow.id] = loop.call_later(self.timeout, self._expire, flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._cancel(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._cancel(flow)
+        assert flow.error is not None
+        message = flow.error.msg
+        if flow.id in self._timed_out:
+            self._timed_out.discard(flow.id)
+            kind = "upstream_timeout"
+        elif message == flow.error.KILLED_MESSAGE:
+            kind = "killed"
+        elif "client disconnected" in message.lower():
+            kind = "client_disconnected"
+        elif flow.request.timestamp_end is None:
+            kind = "bad_request"  # the request itself never arrived complete and valid
+        else:
+            kind = errorpages.classify(502, message)[1]
+        state = state_of(flow)
+        state.error = kind
+        state.emit("upstream_error", error=kind, detail=message)
+        # Tell the error page written next for this flow which flow it is for.
+        errorpages.expect_page(flow.client_conn.id, flow.request.http_version, message, flow.id, kind)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connecting[data.server.id] = Connecting(data.client.id, data.server, task)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._connecting.pop(data.server.id, None)
+
+    server_connect_error = server_connected
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        errorpages.forget_client(client.id)
+
+    def done(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    # --- the timeout ---------------------------------------------------------------
+
+    def _cancel(self, flow: http.HTTPFlow) -> None:
+        timer = self._timers.pop(flow.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, flow: http.HTTPFlow) -> None:
+        self._timers.pop(flow.id, None)
+        if flow.response is not None or flow.error is not None:
+            return
+        address = (flow.request.host, flow.request.port)
+        task = None
+        if flow.server_conn.connected and flow.server_conn.address == address:
+            task = connection_task(flow)  # sent: waiting for the response
+        else:
+            connecting = self._connects_of(flow)
+            if any(c.waiting_for_slot for c in connecting):
+                # Its connect (or, unassigned yet, one it may be) waits for a slot, which
+                # frees when an earlier connection closes (their timers cut them).
+                log.warning("flow %s to %s is still waiting for a free upstream connection slot",
+                            flow.id, flow.request.host)
+                self._timers[flow.id] = asyncio.get_running_loop().call_later(
+                    self.timeout, self._expire, flow)
+                return
+            if connecting:
+                self._connecting.pop(connecting[0].server.id, None)
+                task = connecting[0].task
+        log.warning("upstream %s did not answer %s %s within %g s",
+                    flow.request.host, flow.request.method, flow.request.pretty_url, self.timeout)
+        if task is None:
+            log.error("cannot cut the upstream connection of flow %s", flow.id)
+            return
+        self._timed_out.add(flow.id)
+        # Cancelling the task that reads from (or is still connecting to) the upstream
+        # looks like a peer close to the protocol layers, so mitmproxy fails the flow
+        # through its normal error path (error hook, then the error answer).
+        task.cancel()
+
+    def _connects_of(self, flow: http.HTTPFlow) -> list[Connecting]:
+        """The connects in progress the flow may wait for: its own if known, else (not
+        yet assigned to it by mitmproxy) those on its client connection to its address."""
+        exact = self._connecting.get(flow.server_conn.id)
+        if exact is not None:
+            return [exact]
+        address = (flow.request.host, flow.request.port)
+        return [c for c in self._connecting.values()
+                if c.client_id == flow.client_conn.id and c.server.address == address]
+
+
+def connection_task(flow: http.HTTPFlow | tcp.TCPFlow) -> asyncio.Task | None:
+    """The task that reads the flow's upstream connection, if it is open."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
+    transport = getattr(handler, "transports", {}).get(flow.server_conn) if handler else None
+    return getattr(transport, "handler", None)

@@ -1,0 +1,1 @@
+"""Reading the recording: flows, one flow in detail, sessions, the SQL page, replay."""

@@ -1,0 +1,124 @@
+"""The SQL page: read-only queries over the live recording, as a table, CSV or Parquet.
+
+Queries go through exactly the path ``portcullis sql`` uses (recordings.control.answer:
+the read-only guard, a read-only transaction that is rolled back, the same error
+codes), so the page accepts and refuses the same statements as the command line.
+The query is in the URL (a GET form): a result can be shared as a link.
+
+The same limits apply too (recordings/analyst.py: a timeout, DuckDB's memory limit, the
+result's size), and a query stops when the browser closes its connection: the page
+shows the limit that was hit (``query_timeout``, ``query_memory``, ...).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, abort, render_template, request
+
+from gateway.commands.sql import render
+from recordings.control import answer, peer_gone
+from review_ui.audit import data as audit_data
+from review_ui.audit.data import Unavailable
+from review_ui.auth import login_required
+
+bp = Blueprint("audit_sql", __name__, template_folder="templates")
+NAV = [("audit_sql.index", "SQL")]
+
+SHOWN_ROWS = 1000
+DOWNLOAD_ROWS = 1_000_000
+SQL_MAX = 20_000
+EXAMPLES = (
+    "SELECT decision, count(*) AS flows FROM flows GROUP BY ALL ORDER BY flows DESC",
+    "SELECT * FROM blocked_by_rule",
+    "SELECT identity, host, count(*) AS flows, round(avg(duration_ms)) AS avg_ms FROM flows GROUP BY ALL ORDER BY flows DESC LIMIT 20",
+    'SELECT e."at", e.flow_id, e.kind, e.actor, e.detail FROM events e WHERE kind IN (\'approved\', \'rejected\') ORDER BY e."at" DESC LIMIT 50',
+)
+
+
+#: Refusals after which the statement is run again as written (it may not be wrappable).
+RETRY_UNWRAPPED = ("sql_error", "read_only")
+
+
+def browser_gone() -> Callable[[], bool] | None:
+    """A check that the browser has closed its connection (werkzeug's server exposes it)."""
+    sock = request.environ.get("werkzeug.socket")
+    return partial(peer_gone, sock) if sock is not None else None
+
+
+def run(sql: str, limit: int) -> tuple[int, dict[str, Any]]:
+    """(status, answer) for ``sql``, at most ``limit`` rows when the statement allows a LIMIT."""
+    store = audit_data.store()
+    gone = browser_gone()
+    status, result = answer(store, "/query", {"sql": f"SELECT * FROM ({sql.strip().rstrip(';')}) LIMIT {limit}"},
+                            gone)
+    if status != 200 and result.get("error") in RETRY_UNWRAPPED:
+        # DESCRIBE, SHOW, EXPLAIN ... cannot be wrapped; run them as written (same guard).
+        status, result = answer(store, "/query", {"sql": sql}, gone)
+    return status, result
+
+
+def refuse(status: int, result: dict[str, Any]) -> Any:
+    """A download that failed: the code of the limit or error, and why."""
+    if status == 499:  # the browser left: nobody reads this
+        return Response(status=499)
+    abort(status, f"{result['error']}: {result['message']}")
+
+
+def query_text() -> str:
+    sql = request.args.get("q", "").strip()
+    if len(sql) > SQL_MAX:
+        abort(413, f"The query is longer than {SQL_MAX} characters.")
+    return sql
+
+
+@bp.get("/audit/sql")
+@login_required
+def index() -> Any:
+    sql = query_text()
+    result, error, status = None, None, 200
+    if sql:
+        try:
+            status, result = run(sql, SHOWN_ROWS + 1)
+        except Unavailable as exc:
+            status, result = exc.status, {"error": exc.code, "message": exc.message}
+        if status != 200:
+            error, result = result, None
+    return render_template("audit/sql.html", sql=sql, result=result, error=error, examples=EXAMPLES,
+                           shown=SHOWN_ROWS), status
+
+
+@bp.get("/audit/sql.csv")
+@login_required
+def download_csv() -> Any:
+    sql = query_text() or abort(400, "No query.")
+    try:
+        status, result = run(sql, DOWNLOAD_ROWS)
+    except Unavailable as exc:
+        abort(exc.status, exc.message)
+    if status != 200:
+        return refuse(status, result)
+    return Response(render(result["columns"], result["rows"], "csv"), mimetype="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="portcullis-query.csv"'})
+
+
+@bp.get("/audit/sql.parquet")
+@login_required
+def download_parquet() -> Any:
+    sql = query_text() or abort(400, "No query.")
+    try:
+        store = audit_data.store()
+    except Unavailable as exc:
+        abort(exc.status, exc.message)
+    with tempfile.TemporaryDirectory(prefix="portcullis-sql-") as directory:
+        output = Path(directory) / "result.parquet"
+        status, result = answer(store, "/query", {"sql": sql, "output": str(output)}, browser_gone())
+        if status != 200:
+            return refuse(status, result)
+        data = output.read_bytes()
+    return Response(data, mimetype="application/vnd.apache.parquet",
+                    headers={"Content-Disposition": 'attachment; filename="portcullis-query.parquet"'})

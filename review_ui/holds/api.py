@@ -1,0 +1,200 @@
+"""The JSON API: the same decisions as the pages, for scripts and chat-ops bots.
+
+    GET    /api/pending                 pending holds, most urgent first
+    GET    /api/flows/<id>              one held flow: request, approvals, events
+    GET    /api/flows/<id>/body         the exact body bytes of a pending hold (a download)
+    POST   /api/flows/<id>/approve      {"comment": "...", "grant": "15m"?}
+    POST   /api/flows/<id>/reject       {"comment": "..."}
+    GET    /api/grants                  active grants
+    DELETE /api/grants/<id>             revoke a grant at once
+    GET    /api/decisions               recent decisions (this process)
+    GET    /api/events                  server-sent events: held, updated, decided, grants
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from addons.holds.addon import DecisionError
+from addons.holds.spec import parse_duration
+from review_ui.auth import api_auth_required, current_actor
+from review_ui.errors import api_error
+from review_ui.services import services
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+COMMENT_MAX = 2000
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    return services().approvals.call(fn, *args)
+
+
+def decision_error(exc: DecisionError) -> Any:
+    return api_error(exc.status, exc.code, exc.message)
+
+
+def flow_details(flow_id: str) -> dict[str, Any]:
+    """A held flow as the API and the review page show it (raises DecisionError 404)."""
+    approvals = services().approvals
+
+    def read() -> dict[str, Any]:
+        hold = approvals.get(flow_id)
+        return {**hold.details(), "events": list(approvals.events_of(flow_id))}
+
+    return _call(read)
+
+
+def held_body_response(flow_id: str) -> Any:
+    """The exact bytes the upstream will get, as a download; JSON error if not available.
+
+    The review page shows a decoded prefix; a body it cannot show in full (or cannot
+    decode) must still be reviewable, byte for byte. Only pending holds keep the bytes.
+    """
+    approvals = services().approvals
+
+    def read() -> tuple[bytes | None, str, str, set[str]]:
+        hold = approvals.get(flow_id)
+        return hold.raw, hold.body_sha256, hold.decision or "pending", set(hold.state.secrets)
+
+    try:
+        raw, digest, status, secrets = _call(read)
+    except DecisionError as exc:
+        return decision_error(exc)
+    if raw is None:
+        return api_error(410, "body_released", f"flow {flow_id} is {status}: its body is no longer kept")
+    if any(secret.encode("utf-8", "surrogateescape") in raw for secret in secrets if secret):
+        return api_error(409, "body_contains_secret", "the body holds an injected credential and is not offered")
+    return Response(raw, mimetype="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{flow_id}.body"',
+        "X-Body-SHA256": digest, "Cache-Control": "no-store",
+    })
+
+
+def may_decide(flow_id: str) -> tuple[bool, str | None]:
+    """Whether the current reviewer may decide this flow, and if not, why."""
+    approvals = services().approvals
+    actor = current_actor()
+
+    def check() -> tuple[bool, str | None]:
+        hold = approvals.get(flow_id)
+        try:
+            approvals.check_may_decide(hold, actor, record=False)
+        except DecisionError as exc:
+            return False, exc.message
+        if any(v.reviewer == actor.name for v in hold.votes):
+            return False, "You already approved; another reviewer must approve too."
+        return True, None
+
+    return _call(check)
+
+
+@bp.get("/pending")
+@api_auth_required
+def pending() -> Any:
+    return jsonify({"pending": _call(services().approvals.queue)})
+
+
+@bp.get("/flows/<flow_id>")
+@api_auth_required
+def flow(flow_id: str) -> Any:
+    try:
+        details = flow_details(flow_id)
+        allowed, why = may_decide(flow_id)
+    except DecisionError as exc:
+        return decision_error(exc)
+    return jsonify({**details, "you_may_decide": allowed, "why_not": why})
+
+
+@bp.get("/flows/<flow_id>/body")
+@api_auth_required
+def body(flow_id: str) -> Any:
+    return held_body_response(flow_id)
+
+
+def _body() -> dict[str, Any] | None:
+    if not request.data:
+        return {}
+    data = request.get_json(silent=True)
+    return data if isinstance(data, dict) else None
+
+
+def _comment(data: dict[str, Any]) -> str | None:
+    comment = data.get("comment", "")
+    return comment[:COMMENT_MAX] if isinstance(comment, str) else None
+
+
+@bp.post("/flows/<flow_id>/approve")
+@api_auth_required
+def approve(flow_id: str) -> Any:
+    data = _body()
+    if data is None or (comment := _comment(data)) is None:
+        return api_error(400, "bad_request", 'expected a JSON object like {"comment": "...", "grant": "15m"}')
+    grant = None
+    if data.get("grant"):
+        try:
+            grant = parse_duration(data["grant"])
+        except ValueError as exc:
+            return api_error(400, "bad_grant", str(exc))
+    return _decide(services().approvals.approve, flow_id, comment, grant)
+
+
+@bp.post("/flows/<flow_id>/reject")
+@api_auth_required
+def reject(flow_id: str) -> Any:
+    data = _body()
+    if data is None or (comment := _comment(data)) is None:
+        return api_error(400, "bad_request", 'expected a JSON object like {"comment": "..."}')
+    return _decide(services().approvals.reject, flow_id, comment)
+
+
+def _decide(action: Any, flow_id: str, *args: Any) -> Any:
+    try:
+        hold = _call(action, flow_id, current_actor(), *args)
+    except DecisionError as exc:
+        return decision_error(exc)
+    return jsonify(_call(hold.summary))
+
+
+@bp.get("/grants")
+@api_auth_required
+def grants() -> Any:
+    return jsonify({"grants": _call(services().approvals.active_grants)})
+
+
+@bp.delete("/grants/<grant_id>")
+@api_auth_required
+def revoke(grant_id: str) -> Any:
+    try:
+        grant = _call(services().approvals.revoke, grant_id, current_actor())
+    except DecisionError as exc:
+        return decision_error(exc)
+    return jsonify({"revoked": grant.to_json()})
+
+
+@bp.get("/decisions")
+@api_auth_required
+def decisions() -> Any:
+    return jsonify({"decisions": _call(services().approvals.history)})
+
+
+@bp.get("/events")
+@api_auth_required
+def events() -> Any:
+    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    last_id = int(last) if last and last.isdigit() else None
+    stream = services().broker.stream(last_id, services().sse_lifetime)
+    return Response(stream_with_context(stream), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@bp.errorhandler(404)
+def not_found(_exc: Any) -> Any:
+    return api_error(404, "not_found", f"no API endpoint {request.path}")
+
+
+@bp.errorhandler(405)
+def wrong_method(_exc: Any) -> Any:
+    return api_error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
