@@ -11,20 +11,16 @@ read-only. Statements that write are refused. See docs/recording.md for the sche
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway import settings
 from recordings.control import RequestFailed, ask
+from recordings.results import render
 from recordings.store import StoreError
 
-FORMATS = ["table", "csv", "json", "parquet"]
-#: Table cells longer than this are cut (use csv/json for whole values).
-MAX_CELL = 80
+FORMATS = ["table", "csv", "json", "parquet"]  # parquet: written by the store, not rendered
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
@@ -75,40 +71,3 @@ def call_recording(db: Path, route: str, payload: dict[str, Any], command: str) 
         print(f"portcullis {command}: {exc}", file=sys.stderr)
     return None
 
-
-def render(columns: list[str], rows: list[list[Any]], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([dict(zip(columns, row, strict=True)) for row in rows],
-                          ensure_ascii=False, indent=2) + "\n"
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        writer.writerows([[_cell(value) for value in row] for row in rows])
-        return out.getvalue()
-    return _table(columns, rows)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _table(columns: list[str], rows: list[list[Any]]) -> str:
-    cells = [[_cut(_cell(v) if v is not None else "NULL") for v in row] for row in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    lines = [
-        " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
-        "-+-".join("-" * w for w in widths),
-        *(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells),
-        f"({len(rows)} row{'s' if len(rows) != 1 else ''})",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _cut(text: str) -> str:
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"

@@ -20,8 +20,8 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request
 
-from gateway.commands.sql import render
 from recordings.control import answer, peer_gone
+from recordings.results import render
 from review_ui.audit import data as audit_data
 from review_ui.audit.data import Unavailable
 from review_ui.auth import login_required
