@@ -11,6 +11,8 @@ that it stores what the agent actually received.
 
 from __future__ import annotations
 
+from addons.core.events import EventBus
+from addons.core.flowstate import FlowStates
 from addons.credentials.addon import CredentialsAddon
 from addons.guards.clienttimeouts import ClientTimeoutsAddon
 from addons.guards.hostcheck import HostCheckAddon
@@ -31,34 +33,41 @@ from review_ui.server_addon import ReviewServerAddon
 
 
 def make_addons() -> list[object]:
-    """A fresh set of Portcullis addons, wired together, in hook order."""
-    policy = PolicyAddon()
-    identity = IdentityAddon()
-    approvals = ApprovalsAddon()
-    credentials = CredentialsAddon()
-    masking = MaskingAddon()
+    """A fresh set of Portcullis addons, wired together, in hook order.
+
+    All of them share one :class:`FlowStates` registry (and through it one event bus);
+    collaborators are passed to constructors, never looked up by name at run time.
+    """
+    states = FlowStates(EventBus())
+    policy = PolicyAddon(states)
+    identity = IdentityAddon(states)
+    approvals = ApprovalsAddon(states, policy)
+    credentials = CredentialsAddon(states)
+    masking = MaskingAddon(states)
     upstreams = UpstreamsAddon()
+    recorder = RecorderAddon(states)
+    ui = ReviewServerAddon(states, approvals, recorder, upstreams)
     # Addons configured by the rules file learn of every (re)load from the policy addon.
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded,
                          masking.policy_loaded, upstreams.policy_loaded]
     return [
         ClientTimeoutsAddon(),  # closes agent connections stalled before headers, or idle
-        RequestLimitsAddon(),  # oversized header sections never reach the other addons
-        RequestGuardAddon(),  # CR/LF/NUL, obs-fold, method override, trailers: before any rule
+        RequestLimitsAddon(states),  # oversized header sections never reach the other addons
+        RequestGuardAddon(states),  # CR/LF/NUL, obs-fold, method override, trailers: before any rule
         identity,  # who is calling: before the policy, which matches on it
-        ReviewServerAddon(approvals),  # serves the review UI; refuses proxied requests to it
-        HostCheckAddon(),  # Host header / SNI must name the target the rules will see
+        ui,  # serves the review UI; refuses proxied requests to it
+        HostCheckAddon(states),  # Host header / SNI must name the target the rules will see
         policy,
-        WebSocketGuardAddon(),  # upgrades on masked routes are refused; messages tallied
+        WebSocketGuardAddon(states),  # upgrades on masked routes are refused; messages tallied
         approvals,  # holds: awaits the reviewer inside its request hook
-        NotifyAddon(approvals),  # webhooks about holds, delivered off the event loop
+        NotifyAddon(states, approvals, policy, ui),  # webhooks about holds, off the event loop
         credentials,  # only flows that will be forwarded get secrets
         masking,  # after credentials, before the recorder: it records the masked version
-        ReplayAddon(),  # re-sends recorded requests through all of the above
+        ReplayAddon(states, recorder, identity),  # re-sends recorded requests through all of the above
         upstreams,
-        UpstreamErrorsAddon(),  # JSON 502/504 for upstream faults; times forwarded requests
-        TunnelGuardAddon(),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP
-        RecorderAddon(),  # last: it stores what the agent actually received
+        UpstreamErrorsAddon(states),  # JSON 502/504 for upstream faults; times forwarded requests
+        TunnelGuardAddon(states),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP
+        recorder,  # last: it stores what the agent actually received
     ]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 from mitmproxy import http
 
+from addons.core.flowstate import FlowStates
 from addons.masking.addon import MaskingAddon
 from addons.masking.redaction import Tally
 from addons.policy.engine import compile_policy
@@ -79,7 +80,7 @@ def _median_ms(function: Callable[[], object], repeats: int, budget_s: float,
 def in_process(body: bytes, repeats: int, budget_s: float) -> dict[str, float]:
     rule = compile_policy(RULES, "<bench>").rules[0]
     plan = [(rule, rule.extensions["mask"])]
-    addon = MaskingAddon()
+    addon = MaskingAddon(FlowStates())
     addon.pseudonyms._key = b"bench-key-" * 4
 
     def mask() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+from addons.core.flowstate import FlowStates
 from addons.core.synthetic import make_flow
 from addons.guards.requestguard import RequestGuardAddon
 from addons.policy.conditions import RequestView
@@ -79,7 +80,7 @@ GUARD_REQUESTS = {
 
 def canonical_checks(budget_s: float = 0.3) -> dict[str, float]:
     """µs per request for the guard's requestheaders + request hooks on clean requests."""
-    guard = RequestGuardAddon()
+    guard = RequestGuardAddon(FlowStates())
     result = {}
     for label, (method, url, headers, body) in GUARD_REQUESTS.items():
         flow = make_flow(method, url, headers=headers, body=body)

@@ -28,8 +28,8 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from addons.core.flowstate import state_of
-from addons.core.replies import reply
+from addons.core.flowstate import FlowStates
+from addons.core.replies import refuse
 from review_ui import create_app
 from review_ui.reviewers import ReviewersError, ReviewerStore
 
@@ -67,8 +67,14 @@ def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 class ReviewServerAddon:
     name = "portcullis_review_ui"
 
-    def __init__(self, approvals: object) -> None:
+    def __init__(self, states: FlowStates, approvals: object, recorder: object,
+                 upstreams: object) -> None:
+        """``recorder`` gives the UI the recording; ``upstreams`` its pinned addresses,
+        so that the UI cannot be reached through the proxy under a pinned name either."""
+        self.states = states
         self.approvals = approvals
+        self.recorder = recorder
+        self.upstreams = upstreams
         self.address: tuple[str, int] | None = None
         self.reviewers: ReviewerStore | None = None
         self.server: BaseWSGIServer | None = None
@@ -103,7 +109,7 @@ class ReviewServerAddon:
         host, port = address
         app = create_app(
             self.approvals, reviewers,
-            recorder=lambda: ctx.master.addons.get("portcullis_recorder"),
+            recorder=lambda: self.recorder,
             allowed_hosts=_host_names(host, port),
             # Streams end after this long and browsers reconnect (tests shorten it).
             sse_lifetime=float(os.environ.get("PORTCULLIS_UI_SSE_LIFETIME", "300")),
@@ -166,17 +172,13 @@ class ReviewServerAddon:
         if self.address is None or flow.request.port != self.address[1]:
             return
         if await self.targets_ui(flow.request.host):
-            state = state_of(flow)
-            state.decision = "blocked"
-            state.reason = "request to the review UI through the proxy"
-            state.emit("decided", action="block", error="review_ui_unreachable", reason=state.reason)
-            reply(flow, 403, "review_ui_unreachable", "blocked",
-                  reason="the review UI cannot be reached through the gateway")
+            refuse(flow, self.states.of(flow), 403, "review_ui_unreachable",
+                   "the review UI cannot be reached through the gateway")
 
     async def targets_ui(self, host: str) -> bool:
         """Whether ``host`` (on the UI's port) reaches this machine's UI listener."""
         name = host.strip().rstrip(".").lower()
-        pinned = _pinned_address(name)
+        pinned = self.upstreams.pinned_address(name) if self.upstreams is not None else None
         if pinned:
             name = pinned
         address = literal_ip(name)
@@ -220,14 +222,7 @@ def _host_names(host: str, port: int) -> set[str]:
     return names
 
 
-def _pinned_address(name: str) -> str | None:
-    try:
-        upstreams = ctx.master.addons.get("portcullis_upstreams")
-    except AttributeError:
-        return None
-    if upstreams is None:
-        return None
-    return upstreams.resolve.get(name) or upstreams.pinned.get(name)
+
 
 
 def _loop_running() -> bool:

@@ -16,7 +16,7 @@ from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from addons.core.flowstate import state_of
+from addons.core.flowstate import FlowStates
 from addons.guards import chunkedtrailers
 from addons.guards.canonical import check_body, check_query, check_request_head
 from addons.guards.requestguard import RequestGuardAddon
@@ -115,8 +115,11 @@ def test_method_in_a_form_body(content_type, body, refused):
 # --- the addon on mitmproxy test flows ----------------------------------------------
 
 
+STATES = FlowStates()
+
+
 def guarded(flow: http.HTTPFlow, hook: str = "requestheaders") -> http.HTTPFlow:
-    getattr(RequestGuardAddon(), hook)(flow)  # the hooks need no options or master
+    getattr(RequestGuardAddon(STATES), hook)(flow)  # the hooks need no options or master
     return flow
 
 
@@ -128,7 +131,7 @@ def test_addon_answers_400_json_and_records_the_cause():
     body = json.loads(flow.response.content)
     assert body["error"] == "malformed_request"
     assert body["flow_id"] == flow.id and body["reason"]
-    state = state_of(flow)
+    state = STATES.of(flow)
     assert state.decision == "blocked" and "control character" in state.reason
 
 
@@ -193,7 +196,7 @@ def test_trailers_go_to_request_trailers_instead_of_ending_the_connection():
 def test_loading_the_addon_wraps_the_installed_mitmproxy():
     from mitmproxy.proxy.layers.http import _http1
 
-    with taddons.context(RequestGuardAddon()):  # load() installs the adaptation
+    with taddons.context(RequestGuardAddon(STATES)):  # load() installs the adaptation
         assert hasattr(_http1.Http1Connection.read_body, "__wrapped__")
     assert chunkedtrailers.install()  # idempotent
     assert hasattr(_http1.Http1Connection.read_body, "__wrapped__")

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from addons.core.flowstate import subscribe, unsubscribe
+from addons.core.flowstate import FlowState, FlowStates
 from addons.core.rulefile import RuleFileError
 from addons.core.synthetic import make_flow
 from addons.policy.conditions import EvaluationError, RequestView
@@ -73,10 +73,11 @@ def block_default_policy(tmp_path_factory):
     return load_policy(path)
 
 
-def decide(policy, path: str, body, method: str = "POST", content_type: str = "application/json"):
+def decide(policy, path: str, body, method: str = "POST", content_type: str = "application/json",
+           state: FlowState | None = None):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     flow = make_flow(method, f"http://api.test{path}", {"content-type": content_type}, raw)
-    return policy.evaluate(RequestView(flow)).action
+    return policy.evaluate(RequestView(flow, state=state)).action
 
 
 def gql(query: str, **extra):
@@ -215,12 +216,11 @@ def test_only_reads_allow_rule(block_default_policy):
 
 def test_classification_is_emitted_once_as_an_event(policy):
     events = []
-    listener = events.append
-    subscribe(listener)
-    try:
-        decide(policy, "/sql", {"statement": "DELETE FROM public.customers"})
-    finally:
-        unsubscribe(listener)
+    states = FlowStates()
+    states.bus.subscribe(events.append)
+    state = states.detached("flow-1")
+    decide(policy, "/sql", {"statement": "DELETE FROM public.customers"}, state=state)
+    decide(policy, "/sql", {"statement": "DELETE FROM public.customers"}, state=state)
     classified = [e for e in events if e.kind == "classified"]
     assert len(classified) == 1
     detail = classified[0].detail

@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 
+from addons.core.flowstate import FlowStates
 from addons.identity import addon as identity_module
 from addons.identity.addon import IdentityAddon
 from addons.policy import addon as policy_module
@@ -52,7 +53,7 @@ def test_policy_watcher_survives_an_unexpected_loader_failure(tmp_path, monkeypa
     monkeypatch.setattr(policy_module, "RELOAD_INTERVAL_S", 0.02)
     path = tmp_path / "rules.yaml"
     path.write_text(RULES.format(name="a"))
-    addon = PolicyAddon()
+    addon = PolicyAddon(FlowStates())
     addon.rules_path, addon._signature = path, policy_module._signature(path)
     addon.policy = load_policy(path)
 
@@ -73,7 +74,7 @@ def test_policy_watcher_survives_an_unexpected_loader_failure(tmp_path, monkeypa
 def test_a_failing_listener_does_not_stop_the_others_or_the_reload(tmp_path, caplog):
     path = tmp_path / "rules.yaml"
     path.write_text(RULES.format(name="a"))
-    addon = PolicyAddon()
+    addon = PolicyAddon(FlowStates())
     addon.rules_path, addon._signature = path, policy_module._signature(path)
     addon._watcher = object()  # running: listeners' failures are logged, not raised
     told = []
@@ -90,7 +91,7 @@ def test_identities_watcher_survives_an_unexpected_loader_failure(tmp_path, monk
     path = tmp_path / "identities.yaml"
     token = hashlib.sha256(b"t").hexdigest()
     path.write_text(f"identities:\n  - {{name: a, token_sha256: {token}}}\n")
-    addon = IdentityAddon()
+    addon = IdentityAddon(FlowStates())
     addon.file = path
     addon.from_file = identity_module.load_identities_file(path)
     addon._signature = identity_module._signature(path)

@@ -1,64 +1,74 @@
-"""Per-flow state shared by the Portcullis addons, and the audit event stream.
+"""Per-flow state shared by the Portcullis addons: typed, and reached through one registry.
 
-Each addon reads and writes one :class:`FlowState` per flow (identity, decision,
-matched rules, injected secrets, ...). It is kept outside ``flow.metadata`` on purpose:
-metadata is copied into replays and serialised with saved flows, and this state must
-be neither.
+Each addon reads and writes one :class:`FlowState` per flow: who is calling, the policy's
+verdict, the hold, masking tallies, the refusal. Every field is declared here, so what
+one addon leaves for the next is visible in one place (no string-keyed bag).
 
-Things that happen to a flow are published with :meth:`FlowState.emit`; the recorder
-subscribes and writes them to the ``events`` table as they happen.
+The state is kept outside ``flow.metadata`` on purpose: metadata is copied into replays
+and serialised with saved flows, and this state must be neither.
+
+:class:`FlowStates` is the registry: ``make_addons()`` creates one, with the one
+:class:`~addons.core.events.EventBus`, and passes it to every addon's constructor.
+:meth:`FlowState.emit` publishes on that bus.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
+
+from addons.core.events import Event, EventBus, EventKind
+
+if TYPE_CHECKING:  # typing only: core imports nothing of ours at run time
+    from addons.policy.engine import Verdict
 
 #: Headers that carry Portcullis protocol data from the agent; always stripped before
 #: forwarding so they can neither leak upstream nor be forged towards us by upstreams.
 CONTROL_HEADER_PREFIX = "x-portcullis-"
 
 
-@dataclass(frozen=True)
-class Event:
-    flow_id: str
-    kind: str
-    at: float
-    actor: str
-    detail: dict[str, Any]
+@dataclass
+class MaskingNotes:
+    """What the masking addon noted between the request and the response hooks."""
+
+    #: rule name -> tally of values masked in the request (reported with the response).
+    tallies: dict[str, Any] = field(default_factory=dict)
+    #: Why an unmaskable body was passed anyway (``on_unmaskable: pass``), if it was.
+    passed: str | None = None
+    #: (reason, rule names) when the response must be refused as unmaskable.
+    refused: tuple[str, list[str]] | None = None
 
 
-EventListener = Callable[[Event], None]
-_listeners: list[EventListener] = []
+@dataclass
+class WebSocketTally:
+    """Messages and bytes per direction of a WebSocket connection: [count, bytes]."""
 
-
-def subscribe(listener: EventListener) -> None:
-    if listener not in _listeners:
-        _listeners.append(listener)
-
-
-def unsubscribe(listener: EventListener) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
+    client: list[int] = field(default_factory=lambda: [0, 0])
+    server: list[int] = field(default_factory=lambda: [0, 0])
 
 
 @dataclass
 class FlowState:
     flow_id: str
+    bus: EventBus | None = field(default=None, repr=False, compare=False)
     identity: str = "anonymous"
     groups: frozenset[str] = frozenset()
     session_id: str | None = None
+    #: allowed | blocked | held | approved | rejected | expired | abandoned
     decision: str | None = None
     rules: list[str] = field(default_factory=list)
     reason: str | None = None
     error: str | None = None
     replay_of: str | None = None
     actor: str | None = None
+    #: The policy's verdict, for the addons after it (holds, masking, WebSockets, recorder).
+    verdict: Verdict | None = None
+    #: The agent's justification for a held request (X-Portcullis-Justification).
+    justification: str | None = None
     #: Values the gateway itself injected (credentials): never recorded, never shown.
     secrets: set[str] = field(default_factory=set)
     #: Header names the gateway injected; redacted in recordings.
@@ -66,29 +76,46 @@ class FlowState:
     #: Control headers the agent sent (X-Portcullis-*), read before they are stripped.
     control: dict[str, str] = field(default_factory=dict)
     masked: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    masking: MaskingNotes = field(default_factory=MaskingNotes)
+    websocket: WebSocketTally | None = None
+    #: SQL/GraphQL classifications already made for this request, by field (addons.querylang).
+    classifications: dict[str, Any] = field(default_factory=dict)
 
     @property
     def forwarded(self) -> bool:
         return self.decision in ("allowed", "approved")
 
-    def emit(self, kind: str, actor: str = "gateway", **detail: Any) -> Event:
-        event = Event(self.flow_id, kind, time.time(), actor, detail)
-        for listener in list(_listeners):
-            listener(event)
+    @property
+    def deciding_rule(self) -> str | None:
+        """The name of the rule whose action decided, if one did."""
+        rule = self.verdict.rule if self.verdict is not None else None
+        return rule.name if rule is not None else None
+
+    def emit(self, kind: EventKind | str, actor: str = "gateway", **detail: Any) -> Event:
+        """Publish an event about this flow. An undeclared kind raises ValueError."""
+        event = Event(self.flow_id, EventKind(kind), time.time(), actor, detail)
+        if self.bus is not None:
+            self.bus.publish(event)
         return event
 
 
-_states: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
+class FlowStates:
+    """The Portcullis state of each live flow, created on first use, gone with the flow."""
 
+    def __init__(self, bus: EventBus | None = None) -> None:
+        self.bus = bus if bus is not None else EventBus()
+        self._states: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
 
-def state_of(flow: http.HTTPFlow) -> FlowState:
-    """The Portcullis state of a flow, created on first use."""
-    state = _states.get(flow)
-    if state is None:
-        state = _states[flow] = FlowState(flow.id)
-    return state
+    def of(self, flow: http.HTTPFlow) -> FlowState:
+        state = self._states.get(flow)
+        if state is None:
+            state = self._states[flow] = FlowState(flow.id, self.bus)
+        return state
 
+    def has(self, flow: http.HTTPFlow) -> bool:
+        return flow in self._states
 
-def has_state(flow: http.HTTPFlow) -> bool:
-    return flow in _states
+    def detached(self, flow_id: str) -> FlowState:
+        """A state for a flow id with no live flow (a refused tunnel, a replay's original):
+        only good for emitting events about it."""
+        return FlowState(flow_id, self.bus)

@@ -7,6 +7,8 @@ from typing import Any
 
 from mitmproxy import http
 
+from addons.core.flowstate import FlowState
+
 DECISION_HEADER = "X-Portcullis-Decision"
 FLOW_ID_HEADER = "X-Portcullis-Flow-Id"
 
@@ -36,3 +38,23 @@ def reply(
             **(headers or {}),
         },
     )
+
+
+def refuse(
+    flow: http.HTTPFlow,
+    state: FlowState,
+    status: int,
+    error: str,
+    reason: str,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> None:
+    """Refuse a request: answer the agent with JSON and record why, in one step.
+
+    Every refusal of the gateway (a guard, the policy, a hold limit) is recorded the same
+    way: decision ``blocked``, the reason, and a ``decided`` event naming the error code.
+    """
+    state.decision = "blocked"
+    state.reason = reason
+    state.emit("decided", action="block", error=error, reason=reason)
+    reply(flow, status, error, "blocked", headers, reason=reason, **fields)

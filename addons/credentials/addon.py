@@ -36,8 +36,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons.core import logscrub
-from addons.core.flowstate import state_of
-from addons.core.replies import reply
+from addons.core.flowstate import FlowState, FlowStates
+from addons.core.replies import refuse, reply
 from addons.core.rulefile import Where
 from addons.core.secretforms import MASK, WIDE, Unscrubbable, charsets_for, forms_for
 from addons.credentials.secretrefs import Resolved, resolve
@@ -120,7 +120,8 @@ def echo_variants(secret: str) -> set[str]:
 class CredentialsAddon:
     name = "portcullis_credentials"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
         self.credentials: tuple[Credential, ...] = ()
         self._running = False
 
@@ -161,7 +162,7 @@ class CredentialsAddon:
         return [f"credentials: {len(self.credentials)} injection rules"]
 
     def request(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
+        state = self.states.of(flow)
         if flow.response is not None or not state.forwarded or not self.credentials:
             return
         view = RequestView(flow, state.identity, state.groups)
@@ -188,16 +189,12 @@ class CredentialsAddon:
                    headers=[n for n, _ in credential.headers], query=[n for n, _ in credential.query])
 
     def _refuse(self, flow: http.HTTPFlow, error: str, reason: str) -> None:
-        state = state_of(flow)
-        state.decision = "blocked"
-        state.reason = reason
-        state.emit("decided", action="block", error=error, reason=reason)
-        reply(flow, 403, error, "blocked", reason=reason)
+        refuse(flow, self.states.of(flow), 403, error, reason)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """A body mitmproxy will stream never reaches the response hook in one piece: mask
         it chunk by chunk, or refuse it when it is compressed and cannot be scanned."""
-        state = state_of(flow)
+        state = self.states.of(flow)
         response = flow.response
         if not state.secrets or response is None or not _may_stream(response):
             return
@@ -214,7 +211,7 @@ class CredentialsAddon:
             reason = f"a streamed response in charset {charset!r} cannot be checked for echoed credentials"
         else:
             reason = f"a streamed {encoding}-encoded response cannot be checked for echoed credentials"
-        refuse_unscannable(flow, reason)
+        refuse_unscannable(flow, state, reason)
         assert flow.response is not None
         body = flow.response.content or b""
         # Drop the upstream body as it arrives; send our answer at the end.
@@ -222,17 +219,17 @@ class CredentialsAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         """Mask secrets the upstream echoed back (headers and body) before the agent sees them."""
-        state = state_of(flow)
+        state = self.states.of(flow)
         if not state.secrets or flow.response is None:
             return
         try:
             masked = mask_response(flow.response, state.secrets)
         except Unscrubbable as exc:
-            refuse_unscannable(flow, str(exc))
+            refuse_unscannable(flow, state, str(exc))
             return
         except Exception:  # noqa: BLE001 - whatever fails, the echo must not go out unchecked
             log.exception("echo scrubbing failed (flow %s)", flow.id)
-            refuse_unscannable(flow, "the response could not be checked for echoed credentials")
+            refuse_unscannable(flow, state, "the response could not be checked for echoed credentials")
             return
         stream = flow.response.stream
         masked += stream.count if isinstance(stream, StreamMasker) else 0
@@ -272,9 +269,8 @@ def _may_stream(response: http.Response) -> bool:
         return True  # unknown length: mitmproxy may switch to streaming half-way
 
 
-def refuse_unscannable(flow: http.HTTPFlow, reason: str) -> None:
+def refuse_unscannable(flow: http.HTTPFlow, state: FlowState, reason: str) -> None:
     """Fail closed: a body an echoed secret may hide in, and that cannot be scrubbed."""
-    state = state_of(flow)
     log.warning("refused flow %s: %s", flow.id, reason)
     state.error, state.reason = "response_not_scannable", reason
     state.emit("decided", action="block", error="response_not_scannable", reason=reason)

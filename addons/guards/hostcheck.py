@@ -17,9 +17,9 @@ import logging
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from addons.core.flowstate import state_of
+from addons.core.flowstate import FlowStates
 from addons.core.normalize import normalize_host
-from addons.core.replies import reply
+from addons.core.replies import refuse
 
 log = logging.getLogger("portcullis.hostcheck")
 
@@ -27,18 +27,17 @@ log = logging.getLogger("portcullis.hostcheck")
 class HostCheckAddon:
     name = "portcullis_hostcheck"
 
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
         problem = mismatch(flow)
         if problem is None:
             return
-        state = state_of(flow)
-        state.decision = "blocked"
-        state.reason = problem
-        state.emit("decided", action="block", error="host_mismatch", reason=problem)
         log.warning("refused %s %s: %s", flow.request.method, flow.request.pretty_url, problem)
-        reply(flow, 400, "host_mismatch", "blocked", reason=problem)
+        refuse(flow, self.states.of(flow), 400, "host_mismatch", problem)
 
 
 def mismatch(flow: http.HTTPFlow) -> str | None:

@@ -15,8 +15,8 @@ import logging
 
 from mitmproxy import http
 
-from addons.core.flowstate import state_of
-from addons.core.replies import reply
+from addons.core.flowstate import FlowStates
+from addons.core.replies import refuse
 from addons.guards import chunkedtrailers
 from addons.guards.canonical import Refusal, check_body, check_request_head
 
@@ -32,6 +32,9 @@ TRAILERS_REFUSED = Refusal(
 class RequestGuardAddon:
     name = "portcullis_request_guard"
 
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
+
     def load(self, loader: object) -> None:
         chunkedtrailers.install()
 
@@ -44,28 +47,23 @@ class RequestGuardAddon:
             data.headers.fields, data.scheme,
         )
         if refusal is not None:
-            refuse(flow, refusal)
+            self.refuse(flow, refusal)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
         request = flow.request
         if request.trailers:
-            refuse(flow, TRAILERS_REFUSED)
+            self.refuse(flow, TRAILERS_REFUSED)
             return
         if request.raw_content and (content_type := request.headers.get("content-type")):
             refusal = check_body(content_type, request.raw_content)
             if refusal is not None:
-                refuse(flow, refusal)
+                self.refuse(flow, refusal)
 
-
-def refuse(flow: http.HTTPFlow, refusal: Refusal) -> None:
-    """Answer 400 with the refusal, and record why."""
-    state = state_of(flow)
-    state.decision = "blocked"
-    state.reason = refusal.reason
-    state.emit("decided", action="block", error=refusal.error, reason=refusal.reason)
-    log.warning("refused a request from %s: %s", flow.client_conn.peername, refusal.reason)
-    # In requestheaders: answered once the body has been read; the addons after this one
-    # see a flow that already has its response and leave it alone.
-    reply(flow, 400, refusal.error, "blocked", reason=refusal.reason)
+    def refuse(self, flow: http.HTTPFlow, refusal: Refusal) -> None:
+        """Answer 400 with the refusal, and record why."""
+        log.warning("refused a request from %s: %s", flow.client_conn.peername, refusal.reason)
+        # In requestheaders: answered once the body has been read; the addons after this
+        # one see a flow that already has its response and leave it alone.
+        refuse(flow, self.states.of(flow), 400, refusal.error, refusal.reason)

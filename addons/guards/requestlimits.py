@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from addons.core.flowstate import state_of
-from addons.core.replies import reply
+from addons.core.flowstate import FlowStates
+from addons.core.replies import refuse
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 256
@@ -19,6 +19,9 @@ MAX_HEADER_COUNT = 256
 class RequestLimitsAddon:
     name = "portcullis_request_limits"
 
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         fields = flow.request.headers.fields
         size = sum(len(name) + len(value) + 4 for name, value in fields)
@@ -26,10 +29,6 @@ class RequestLimitsAddon:
             return
         reason = (f"{len(fields)} headers, {size} bytes: the limits are "
                   f"{MAX_HEADER_COUNT} headers and {MAX_HEADER_BYTES} bytes")
-        state = state_of(flow)
-        state.decision = "blocked"
-        state.reason = reason
-        state.emit("decided", action="block", error="headers_too_large", reason=reason)
         # Set now, answered once the body has been read: the policy and the other
         # addons see a flow that already has its response and leave it alone.
-        reply(flow, 431, "headers_too_large", "blocked", reason=reason)
+        refuse(flow, self.states.of(flow), 431, "headers_too_large", reason)

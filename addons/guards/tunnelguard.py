@@ -15,7 +15,7 @@ import logging
 from mitmproxy import tcp
 from mitmproxy.proxy import server_hooks
 
-from addons.core.flowstate import FlowState
+from addons.core.flowstate import FlowStates
 from addons.upstreams.errors import connection_task
 
 log = logging.getLogger("portcullis.tunnelguard")
@@ -26,14 +26,15 @@ REFUSED = "raw TCP tunnels are not allowed through Portcullis (only HTTP and TLS
 class TunnelGuardAddon:
     name = "portcullis_tunnelguard"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
         self._refused: set[str] = set()  # server connection ids not to open
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         address = flow.server_conn.address
         log.warning("refused a raw TCP tunnel from %s to %s", flow.client_conn.peername, address)
-        FlowState(flow.id).emit("tunnel_refused", host=address[0] if address else None,
-                                port=address[1] if address else None, reason=REFUSED)
+        self.states.detached(flow.id).emit("tunnel_refused", host=address[0] if address else None,
+                                           port=address[1] if address else None, reason=REFUSED)
         self._refused.add(flow.server_conn.id)
         task = connection_task(flow) if flow.server_conn.connected else None
         if task is not None:  # already open (e.g. connection_strategy=eager): cut it

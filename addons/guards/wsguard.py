@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from addons.core.flowstate import state_of
-from addons.core.replies import reply
+from addons.core.flowstate import FlowStates, WebSocketTally
+from addons.core.replies import refuse
 
 KEEP_MESSAGES = 100
 MASK_KEYS = ("mask", "mask_request")
@@ -34,32 +34,34 @@ def is_websocket_upgrade(request: http.Request) -> bool:
 class WebSocketGuardAddon:
     name = "portcullis_wsguard"
 
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
+
     def request(self, flow: http.HTTPFlow) -> None:
         # Runs right after the policy: only flows it let through (or holds) get here.
         if flow.response is not None or flow.error is not None:
             return
         if not is_websocket_upgrade(flow.request):
             return
-        verdict = state_of(flow).extras.get("verdict")
-        masked = [r.name for r in getattr(verdict, "matched", ()) if any(k in r.extensions for k in MASK_KEYS)]
+        state = self.states.of(flow)
+        matched = state.verdict.matched if state.verdict is not None else ()
+        masked = [r.name for r in matched if any(k in r.extensions for k in MASK_KEYS)]
         if not masked:
             return
-        state = state_of(flow)
-        state.decision = "blocked"
-        state.reason = f"WebSocket messages cannot be masked (rules: {', '.join(masked)})"
-        state.emit("decided", action="block", error="websocket_not_maskable", reason=state.reason)
-        reply(flow, 403, "websocket_not_maskable", "blocked", rules=masked, reason=state.reason)
+        refuse(flow, state, 403, "websocket_not_maskable",
+               f"WebSocket messages cannot be masked (rules: {', '.join(masked)})", rules=masked)
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        state.extras["websocket"] = {"client": [0, 0], "server": [0, 0]}
+        state = self.states.of(flow)
+        state.websocket = WebSocketTally()
         state.emit("websocket_opened")
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
         message = flow.websocket.messages[-1]
-        tally = state_of(flow).extras.setdefault("websocket", {"client": [0, 0], "server": [0, 0]})
-        side = tally["client" if message.from_client else "server"]
+        state = self.states.of(flow)
+        tally = state.websocket = state.websocket or WebSocketTally()
+        side = tally.client if message.from_client else tally.server
         side[0] += 1
         side[1] += len(message.content)
         if len(flow.websocket.messages) > KEEP_MESSAGES:
@@ -67,10 +69,11 @@ class WebSocketGuardAddon:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
-        tally = state_of(flow).extras.get("websocket", {"client": [0, 0], "server": [0, 0]})
-        state_of(flow).emit(
+        state = self.states.of(flow)
+        tally = state.websocket or WebSocketTally()
+        state.emit(
             "websocket_closed",
-            messages_from_client=tally["client"][0], bytes_from_client=tally["client"][1],
-            messages_from_server=tally["server"][0], bytes_from_server=tally["server"][1],
+            messages_from_client=tally.client[0], bytes_from_client=tally.client[1],
+            messages_from_server=tally.server[0], bytes_from_server=tally.server[1],
             close_code=flow.websocket.close_code, closed_by_client=flow.websocket.closed_by_client,
         )

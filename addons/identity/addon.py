@@ -43,7 +43,7 @@ import jwt
 from mitmproxy import connection, ctx, exceptions, http
 
 from addons.core.filewatch import poll_forever
-from addons.core.flowstate import state_of
+from addons.core.flowstate import FlowState, FlowStates
 from addons.core.replies import reply
 from addons.core.rulefile import Invalid, Problem, RuleFileError, Where, parse
 from addons.identity.jwks import JwksUnavailable, JwtConfig, compile_jwt  # also registers `jwt:`
@@ -317,7 +317,8 @@ def merge(sources: Mapping[str, Mapping[str, Any]]) -> Authenticator:
 class IdentityAddon:
     name = "portcullis_identity"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
         self.authenticator = Authenticator()
         self.from_rules: dict[str, Any] = {}
         self.from_file: dict[str, Any] = {}
@@ -425,7 +426,7 @@ class IdentityAddon:
             return
         # Every request in this tunnel is made by this caller (like mitmproxy's proxyauth).
         self.bound[flow.client_conn] = principal
-        _assign(flow, principal)
+        _assign(self.states.of(flow), principal)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = _take_credentials(flow)
@@ -440,10 +441,10 @@ class IdentityAddon:
         except AuthFailure as failure:
             self._refuse(flow, failure)
             return
-        _assign(flow, principal)
+        _assign(self.states.of(flow), principal)
 
     def _refuse(self, flow: http.HTTPFlow, failure: AuthFailure) -> None:
-        state = state_of(flow)
+        state = self.states.of(flow)
         state.decision = "blocked"
         state.reason = f"proxy authentication failed: {failure.problem}"
         state.emit("auth_failed", problem=failure.problem)
@@ -466,8 +467,7 @@ def _take_credentials(flow: http.HTTPFlow) -> str | None:
     return ", ".join(values) if values else None
 
 
-def _assign(flow: http.HTTPFlow, principal: Principal) -> None:
-    state = state_of(flow)
+def _assign(state: FlowState, principal: Principal) -> None:
     state.identity = principal.name
     state.groups = principal.groups
 

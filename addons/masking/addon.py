@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
-from addons.core.flowstate import FlowState, state_of
+from addons.core.flowstate import FlowState, FlowStates
 from addons.core.replies import reply
 from addons.credentials.addon import Unscrubbable, mask_response, refuse_unscannable
 from addons.masking.bodies import Unparseable, rewrite
@@ -66,7 +67,8 @@ class _DiscardUpstream:
 class MaskingAddon:
     name = "portcullis_masking"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
         self.max_body = human.parse_size(DEFAULT_MAX_BODY) or 0
         self.pseudonyms = Pseudonyms()
         self.redactor = Redactor(self.pseudonyms)
@@ -121,14 +123,14 @@ class MaskingAddon:
         candidates = self.policy.index.candidates(flow.request.host, flow.request.method)
         plan = [(rule, rule.extensions["mask_request"]) for rule in candidates if "mask_request" in rule.extensions]
         reason = "the request body is streamed (stream_large_bodies) and cannot be masked"
-        if plan and not _passes(state_of(flow), plan, reason, "request"):
+        if plan and not _passes(self.states.of(flow), plan, reason, "request"):
             log.warning("closing a streamed request to %s: %s", flow.request.pretty_url, reason)
             flow.kill()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
-        state = state_of(flow)
+        state = self.states.of(flow)
         if not state.forwarded:
             return
         plan = _plan(state, "mask_request")
@@ -154,14 +156,14 @@ class MaskingAddon:
     # --- responses ------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
+        state = self.states.of(flow)
         if not state.forwarded or flow.response is None:
             return
         plan = _plan(state, "mask")
         if not plan:
             return
         tallies: dict[str, Tally] = {}
-        state.extras["mask_tallies"] = tallies
+        state.masking.tallies = tallies
         try:
             for rule, masks in plan:
                 self.redactor.headers(flow.response.headers, masks, tallies.setdefault(rule.name, Tally()))
@@ -174,7 +176,7 @@ class MaskingAddon:
         if problem is None:
             return
         if _passes(state, plan, problem, "response"):
-            state.extras["mask_passed"] = problem
+            state.masking.passed = problem
             flow.response.headers[MASKED_HEADER] = str(sum(t.count for t in tallies.values()))
             return
         self._refuse(flow, state, plan, problem)
@@ -182,18 +184,19 @@ class MaskingAddon:
         flow.response.stream = _DiscardUpstream(flow.response.content or b"")
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
+        state = self.states.of(flow)
         if not state.forwarded or flow.response is None:
             return
-        if "mask_refused" in state.extras:
+        if state.masking.refused is not None:
             # Keep our answer as the response of record even if the body that arrived
             # after the headers was stored over it.
-            _refusal_reply(flow, state, *state.extras["mask_refused"])
+            _refusal_reply(flow, state, *state.masking.refused)
             return
         plan = _plan(state, "mask")
-        if not plan or "mask_passed" in state.extras:
+        if not plan or state.masking.passed is not None:
             return  # nothing to mask, or let through unmasked under on_unmaskable: pass
-        tallies: dict[str, Tally] = state.extras.pop("mask_tallies", {})
+        tallies: dict[str, Tally] = state.masking.tallies
+        state.masking.tallies = {}
         before = flow.response.raw_content
         if _has_body_masks(plan) and not _without_body(flow):
             try:
@@ -210,11 +213,11 @@ class MaskingAddon:
             try:
                 mask_response(flow.response, state.secrets)
             except Unscrubbable as exc:
-                refuse_unscannable(flow, str(exc))
+                refuse_unscannable(flow, state, str(exc))
                 return
             except Exception:  # noqa: BLE001 - never send a re-serialised body unchecked
                 log.exception("echo scrubbing after masking failed")
-                refuse_unscannable(flow, "the masked response could not be checked for echoed credentials")
+                refuse_unscannable(flow, state, "the masked response could not be checked for echoed credentials")
                 return
         flow.response.headers[MASKED_HEADER] = str(sum(t.count for t in tallies.values()))
         _record(state, tallies, "response")
@@ -289,7 +292,7 @@ class MaskingAddon:
         rules = [r.name for r, _ in plan]
         log.warning("refusing an unmaskable response for %s: %s", flow.request.pretty_url, reason)
         state.error = "response_not_maskable"
-        state.extras["mask_refused"] = (reason, rules)
+        state.masking.refused = (reason, rules)
         _refusal_reply(flow, state, reason, rules)
 
 
@@ -297,17 +300,32 @@ def _refusal_reply(flow: http.HTTPFlow, state: FlowState, reason: str, rules: li
     reply(flow, 502, "response_not_maskable", state.decision or "allowed", reason=reason, rules=rules)
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
 @contextlib.contextmanager
 def _no_gc_pauses() -> Iterator[None]:
     """Parsing and masking a large body allocates hundreds of thousands of containers
-    and no reference cycles; the collector's passes over them cost ~20% of the time."""
-    enabled = gc.isenabled()
-    gc.disable()
+    and no reference cycles; the collector's passes over them cost ~20% of the time.
+
+    Maskings run on worker threads and the collector is process-wide, so the pause is
+    counted: the first masking in turns it off, the last one out restores what it was.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _each_rule(plan: Plan, tallies: dict[str, Tally], value: Any,
@@ -327,7 +345,7 @@ def _mask_lists(rule: Rule) -> list[tuple[Mask, ...]]:
 
 
 def _plan(state: FlowState, key: str) -> Plan:
-    verdict = state.extras.get("verdict")
+    verdict = state.verdict
     if verdict is None:
         return []
     return [(rule, rule.extensions[key]) for rule in verdict.matched if key in rule.extensions]

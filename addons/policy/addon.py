@@ -4,7 +4,7 @@ Options:
     portcullis_rules: path of the rules file (hot-reloaded on change).
 
 It records its verdict in the flow's FlowState (``decision``, ``rules``, ``reason``)
-and in ``state.extras["verdict"]`` for later addons (holds, masking, credentials).
+and in ``state.verdict`` for later addons (holds, masking, credentials).
 A ``hold`` verdict is left for the approvals addon; without one loaded, holds block.
 """
 
@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons.core.filewatch import poll_forever
-from addons.core.flowstate import CONTROL_HEADER_PREFIX, state_of
+from addons.core.flowstate import CONTROL_HEADER_PREFIX, FlowState, FlowStates
 from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER, reply
 from addons.core.rulefile import RuleFileError
 from addons.policy.conditions import EvaluationError, RequestView
@@ -34,7 +34,10 @@ RELOAD_INTERVAL_S = 0.5
 class PolicyAddon:
     name = "portcullis_policy"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates, *, holds_enabled: bool = True) -> None:
+        self.states = states
+        #: False when no holds addon follows (tests of the policy alone): holds then block.
+        self.holds_enabled = holds_enabled
         self.policy: Policy | None = None
         self.rules_path: Path | None = None
         self._signature: tuple[int, int, int] | None = None
@@ -130,7 +133,7 @@ class PolicyAddon:
         length = headers.get("content-length", "")
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         if chunked or (length.isdigit() and int(length) > human.parse_size(limit)):
-            state = state_of(flow)
+            state = self.states.of(flow)
             state.decision = "blocked"
             state.reason = f"the request body may exceed stream_large_bodies ({limit}) and cannot be checked"
             state.emit("decided", action="block", error="request_not_checkable", reason=state.reason)
@@ -140,15 +143,15 @@ class PolicyAddon:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return  # answered earlier in the chain (e.g. proxy authentication failed)
-        state = state_of(flow)
-        capture_control_headers(flow)
+        state = self.states.of(flow)
+        capture_control_headers(flow, state)
         if self.policy is None:
             state.decision = "blocked"
             state.reason = "no rules loaded"
             reply(flow, 403, "policy_error", "blocked", reason="no rules are loaded")
             return
         try:
-            verdict = self.policy.evaluate(RequestView(flow, state.identity, state.groups))
+            verdict = self.policy.evaluate(RequestView(flow, state.identity, state.groups, state=state))
         except Exception as exc:  # noqa: BLE001 - any failure inside policy evaluation blocks
             log.error("policy evaluation failed for %s %s: %s", flow.request.method, flow.request.pretty_url, exc)
             # EvaluationError says what about the request was ambiguous (types, not values),
@@ -164,15 +167,15 @@ class PolicyAddon:
         self.apply(flow, verdict)
 
     def apply(self, flow: http.HTTPFlow, verdict: Verdict) -> None:
-        state = state_of(flow)
-        state.extras["verdict"] = verdict
+        state = self.states.of(flow)
+        state.verdict = verdict
         state.rules = verdict.rule_names
         state.reason = verdict.reason if verdict.rule else None
         state.emit("decided", action=verdict.action, rules=state.rules,
                    rule=verdict.rule.name if verdict.rule else None)
         if verdict.action == "allow":
             state.decision = "allowed"
-        elif verdict.action == "block" or not _approvals_loaded():
+        elif verdict.action == "block" or not self.holds_enabled:
             state.decision = "blocked"
             reason = verdict.reason if verdict.action == "block" else "hold rules need the approvals addon"
             state.reason = reason
@@ -182,7 +185,7 @@ class PolicyAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        state = state_of(flow)
+        state = self.states.of(flow)
         if state.forwarded:
             # The response is the upstream's (gateway replies never leave a flow
             # forwarded), and an upstream must not speak for the gateway.
@@ -193,9 +196,8 @@ class PolicyAddon:
         flow.response.headers.setdefault(FLOW_ID_HEADER, flow.id)
 
 
-def capture_control_headers(flow: http.HTTPFlow) -> None:
+def capture_control_headers(flow: http.HTTPFlow, state: FlowState) -> None:
     """Move X-Portcullis-* request headers into the flow state and strip them."""
-    state = state_of(flow)
     headers = flow.request.headers
     for name in [n for n in headers if n.lower().startswith(CONTROL_HEADER_PREFIX)]:
         state.control.setdefault(name.lower(), headers[name])
@@ -203,13 +205,6 @@ def capture_control_headers(flow: http.HTTPFlow) -> None:
     session = state.control.get("x-portcullis-session")
     if session and state.session_id is None:
         state.session_id = session[:200]
-
-
-def _approvals_loaded() -> bool:
-    try:
-        return ctx.master.addons.get("portcullis_approvals") is not None
-    except AttributeError:  # no master (unit tests of the addon)
-        return False
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

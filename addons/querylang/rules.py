@@ -28,7 +28,7 @@ classify it (addons.querylang.sql / .graphql) and judge the classification::
 Every listed condition must hold. A request with no query text at the field is not
 matched; a value there that is not a string (``{"statement": ["DROP TABLE t"]}``) is an
 EvaluationError: the request is refused, never judged as "no SQL". Each flow's
-classification is kept in ``state.extras["querylang"]`` and emitted once as a
+classification is kept in ``state.classifications`` and emitted once as a
 ``classified`` event, so the recordings can be queried by statement kind.
 """
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from addons.core.flowstate import state_of
 from addons.core.rulefile import Where
 from addons.policy.conditions import (
     EXTRA_MATCH_KEYS,
@@ -86,8 +85,10 @@ def _check_keys(spec: Any, keys: tuple[str, ...], where: Where) -> dict[str, Any
 
 def _remember(req: RequestView, language: str, key: tuple[Any, ...], detail: Any) -> None:
     """Keep the classification on the flow and emit it once (events, recordings)."""
-    state = state_of(req.flow)
-    seen = state.extras.setdefault("querylang", {})
+    state = req.state
+    if state is None:
+        return
+    seen = state.classifications
     if key in seen:
         return
     seen[key] = detail

@@ -18,7 +18,7 @@ What it writes, and when:
                     ``block``, the agent gets a JSON 503 and nothing is forwarded.
     response/error  the ``flows`` row, once, at the first of the two; for a denial the
                     final decision is journaled before the answer goes out.
-    events          every ``state.emit(...)`` of any addon (via flowstate.subscribe).
+    events          every ``state.emit(...)`` of any addon (it subscribes to the event bus).
 Rows reach DuckDB in batches within 200 ms (recordings/writer.py). On start, flows the
 previous run left unfinished are recorded from the journal and the events
 (recordings/recovery.py).
@@ -41,8 +41,8 @@ from pathlib import Path
 import duckdb
 from mitmproxy import ctx, exceptions, http
 
-from addons.core import flowstate
-from addons.core.flowstate import Event, has_state, state_of
+from addons.core.events import Event
+from addons.core.flowstate import FlowState, FlowStates
 from addons.core.replies import reply
 from addons.recorder import rows
 from recordings import control, native_heap, writer
@@ -65,7 +65,8 @@ MAX_KNOWN_SECRETS = 10_000
 class RecorderAddon:
     name = "portcullis_recorder"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
         self.store: Store | None = None
         self.writer: writer.Writer | None = None
         self.control: control.ControlServer | None = None
@@ -155,7 +156,7 @@ class RecorderAddon:
         self.writer = writer.Writer(store, retain_days=days)
         self.writer.start()
         if not self._subscribed:
-            flowstate.subscribe(self._on_event)
+            self.states.bus.subscribe(self._on_event)
             self._subscribed = True
 
     def running(self) -> None:
@@ -177,13 +178,13 @@ class RecorderAddon:
         while self._inflight:
             # Still open at shutdown (held, or waiting on an upstream): close its record.
             _, flow = self._inflight.popitem()
-            state = state_of(flow)
+            state = self.states.of(flow)
             decision = "expired" if flow.id in self._held else "error"
             state.reason = state.reason or "gateway_shutdown"
             self._write_flow(flow, decision)
         self._close()
         if self._subscribed:
-            flowstate.unsubscribe(self._on_event)
+            self.states.bus.unsubscribe(self._on_event)
             self._subscribed = False
 
     def _close(self) -> None:
@@ -228,7 +229,7 @@ class RecorderAddon:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.writer is None:
             return
-        state = state_of(flow)
+        state = self.states.of(flow)
         self._inflight[flow.id] = flow
         request = flow.request
         path, _, query = request.path.partition("?")
@@ -249,7 +250,7 @@ class RecorderAddon:
     def request(self, flow: http.HTTPFlow) -> None:
         if self.writer is None or flow.id not in self._inflight:
             return
-        state = state_of(flow)
+        state = self.states.of(flow)
         if flow.response is None and flow.error is None and state.forwarded:
             self._remember_secrets(state)
             state.emit("forwarded")
@@ -265,7 +266,7 @@ class RecorderAddon:
     def _finish(self, flow: http.HTTPFlow) -> None:
         if self.writer is None or self._inflight.pop(flow.id, None) is None:
             return  # not ours (CONNECT), or already written at the first of response/error
-        state = state_of(flow)
+        state = self.states.of(flow)
         self._held.discard(flow.id)
         decision = state.decision
         if flow.error is not None and flow.response is None and decision in (None, "allowed", "approved"):
@@ -289,12 +290,12 @@ class RecorderAddon:
     def _write_flow(self, flow: http.HTTPFlow, decision: str) -> None:
         if self.writer is None:
             return
-        state = state_of(flow)
+        state = self.states.of(flow)
         self._remember_secrets(state)
         self.writer.put_flow(rows.flow_row(flow, state, decision, self.max_body, self._known))
 
     def _refuse(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
+        state = self.states.of(flow)
         log.error("recording unavailable, not forwarding %s %s: %s", flow.request.method,
                   flow.request.pretty_url, self.failure)
         state.decision = "error"
@@ -333,7 +334,7 @@ class RecorderAddon:
             older = self.journal.files()[:-1]
             self.writer.barrier(partial(_delete_when_committed, older))
 
-    def _remember_secrets(self, state: flowstate.FlowState) -> None:
+    def _remember_secrets(self, state: FlowState) -> None:
         """Secrets seen in any flow are redacted everywhere (an event may quote another flow's)."""
         if all(secret in self._secrets for secret in state.secrets):
             return
@@ -352,7 +353,7 @@ class RecorderAddon:
             self._held.add(event.flow_id)
             self._journal("held", event.flow_id, {})  # so a crash cannot make it look unheld
         flow = self._inflight.get(event.flow_id)
-        secrets = self._known + tuple(state_of(flow).secrets if flow is not None and has_state(flow) else ())
+        secrets = self._known + tuple(self.states.of(flow).secrets if flow is not None and self.states.has(flow) else ())
         # Encoding and redaction happen on the writer thread, not on the event loop.
         self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
                                       event.detail, secrets))

@@ -134,7 +134,7 @@ def _as_text(data: bytes, truncated: bool) -> str | None:
 def _deciding_first(state: FlowState) -> list[str]:
     """Matched rule names with the rule that decided first (``rules[1]`` in SQL)."""
     rules = list(state.rules)
-    deciding = getattr(getattr(state.extras.get("verdict"), "rule", None), "name", None)
+    deciding = state.deciding_rule
     if deciding in rules:
         rules.remove(deciding)
         rules.insert(0, deciding)

@@ -41,7 +41,8 @@ from typing import Any
 
 from mitmproxy import connection, ctx, http
 
-from addons.core.flowstate import Event, FlowState, state_of, subscribe, unsubscribe
+from addons.core.events import Event
+from addons.core.flowstate import FlowState, FlowStates
 
 log = logging.getLogger("portcullis.replay")
 
@@ -198,7 +199,12 @@ def replay_headers(recorded: Any) -> http.Headers:
 class ReplayAddon:
     name = "portcullis_replay"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates, recorder: Any, identity: Any) -> None:
+        """``recorder`` has the ``store`` replays are read from; ``identity`` has the
+        ``authenticator`` that knows each token identity's groups."""
+        self.states = states
+        self.recorder = recorder
+        self.identity = identity
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tickets: OrderedDict[str, Ticket] = OrderedDict()
         self._lock = threading.Lock()
@@ -210,10 +216,10 @@ class ReplayAddon:
         if ctx.options.client_replay_concurrency != -1:
             # One held replay must not stall the others (see the module docstring).
             ctx.options.update(client_replay_concurrency=-1)
-        subscribe(self._on_event)
+        self.states.bus.subscribe(self._on_event)
 
     def done(self) -> None:
-        unsubscribe(self._on_event)
+        self.states.bus.unsubscribe(self._on_event)
 
     # --- starting a replay (any thread) ----------------------------------------------
 
@@ -251,8 +257,7 @@ class ReplayAddon:
             return self.tickets.get(new_flow_id)
 
     def _recorded(self, flow_id: str) -> dict[str, Any]:
-        recorder = ctx.master.addons.get("portcullis_recorder")
-        store = getattr(recorder, "store", None)
+        store = getattr(self.recorder, "store", None)
         if store is None:
             raise ReplayError(503, "recording_off", "recording is off: there is nothing to replay from")
         row = store.flow(flow_id)
@@ -262,16 +267,16 @@ class ReplayAddon:
 
     def _send(self, flow: http.HTTPFlow, ticket: Ticket, identity: str) -> None:
         """On the event loop: mark the new flow and queue it for client playback."""
-        state = state_of(flow)
+        state = self.states.of(flow)
         state.identity = identity
-        state.groups = _groups_of(identity)
+        state.groups = self._groups_of(identity)
         state.replay_of = ticket.replay_of
         state.actor = ticket.actor
         with self._lock:
             self.tickets[flow.id] = ticket
             self._trim()
         state.emit("replay_requested", actor=ticket.actor, replay_of=ticket.replay_of)
-        FlowState(ticket.replay_of).emit("replayed", actor=ticket.actor, replay=flow.id)
+        self.states.detached(ticket.replay_of).emit("replayed", actor=ticket.actor, replay=flow.id)
         ctx.master.commands.call("replay.client", [flow])
         if flow.is_replay != "request":  # client playback refused it (it logs why)
             ticket.fail("mitmproxy refused to replay the flow")
@@ -305,19 +310,17 @@ class ReplayAddon:
         ticket = self.get(flow.id)
         if ticket is None or ticket.state == "done":
             return
-        state = state_of(flow)
+        state = self.states.of(flow)
         if state.actor and state.actor != ticket.actor:
             # An approver replaced the actor; the row names who replayed, the events who approved.
             ticket.approved_by = state.actor
         state.actor = ticket.actor
         ticket.finish(state, flow)
 
-
-def _groups_of(identity: str) -> frozenset[str]:
-    """The configured groups of a token identity (JWT callers' groups are not recorded)."""
-    addon = ctx.master.addons.get("portcullis_identity")
-    known = getattr(getattr(addon, "authenticator", None), "identities", {}).get(identity)
-    return known.groups if known is not None else frozenset()
+    def _groups_of(self, identity: str) -> frozenset[str]:
+        """The configured groups of a token identity (JWT callers' groups are not recorded)."""
+        known = getattr(getattr(self.identity, "authenticator", None), "identities", {}).get(identity)
+        return known.groups if known is not None else frozenset()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import server_hooks
 
-from addons.core.flowstate import state_of
+from addons.core.flowstate import FlowStates
 from addons.upstreams import errorpages
 
 log = logging.getLogger("portcullis.upstream_errors")
@@ -61,7 +61,8 @@ class Connecting:
 class UpstreamErrorsAddon:
     name = "portcullis_upstream_errors"
 
-    def __init__(self) -> None:
+    def __init__(self, states: FlowStates) -> None:
+        self.states = states
         self.timeout: float = DEFAULT_TIMEOUT_S
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._timed_out: set[str] = set()
@@ -115,7 +116,7 @@ class UpstreamErrorsAddon:
             kind = "bad_request"  # the request itself never arrived complete and valid
         else:
             kind = errorpages.classify(502, message)[1]
-        state = state_of(flow)
+        state = self.states.of(flow)
         state.error = kind
         state.emit("upstream_error", error=kind, detail=message)
         # Tell the error page written next for this flow which flow it is for.

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from addons.core.flowstate import state_of
+from addons.core.flowstate import FlowState
 from addons.core.rulefile import RuleFileError
 from addons.core.synthetic import make_flow
 from addons.policy.conditions import EvaluationError, RequestView
@@ -49,15 +49,19 @@ def handle(args: argparse.Namespace) -> int:
         body = args.json_body.encode()
         headers.setdefault("content-type", "application/json")
     flow = make_flow(args.method, args.url, headers, body)
-    view = RequestView(flow, args.identity, args.group)
+    state = FlowState(flow.id)
+    view = RequestView(flow, args.identity, args.group, state=state)
     try:
         verdict = policy.evaluate(view)
     except EvaluationError as exc:  # the gateway refuses such a request: say so, and why
+        if args.format == "json":
+            print(json.dumps({"decision": "block", "error": exc.error_code, "reason": str(exc)}, indent=2))
+            return 0
         print(f"{view.method} {view.host}{view.path}")
         print(f"decision: block ({exc.error_code}): {exc}")
         return 0
     # What sql:/graphql: conditions made of the query (addons.querylang.rules).
-    classified = [c["summary"] for c in state_of(flow).extras.get("querylang", {}).values()]
+    classified = [c["summary"] for c in state.classifications.values()]
     result = {
         "decision": verdict.action,
         "rule": verdict.rule.name if verdict.rule else None,
