@@ -62,7 +62,10 @@ class Credential:
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
 
-@top_level_field("credentials")
+@top_level_field("credentials", type="list of {name, match, set_header, query, plain_http}",
+                 example='[{match: {host: api.stripe.com}, set_header: {Authorization: "Bearer ${env:STRIPE_SECRET_KEY}"}}]',
+                 see="identity.md#credential-injection",
+                 summary="Upstream credentials the gateway adds to forwarded requests; agents never hold them.")
 def compile_credentials(value: Any, where: Where, context: LoadContext) -> tuple[Credential, ...]:
     if not isinstance(value, list):
         where.fail("credentials must be a list of {match, set_header and/or query}")

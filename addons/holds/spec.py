@@ -93,14 +93,23 @@ def compile_duration(value: Any, where: Where, context: LoadContext) -> float:
     return _duration(value, where)
 
 
-for _key in ("approvers", "escalate_to"):
-    rule_field(_key)(compile_groups)
-for _key in ("timeout", "escalate_after", "grant"):
-    rule_field(_key)(compile_duration)
-top_level_field("hold_timeout")(compile_duration)
+rule_field("approvers", type="list of reviewer groups", example="[finance-leads]", see="review.md",
+           summary="Reviewer groups that may decide this rule's holds (default: any reviewer).")(compile_groups)
+rule_field("escalate_to", type="list of reviewer groups", example="[security-oncall]", see="review.md",
+           summary="Groups that may also decide once `escalate_after` has passed.")(compile_groups)
+rule_field("timeout", type="duration", example="10m", see="review.md",
+           summary="How long a hold waits for a decision, then `approval_expired` (default `hold_timeout`).",
+           )(compile_duration)
+rule_field("escalate_after", type="duration", example="3m", see="review.md",
+           summary="After this long, notify again and admit `escalate_to` as well.")(compile_duration)
+rule_field("grant", type="duration", example="15m", see="review.md",
+           summary='Longest "approve and allow identical requests" a reviewer may give.')(compile_duration)
+top_level_field("hold_timeout", type="duration", example="5m", see="review.md",
+                summary="Timeout of every hold whose rule sets no `timeout` (default 5m).")(compile_duration)
 
 
-@top_level_field("max_pending_holds_per_identity")
+@top_level_field("max_pending_holds_per_identity", type="whole number 1-10000", example="20", see="review.md",
+                 summary="Pending holds one identity may have; more are refused with 429.")
 def compile_max_pending(value: Any, where: Where, context: LoadContext) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
         where.fail("max_pending_holds_per_identity must be a whole number from 1 to 10000")
@@ -124,7 +133,8 @@ def parse_size(value: Any) -> int:
     return size
 
 
-@top_level_field("max_held_body")
+@top_level_field("max_held_body", type="size (bytes, KiB, MiB; at most 64MiB)", example="1MiB",
+                 see="review.md", summary="Largest request body that can be held; a larger one is refused with 413.")
 def compile_max_held_body(value: Any, where: Where, context: LoadContext) -> int:
     try:
         return parse_size(value)
@@ -132,7 +142,8 @@ def compile_max_held_body(value: Any, where: Where, context: LoadContext) -> int
         where.fail(str(exc))
 
 
-@rule_field("approvals_required")
+@rule_field("approvals_required", type="whole number 1-10", example="2", see="review.md",
+            summary="Distinct reviewers needed to approve (default 1); one rejection rejects.")
 def compile_approvals_required(value: Any, where: Where, context: LoadContext) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
         where.fail("approvals_required must be a whole number from 1 to 10")
@@ -146,7 +157,9 @@ class Webhook:
     events: frozenset[str]
 
 
-@top_level_field("notify")
+@top_level_field("notify", type="list of {url, format, events}", see="review.md#notifications",
+                 example="[{url: https://ops.example.com/portcullis, format: json, events: [held, escalated]}]",
+                 summary="Webhooks (JSON or Slack) told when holds are created and decided.")
 def compile_notify(value: Any, where: Where, context: LoadContext) -> list[Webhook]:
     if not isinstance(value, list):
         where.fail("notify must be a list of {url, format, events}")

@@ -77,7 +77,9 @@ class Identity:
 IDENTITY_KEYS = ("name", "groups", "token_sha256")
 
 
-@top_level_field("identities")
+@top_level_field("identities", type="list of {name, groups, token_sha256}", see="identity.md#proxy-tokens",
+                 example="[{name: billing-agent, groups: [billing], token_sha256: \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"}]",
+                 summary="Agents that authenticate with proxy tokens (portcullis identity add writes them).")
 def compile_identities(value: Any, where: Where, context: LoadContext) -> tuple[Identity, ...]:
     if not isinstance(value, list):
         where.fail("identities must be a list of {name, groups, token_sha256}")

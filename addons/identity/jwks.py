@@ -50,7 +50,9 @@ class JwtConfig:
     leeway: float = 30.0
 
 
-@top_level_field("jwt")
+@top_level_field("jwt", type="mapping {issuer, audience, jwks, ...}", see="identity.md#jwts-from-an-identity-provider",
+                 example="{issuer: https://idp.example.com/, audience: portcullis, jwks: https://idp.example.com/jwks.json}",
+                 summary="Accept agents' JWTs signed by an identity provider's keys.")
 def compile_jwt(value: Any, where: Where, context: LoadContext) -> JwtConfig:
     if not isinstance(value, dict):
         where.fail("jwt must be a mapping with issuer, audience and jwks")

@@ -64,17 +64,22 @@ class Mask:
         return f"{target} detect={','.join(self.detect)}" if self.detect else target
 
 
-@rule_field("mask")
+@rule_field("mask", type="list of masks (JSONPath, {path, with | keep_last | detect}, {header})",
+            example='["$..ssn", {path: "$..card_number", keep_last: 4}]', see="masking.md",
+            summary="Mask values in the response before the agent sees it (every matching rule's masks apply).")
 def compile_mask(value: Any, where: Where, context: LoadContext) -> tuple[Mask, ...]:
     return compile_masks(value, where)
 
 
-@rule_field("mask_request")
+@rule_field("mask_request", type="list of masks, as for mask", see="masking.md",
+            example='[{path: "$.messages[*].content", detect: [email, card]}]',
+            summary="Mask values in the request before it is forwarded.")
 def compile_mask_request(value: Any, where: Where, context: LoadContext) -> tuple[Mask, ...]:
     return compile_masks(value, where)
 
 
-@rule_field("on_unmaskable")
+@rule_field("on_unmaskable", type="block | pass", example="pass", see="masking.md#when-a-body-cannot-be-masked",
+            summary="What happens to a body the masks cannot walk: block (the default, 502) or pass it unmasked.")
 def compile_on_unmaskable(value: Any, where: Where, context: LoadContext) -> str:
     if value not in UNMASKABLE_ACTIONS:
         where.fail(f"on_unmaskable must be one of {', '.join(UNMASKABLE_ACTIONS)}, got {value!r}")

@@ -406,7 +406,7 @@ class Match:
     filter: Any = None
     identities: tuple[Glob, ...] = ()
     groups: frozenset[str] = frozenset()
-    #: conditions of EXTRA_MATCH_KEYS (sql:, graphql:), each with holds(RequestView)
+    #: conditions of keys registered with match_key() (sql:, graphql:), each with holds(RequestView)
     extra: tuple[Any, ...] = ()
     needs_body: bool = field(init=False, default=False)
 
@@ -441,14 +441,6 @@ class Match:
         return all(cond.holds(req) for cond in self.extra)
 
 
-MATCH_KEYS = (
-    "host", "method", "port", "path", "query", "headers", "json", "filter", "identity", "groups",
-)
-#: Match keys registered by other modules (addons.querylang.rules: sql, graphql):
-#: key -> compiler(spec, where) returning a condition with holds(RequestView) -> bool.
-EXTRA_MATCH_KEYS: dict[str, Callable[[Any, Where], Any]] = {}
-
-
 def _str_list(value: Any, where: Where) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not items:
@@ -468,73 +460,153 @@ def _str_mapping(value: Any, where: Where) -> Mapping[str, Any]:
     return value
 
 
+# Each key of the match block, declared once (name, type, summary, example) next to the
+# function that compiles it: validation, `portcullis explain` and the table in
+# docs/rules.md (python -m gateway.docs) read MATCH_KEYS.
+
+
+@dataclass(frozen=True)
+class MatchKey:
+    """One key of a rule's `match:` block.
+
+    ``compile(value, where)`` returns the :class:`Match` fields the key sets (core keys),
+    or, for keys other modules register with :func:`match_key` (``sql:``, ``graphql:``),
+    a condition with ``holds(RequestView) -> bool`` that goes into ``Match.extra``.
+    """
+
+    name: str
+    type: str
+    summary: str
+    example: str
+    compile: Callable[[Any, Where], Any]
+    see: str = ""
+    extra: bool = False
+
+
+def _hosts(value: Any, where: Where) -> dict[str, Any]:
+    return {"hosts": tuple(Glob(normalize_host(h), ignore_case=True) for h in _str_list(value, where))}
+
+
+def _methods(value: Any, where: Where) -> dict[str, Any]:
+    return {"methods": frozenset(m.upper() for m in _str_list(value, where))}
+
+
+def _ports(value: Any, where: Where) -> dict[str, Any]:
+    ports = value if isinstance(value, list) else [value]
+    if not ports or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        where.fail("expected a port number or a list of port numbers")
+    return {"ports": frozenset(ports)}
+
+
+def _paths(value: Any, where: Where) -> dict[str, Any]:
+    paths = _str_list(value, where)
+    for i, p in enumerate(paths):
+        if not p.startswith("/"):
+            (where / i if isinstance(value, list) else where).fail("a path pattern must start with '/'")
+    # Case-insensitive: many upstreams route /V1/Tables like /v1/tables.
+    return {"paths": tuple(Glob(p, path=True, ignore_case=True) for p in paths)}
+
+
+def _query(value: Any, where: Where) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        where.fail("expected a mapping of name -> glob or typed condition")
+    globs, typed = {}, []
+    for name, cond in value.items():
+        if isinstance(cond, dict):  # typed: {eq: false}, {gt: 10}, ...
+            typed.append(compile_field_condition(str(name), cond, where / name, "query"))
+        else:
+            globs[name] = cond
+    if globs:
+        _str_mapping(globs, where)
+    return {"query": tuple((k, Glob(str(v))) for k, v in globs.items()), "typed_query": tuple(typed)}
+
+
+def _headers(value: Any, where: Where) -> dict[str, Any]:
+    h = _str_mapping(value, where)
+    return {"headers": tuple((k.lower(), Glob(str(v), ignore_case=True)) for k, v in h.items())}
+
+
+def _json(value: Any, where: Where) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        where.fail("expected a mapping of JSONPath -> condition")
+    return {"json": tuple(compile_field_condition(expression, cond, where / expression)
+                          for expression, cond in value.items())}
+
+
+def _filter(value: Any, where: Where) -> dict[str, Any]:
+    if not isinstance(value, str):
+        where.fail("a filter must be a mitmproxy filter expression string")
+    try:
+        return {"filter": flowfilter.parse(value)}
+    except ValueError as exc:
+        where.fail(f"invalid mitmproxy filter: {exc}")
+
+
+def _identities(value: Any, where: Where) -> dict[str, Any]:
+    return {"identities": tuple(Glob(i) for i in _str_list(value, where))}
+
+
+def _groups(value: Any, where: Where) -> dict[str, Any]:
+    return {"groups": frozenset(_str_list(value, where))}
+
+
+#: Every match key: the core ones below, then those registered with match_key().
+MATCH_KEYS: dict[str, MatchKey] = {k.name: k for k in (
+    MatchKey("host", "glob or list", "the normalised host matches any glob (`*` spans dots)",
+             '"*.prod.example.com"', _hosts),
+    MatchKey("method", "string or list", "the method is one of them (case-insensitive)",
+             "[DELETE, PUT]", _methods),
+    MatchKey("port", "number or list", "the destination port is one of them", "[443, 8443]", _ports),
+    MatchKey("path", "glob or list, starting with `/`",
+             "the normalised path matches (case-insensitive); `*` stays within a segment, `**` spans "
+             "segments, a trailing `/**` also matches the bare prefix", '"/v1/tables/**"', _paths),
+    MatchKey("query", "mapping name -> glob or typed condition",
+             "a glob: some value of the parameter matches it (case-sensitive text); a condition "
+             "(`{eq: false}`, `{gt: 10}`): see typed query conditions", "{dry_run: {eq: false}}", _query,
+             see="rules.md#typed-query-conditions"),
+    MatchKey("headers", "mapping name -> glob",
+             "every named header has a value matching its glob (case-insensitive)",
+             '{content-type: "application/json*"}', _headers),
+    MatchKey("json", "mapping JSONPath -> condition",
+             "for every entry, some value the path selects in the request's fields (JSON, form, "
+             "multipart, query) satisfies the condition", '{"$.amount": {gt: 1000}}', _json,
+             see="rules.md#fields-where-json-conditions-look"),
+    MatchKey("filter", "mitmproxy filter expression", "the expression matches the flow",
+             '"~d example.com & ~m POST"', _filter),
+    MatchKey("identity", "glob or list", "the agent's identity matches", "[billing-agent]", _identities,
+             see="identity.md"),
+    MatchKey("groups", "string or list", "the agent is in any of the groups", "[billing]", _groups,
+             see="identity.md"),
+)}
+
+
+def match_key(name: str, *, type: str, summary: str, example: str,
+              see: str = "") -> Callable[[Callable[[Any, Where], Any]], Callable[[Any, Where], Any]]:
+    """Register a match key of another module: ``compiler(spec, where)`` returns a
+    condition with ``holds(RequestView) -> bool`` (addons.querylang.rules: sql, graphql)."""
+
+    def register(compiler: Callable[[Any, Where], Any]) -> Callable[[Any, Where], Any]:
+        earlier = MATCH_KEYS.get(name)
+        if earlier is not None and (not earlier.extra or earlier.compile.__qualname__ != compiler.__qualname__):
+            raise ValueError(f"match key {name!r} is declared twice")
+        MATCH_KEYS[name] = MatchKey(name, type, summary, example, compiler, see, extra=True)
+        return compiler
+
+    return register
+
+
 def compile_match(spec: Any, where: Where) -> Match:
     if spec is None:
         return Match()
     if not isinstance(spec, dict):
         where.fail("match must be a mapping of conditions")
     for key in spec:
-        if key not in MATCH_KEYS and key not in EXTRA_MATCH_KEYS:
-            known = ", ".join([*MATCH_KEYS, *EXTRA_MATCH_KEYS])
-            (where / key).fail(f"unknown match key {key!r}; expected one of {known}")
+        if key not in MATCH_KEYS:
+            (where / key).fail(f"unknown match key {key!r}; expected one of {', '.join(MATCH_KEYS)}")
     kwargs: dict[str, Any] = {
-        "extra": tuple(EXTRA_MATCH_KEYS[k](spec[k], where / k) for k in spec if k in EXTRA_MATCH_KEYS),
+        "extra": tuple(MATCH_KEYS[k].compile(spec[k], where / k) for k in spec if MATCH_KEYS[k].extra),
     }
-    if "host" in spec:
-        kwargs["hosts"] = tuple(
-            Glob(normalize_host(h), ignore_case=True) for h in _str_list(spec["host"], where / "host")
-        )
-    if "method" in spec:
-        kwargs["methods"] = frozenset(m.upper() for m in _str_list(spec["method"], where / "method"))
-    if "port" in spec:
-        ports = spec["port"] if isinstance(spec["port"], list) else [spec["port"]]
-        if not ports or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
-            (where / "port").fail("expected a port number or a list of port numbers")
-        kwargs["ports"] = frozenset(ports)
-    if "path" in spec:
-        paths = _str_list(spec["path"], where / "path")
-        for i, p in enumerate(paths):
-            if not p.startswith("/"):
-                (where / "path" / i if isinstance(spec["path"], list) else where / "path").fail(
-                    "a path pattern must start with '/'"
-                )
-        # Case-insensitive: many upstreams route /V1/Tables like /v1/tables.
-        kwargs["paths"] = tuple(Glob(p, path=True, ignore_case=True) for p in paths)
-    if "query" in spec:
-        q = spec["query"]
-        if not isinstance(q, dict) or not q:
-            (where / "query").fail("expected a mapping of name -> glob or typed condition")
-        globs, typed = {}, []
-        for name, cond in q.items():
-            if isinstance(cond, dict):  # typed: {eq: false}, {gt: 10}, ...
-                typed.append(compile_field_condition(str(name), cond, where / "query" / name, "query"))
-            else:
-                globs[name] = cond
-        if globs:
-            _str_mapping(globs, where / "query")
-        kwargs["query"] = tuple((k, Glob(str(v))) for k, v in globs.items())
-        kwargs["typed_query"] = tuple(typed)
-    if "headers" in spec:
-        h = _str_mapping(spec["headers"], where / "headers")
-        kwargs["headers"] = tuple((k.lower(), Glob(str(v), ignore_case=True)) for k, v in h.items())
-    if "json" in spec:
-        j = spec["json"]
-        if not isinstance(j, dict) or not j:
-            (where / "json").fail("expected a mapping of JSONPath -> condition")
-        kwargs["json"] = tuple(
-            compile_field_condition(expression, cond, where / "json" / expression)
-            for expression, cond in j.items()
-        )
-    if "filter" in spec:
-        expr = spec["filter"]
-        if not isinstance(expr, str):
-            (where / "filter").fail("a filter must be a mitmproxy filter expression string")
-        try:
-            kwargs["filter"] = flowfilter.parse(expr)
-        except ValueError as exc:
-            (where / "filter").fail(f"invalid mitmproxy filter: {exc}")
-    if "identity" in spec:
-        kwargs["identities"] = tuple(Glob(i) for i in _str_list(spec["identity"], where / "identity"))
-    if "groups" in spec:
-        kwargs["groups"] = frozenset(_str_list(spec["groups"], where / "groups"))
+    for key in MATCH_KEYS.values():  # declared order: the first mistake reported is stable
+        if not key.extra and key.name in spec:
+            kwargs.update(key.compile(spec[key.name], where / key.name))
     return Match(**kwargs)

@@ -11,8 +11,11 @@ Schema (version 1)::
         reason: ...        # optional, shown to agents and reviewers
 
 Capabilities beyond the core (masking, holds, identities, credentials, ...) add their
-own keys by registering a compiler with :func:`rule_field` or :func:`top_level_field`.
-Unknown keys are always an error, never silently ignored.
+own keys by registering a compiler with :func:`rule_field` or :func:`top_level_field`,
+together with the key's type, summary and example (:class:`SchemaField`): that one
+declaration is what validation names, what ``portcullis explain`` prints and what the
+reference in docs/rules.md is generated from. Unknown keys are always an error, never
+silently ignored.
 """
 
 from __future__ import annotations
@@ -31,37 +34,89 @@ STRENGTH = {action: rank for rank, action in enumerate(ACTIONS)}
 
 #: Extension compilers: key -> function(value, where, context) -> compiled value.
 Compiler = Callable[[Any, Where, "LoadContext"], Any]
-RULE_FIELDS: dict[str, Compiler] = {}
-TOP_LEVEL_FIELDS: dict[str, Compiler] = {}
+
+
+@dataclass(frozen=True)
+class SchemaField:
+    """One key of the rules file, declared once: validation, ``portcullis explain`` and
+    the reference in docs/rules.md (``python -m gateway.docs``) all read this.
+
+    ``type`` is the YAML shape in words, ``summary`` one line on what it does, ``example``
+    a YAML value that compiles (tests/test_docs.py checks it), ``see`` the page that has
+    the details. ``compile`` is None for the core keys the engine compiles itself.
+    """
+
+    name: str
+    type: str
+    summary: str
+    example: str
+    see: str = ""
+    compile: Compiler | None = None
+
+
+#: Every rule key and top-level key, core first, then each capability's in the order
+#: they register. The core ones are compiled inline by compile_policy.
+RULE_FIELDS: dict[str, SchemaField] = {f.name: f for f in (
+    SchemaField("name", "string", "Unique name of the rule, shown to agents and reviewers.",
+                "no-prod-deletes"),
+    SchemaField("match", "mapping of conditions (see match keys)",
+                "Every listed condition must hold; `match: {}` matches every request.",
+                "{host: api.demo.test, method: DELETE}"),
+    SchemaField("action", "allow | hold | block",
+                "The decision when the rule matches; without it the rule decides nothing.", "block"),
+    SchemaField("reason", "string", "Why, in words the agent and the reviewer read.",
+                '"Agents may not delete tables"'),
+)}
+TOP_LEVEL_FIELDS: dict[str, SchemaField] = {f.name: f for f in (
+    SchemaField("version", "1", "The schema version; must be 1.", "1"),
+    SchemaField("default", "allow | hold | block",
+                "The decision when no matching rule sets an action (default allow).", "block"),
+    SchemaField("rules", "list of rules", "The rules, evaluated in file order.",
+                "[{name: no-deletes, match: {method: DELETE}, action: block}]"),
+)}
+CORE_RULE_KEYS = tuple(RULE_FIELDS)
+CORE_TOP_KEYS = tuple(TOP_LEVEL_FIELDS)
 
 #: Modules that register extension fields; imported before any file is loaded.
 EXTENSION_MODULES: list[str] = ["addons.upstreams.addon", "addons.identity.addon", "addons.credentials.addon",
                                  "addons.holds.spec", "addons.masking.spec", "addons.querylang.rules"]
 
 
-def rule_field(name: str) -> Callable[[Compiler], Compiler]:
-    """Register a compiler for an extra key on each rule (e.g. ``mask``)."""
-
+def _registrar(table: dict[str, SchemaField], name: str, type: str, summary: str, example: str,
+               see: str) -> Callable[[Compiler], Compiler]:
     def register(compiler: Compiler) -> Compiler:
-        RULE_FIELDS[name] = compiler
+        earlier = table.get(name)
+        if earlier is not None and _origin(earlier.compile) != _origin(compiler):
+            raise ValueError(f"rules key {name!r} is declared twice")  # (a module reload is not)
+        table[name] = SchemaField(name, type, summary, example, see, compiler)
         return compiler
 
     return register
 
 
-def top_level_field(name: str) -> Callable[[Compiler], Compiler]:
-    """Register a compiler for an extra top-level key (e.g. ``identities``)."""
-
-    def register(compiler: Compiler) -> Compiler:
-        TOP_LEVEL_FIELDS[name] = compiler
-        return compiler
-
-    return register
+def _origin(compiler: Compiler | None) -> str:
+    return f"{getattr(compiler, '__module__', '')}.{getattr(compiler, '__qualname__', '')}"
 
 
-def _load_extensions() -> None:
+def rule_field(name: str, *, type: str, summary: str, example: str,
+               see: str = "") -> Callable[[Compiler], Compiler]:
+    """Register a compiler for an extra key on each rule (e.g. ``mask``), with its docs."""
+    return _registrar(RULE_FIELDS, name, type, summary, example, see)
+
+
+def top_level_field(name: str, *, type: str, summary: str, example: str,
+                    see: str = "") -> Callable[[Compiler], Compiler]:
+    """Register a compiler for an extra top-level key (e.g. ``identities``), with its docs."""
+    return _registrar(TOP_LEVEL_FIELDS, name, type, summary, example, see)
+
+
+def load_extensions() -> None:
+    """Import every module that registers rules keys (the schema is complete after this)."""
     for module in EXTENSION_MODULES:
         importlib.import_module(module)
+
+
+_load_extensions = load_extensions  # the name bench/scenarios.py uses
 
 
 @dataclass
@@ -248,10 +303,6 @@ def _holds(rule: Rule, request: RequestView) -> bool:
         raise type(exc)(f"rule {rule.name}: {exc}") from None  # keeps its error_code
 
 
-CORE_RULE_KEYS = ("name", "match", "action", "reason")
-CORE_TOP_KEYS = ("version", "default", "rules")
-
-
 def load_policy(path: str | Path) -> Policy:
     """Read and compile a rules file. Raises RuleFileError naming file:line:column."""
     path = Path(path)
@@ -263,18 +314,17 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def compile_policy(text: str, filename: str = "<rules>", base_dir: Path | None = None) -> Policy:
-    _load_extensions()
+    load_extensions()
     data, source = parse(text, filename)
     context = LoadContext(base_dir or Path.cwd(), filename)
     problems: list[Problem] = []
     top = source.at()
     if not isinstance(data, dict):
         raise RuleFileError([top.problem("a rules file must be a mapping with 'version' and 'rules'")])
-    allowed_top = (*CORE_TOP_KEYS, *TOP_LEVEL_FIELDS)
     for key in data:
-        if key not in allowed_top:
+        if key not in TOP_LEVEL_FIELDS:
             problems.append((top / key).problem(
-                f"unknown top-level key {key!r}; expected one of {', '.join(allowed_top)}"
+                f"unknown top-level key {key!r}; expected one of {', '.join(TOP_LEVEL_FIELDS)}"
             ))
     if data.get("version") != 1:
         problems.append((top / "version").problem("version must be 1"))
@@ -282,9 +332,9 @@ def compile_policy(text: str, filename: str = "<rules>", base_dir: Path | None =
     if default not in ACTIONS:
         problems.append((top / "default").problem(f"default must be one of {', '.join(ACTIONS)}"))
     settings: dict[str, Any] = {}
-    for key, compiler in TOP_LEVEL_FIELDS.items():
-        if key in data:
-            _collect(problems, lambda c=compiler, k=key: settings.__setitem__(k, c(data[k], top / k, context)))
+    for key, declared in TOP_LEVEL_FIELDS.items():
+        if key in data and declared.compile is not None:
+            _collect(problems, lambda c=declared.compile, k=key: settings.__setitem__(k, c(data[k], top / k, context)))
     rules = _compile_rules(data.get("rules"), top / "rules", source, context, problems)
     if problems:
         raise RuleFileError(problems)
@@ -330,11 +380,10 @@ def _compile_rule(
     if not isinstance(spec, dict):
         problems.append(at.problem("each rule must be a mapping"))
         return None
-    allowed = (*CORE_RULE_KEYS, *RULE_FIELDS)
     for key in spec:
-        if key not in allowed:
+        if key not in RULE_FIELDS:
             problems.append((at / key).problem(
-                f"unknown rule key {key!r}; expected one of {', '.join(allowed)}"
+                f"unknown rule key {key!r}; expected one of {', '.join(RULE_FIELDS)}"
             ))
     name = spec.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -351,9 +400,9 @@ def _compile_rule(
     compiled: dict[str, Any] = {}
     _collect(problems, lambda: compiled.__setitem__("match", compile_match(spec.get("match"), at / "match")))
     extensions: dict[str, Any] = {}
-    for key, compiler in RULE_FIELDS.items():
-        if key in spec:
-            _collect(problems, lambda c=compiler, k=key: extensions.__setitem__(k, c(spec[k], at / k, context)))
+    for key, declared in RULE_FIELDS.items():
+        if key in spec and declared.compile is not None:
+            _collect(problems, lambda c=declared.compile, k=key: extensions.__setitem__(k, c(spec[k], at / k, context)))
     if "match" not in compiled:
         return None
     return Rule(

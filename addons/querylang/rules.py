@@ -39,7 +39,6 @@ from typing import Any
 
 from addons.core.rulefile import Where
 from addons.policy.conditions import (
-    EXTRA_MATCH_KEYS,
     EvaluationError,
     Glob,
     JsonCondition,
@@ -47,6 +46,7 @@ from addons.policy.conditions import (
     compile_field_condition,
     compile_jsonpath,
     fold_field_names,
+    match_key,
 )
 from addons.querylang import graphql, sql
 
@@ -305,5 +305,9 @@ def compile_graphql(spec: Any, where: Where) -> GraphqlCondition:
     return GraphqlCondition(**kwargs)
 
 
-EXTRA_MATCH_KEYS["sql"] = compile_sql
-EXTRA_MATCH_KEYS["graphql"] = compile_graphql
+match_key("sql", type="mapping {field, dialect, statement, where, limit, tables, writes_tables, ...}",
+          example="{statement: [delete, drop], where: missing}", see="../addons/querylang/rules.py",
+          summary="the SQL in a request field is classified and its statement kinds, tables, missing WHERE/LIMIT match")(compile_sql)
+match_key("graphql", type="mapping {operation, name, fields, variables, persisted, batch}",
+          example="{operation: mutation, fields: [deleteRepository]}", see="../addons/querylang/rules.py",
+          summary="the GraphQL operation in the body is parsed and its type, name, fields or variables match")(compile_graphql)

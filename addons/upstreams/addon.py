@@ -59,7 +59,9 @@ class Upstream:
 UPSTREAM_KEYS = ("host", "ca_bundle", "verify", "address")
 
 
-@top_level_field("upstreams")
+@top_level_field("upstreams", type="list of {host, address, ca_bundle, verify}", see="rules.md#upstreams",
+                 example="[{host: api.demo.test, address: 127.0.0.1}]",
+                 summary="Per upstream host: an address to connect to, a CA bundle to trust, or verify: false.")
 def compile_upstreams(value: Any, where: Where, context: LoadContext) -> list[Upstream]:
     if not isinstance(value, list):
         where.fail("upstreams must be a list of {host, ca_bundle | verify}")
