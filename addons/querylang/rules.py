@@ -306,8 +306,8 @@ def compile_graphql(spec: Any, where: Where) -> GraphqlCondition:
 
 
 match_key("sql", type="mapping {field, dialect, statement, where, limit, tables, writes_tables, ...}",
-          example="{statement: [delete, drop], where: missing}", see="../addons/querylang/rules.py",
+          example="{statement: [delete, drop], where: missing}", see="rules.md#sql",
           summary="the SQL in a request field is classified and its statement kinds, tables, missing WHERE/LIMIT match")(compile_sql)
 match_key("graphql", type="mapping {operation, name, fields, variables, persisted, batch}",
-          example="{operation: mutation, fields: [deleteRepository]}", see="../addons/querylang/rules.py",
+          example="{operation: mutation, fields: [deleteRepository]}", see="rules.md#graphql",
           summary="the GraphQL operation in the body is parsed and its type, name, fields or variables match")(compile_graphql)
