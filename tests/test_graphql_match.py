@@ -239,3 +239,12 @@ def test_bad_sql_specs_are_rule_file_errors(tmp_path, spec):
     path.write_text(f"version: 1\nrules:\n  - name: r\n    match:\n      sql: {spec}\n    action: block\n")
     with pytest.raises(RuleFileError):
         load_policy(path)
+
+
+def test_only_short_documents_are_cached():
+    graphql._cached.cache_clear()
+    short = "query { a }"
+    long = "query { a }" + " " * graphql.MAX_CACHED_CHARS
+    graphql.analyse(short)
+    graphql.analyse(long)
+    assert graphql._cached.cache_info().currsize == 1  # a long document is parsed, not kept

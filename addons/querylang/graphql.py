@@ -119,10 +119,24 @@ def _persisted_hash(extensions: Any) -> bool:
     return isinstance(persisted, dict) and any(str(k).casefold() == "sha256hash" for k in persisted)
 
 
-@lru_cache(maxsize=2048)
-def analyse(document: str, operation_name: str | None = None
-            ) -> tuple[str, str | None, tuple[str, ...], tuple[str, ...], str | None]:
+Analysis = tuple[str, str | None, tuple[str, ...], tuple[str, ...], str | None]
+#: Documents up to this length are cached (bounded memory: 2,048 x 16 KiB at most).
+MAX_CACHED_CHARS = 16 * 1024
+
+
+def analyse(document: str, operation_name: str | None = None) -> Analysis:
     """(kind, name, root fields, paths, unknown reason) of the operation the server runs."""
+    if len(document) > MAX_CACHED_CHARS:
+        return _analyse(document, operation_name)
+    return _cached(document, operation_name)
+
+
+@lru_cache(maxsize=2048)
+def _cached(document: str, operation_name: str | None) -> Analysis:
+    return _analyse(document, operation_name)
+
+
+def _analyse(document: str, operation_name: str | None) -> Analysis:
     if len(document) > MAX_DOCUMENT_CHARS:
         return "unknown", operation_name, (), (), f"longer than {MAX_DOCUMENT_CHARS} characters"
     try:
