@@ -195,6 +195,13 @@ DIALECT_SPECIFIC = [
     # generic: nested comments are ambiguous (servers disagree)
     ("generic", "/* a /* b */ DROP TABLE t */ SELECT 1", {"unknown"}, None, None),
     ("generic", "SELECT 1 /*!50000 ; DROP TABLE t */", {"unknown"}, None, None),
+    # where a string ends depends on the server's escapes: MySQL sees a DROP, Postgres none
+    ("generic", "SELECT 'x\\'' ; DROP TABLE t; -- '", {"unknown"}, None, None),
+    ("mysql", "SELECT 'x\\'' ; DROP TABLE t; -- '", {"select", "drop"}, [], ["t"]),
+    ("snowflake", "SELECT 'x\\'' ; DROP TABLE t; -- '", {"select", "drop"}, [], ["t"]),
+    ("postgres", "SELECT 'x\\'' ; DROP TABLE t; -- '", {"select"}, [], []),
+    ("postgres", "SELECT 'a\\'; DROP TABLE t; --'", {"select", "drop"}, [], ["t"]),
+    ("postgres", "SELECT E'a\\'; DROP TABLE t; --'", {"select"}, [], []),
 ]
 
 

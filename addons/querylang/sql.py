@@ -10,8 +10,8 @@ Fail closed: the kind is ``unknown`` when the text does not tokenize or parse, p
 only as a generic command (sqlglot's ``Command`` fallback, e.g. ``EXPLAIN ANALYZE
 DELETE ...``, ``VACUUM``), is a statement type not mapped below, holds an executable
 comment (MySQL/MariaDB ``/*! ... */`` and ``/*M! ... */``, which the server runs but a
-parser skips), a nested block comment in the generic dialect (servers disagree on
-nesting), is empty, or is longer than :data:`MAX_SQL_CHARS`.
+parser skips), a nested block comment or a backslash inside a string in the generic dialect (servers disagree on
+nesting and on escapes), is empty, or is longer than :data:`MAX_SQL_CHARS`.
 
 Kinds are collected anywhere in the tree: ``WITH x AS (DELETE ...) SELECT`` is a select
 and a delete, ``INSERT ... ON CONFLICT DO UPDATE`` an insert and an update. A SELECT
@@ -187,6 +187,11 @@ def _classify(text: str, dialect: str) -> Classification:
     except (SqlglotError, RecursionError, ValueError) as exc:
         return unknown(f"does not tokenize: {_short(exc)}")
     for token in tokens:
+        if dialect == "generic" and "\\" in token.text:
+            # MySQL, Snowflake, BigQuery and Spark read \' in a string as a quote, Postgres,
+            # SQLite and SQL Server as a backslash, so where the string ends (and whether
+            # "'x\'' ; DROP TABLE t; -- '" holds a DROP) depends on the server.
+            return unknown("backslash in a string or name (servers disagree on escapes)")
         for comment in token.comments:
             body = comment.lstrip()
             if body.startswith("!") or body.startswith("M!"):
