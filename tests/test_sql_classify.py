@@ -139,6 +139,10 @@ DIALECT_SPECIFIC = [
     ("postgres", "SELECT * FROM t FETCH FIRST 5 ROWS ONLY", {"select"}, ["t"], []),
     ("postgres", "MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN DELETE", {"merge"}, ["s"], ["t"]),
     ("postgres", "/* a /* b */ c", {"unknown"}, None, None),
+    # a carriage return ends a -- comment in Postgres (not in SQLite, whose comment runs to \n)
+    ("postgres", "SELECT 1 -- x\r; DROP TABLE t", {"select", "drop"}, [], ["t"]),
+    ("sqlite", "SELECT 1 -- x\r; DROP TABLE t", {"select"}, [], []),
+    ("postgres", "SELECT 1 -- x\x0c; DROP TABLE t", {"select"}, [], []),
     # mysql: executable comments, # comments, backticks, comments do not nest
     ("mysql", "/*!50000DROP*/ TABLE t", {"unknown"}, None, None),
     ("mysql", "SELECT 1 /*!; DROP TABLE t */", {"unknown"}, None, None),
