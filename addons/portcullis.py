@@ -46,7 +46,7 @@ def make_addons() -> list[object]:
     masking = MaskingAddon(states)
     upstreams = UpstreamsAddon()
     recorder = RecorderAddon(states)
-    ui = ReviewServerAddon(states, approvals, recorder, upstreams)
+    ui = ReviewServerAddon(states, approvals.desk, recorder, upstreams)
     # Addons configured by the rules file learn of every (re)load from the policy addon.
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded,
                          masking.policy_loaded, upstreams.policy_loaded]
@@ -60,7 +60,7 @@ def make_addons() -> list[object]:
         policy,
         WebSocketGuardAddon(states),  # upgrades on masked routes are refused; messages tallied
         approvals,  # holds: awaits the reviewer inside its request hook
-        NotifyAddon(states, approvals, policy, ui),  # webhooks about holds, off the event loop
+        NotifyAddon(states, approvals.desk, policy, ui),  # webhooks about holds, off the event loop
         credentials,  # only flows that will be forwarded get secrets
         masking,  # after credentials, before the recorder: it records the masked version
         ReplayAddon(states, recorder, identity),  # re-sends recorded requests through all of the above

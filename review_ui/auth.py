@@ -36,7 +36,7 @@ from flask import (
     url_for,
 )
 
-from addons.holds.addon import Actor
+from addons.holds.book import Actor
 from review_ui.errors import api_error
 from review_ui.reviewers import Reviewer
 from review_ui.services import services

@@ -5,8 +5,11 @@ Options:
     portcullis_reviewers: the reviewers file (``portcullis reviewer add`` writes it)
 
 The UI starts only with a reviewers file: without reviewers nobody could sign in.
-It runs in a werkzeug server thread; decisions reach the proxy's event loop through
-``ApprovalsAddon.call``.
+It runs in a werkzeug server thread and reaches holds only through the holds desk
+(addons.holds.desk), which carries every decision over to the proxy's event loop.
+Collaborators come through the constructor (``make_addons()`` wires them): the flow
+states, the desk, the recorder (the audit pages read its store), the replay addon and
+the upstreams addon (its ``--resolve`` pins, for the guard below).
 
 This addon also guards the proxy: a request *through the proxy* to the UI's own
 address is refused, whatever spelling of the host the agent uses (``localhost``,
@@ -24,13 +27,17 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
+from flask import Flask
 from mitmproxy import ctx, exceptions, http
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from addons.core.flowstate import FlowStates
+from addons.core.options import Option, register_options
 from addons.core.replies import refuse
-from review_ui import create_app
+from addons.holds.desk import HoldDesk
+from review_ui import close_app, create_app
 from review_ui.reviewers import ReviewersError, ReviewerStore
 
 log = logging.getLogger("portcullis.review_ui")
@@ -64,17 +71,29 @@ def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
     return address
 
 
+OPTIONS = (
+    Option("portcullis_ui", str, DEFAULT_UI, "Review UI address HOST:PORT, or 'off'. Needs a reviewers file.",
+           flag="--ui"),
+    Option("portcullis_reviewers", str, "",
+           "Reviewers file: names, groups, password and token hashes (portcullis reviewer add).",
+           flag="--reviewers", path=True),
+)
+
+
 class ReviewServerAddon:
     name = "portcullis_review_ui"
 
-    def __init__(self, states: FlowStates, approvals: object, recorder: object,
-                 upstreams: object) -> None:
-        """``recorder`` gives the UI the recording; ``upstreams`` its pinned addresses,
-        so that the UI cannot be reached through the proxy under a pinned name either."""
+    def __init__(self, states: FlowStates, holds: HoldDesk, recorder: Any = None, upstreams: Any = None,
+                 replayer: Any = None) -> None:
+        """``holds`` is the desk the UI decides through; ``recorder`` gives the UI the
+        recording; ``upstreams`` its pinned addresses, so that the UI cannot be reached
+        through the proxy under a pinned name either; ``replayer`` the replay addon."""
         self.states = states
-        self.approvals = approvals
+        self.holds = holds
         self.recorder = recorder
         self.upstreams = upstreams
+        self.replayer = replayer
+        self.app: Flask | None = None
         self.address: tuple[str, int] | None = None
         self.reviewers: ReviewerStore | None = None
         self.server: BaseWSGIServer | None = None
@@ -82,10 +101,7 @@ class ReviewServerAddon:
         self._local: set[str] = set()
 
     def load(self, loader) -> None:
-        loader.add_option("portcullis_ui", str, DEFAULT_UI,
-                          "Review UI address HOST:PORT, or 'off'. Needs portcullis_reviewers.")
-        loader.add_option("portcullis_reviewers", str, "",
-                          "Reviewers file (names, groups, password and token hashes).")
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if not {"portcullis_ui", "portcullis_reviewers"} & updated:
@@ -107,9 +123,10 @@ class ReviewServerAddon:
         if address is None or reviewers is None:
             return
         host, port = address
-        app = create_app(
-            self.approvals, reviewers,
+        app = self.app = create_app(
+            self.holds, reviewers,
             recorder=lambda: self.recorder,
+            replayer=lambda: self.replayer,
             allowed_hosts=_host_names(host, port),
             # Streams end after this long and browsers reconnect (tests shorten it).
             sse_lifetime=float(os.environ.get("PORTCULLIS_UI_SSE_LIFETIME", "300")),
@@ -143,6 +160,9 @@ class ReviewServerAddon:
                 self.server.shutdown()
             self.server.server_close()
         self.server, self.thread = None, None
+        if self.app is not None:
+            close_app(self.app)  # its live feed stops listening to the desk
+            self.app = None
 
     @property
     def url(self) -> str | None:

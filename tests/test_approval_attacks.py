@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -20,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from review_ui import create_app
 from review_ui.reviewers import ReviewerStore
+from tests.support.hold_desk import idle_desk
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.upstream import Canned
 
@@ -106,7 +106,7 @@ def test_every_response_carries_a_csp_without_inline_script(rig, planted):
 
 def ui_routes() -> list[tuple[str, str]]:
     """(method, rule) for every route of the review UI, from Flask's own URL map."""
-    app = create_app(SimpleNamespace(watchers=[]), ReviewerStore(None))
+    app = create_app(idle_desk(), ReviewerStore(None))
     return sorted((method, rule.rule) for rule in app.url_map.iter_rules()
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 

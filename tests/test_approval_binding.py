@@ -14,13 +14,15 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from addons.core.flowstate import state_of
-from addons.holds.addon import Actor, ApprovalsAddon
+from addons.core.flowstate import FlowStates
+from addons.holds.addon import ApprovalsAddon
 from addons.holds.binding import RequestPrint, decode_body, shown_body
+from addons.holds.book import Actor
 from addons.policy.addon import capture_control_headers
 from addons.policy.conditions import RequestView
 from addons.policy.engine import compile_policy
@@ -57,20 +59,26 @@ def payment(headers: list[tuple[str, str]] | None = None, body: bytes = b'{"to":
     return flow
 
 
+STATES = FlowStates()
+
+
+def state_of(flow):
+    return STATES.of(flow)
+
+
 def evaluated(flow, policy, identity: str = "agent"):
     """What the policy addon leaves for the approvals addon: control headers, verdict."""
     state = state_of(flow)
     state.identity = identity
-    capture_control_headers(flow)
-    state.extras["verdict"] = policy.evaluate(RequestView(flow, identity, frozenset()))
+    capture_control_headers(flow, state)
+    state.verdict = policy.evaluate(RequestView(flow, identity, frozenset()))
     return flow
 
 
 def run(coroutine_factory):
     async def main():
-        addon = ApprovalsAddon()
+        addon = ApprovalsAddon(STATES, SimpleNamespace(policy=None))
         with taddons.context(addon):
-            addon.loop = asyncio.get_running_loop()
             return await coroutine_factory(addon)
     return asyncio.run(main())
 
@@ -143,13 +151,13 @@ def test_collecting_with_an_added_header_is_refused_and_the_identical_request_pa
 
     async def scenario(addon):
         hold_id = await hold_async(addon, policy, payment())
-        addon.approve(hold_id, FINANCE)
+        addon.book.approve(hold_id, FINANCE)
         override = await collect(addon, policy, payment([("Content-Type", "application/json"),
                                                          ("X-HTTP-Method-Override", "DELETE")]), hold_id)
         assert override.status_code == 403
         assert json.loads(override.content)["error"] == "approval_mismatch"
         assert "x-http-method-override" in json.loads(override.content)["reason"]
-        assert not addon.holds[hold_id].collected
+        assert not addon.book.get(hold_id).collected
         same = payment([("content-type", "application/json")])  # collected over h2: lower-case
         assert await collect(addon, policy, same, hold_id) is None  # forwarded
         assert state_of(same).decision == "approved"
@@ -168,7 +176,7 @@ def test_collecting_when_the_rules_now_decide_otherwise_is_refused():
 
     async def scenario(addon):
         hold_id = await hold_async(addon, held_under, payment())
-        addon.approve(hold_id, FINANCE)
+        addon.book.approve(hold_id, FINANCE)
         refused = await collect(addon, stricter, payment(), hold_id)
         assert refused.status_code == 403
         body = json.loads(refused.content)
@@ -183,7 +191,7 @@ def test_a_grant_covers_only_the_same_headers_and_verdict_else_the_request_is_he
 
     async def scenario(addon):
         hold_id = await hold_async(addon, policy, payment())
-        addon.approve(hold_id, FINANCE, "", 600.0)
+        addon.book.approve(hold_id, FINANCE, "", 600.0)
         used = evaluated(payment(), policy)
         await addon.request(used)
         assert used.response is None and state_of(used).decision == "approved"
@@ -194,8 +202,8 @@ def test_a_grant_covers_only_the_same_headers_and_verdict_else_the_request_is_he
             other.request.headers["X-Portcullis-Wait"] = "async"
             await addon.request(evaluated(other, policy))
             assert other.response is not None and other.response.status_code == 202, headers
-            assert addon.holds[other.id].decision is None  # a fresh hold
-        assert [g.uses for g in addon.grants.values()] == [1]
+            assert addon.book.get(other.id).decision is None  # a fresh hold
+        assert [g["uses"] for g in addon.book.active_grants()] == [1]
 
     run(scenario)
 

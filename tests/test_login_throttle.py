@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
 from review_ui import auth, create_app
 from review_ui.reviewers import ReviewerStore, add_reviewer
+from tests.support.hold_desk import idle_desk
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.review_login import post_login
 
@@ -31,7 +31,7 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("throttle") / "reviewers.yaml"
     for name in ("alice", "bob"):
         add_reviewer(path, name, ["finance-leads"], name + PASSWORD_SUFFIX, token=False)
-    return create_app(SimpleNamespace(watchers=[]), ReviewerStore(path))
+    return create_app(idle_desk(), ReviewerStore(path))
 
 
 def attempt(app, name: str, password: str, address: str = "127.0.0.1") -> int:

@@ -17,6 +17,7 @@ import requests
 from review_ui import create_app
 from review_ui.audit.sessions import recent_flows
 from review_ui.reviewers import ReviewerStore
+from tests.support.hold_desk import idle_desk
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.review_login import sign_in
 
@@ -46,7 +47,7 @@ def test_recent_flows_are_keyed_by_identity_and_session():
                         "('n1', now(), 'GET', 'api', '/anonymous', 200, 'allowed', NULL, ?), "
                         "('a2', now(), 'GET', 'api', '/other-session', 200, 'allowed', 'agent-a', 'x')",
                         [SESSION, SESSION, SESSION])
-    app = create_app(SimpleNamespace(watchers=[]), ReviewerStore(None), recorder=lambda: recorder)
+    app = create_app(idle_desk(), ReviewerStore(None), recorder=lambda: recorder)
     with app.app_context():
         assert [f["path"] for f in recent_flows("agent-a", SESSION)] == ["/own"]
         assert [f["path"] for f in recent_flows("agent-b", SESSION)] == ["/planted"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from mitmproxy.test import taddons, tflow
 
-from addons.core.flowstate import state_of
-from addons.holds.addon import Actor, ApprovalsAddon, DecisionError
+from addons.core.flowstate import FlowStates
+from addons.holds.addon import ApprovalsAddon
+from addons.holds.book import Actor, DecisionError
 from addons.policy.engine import Verdict
 from tests.support.approval_pages import LoggedIn
 from tests.support.review import ReviewRig
@@ -34,24 +36,24 @@ def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig
 
 def test_in_process_the_replaying_reviewer_may_not_decide_the_replays_hold():
     async def scenario():
-        addon = ApprovalsAddon()
+        states = FlowStates()
+        addon = ApprovalsAddon(states, SimpleNamespace(policy=None))
         with taddons.context(addon):
-            addon.loop = asyncio.get_running_loop()
             flow = tflow.tflow()
-            state = state_of(flow)
+            state = states.of(flow)
             state.identity, state.replay_of, state.actor = "billing-agent", "original-id", "alice"
             state.control["x-portcullis-wait"] = "async"
-            state.extras["verdict"] = Verdict("hold", None, ())
+            state.verdict = Verdict("hold", None, ())
             await addon.request(flow)
             assert flow.response.status_code == 202
             alice = Actor("alice", frozenset({"finance-leads"}))
-            for decide in (addon.approve, addon.reject):
+            for decide in (addon.book.approve, addon.book.reject):
                 with pytest.raises(DecisionError) as refused:
                     decide(flow.id, alice)
                 assert refused.value.code == "replay_self_approval"
-            assert addon.holds[flow.id].summary()["replayed_by"] == "alice"
-            addon.approve(flow.id, Actor("bob", frozenset({"finance-leads"})))
-            assert addon.holds[flow.id].decision == "approved"
+            assert addon.book.get(flow.id).summary()["replayed_by"] == "alice"
+            addon.book.approve(flow.id, Actor("bob", frozenset({"finance-leads"})))
+            assert addon.book.get(flow.id).decision == "approved"
 
     asyncio.run(scenario())
 

@@ -7,7 +7,6 @@ valid for 12 h. Now the cookie carries a session id the server must still know.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 import requests
@@ -15,6 +14,7 @@ import requests
 from review_ui import create_app
 from review_ui.reviewers import ReviewerStore, add_reviewer
 from review_ui.session_store import MemorySessionStore
+from tests.support.hold_desk import shared_desk
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.review_login import COOKIE, csrf_of, sign_in
 
@@ -35,8 +35,7 @@ def reviewers(tmp_path_factory: pytest.TempPathFactory) -> ReviewerStore:
 
 
 def make_app(reviewers: ReviewerStore, store: MemorySessionStore | None = None):
-    approvals = SimpleNamespace(watchers=[], queue=lambda: [], call=lambda fn, *args: fn(*args))
-    return create_app(approvals, reviewers, session_store=store)
+    return create_app(shared_desk(), reviewers, session_store=store)
 
 
 def log_in(app) -> tuple[object, str]:

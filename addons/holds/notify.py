@@ -3,6 +3,10 @@
 Configured in the rules file (``notify:``, see addons.holds.spec). Delivery happens on a
 small thread pool, with a timeout per attempt and a few retries; failures are logged.
 Nothing here ever waits on the network in the proxy's event loop.
+
+Wired in ``make_addons()``: the event bus (what happened), the holds desk (the hold's
+summary), the policy source (the webhooks configured now) and the review UI's address
+(for the link in the message).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mitmproxy import ctx
-
-from addons.core.flowstate import Event, subscribe, unsubscribe
+from addons.core.events import Event
+from addons.core.flowstate import FlowStates
+from addons.holds.desk import HoldDesk
 from addons.holds.spec import NOTIFY_EVENTS, Webhook
 
 log = logging.getLogger("portcullis.notify")
@@ -64,32 +68,33 @@ def payload(hook: Webhook, kind: str, hold: dict[str, Any], link: str | None) ->
 class NotifyAddon:
     name = "portcullis_notify"
 
-    def __init__(self, approvals: Any) -> None:
-        self.approvals = approvals
+    def __init__(self, states: FlowStates, holds: HoldDesk, policy: Any, ui: Any = None) -> None:
+        self.bus = states.bus
+        self.holds = holds
+        #: The policy addon: ``.policy`` is the policy in force now (its ``notify`` setting).
+        self.policy_source = policy
+        #: The review UI addon: ``.url`` is its base URL, or None when it is off.
+        self.ui = ui
         self.pool: ThreadPoolExecutor | None = None
         self._backlog = 0
         self._lock = threading.Lock()
-        self.delivered = 0
-        self.failed = 0
 
     def running(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portcullis-notify")
-        subscribe(self.on_event)
+        self.bus.subscribe(self.on_event)
 
     def done(self) -> None:
-        unsubscribe(self.on_event)
+        self.bus.unsubscribe(self.on_event)
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
 
     def webhooks(self) -> list[Webhook]:
-        policy_addon = ctx.master.addons.get("portcullis_policy")
-        policy = getattr(policy_addon, "policy", None)
+        policy = getattr(self.policy_source, "policy", None)
         return list(policy.settings.get("notify", [])) if policy is not None else []
 
     def review_link(self, flow_id: str) -> str | None:
-        ui = ctx.master.addons.get("portcullis_review_ui")
-        base = getattr(ui, "url", None)
+        base = getattr(self.ui, "url", None)
         return f"{base}/flows/{flow_id}" if base else None
 
     def on_event(self, event: Event) -> None:
@@ -102,13 +107,13 @@ class NotifyAddon:
     def _enqueue(self, event: Event) -> None:
         if event.kind not in NOTIFY_EVENTS or self.pool is None:
             return
-        hold = self.approvals.holds.get(event.flow_id)
-        if hold is None:
-            return
         hooks = [h for h in self.webhooks() if event.kind in h.events]
         if not hooks:
             return
-        summary, link = hold.summary(), self.review_link(event.flow_id)
+        summary = self.holds.find(event.flow_id)
+        if summary is None:
+            return
+        link = self.review_link(event.flow_id)
         for hook in hooks:
             with self._lock:
                 if self._backlog >= MAX_BACKLOG:
@@ -134,16 +139,13 @@ class NotifyAddon:
             problem = str(getattr(exc, "reason", exc))
         except Exception as exc:  # noqa: BLE001 - a pool thread's exception would vanish unlogged
             problem = f"unexpected error: {exc!r}"
-        if problem is None:
-            self.delivered += 1
-        elif attempt < ATTEMPTS and self.pool is not None:
+        if problem is not None and attempt < ATTEMPTS and self.pool is not None:
             log.warning("webhook %s attempt %d/%d failed: %s", hook.url, attempt, ATTEMPTS, problem)
             retry = threading.Timer(BACKOFF_S * 2 ** (attempt - 1), self._retry, (hook, body, attempt + 1))
             retry.daemon = True
             retry.start()
             return
-        else:
-            self.failed += 1
+        if problem is not None:
             log.error("webhook %s: giving up after %d attempts: %s", hook.url, attempt, problem)
         with self._lock:
             self._backlog -= 1

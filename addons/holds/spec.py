@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from addons.core.rulefile import Where
+from addons.holds.book import format_duration  # noqa: F401 - re-exported: durations live together
 from addons.policy.engine import LoadContext, Policy, Rule, rule_field, top_level_field
 
 DEFAULT_HOLD_TIMEOUT_S = 300.0
@@ -61,13 +62,6 @@ def parse_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _duration(value: Any, where: Where) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from addons.holds.addon import DecisionError
+from addons.holds.book import DecisionError
 from addons.holds.spec import parse_duration
 from review_ui.auth import api_auth_required, current_actor
 from review_ui.errors import api_error
@@ -28,23 +28,13 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 COMMENT_MAX = 2000
 
 
-def _call(fn: Any, *args: Any) -> Any:
-    return services().approvals.call(fn, *args)
-
-
 def decision_error(exc: DecisionError) -> Any:
     return api_error(exc.status, exc.code, exc.message)
 
 
 def flow_details(flow_id: str) -> dict[str, Any]:
     """A held flow as the API and the review page show it (raises DecisionError 404)."""
-    approvals = services().approvals
-
-    def read() -> dict[str, Any]:
-        hold = approvals.get(flow_id)
-        return {**hold.details(), "events": list(approvals.events_of(flow_id))}
-
-    return _call(read)
+    return services().holds.get(flow_id)
 
 
 def held_body_response(flow_id: str) -> Any:
@@ -53,20 +43,10 @@ def held_body_response(flow_id: str) -> Any:
     The review page shows a decoded prefix; a body it cannot show in full (or cannot
     decode) must still be reviewable, byte for byte. Only pending holds keep the bytes.
     """
-    approvals = services().approvals
-
-    def read() -> tuple[bytes | None, str, str, set[str]]:
-        hold = approvals.get(flow_id)
-        return hold.raw, hold.body_sha256, hold.decision or "pending", set(hold.state.secrets)
-
     try:
-        raw, digest, status, secrets = _call(read)
+        raw, digest = services().holds.held_body(flow_id)
     except DecisionError as exc:
         return decision_error(exc)
-    if raw is None:
-        return api_error(410, "body_released", f"flow {flow_id} is {status}: its body is no longer kept")
-    if any(secret.encode("utf-8", "surrogateescape") in raw for secret in secrets if secret):
-        return api_error(409, "body_contains_secret", "the body holds an injected credential and is not offered")
     return Response(raw, mimetype="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="{flow_id}.body"',
         "X-Body-SHA256": digest, "Cache-Control": "no-store",
@@ -75,26 +55,13 @@ def held_body_response(flow_id: str) -> Any:
 
 def may_decide(flow_id: str) -> tuple[bool, str | None]:
     """Whether the current reviewer may decide this flow, and if not, why."""
-    approvals = services().approvals
-    actor = current_actor()
-
-    def check() -> tuple[bool, str | None]:
-        hold = approvals.get(flow_id)
-        try:
-            approvals.check_may_decide(hold, actor, record=False)
-        except DecisionError as exc:
-            return False, exc.message
-        if any(v.reviewer == actor.name for v in hold.votes):
-            return False, "You already approved; another reviewer must approve too."
-        return True, None
-
-    return _call(check)
+    return services().holds.may_decide(flow_id, current_actor())
 
 
 @bp.get("/pending")
 @api_auth_required
 def pending() -> Any:
-    return jsonify({"pending": _call(services().approvals.queue)})
+    return jsonify({"pending": services().holds.queue()})
 
 
 @bp.get("/flows/<flow_id>")
@@ -138,7 +105,7 @@ def approve(flow_id: str) -> Any:
             grant = parse_duration(data["grant"])
         except ValueError as exc:
             return api_error(400, "bad_grant", str(exc))
-    return _decide(services().approvals.approve, flow_id, comment, grant)
+    return _decide(services().holds.approve, flow_id, comment, grant)
 
 
 @bp.post("/flows/<flow_id>/reject")
@@ -147,37 +114,37 @@ def reject(flow_id: str) -> Any:
     data = _body()
     if data is None or (comment := _comment(data)) is None:
         return api_error(400, "bad_request", 'expected a JSON object like {"comment": "..."}')
-    return _decide(services().approvals.reject, flow_id, comment)
+    return _decide(services().holds.reject, flow_id, comment)
 
 
 def _decide(action: Any, flow_id: str, *args: Any) -> Any:
     try:
-        hold = _call(action, flow_id, current_actor(), *args)
+        summary = action(flow_id, current_actor(), *args)
     except DecisionError as exc:
         return decision_error(exc)
-    return jsonify(_call(hold.summary))
+    return jsonify(summary)
 
 
 @bp.get("/grants")
 @api_auth_required
 def grants() -> Any:
-    return jsonify({"grants": _call(services().approvals.active_grants)})
+    return jsonify({"grants": services().holds.grants()})
 
 
 @bp.delete("/grants/<grant_id>")
 @api_auth_required
 def revoke(grant_id: str) -> Any:
     try:
-        grant = _call(services().approvals.revoke, grant_id, current_actor())
+        grant = services().holds.revoke(grant_id, current_actor())
     except DecisionError as exc:
         return decision_error(exc)
-    return jsonify({"revoked": grant.to_json()})
+    return jsonify({"revoked": grant})
 
 
 @bp.get("/decisions")
 @api_auth_required
 def decisions() -> Any:
-    return jsonify({"decisions": _call(services().approvals.history)})
+    return jsonify({"decisions": services().holds.history()})
 
 
 @bp.get("/events")

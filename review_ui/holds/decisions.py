@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 
-from addons.holds.addon import DecisionError
+from addons.holds.book import DecisionError
 from review_ui.auth import current_actor, login_required
 from review_ui.services import services
 
@@ -23,11 +23,11 @@ RECORDED_DECISIONS_SQL = (
 @bp.get("/decisions")
 @login_required
 def index() -> Any:
-    approvals = services().approvals
+    holds = services().holds
     return render_template(
         "decisions.html",
-        decisions=approvals.call(approvals.history),
-        grants=approvals.call(approvals.active_grants),
+        decisions=holds.history(),
+        grants=holds.grants(),
         recorded=services().query(RECORDED_DECISIONS_SQL, DECISION_KINDS),
     )
 
@@ -35,10 +35,9 @@ def index() -> Any:
 @bp.post("/grants/<grant_id>/revoke")
 @login_required
 def revoke(grant_id: str) -> Any:
-    approvals = services().approvals
     try:
-        grant = approvals.call(approvals.revoke, grant_id, current_actor())
-        flash(f"Grant for {grant.method} {grant.url} revoked; identical requests are held again.")
+        grant = services().holds.revoke(grant_id, current_actor())
+        flash(f"Grant for {grant['method']} {grant['url']} revoked; identical requests are held again.")
     except DecisionError as exc:
         flash(exc.message, "error")
     return redirect(url_for("decisions.index"))

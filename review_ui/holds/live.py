@@ -61,10 +61,6 @@ class Broker:
         """The id of the last event published (pages render it so the feed starts there)."""
         return self._seq
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
 
 def _format(item: tuple[int, str, str]) -> str:
     seq, kind, payload = item

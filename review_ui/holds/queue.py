@@ -16,11 +16,11 @@ NAV = [("queue.index", "Pending")]
 @bp.get("/")
 @login_required
 def index() -> Any:
-    return render_template("queue.html", holds=services().approvals.call(services().approvals.queue))
+    return render_template("queue.html", holds=services().holds.queue())
 
 
 @bp.get("/queue/rows")
 @login_required
 def rows() -> Any:
     """The table body alone; the page's script swaps it in when the live feed says so."""
-    return render_template("_queue_rows.html", holds=services().approvals.call(services().approvals.queue))
+    return render_template("_queue_rows.html", holds=services().holds.queue())

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-from addons.holds.addon import DecisionError
+from addons.holds.book import DecisionError
 from addons.holds.spec import format_duration, parse_duration
 from review_ui.audit.sessions import recent_flows
 from review_ui.auth import current_actor, login_required
@@ -81,19 +81,19 @@ def body(flow_id: str) -> Any:
 @bp.post("/flows/<flow_id>/decide")
 @login_required
 def decide(flow_id: str) -> Any:
-    approvals = services().approvals
+    holds = services().holds
     action = request.form.get("action")
     comment = request.form.get("comment", "")[:COMMENT_MAX]
     try:
         if action == "reject":
-            approvals.call(approvals.reject, flow_id, current_actor(), comment)
+            holds.reject(flow_id, current_actor(), comment)
             flash("Rejected. The agent received a 403 with your comment.")
         elif action in ("approve", "grant"):
             grant = parse_duration(request.form.get("grant", "")) if action == "grant" else None
-            hold = approvals.call(approvals.approve, flow_id, current_actor(), comment, grant)
-            done = hold.decision == "approved"
+            hold = holds.approve(flow_id, current_actor(), comment, grant)
+            done = hold["status"] == "approved"
             flash("Approved; the request was forwarded." if done else
-                  f"Your approval is recorded; {hold.spec.approvals_required - len(hold.votes)} more needed.")
+                  f"Your approval is recorded; {hold['approvals_required'] - len(hold['approvals'])} more needed.")
         else:
             abort(400, "unknown action")
     except DecisionError as exc:

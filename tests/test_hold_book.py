@@ -1,0 +1,349 @@
+"""The hold book's state machine, in process: no proxy, no flows, a fake clock.
+
+Votes and N approvals, rejection, escalation, expiry, grants (scope, expiry, uses,
+revocation), single-use collection, who may decide (own request, replay of one's own,
+groups), the per-identity pending cap, the events published for each step, and the
+store's bounds. Each test builds a fresh book over the in-memory store.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from addons.core.events import Event, EventBus
+from addons.holds.binding import RequestPrint, VerdictPrint
+from addons.holds.book import Actor, DecisionError, HoldBook, HoldRecord
+from addons.holds.spec import HoldSpec
+from addons.holds.store import EVENTS_PER_HOLD, MemoryHoldStore
+
+ROOT = Path(__file__).resolve().parent.parent
+FIN1 = Actor("fin1", frozenset({"finance-leads"}))
+FIN2 = Actor("fin2", frozenset({"finance-leads"}))
+OPS = Actor("ops", frozenset({"security-oncall"}))
+SUPPORT = Actor("sam", frozenset({"support"}))
+PRINT = RequestPrint("POST", "https://api.example/v1/refunds", "ab" * 32, (("content-type", "cd" * 32),))
+VERDICT = VerdictPrint("hold", "refunds", ("refunds",), ("finance-leads",), 1, ())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec(**overrides) -> HoldSpec:
+    fields = dict(rule="refunds", reason="Refunds need a finance lead", approvers=frozenset({"finance-leads"}),
+                  approvals_required=1, timeout=300.0, escalate_after=None, escalate_to=frozenset(), grant=None)
+    fields.update(overrides)
+    return HoldSpec(**fields)
+
+
+class Rig:
+    def __init__(self, store: MemoryHoldStore | None = None) -> None:
+        self.clock = Clock()
+        self.bus = EventBus()
+        self.events: list[Event] = []
+        self.bus.subscribe(self.events.append)
+        self.book = HoldBook(store, self.bus, self.clock)
+        self.bus.subscribe(self.book.record_event)
+        self._n = 0
+
+    def hold(self, identity: str = "billing-agent", binding: RequestPrint = PRINT,
+             verdict: VerdictPrint = VERDICT, **spec_fields) -> HoldRecord:
+        self._n += 1
+        now = self.clock()
+        held = spec(**spec_fields)
+        return self.book.hold(HoldRecord(
+            id=f"flow-{self._n}", identity=identity, spec=held, method=binding.method, url=binding.url,
+            headers=[("Content-Type", "application/json")], body='{"amount": 900}', body_truncated=False,
+            body_warning=None, body_size=15, body_sha256=binding.body_sha256, binding=binding,
+            verdict=verdict, created=now, deadline=now + held.timeout, raw=b'{"amount": 900}'))
+
+    def kinds(self, flow_id: str) -> list[str]:
+        return [e.kind for e in self.events if e.flow_id == flow_id]
+
+
+def refused(action, *args) -> DecisionError:
+    with pytest.raises(DecisionError) as caught:
+        action(*args)
+    return caught.value
+
+
+# --- votes and decisions -------------------------------------------------------------
+
+
+def test_one_approval_decides_a_default_hold_and_names_the_approver():
+    rig = Rig()
+    hold = rig.hold()
+    assert rig.book.queue()[0]["status"] == "pending"
+    rig.clock.now += 12
+    rig.book.approve(hold.id, FIN1, "ok")
+    assert (hold.decision, hold.decided_by, hold.comment, hold.raw) == ("approved", "fin1", "ok", None)
+    assert rig.kinds(hold.id) == ["held", "approved"]
+    approved = rig.events[-1]
+    assert approved.detail["approvers"] == ["fin1"] and approved.detail["waited_s"] == 12
+    assert rig.book.queue() == [] and rig.book.history()[0]["status"] == "approved"
+
+
+def test_n_approvals_need_n_distinct_reviewers_and_one_rejection_rejects():
+    rig = Rig()
+    hold = rig.hold(approvals_required=2)
+    rig.book.approve(hold.id, FIN1)
+    assert hold.decision is None and rig.kinds(hold.id)[-1] == "approval"
+    assert rig.events[-1].detail == {"comment": "", "approvals": 1, "required": 2}
+    again = refused(rig.book.approve, hold.id, FIN1)
+    assert (again.status, again.code) == (409, "already_approved")
+    assert rig.book.may_decide(hold.id, FIN1) == (False, "You already approved; another reviewer must approve too.")
+    rig.book.approve(hold.id, FIN2)
+    assert hold.decision == "approved" and hold.decided_by == "fin1, fin2"
+
+    other = rig.hold(approvals_required=3)
+    rig.book.approve(other.id, FIN1)
+    rig.book.reject(other.id, FIN2, "no")
+    assert (other.decision, other.decided_by, other.comment) == ("rejected", "fin2", "no")
+
+
+def test_a_decided_hold_cannot_be_decided_again():
+    rig = Rig()
+    hold = rig.hold()
+    rig.book.reject(hold.id, FIN1)
+    for action in (rig.book.approve, rig.book.reject):
+        error = refused(action, hold.id, FIN2)
+        assert (error.status, error.code) == (409, "already_decided")
+    assert rig.book.expire(hold.id) is False and rig.book.abandon(hold.id) is False
+    assert rig.kinds(hold.id) == ["held", "rejected"]
+
+
+def test_unknown_holds_and_grants_are_404():
+    rig = Rig()
+    assert refused(rig.book.approve, "nope", FIN1).code == "unknown_flow"
+    assert refused(rig.book.get, "nope").status == 404
+    assert refused(rig.book.revoke, "nope", FIN1).code == "unknown_grant"
+    assert rig.book.find("nope") is None
+
+
+# --- who may decide ------------------------------------------------------------------
+
+
+def test_who_may_decide_own_request_groups_and_replays_and_refusals_are_recorded():
+    rig = Rig()
+    own = rig.hold(identity="fin1")
+    error = refused(rig.book.approve, own.id, FIN1)
+    assert (error.status, error.code) == (403, "self_approval")
+    assert refused(rig.book.reject, own.id, FIN1).code == "self_approval"
+
+    wrong_group = rig.hold()
+    assert refused(rig.book.approve, wrong_group.id, SUPPORT).code == "not_an_approver"
+    assert rig.book.may_decide(wrong_group.id, SUPPORT) == (False, "this hold needs a reviewer in: finance-leads")
+
+    replay = rig.hold()
+    replay.replayed_by = "fin1"
+    assert refused(rig.book.approve, replay.id, FIN1).code == "replay_self_approval"
+    allowed, why = rig.book.may_decide(replay.id, FIN1)
+    assert not allowed and "replayed" in why
+    rig.book.approve(replay.id, FIN2)
+    assert replay.decision == "approved"
+
+    refusals = [(e.flow_id, e.actor, e.detail["refused"]) for e in rig.events if e.kind == "decision_refused"]
+    assert refusals == [(own.id, "fin1", "self_approval"), (own.id, "fin1", "self_approval"),
+                        (wrong_group.id, "sam", "not_an_approver"), (replay.id, "fin1", "replay_self_approval")]
+    assert own.decision is None and wrong_group.decision is None
+    # Asking (the review page) records nothing.
+    rig.book.may_decide(own.id, FIN1)
+    assert sum(e.kind == "decision_refused" for e in rig.events) == 4
+
+
+def test_any_reviewer_may_decide_a_hold_without_approvers():
+    rig = Rig()
+    hold = rig.hold(approvers=None)
+    assert rig.book.may_decide(hold.id, SUPPORT) == (True, None)
+    rig.book.approve(hold.id, SUPPORT)
+    assert hold.decision == "approved"
+
+
+def test_escalation_admits_the_escalation_groups_once():
+    rig = Rig()
+    hold = rig.hold(escalate_after=60.0, escalate_to=frozenset({"security-oncall"}))
+    assert hold.escalate_after == 60.0
+    assert refused(rig.book.approve, hold.id, OPS).code == "not_an_approver"
+    assert rig.book.escalate(hold.id) is True
+    assert rig.book.escalate(hold.id) is False  # once
+    assert rig.events[-1].detail == {"escalate_to": ["security-oncall"]}
+    assert hold.summary()["escalated"] is True
+    rig.book.approve(hold.id, OPS)
+    assert hold.decision == "approved"
+    assert rig.kinds(hold.id).count("escalated") == 1
+    assert rig.book.escalate(hold.id) is False  # decided
+    # An escalation due after the timeout never happens.
+    assert rig.hold(escalate_after=600.0, timeout=300.0).escalate_after is None
+
+
+# --- expiry and the end of a hold ------------------------------------------------------
+
+
+def test_expiry_abandonment_and_shutdown():
+    rig = Rig()
+    first, second, third = rig.hold(), rig.hold(), rig.hold()
+    rig.clock.now += 300
+    assert rig.book.expire(first.id) is True
+    assert (first.decision, first.detail, first.decided_by) == ("expired", "timeout", None)
+    assert rig.events[-1].detail == {"comment": "", "waited_s": 300.0, "reason": "timeout"}
+    assert rig.book.abandon(second.id) is True and second.decision == "abandoned"
+    rig.book.expire_all("gateway_shutdown")
+    assert (third.decision, third.detail) == ("expired", "gateway_shutdown")
+    assert rig.book.pending() == [] and refused(rig.book.approve, third.id, FIN1).code == "already_decided"
+
+
+def test_the_queue_is_most_urgent_first_and_summaries_count_down():
+    rig = Rig()
+    slow = rig.hold(timeout=600.0)
+    fast = rig.hold(timeout=60.0)
+    rig.clock.now += 10
+    queue = rig.book.queue()
+    assert [h["flow_id"] for h in queue] == [fast.id, slow.id]
+    assert (queue[0]["age_s"], queue[0]["time_left_s"]) == (10.0, 50.0)
+
+
+def test_the_per_identity_pending_cap():
+    rig = Rig()
+    for _ in range(3):
+        rig.hold(identity="agent-a")
+    rig.hold(identity="agent-b")
+    assert rig.book.pending_at_cap("agent-a", 3) == 3
+    assert rig.book.pending_at_cap("agent-a", 4) is None
+    assert rig.book.pending_at_cap("agent-b", 3) is None
+    rig.book.approve(rig.book.pending()[0].id, FIN1)  # a decided hold frees a place
+    assert rig.book.pending_at_cap("agent-a", 3) is None
+
+
+# --- grants --------------------------------------------------------------------------
+
+
+def test_a_grant_covers_the_same_identity_print_and_verdict_until_it_expires():
+    rig = Rig()
+    hold = rig.hold(grant=900.0)
+    rig.book.approve(hold.id, FIN1, "", 600.0)
+    [grant] = rig.book.active_grants()
+    assert (grant["flow_id"], grant["created_by"], grant["expires_at"] - grant["created_at"]) == (hold.id, "fin1", 600)
+    assert hold.grant_id == grant["id"] and rig.events[-1].detail["grant"] == grant["id"]
+
+    other_url = RequestPrint("POST", "https://api.example/v1/refunds?all=1", PRINT.body_sha256, PRINT.headers)
+    stricter = VerdictPrint("hold", "refunds", ("refunds", "freeze"), ("cfo",), 1, ())
+    assert rig.book.use_grant("f-a", "other-agent", PRINT, VERDICT) is None
+    assert rig.book.use_grant("f-b", "billing-agent", other_url, VERDICT) is None
+    assert rig.book.use_grant("f-c", "billing-agent", PRINT, stricter) is None
+    used = rig.book.use_grant("f-d", "billing-agent", PRINT, VERDICT)
+    assert used is not None and used.uses == 1
+    assert rig.kinds("f-d") == ["grant_used"] and rig.events[-1].actor == "fin1"
+    assert rig.events[-1].detail == {"grant": grant["id"], "granted_on": hold.id, "uses": 1}
+    assert rig.book.use_grant("f-e", "billing-agent", PRINT, VERDICT).uses == 2
+
+    rig.clock.now += 600
+    assert rig.book.use_grant("f-f", "billing-agent", PRINT, VERDICT) is None
+    assert rig.book.active_grants() == []
+
+
+def test_grants_need_a_rule_that_allows_them_and_stay_within_its_limit():
+    rig = Rig()
+    no_grants = rig.hold()
+    assert refused(rig.book.approve, no_grants.id, FIN1, "", 60.0).code == "grant_not_allowed"
+    limited = rig.hold(grant=900.0)
+    error = refused(rig.book.approve, limited.id, FIN1, "", 3600.0)
+    assert (error.status, error.code, error.message) == (400, "grant_too_long",
+                                                         "this rule allows grants of at most 15m")
+    assert no_grants.votes == [] and limited.votes == []  # refused before the vote counts
+
+
+def test_a_grant_is_made_only_when_the_last_approval_decides():
+    rig = Rig()
+    hold = rig.hold(grant=900.0, approvals_required=2)
+    rig.book.approve(hold.id, FIN1, "", 600.0)
+    assert rig.book.active_grants() == []
+    rig.book.approve(hold.id, FIN2, "", 300.0)
+    assert [g["created_by"] for g in rig.book.active_grants()] == ["fin2"]
+
+
+def test_a_revoked_grant_covers_nothing_and_the_revocation_is_recorded():
+    rig = Rig()
+    hold = rig.hold(grant=900.0)
+    rig.book.approve(hold.id, FIN1, "", 600.0)
+    grant_id = hold.grant_id
+    rig.book.use_grant("f-1", "billing-agent", PRINT, VERDICT)
+    revoked = rig.book.revoke(grant_id, FIN2)
+    assert revoked.uses == 1
+    assert rig.events[-1].kind == "grant_revoked" and rig.events[-1].flow_id == hold.id
+    assert rig.events[-1].detail == {"grant": grant_id, "uses": 1}
+    assert rig.book.use_grant("f-2", "billing-agent", PRINT, VERDICT) is None
+    assert refused(rig.book.revoke, grant_id, FIN2).code == "unknown_grant"
+
+
+# --- collecting (async mode) -----------------------------------------------------------
+
+
+def test_an_approval_is_collected_once_by_the_identical_request_of_the_same_identity():
+    rig = Rig()
+    hold = rig.hold()
+    assert rig.book.collect("c-0", hold.id, "billing-agent", PRINT, VERDICT).outcome == "pending"
+    rig.book.approve(hold.id, FIN1)
+    other_body = RequestPrint(PRINT.method, PRINT.url, "ef" * 32, PRINT.headers)
+    for flow_id, identity, binding, verdict, differs in (
+        ("c-1", "someone-else", PRINT, VERDICT, "it was held for another identity"),
+        ("c-2", "billing-agent", other_body, VERDICT, "the body differs from the approved one"),
+        ("c-3", "billing-agent", PRINT, VerdictPrint("hold", "refunds", ("refunds",), ("cfo",), 1, ()),
+         "the rules now ask for other approvers than those who approved"),
+    ):
+        collected = rig.book.collect(flow_id, hold.id, identity, binding, verdict)
+        assert (collected.outcome, collected.differs) == ("mismatch", differs)
+        assert rig.kinds(flow_id) == ["approval_mismatch"]
+    assert not hold.collected
+    assert rig.book.collect("c-4", hold.id, "billing-agent", PRINT, VERDICT).outcome == "approved"
+    assert hold.collected and rig.kinds("c-4") == ["approval_used"]
+    assert rig.book.collect("c-5", hold.id, "billing-agent", PRINT, VERDICT).outcome == "used"
+    assert rig.book.collect("c-6", "no-such-hold", "billing-agent", PRINT, VERDICT).outcome == "unknown"
+
+
+def test_a_rejected_or_expired_hold_is_denied_to_its_collector():
+    rig = Rig()
+    rejected, expired = rig.hold(), rig.hold()
+    rig.book.reject(rejected.id, FIN1)
+    rig.book.expire(expired.id)
+    for hold in (rejected, expired):
+        assert rig.book.collect("c", hold.id, "billing-agent", PRINT, VERDICT).outcome == "denied"
+
+
+# --- events and the store ----------------------------------------------------------------
+
+
+def test_each_hold_keeps_its_events_bounded_and_only_its_own():
+    rig = Rig()
+    hold = rig.hold()
+    for i in range(EVENTS_PER_HOLD + 10):
+        rig.bus.publish(Event(hold.id, "forwarded", rig.clock(), "gateway", {"i": i}))
+    rig.bus.publish(Event("unrelated", "forwarded", rig.clock(), "gateway", {}))
+    kept = rig.book.events_of(hold.id)
+    assert len(kept) == EVENTS_PER_HOLD and kept[0]["kind"] == "held"
+    assert rig.book.store.events("unrelated") == []
+
+
+def test_the_store_forgets_the_oldest_decided_holds_never_pending_ones():
+    rig = Rig(MemoryHoldStore(history_max=3))
+    pending = rig.hold()
+    decided = []
+    for _ in range(4):
+        hold = rig.hold()
+        rig.book.reject(hold.id, FIN1)
+        decided.append(hold)
+    assert rig.book.find(pending.id) is pending
+    assert [rig.book.find(h.id) is not None for h in decided] == [False, False, True, True]
+
+
+def test_the_hold_book_loads_no_proxy():
+    code = ("import sys; import addons.holds.book, addons.holds.store, addons.holds.desk, "
+            "addons.core.loopbridge; assert 'mitmproxy' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
