@@ -115,3 +115,29 @@ def test_mcp_sql_pack(body, action):
 def test_postgrest_pack(method, url, action):
     body = {"level": "info"} if method in ("PATCH", "POST") else None
     assert decide("postgrest", method, "http://db-api.internal.example.com" + url, body) == action
+
+
+# --- portcullis explain prints the classification -------------------------------------
+
+
+def test_explain_prints_the_sql_classification(capsys):
+    from gateway.cli import main
+
+    main(["explain", "--rules", str(EXAMPLES / "postgres-http.yaml"),
+          "--json", json.dumps({"query": "DELETE FROM public.customers"}), "POST", PG])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "  sql: delete on public.customers, no WHERE; tables read: —; written: public.customers"
+    assert out[-1].startswith("decision: block by no-unbounded-writes")
+
+
+def test_explain_json_lists_classifications_and_reports_refusals(capsys):
+    from gateway.cli import main
+
+    main(["explain", "--format", "json", "--rules", str(EXAMPLES / "snowflake.yaml"),
+          "--json", json.dumps({"statement": "SELECT 1; DROP TABLE t"}), "POST", SF])
+    result = json.loads(capsys.readouterr().out)
+    assert result["classified"] == ["sql: select, drop on t, no LIMIT, 2 statements; tables read: —; written: t"]
+    assert (result["decision"], result["rule"]) == ("block", "no-ddl-or-unknown")
+    main(["explain", "--rules", str(EXAMPLES / "snowflake.yaml"),
+          "--json", json.dumps({"statement": ["DROP TABLE customers"]}), "POST", SF])
+    assert "decision: block (policy_error)" in capsys.readouterr().out
