@@ -1,6 +1,8 @@
 """The Portcullis review UI: a Flask app served from inside the gateway process.
 
-``create_app(approvals, reviewers)`` builds it. Pages and the JSON API are blueprints
+``create_app(holds, reviewers)`` builds it for a :class:`~addons.holds.desk.HoldDesk`;
+``close_app(app)`` undoes what it attached to the desk (its live feed's subscription),
+so that rebuilding the app on a reconfigure leaves no stale listener behind. Pages and the JSON API are blueprints
 listed in ``BLUEPRINT_MODULES``; a module may define ``NAV = [(endpoint, label)]`` to
 appear in the navigation of the shared base layout. New views: add a module with a
 blueprint ``bp``, protect its views with ``review_ui.auth.login_required`` (pages) or
@@ -13,7 +15,7 @@ import importlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, g, request
 
@@ -23,6 +25,9 @@ from review_ui.holds.live import Broker
 from review_ui.reviewers import ReviewerStore
 from review_ui.services import Services
 from review_ui.session_store import MemorySessionStore, SessionStore
+
+if TYPE_CHECKING:
+    from addons.holds.desk import HoldDesk
 
 #: Blueprint modules, in navigation order. Later issues append theirs here.
 BLUEPRINT_MODULES = [
@@ -45,17 +50,18 @@ CONTENT_SECURITY_POLICY = (
 
 
 def create_app(
-    approvals: Any,
+    holds: HoldDesk,
     reviewers: ReviewerStore,
     *,
     recorder: Callable[[], Any] = lambda: None,
+    replayer: Callable[[], Any] = lambda: None,
     secret_key: bytes | None = None,
     allowed_hosts: Iterable[str] = (),
     sse_lifetime: float = 300.0,
     blueprint_modules: Iterable[str] = (),
     session_store: SessionStore | None = None,
 ) -> Flask:
-    """The review UI for an ApprovalsAddon.
+    """The review UI for the holds behind ``holds``. Call :func:`close_app` when done with it.
 
     ``allowed_hosts``: acceptable ``Host`` headers (e.g. ``127.0.0.1:8081``); anything
     else is refused, which defeats DNS-rebinding pages. Empty: no check (tests).
@@ -73,10 +79,10 @@ def create_app(
         TEMPLATES_AUTO_RELOAD=False,
     )
     broker = Broker()
-    app.extensions["portcullis"] = Services(approvals, reviewers, broker, recorder, sse_lifetime)
+    app.extensions["portcullis"] = Services(holds, reviewers, broker, recorder, sse_lifetime, replayer,
+                                            unwatch=holds.watch(broker.publish))
     # Reviewer sessions live on the server (logout revokes them); in memory unless given one.
     app.extensions["portcullis_sessions"] = session_store if session_store is not None else MemorySessionStore()
-    approvals.watchers.append(broker.publish)
     hosts = {h.lower() for h in allowed_hosts}
     nav: list[tuple[str, str]] = []
     for name in [*BLUEPRINT_MODULES, *blueprint_modules]:
@@ -114,6 +120,13 @@ def create_app(
 
     errors.register(app)  # JSON under /api, routing errors included; the error page elsewhere
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Detach ``app`` from its holds desk (the live feed stops); safe to call twice."""
+    services: Services = app.extensions["portcullis"]
+    services.unwatch()
+    services.unwatch = lambda: None
 
 
 def _ago(seconds: float) -> str:
