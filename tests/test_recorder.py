@@ -150,7 +150,7 @@ def test_blocked_flow_is_recorded(gateway, upstream):
     assert (row["decision"], row["rules"], row["reason"], row["status_code"]) == \
         ("blocked", ["no-deletes"], "Agents may not delete", 403)
     assert json.loads(row["response_body"])["flow_id"] == flow_id
-    assert upstream.received == [] or all(r.method != "DELETE" for r in upstream.received)
+    assert all(r.method != "DELETE" for r in upstream.received)
 
 
 def test_upstream_down_is_recorded_as_error(gateway):

@@ -168,10 +168,12 @@ def test_masking_changes_only_selected_values(document):
 @settings(max_examples=150, deadline=None)
 @given(DOCUMENTS)
 def test_masking_never_raises_and_always_yields_json(document):
+    original = json.loads(json.dumps(document))
     tally = Tally()
     masked = REDACTOR.document(document, EVERY_MASK, tally)
     assert parse_json(dump_json(masked)) == json.loads(json.dumps(masked))
-    assert tally.count >= 0
+    if masked != original:  # what reaches the agent changed: the tally (and so the recording) says so
+        assert tally.count > 0
 
 
 @settings(max_examples=100, deadline=None)
