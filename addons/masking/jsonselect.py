@@ -46,9 +46,6 @@ def path_of(link: Link) -> tuple[Key, ...]:
     return tuple(reversed(parts))
 
 
-SUPPORTED = (jp.Root, jp.Child, jp.Fields, jp.Wildcard, jp.Index, jp.Slice, jp.Descendants, Filter)
-
-
 @dataclass(frozen=True)
 class Selector:
     expression: str

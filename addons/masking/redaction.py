@@ -236,10 +236,3 @@ def _field_name(link: Link) -> str:
         if isinstance(key, str):
             return key
     return "value"
-
-
-def _inert(value: Any) -> bool:
-    """Values no detector can match: skipped without a visit (most of a typical body)."""
-    return value is None or value is True or value is False or (
-        type(value) is int and -10 ** (SCAN_INT_DIGITS - 1) < value < 10 ** (SCAN_INT_DIGITS - 1)
-    ) or type(value) is float

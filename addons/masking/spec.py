@@ -58,11 +58,6 @@ class Mask:
     def needs_json(self) -> bool:
         return self.selector is not None
 
-    @property
-    def describe(self) -> str:
-        target = self.selector.expression if self.selector else f"header {self.header}" if self.header else "body"
-        return f"{target} detect={','.join(self.detect)}" if self.detect else target
-
 
 @rule_field("mask", type="list of masks (JSONPath, {path, with | keep_last | detect}, {header})",
             example='["$..ssn", {path: "$..card_number", keep_last: 4}]', see="masking.md",
