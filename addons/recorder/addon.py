@@ -227,6 +227,14 @@ class RecorderAddon:
     # --- hooks ----------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Journal the flow's arrival, then queue its ``received`` event.
+
+        As the last addon, this runs after every other addon's ``requestheaders``: the
+        request guards, identity, the policy and masking have looked at the headers (and
+        may already have answered the flow) before the ``received`` line is written. It is
+        on disk before the flow's body is read, before any rule needing the body, a hold
+        or the upstream, so a crash from then on still leaves the flow's trace.
+        """
         if self.writer is None:
             return
         state = self.states.of(flow)
@@ -238,7 +246,7 @@ class RecorderAddon:
                   "port": request.port, "path": redactor.text(path),
                   "query": redactor.text(query) if query else None,
                   "client_addr": rows.client_address(flow.client_conn.peername)}
-        # On disk before anything else happens to the flow: a crash still leaves its trace.
+        # A plain write, before the body, a hold or the upstream (see the docstring).
         self._journal("received", flow.id, detail)
         state.emit("received", **detail)
         if self.failure is not None:
