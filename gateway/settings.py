@@ -15,9 +15,23 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RULES = PROJECT_ROOT / "rules" / "default.yaml"
+#: Running from a clone (an editable install, or `python -m gateway` in the repository)
+#: rather than from an installed wheel, whose PROJECT_ROOT is site-packages.
+IN_SOURCE_TREE = (PROJECT_ROOT / "pyproject.toml").is_file()
+#: The gateway's CA, keys and (installed) recording: one directory per user.
 DEFAULT_CONFDIR = Path(os.environ.get("PORTCULLIS_HOME", "~/.portcullis")).expanduser()
-DEFAULT_DB = PROJECT_ROOT / "recordings" / "portcullis.duckdb"
+
+
+def shipped_rules_dir() -> Path:
+    """The rules that come with Portcullis: rules/ of a clone, else the wheel's copy
+    (setup.py puts rules/ into the package as gateway/shipped_rules/)."""
+    return PROJECT_ROOT / "rules" if IN_SOURCE_TREE else Path(__file__).resolve().parent / "shipped_rules"
+
+
+DEFAULT_RULES = shipped_rules_dir() / "default.yaml"
+#: A clone records into its recordings/ directory (git-ignored), as the README says; an
+#: installed gateway beside its CA and keys, never into site-packages.
+DEFAULT_DB = (PROJECT_ROOT / "recordings" if IN_SOURCE_TREE else DEFAULT_CONFDIR) / "portcullis.duckdb"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 
