@@ -185,3 +185,68 @@ def test_classification_is_recorded_and_queryable(gateway, post):
 def test_invalid_sql_spec_stops_the_gateway(start_gateway):
     with pytest.raises(RuntimeError, match="functions"):
         start_gateway(RULES, "--ui", "off")
+
+
+# --- reviewers see the classification: the review page and the queue -------------------
+
+HOLD_SQL = """  # appended to tests/support/review.py's RULES, a str.format template
+  - name: sql-writes-held
+    match:
+      path: /v1/sql
+      sql: {{field: "$.statement", dialect: postgres, statement: [delete, update]}}
+    action: hold
+    reason: "Writes need a data owner"
+    approvers: [finance-leads]
+"""
+
+
+@pytest.fixture(scope="module")
+def review_rig(tmp_path_factory, confdir):
+    from tests.support import review
+
+    # extra_rules adds top-level keys only; the hold rule joins the rig's own rules list.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(review, "RULES", review.RULES + HOLD_SQL)
+        rig = review.ReviewRig(tmp_path_factory.mktemp("querylang-review"), confdir)
+    yield rig
+    rig.stop()
+
+
+def test_reviewer_sees_the_classification_first_and_the_sql_laid_out(review_rig):
+    from tests.support.review import PASSWORD_SUFFIX
+    from tests.support.review_login import sign_in
+
+    rig = review_rig
+    rig.upstream.routes["/v1/sql"] = lambda seen: Canned(200, {"rows": []})
+    statement = "delete from public.customers where id in (select id from stale)"
+    call = rig.agent("POST", "/v1/sql", json={"statement": statement})
+    held = rig.wait_held("/v1/sql")
+    summary = "sql: delete on public.customers; tables read: stale; written: public.customers"
+    assert held["query_summary"] == summary  # the queue's one-line summary
+    detail = rig.flow(held["flow_id"])
+    assert detail["queries"] == [{"language": "sql", "summary": summary, "pretty":
+                                  "DELETE FROM public.customers\nWHERE\n  id IN (\n    SELECT\n      id\n    FROM stale\n  )"}]
+    cookie, _ = sign_in(rig.ui_url, "alice", "alice" + PASSWORD_SUFFIX)
+    page = requests.get(rig.ui_url + f"/flows/{held['flow_id']}", headers={"Cookie": cookie}, timeout=10,
+                        proxies={"http": "", "https": ""}).text
+    why = page.index('class="card why"')
+    assert page.index(summary, why) < page.index('class="reason-big"', why)  # first line of the card
+    assert "DELETE FROM public.customers\nWHERE" in page
+    queue = requests.get(rig.ui_url + "/", headers={"Cookie": cookie}, timeout=10,
+                         proxies={"http": "", "https": ""}).text
+    assert summary in queue
+    assert rig.reject("alice", held["flow_id"], "no").status_code == 200
+    assert call.result(timeout=30).status_code == 403
+
+
+def test_unknown_sql_is_shown_raw_not_laid_out(review_rig):
+    rig = review_rig
+    # a delete (held) together with a statement only a generic command covers (unknown)
+    rig.upstream.routes["/v1/sql"] = lambda seen: Canned(200, {"rows": []})
+    call = rig.agent("POST", "/v1/sql", json={"statement": "DELETE FROM t WHERE a = 1; VACUUM FULL t"})
+    held = rig.wait_held("/v1/sql")
+    (query,) = rig.flow(held["flow_id"])["queries"]
+    assert "unknown" in query["summary"] and "delete" in query["summary"]
+    assert query["pretty"] is None  # VACUUM is a generic command: no layout that could mislead
+    rig.reject("alice", held["flow_id"], "no")
+    call.result(timeout=30)

@@ -63,6 +63,7 @@ from addons.holds.spec import (
     hold_spec,
 )
 from addons.holds.store import HoldStore
+from addons.querylang.rules import reviewer_view
 
 __all__ = ["Actor", "ApprovalsAddon", "DecisionError", "refuse"]
 
@@ -257,6 +258,7 @@ class ApprovalsAddon:
             raw=raw,
             replay_of=state.replay_of,
             replayed_by=state.actor if state.replay_of else None,
+            queries=reviewer_view(state.classifications, state.secrets),
         )
         self._held[hold.id] = state
         self.book.hold(hold)

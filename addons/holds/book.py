@@ -107,6 +107,8 @@ class HoldRecord:
     raw: bytes | None = field(default=None, repr=False)
     replay_of: str | None = None
     replayed_by: str | None = None  # the reviewer who replayed it: may not decide it
+    #: SQL/GraphQL in the body as the rules classified it: language, summary, pretty text
+    queries: list[dict[str, Any]] = field(default_factory=list)
     votes: list[Vote] = field(default_factory=list)
     decision: str | None = None  # approved | rejected | expired | abandoned
     decided_by: str | None = None
@@ -161,6 +163,7 @@ class HoldRecord:
             "grant_id": self.grant_id,
             "replay_of": self.replay_of,
             "replayed_by": self.replayed_by,
+            "query_summary": " | ".join(q["summary"] for q in self.queries) or None,
         }
 
     def details(self, now: float | None = None) -> dict[str, Any]:
@@ -174,6 +177,7 @@ class HoldRecord:
             "body_size": self.body_size,
             "body_sha256": self.body_sha256,
             "body_available": self.raw is not None,
+            "queries": self.queries,
         }
 
 

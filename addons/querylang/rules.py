@@ -311,3 +311,18 @@ match_key("sql", type="mapping {field, dialect, statement, where, limit, tables,
 match_key("graphql", type="mapping {operation, name, fields, variables, persisted, batch}",
           example="{operation: mutation, fields: [deleteRepository]}", see="rules.md#graphql",
           summary="the GraphQL operation in the body is parsed and its type, name, fields or variables match")(compile_graphql)
+
+
+def reviewer_view(classifications: dict[Any, Any], secrets: Any = ()) -> list[dict[str, Any]]:
+    """What a reviewer is shown of each query the rules classified: the one-line summary
+    (first on the review page and in the queue) and, for SQL, the text laid out. Unknown
+    SQL gets no layout (addons.querylang.sql.pretty): the reviewer reads it raw in the body.
+    Values the gateway injected are redacted, as in the shown body."""
+    out = []
+    for key, detail in classifications.items():
+        text = sql.pretty(key[2], key[1]) if key[0] == "sql" else None
+        for secret in secrets:
+            if text:
+                text = text.replace(secret, "[redacted]")
+        out.append({"language": key[0], "summary": detail["summary"], "pretty": text})
+    return out
