@@ -17,16 +17,14 @@ import pytest
 from addons.core.events import Event, EventBus
 from addons.holds.binding import RequestPrint, VerdictPrint
 from addons.holds.book import Actor, DecisionError, HoldBook, HoldRecord
-from addons.holds.spec import HoldSpec
 from addons.holds.store import EVENTS_PER_HOLD, MemoryHoldStore
+from tests.support.hold_desk import PRINT, VERDICT, hold_record
 
 ROOT = Path(__file__).resolve().parent.parent
 FIN1 = Actor("fin1", frozenset({"finance-leads"}))
 FIN2 = Actor("fin2", frozenset({"finance-leads"}))
 OPS = Actor("ops", frozenset({"security-oncall"}))
 SUPPORT = Actor("sam", frozenset({"support"}))
-PRINT = RequestPrint("POST", "https://api.example/v1/refunds", "ab" * 32, (("content-type", "cd" * 32),))
-VERDICT = VerdictPrint("hold", "refunds", ("refunds",), ("finance-leads",), 1, ())
 
 
 class Clock:
@@ -37,13 +35,6 @@ class Clock:
         return self.now
 
 
-def spec(**overrides) -> HoldSpec:
-    fields = dict(rule="refunds", reason="Refunds need a finance lead", approvers=frozenset({"finance-leads"}),
-                  approvals_required=1, timeout=300.0, escalate_after=None, escalate_to=frozenset(), grant=None)
-    fields.update(overrides)
-    return HoldSpec(**fields)
-
-
 class Rig:
     def __init__(self, store: MemoryHoldStore | None = None) -> None:
         self.clock = Clock()
@@ -51,19 +42,13 @@ class Rig:
         self.events: list[Event] = []
         self.bus.subscribe(self.events.append)
         self.book = HoldBook(store, self.bus, self.clock)
-        self.bus.subscribe(self.book.record_event)
         self._n = 0
 
     def hold(self, identity: str = "billing-agent", binding: RequestPrint = PRINT,
              verdict: VerdictPrint = VERDICT, **spec_fields) -> HoldRecord:
         self._n += 1
-        now = self.clock()
-        held = spec(**spec_fields)
-        return self.book.hold(HoldRecord(
-            id=f"flow-{self._n}", identity=identity, spec=held, method=binding.method, url=binding.url,
-            headers=[("Content-Type", "application/json")], body='{"amount": 900}', body_truncated=False,
-            body_warning=None, body_size=15, body_sha256=binding.body_sha256, binding=binding,
-            verdict=verdict, created=now, deadline=now + held.timeout, raw=b'{"amount": 900}'))
+        return self.book.hold(hold_record(f"flow-{self._n}", self.clock(), identity, binding, verdict,
+                                          **spec_fields))
 
     def kinds(self, flow_id: str) -> list[str]:
         return [e.kind for e in self.events if e.flow_id == flow_id]

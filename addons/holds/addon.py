@@ -138,8 +138,7 @@ class ApprovalsAddon:
             self._watcher = None
 
     def _on_event(self, event: Event) -> None:
-        """Keep each hold's events (for the review page); on a decision, wake its waiter."""
-        self.book.record_event(event)
+        """On a hold's decision: cancel its timers, wake its waiter."""
         if event.kind in _FINAL:
             for timer in self._timers.pop(event.flow_id, ()):
                 timer.cancel()

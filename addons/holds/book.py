@@ -240,6 +240,8 @@ class HoldBook:
         self.store: HoldStore = store if store is not None else MemoryHoldStore()
         self.bus = bus if bus is not None else EventBus()
         self.clock = clock
+        # Every addon's events about a held flow are kept with the hold (the review page).
+        self.bus.subscribe(self.record_event)
 
     def _publish(self, flow_id: str, kind: EventKind, actor: str, **detail: Any) -> None:
         self.bus.publish(Event(flow_id, kind, self.clock(), actor, detail))

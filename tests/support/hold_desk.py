@@ -10,11 +10,38 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from addons.core.events import EventBus
 from addons.core.loopbridge import LoopBridge
-from addons.holds.book import HoldBook
+from addons.holds.binding import RequestPrint, VerdictPrint
+from addons.holds.book import HoldBook, HoldRecord
 from addons.holds.desk import HoldDesk
+from addons.holds.spec import HoldSpec
+
+#: A refund request's print and the verdict that held it (the prints are plain data).
+PRINT = RequestPrint("POST", "https://api.example/v1/refunds", "ab" * 32, (("content-type", "cd" * 32),))
+VERDICT = VerdictPrint("hold", "refunds", ("refunds",), ("finance-leads",), 1, ())
+
+
+def hold_spec(**overrides: Any) -> HoldSpec:
+    """The spec of a refunds hold: finance leads, one approval, 5 minutes; ``overrides`` win."""
+    fields: dict[str, Any] = dict(
+        rule="refunds", reason="Refunds need a finance lead", approvers=frozenset({"finance-leads"}),
+        approvals_required=1, timeout=300.0, escalate_after=None, escalate_to=frozenset(), grant=None)
+    fields.update(overrides)
+    return HoldSpec(**fields)
+
+
+def hold_record(flow_id: str, now: float, identity: str = "billing-agent", binding: RequestPrint = PRINT,
+                verdict: VerdictPrint = VERDICT, body: bytes = b'{"amount": 900}', **spec: Any) -> HoldRecord:
+    """A pending refund hold as the addon would open it."""
+    held = hold_spec(**spec)
+    return HoldRecord(
+        id=flow_id, identity=identity, spec=held, method=binding.method, url=binding.url,
+        headers=[("Content-Type", "application/json")], body=body.decode(), body_truncated=False,
+        body_warning=None, body_size=len(body), body_sha256=binding.body_sha256, binding=binding,
+        verdict=verdict, created=now, deadline=now + held.timeout, raw=body)
 
 
 @contextmanager
