@@ -99,12 +99,15 @@ def client_gone(flow: http.HTTPFlow) -> bool:
 class ApprovalsAddon:
     name = "portcullis_approvals"
 
-    def __init__(self, states: FlowStates, policy: PolicySource, store: HoldStore | None = None) -> None:
+    def __init__(self, states: FlowStates, policy: PolicySource, store: HoldStore | None = None,
+                 bridge: LoopBridge | None = None) -> None:
+        """``store``: where holds live (memory by default); ``bridge``: the loop bridge to
+        share with other addons (one is made otherwise); attached in ``running``."""
         self.states = states
         #: Read at each hold: the rules in force when the request arrived decide it.
         self.policy_source = policy
         self.book = HoldBook(store, states.bus)
-        self.bridge = LoopBridge()
+        self.bridge = bridge if bridge is not None else LoopBridge()
         self.desk = HoldDesk(self.book, self.bridge, self.secrets_of)
         #: Held flows whose agent is waiting on the open connection (wait mode).
         self.waiting: dict[str, http.HTTPFlow] = {}
