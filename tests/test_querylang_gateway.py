@@ -165,10 +165,15 @@ def test_graphql_operations(post, upstream, body, status):
     assert reached(upstream, json.dumps(body)) == (status == 200)
 
 
-def test_classification_is_recorded_and_queryable(gateway, post):
-    post("/api/v2/statements", {"statement": "DELETE FROM analytics.events"})
-    post("/graphql", {"query": "mutation Nuke { deleteRepository(id: 1) { id } }"})
-    gateway.stop()  # flush the recording; the module's remaining tests come before this one
+def test_classification_is_recorded_and_queryable(start_gateway, upstream):
+    # Its own gateway: reading the recording means stopping the gateway that wrote it.
+    gateway = start_gateway(RULES_OK, "--ui", "off")
+    upstream.routes["/api/v2/statements"] = lambda seen: Canned(200, {"data": []})
+    proxies = {"http": gateway.proxy_url}
+    for path, body in (("/api/v2/statements", {"statement": "DELETE FROM analytics.events"}),
+                       ("/graphql", {"query": "mutation Nuke { deleteRepository(id: 1) { id } }"})):
+        assert requests.post(upstream.url(path), json=body, proxies=proxies, timeout=30).status_code == 403
+    gateway.stop()  # flushes the recording
     with duckdb.connect(str(gateway.db), read_only=True) as con:
         rows = con.execute(
             "SELECT decision, tables_written, summary FROM sql_statements "
