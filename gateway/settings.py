@@ -1,18 +1,25 @@
 """Command-line settings of `portcullis run`, and how each maps onto a mitmproxy option.
 
-Capabilities add their own entries to SETTINGS; `portcullis run` turns each into a flag
-and passes the value to the addon option, so the same addon works under `mitmdump -s`
-with `--set <option>=<value>`.
+The settings are declared once, as data, by the addons that read them (``OPTIONS`` in
+each module of OPTION_MODULES, see addons.core.options): the addon registers them as
+mitmproxy options in ``load()``, and this module turns the same declarations into the
+flags of `portcullis run`, which pass their values to those options. So the same addon
+works under `mitmdump -s` with `--set <option>=<value>`, and docs/cli.md is generated
+from here (python -m gateway.docs). Only what `portcullis run` adds lives here: the
+listen address, mitmproxy's own confdir, and where the shipped rules and recording are.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from addons.core.options import Option
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: Running from a clone (an editable install, or `python -m gateway` in the repository)
@@ -36,6 +43,20 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 
 
+#: Modules whose ``OPTIONS`` are the settings, in the order `portcullis run --help` lists them.
+OPTION_MODULES = [
+    "addons.policy.addon", "addons.identity.addon", "addons.upstreams.addon", "addons.recorder.addon",
+    "review_ui.server_addon", "addons.masking.addon", "addons.upstreams.errors",
+    "addons.guards.clienttimeouts",
+]
+
+#: Where `portcullis run` differs from the option's own default (which is what `mitmdump -s` gets).
+RUN_DEFAULTS: dict[str, Any] = {
+    "portcullis_rules": str(DEFAULT_RULES),
+    "portcullis_db": str(DEFAULT_DB),
+}
+
+
 @dataclass(frozen=True)
 class Setting:
     flag: str
@@ -45,6 +66,7 @@ class Setting:
     type: Callable[[str], Any] = str
     repeat: bool = False
     convert: Callable[[Any], Any] = lambda value: value
+    metavar: str | None = None
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -54,42 +76,58 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
+def _absolute(value: str) -> str:
+    return str(Path(value).resolve())
+
+
+def _absolute_or_off(value: str) -> str:
+    return str(Path(value).resolve()) if value else ""
+
+
+def declared_options() -> list[Option]:
+    """Every option an addon declares, from OPTION_MODULES."""
+    return [option for module in OPTION_MODULES for option in importlib.import_module(module).OPTIONS]
+
+
+def setting_for(option: Option) -> Setting:
+    """The `portcullis run` flag of a declared option."""
+    assert option.flag is not None
+    default = RUN_DEFAULTS.get(option.name, option.default)
+    convert = (_absolute_or_off if option.empty_is_off else _absolute) if option.path else (lambda value: value)
+    return Setting(
+        option.flag, option.name, option.help,
+        # An empty default means "not given": the addon's own option default applies.
+        default=None if default == "" else default,
+        type=option.parse or (option.type if option.type in (int, float) else str),
+        repeat=option.repeat,
+        convert=convert,
+        metavar=option.metavar or _metavar(option),
+    )
+
+
+def _metavar(option: Option) -> str:
+    if option.choices:
+        return "|".join(option.choices)
+    if option.path:
+        return "FILE"
+    return {int: "N", float: "SECONDS"}.get(option.type, "VALUE")
+
+
 SETTINGS: list[Setting] = [
-    Setting("--rules", "portcullis_rules", "YAML rules file", str(DEFAULT_RULES),
-            convert=lambda v: str(Path(v).resolve())),
-    Setting("--listen", None, "proxy address HOST:PORT", DEFAULT_LISTEN, type=parse_hostport),
-    Setting("--confdir", "confdir", "directory of the gateway's CA and keys", str(DEFAULT_CONFDIR),
-            convert=lambda v: str(Path(v).expanduser().resolve())),
-    Setting("--identities", "portcullis_identities", "YAML file of agent identities (identities:/jwt:)",
-            convert=lambda v: str(Path(v).resolve())),
-    Setting("--resolve", "portcullis_resolve", "pin an upstream host to an address: HOST=IP",
-            [], repeat=True),
-    Setting("--db", "portcullis_db", "DuckDB file recording every flow ('' = off)",
-            str(DEFAULT_DB), convert=lambda v: str(Path(v).resolve()) if v else ""),
-    Setting("--max-body-record", "portcullis_max_body_record",
-            "bytes of each body to record (longer bodies are cut and flagged)", 1024 * 1024, type=int),
-    Setting("--retain-days", "portcullis_retain_days",
-            "delete recorded flows older than N days, on start and daily (0 = keep)", 0, type=int),
-    Setting("--on-record-failure", "portcullis_on_record_failure",
-            "when the recording cannot be written: block (JSON 503) or allow", "block"),
-    Setting("--db-memory-limit", "portcullis_db_memory_limit",
-            "memory the recording database may use (DuckDB memory_limit), e.g. 512MB", "512MB"),
-    Setting("--db-threads", "portcullis_db_threads", "DuckDB worker threads for the recording", 1, type=int),
-    Setting("--sql-timeout", "portcullis_sql_timeout",
-            "seconds an analyst's query (SQL page, portcullis sql) may run", 30.0, type=float),
-    Setting("--ui", "portcullis_ui", "review UI address HOST:PORT, or off", "127.0.0.1:8081"),
-    Setting("--max-mask-body", "portcullis_max_mask_body",
-            "largest body (decoded) buffered for masking, e.g. 512k or 10m", "10m"),
-    Setting("--reviewers", "portcullis_reviewers", "reviewers file (portcullis reviewer add)",
-            convert=lambda v: str(Path(v).resolve())),
-    Setting("--upstream-timeout", "portcullis_upstream_timeout",
-            "seconds an upstream has for a complete response (0 = no limit)", 60.0, type=float),
-    Setting("--header-timeout", "portcullis_header_timeout",
-            "seconds an agent connection has to send complete request headers (0 = no limit)",
-            30.0, type=float),
-    Setting("--idle-timeout", "portcullis_idle_timeout",
-            "seconds an idle agent keep-alive connection stays open (0 = no limit)", 60.0, type=float),
+    Setting("--listen", None, "Proxy address HOST:PORT.", DEFAULT_LISTEN, type=parse_hostport,
+            metavar="HOST:PORT"),
+    Setting("--confdir", "confdir", "Directory of the gateway's CA and keys (mitmproxy's confdir).",
+            str(DEFAULT_CONFDIR), convert=lambda v: str(Path(v).expanduser().resolve()), metavar="DIR"),
+    *(setting_for(option) for option in declared_options() if option.flag),
 ]
+
+#: Flags that may be given several times.
+REPEATABLE_FLAGS = frozenset(s.flag for s in SETTINGS if s.repeat)
+
+
+def option_for_flag(flag: str) -> str | None:
+    """The mitmproxy option a `portcullis run` flag sets (None: the CLI's own, or no such flag)."""
+    return next((s.option for s in SETTINGS if s.flag == flag), None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=setting.type,
             default=setting.default,
             action="append" if setting.repeat else "store",
+            metavar=setting.metavar,
             help=f"{setting.help} (default: {setting.default})" if setting.default not in (None, []) else setting.help,
         )
 

@@ -73,7 +73,7 @@ def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 OPTIONS = (
     Option("portcullis_ui", str, DEFAULT_UI, "Review UI address HOST:PORT, or 'off'. Needs a reviewers file.",
-           flag="--ui"),
+           flag="--ui", metavar="HOST:PORT"),
     Option("portcullis_reviewers", str, "",
            "Reviewers file: names, groups, password and token hashes (portcullis reviewer add).",
            flag="--reviewers", path=True),

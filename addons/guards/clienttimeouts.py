@@ -29,10 +29,21 @@ import time
 
 from mitmproxy import connection, ctx, exceptions, http
 
+from addons.core.options import Option, register_options
+
 log = logging.getLogger("portcullis.clienttimeouts")
 
 DEFAULT_HEADER_TIMEOUT_S = 30.0
 DEFAULT_IDLE_TIMEOUT_S = 60.0
+
+OPTIONS = (
+    Option("portcullis_header_timeout", float, DEFAULT_HEADER_TIMEOUT_S,
+           "Seconds a client connection has to send a complete request header section "
+           "after connecting (0: no limit).", flag="--header-timeout"),
+    Option("portcullis_idle_timeout", float, DEFAULT_IDLE_TIMEOUT_S,
+           "Seconds an idle keep-alive client connection stays open after a response "
+           "(0: no limit).", flag="--idle-timeout"),
+)
 
 
 class ClientTimeoutsAddon:
@@ -50,16 +61,7 @@ class ClientTimeoutsAddon:
         self._warned = False
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "portcullis_header_timeout", float, DEFAULT_HEADER_TIMEOUT_S,
-            "Seconds a client connection has to send a complete request header section "
-            "after connecting (0: no limit).",
-        )
-        loader.add_option(
-            "portcullis_idle_timeout", float, DEFAULT_IDLE_TIMEOUT_S,
-            "Seconds an idle keep-alive client connection stays open after a response "
-            "(0: no limit).",
-        )
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         for option in ("portcullis_header_timeout", "portcullis_idle_timeout"):

@@ -44,6 +44,7 @@ from mitmproxy import connection, ctx, exceptions, http
 
 from addons.core.filewatch import poll_forever
 from addons.core.flowstate import FlowState, FlowStates
+from addons.core.options import Option, register_options
 from addons.core.replies import reply
 from addons.core.rulefile import Invalid, Problem, RuleFileError, Where, parse
 from addons.identity.jwks import JwksUnavailable, JwtConfig, compile_jwt  # also registers `jwt:`
@@ -75,6 +76,13 @@ class Identity:
 
 
 IDENTITY_KEYS = ("name", "groups", "token_sha256")
+
+
+OPTIONS = (
+    Option("portcullis_identities", str | None, None,
+           "YAML file of agent identities (identities: / jwt:), in addition to the rules file.",
+           flag="--identities", path=True),
+)
 
 
 @top_level_field("identities", type="list of {name, groups, token_sha256}", see="identity.md#proxy-tokens",
@@ -333,10 +341,7 @@ class IdentityAddon:
         self.bound: weakref.WeakKeyDictionary[connection.Client, Principal] = weakref.WeakKeyDictionary()
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "portcullis_identities", str | None, None,
-            "YAML file with agent identities (identities: / jwt:), in addition to the rules file.",
-        )
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_identities" not in updated:

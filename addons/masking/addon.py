@@ -29,6 +29,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from addons.core.flowstate import FlowState, FlowStates
+from addons.core.options import Option, register_options
 from addons.core.replies import reply
 from addons.credentials.addon import Unscrubbable, mask_response, refuse_unscannable
 from addons.masking.bodies import Unparseable, rewrite
@@ -64,6 +65,14 @@ class _DiscardUpstream:
         return self.body if chunk == b"" else []
 
 
+OPTIONS = (
+    Option("portcullis_max_mask_body", str, DEFAULT_MAX_BODY,
+           "Largest body (after decoding) buffered for masking, e.g. 512k, 10m. "
+           "Larger bodies on masked routes are refused unless on_unmaskable: pass.",
+           flag="--max-mask-body", metavar="SIZE"),
+)
+
+
 class MaskingAddon:
     name = "portcullis_masking"
 
@@ -75,11 +84,7 @@ class MaskingAddon:
         self.policy: Policy | None = None
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "portcullis_max_mask_body", str, DEFAULT_MAX_BODY,
-            "Largest body (after decoding) buffered for masking, e.g. 512k, 10m. "
-            "Larger bodies on masked routes are refused unless on_unmaskable: pass.",
-        )
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_max_mask_body" in updated:

@@ -20,6 +20,7 @@ from mitmproxy.utils import human
 
 from addons.core.filewatch import poll_forever
 from addons.core.flowstate import CONTROL_HEADER_PREFIX, FlowState, FlowStates
+from addons.core.options import Option, register_options
 from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER, reply
 from addons.core.rulefile import RuleFileError
 from addons.policy.conditions import EvaluationError, RequestView
@@ -29,6 +30,11 @@ log = logging.getLogger("portcullis.policy")
 
 #: How often the rules file is checked for changes (hot reload must apply within 2 s).
 RELOAD_INTERVAL_S = 0.5
+
+
+OPTIONS = (
+    Option("portcullis_rules", str, "", "YAML rules file (docs/rules.md).", flag="--rules", path=True),
+)
 
 
 class PolicyAddon:
@@ -45,9 +51,7 @@ class PolicyAddon:
         self.listeners: list = []  # callables(policy) told about every successful (re)load
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "portcullis_rules", str, "", "Path of the Portcullis YAML rules file."
-        )
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_rules" not in updated:

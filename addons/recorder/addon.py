@@ -43,6 +43,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addons.core.events import Event
 from addons.core.flowstate import FlowState, FlowStates
+from addons.core.options import Option, register_options
 from addons.core.replies import reply
 from addons.recorder import rows
 from recordings import control, native_heap, writer
@@ -60,6 +61,28 @@ FAILURE_POLICIES = ("block", "allow")
 JOURNAL_ROTATE_S = 2.0
 #: Distinct secrets remembered across flows (credentials are few; this only bounds memory).
 MAX_KNOWN_SECRETS = 10_000
+
+
+OPTIONS = (
+    Option("portcullis_db", str, "", "DuckDB file that records every flow ('' = recording off).",
+           flag="--db", path=True, empty_is_off=True),
+    Option("portcullis_max_body_record", int, DEFAULT_MAX_BODY,
+           "Bytes of each request/response body to record; longer bodies are cut and flagged.",
+           flag="--max-body-record", metavar="BYTES"),
+    Option("portcullis_retain_days", int, 0,
+           "Delete recorded flows older than this many days, on start and daily (0 = keep all).",
+           flag="--retain-days"),
+    Option("portcullis_on_record_failure", str, "block",
+           "When the recording cannot be written: block (JSON 503) or allow.",
+           flag="--on-record-failure", choices=FAILURE_POLICIES),
+    Option("portcullis_db_memory_limit", str, DuckDBSettings.memory_limit,
+           "Memory the recording database may use (DuckDB memory_limit), e.g. 512MB.",
+           flag="--db-memory-limit", metavar="SIZE"),
+    Option("portcullis_db_threads", int, DuckDBSettings.threads,
+           "DuckDB worker threads for the recording database.", flag="--db-threads"),
+    Option("portcullis_sql_timeout", float, DEFAULT_LIMITS.timeout_s,
+           "Seconds an analyst's query (SQL page, portcullis sql) may run.", flag="--sql-timeout"),
+)
 
 
 class RecorderAddon:
@@ -87,21 +110,7 @@ class RecorderAddon:
 
     def load(self, loader) -> None:
         native_heap.limit_arenas()  # before the writer, DuckDB and the UI start threads
-        loader.add_option("portcullis_db", str, "",
-                          "DuckDB file that records every flow ('' = recording off).")
-        loader.add_option("portcullis_max_body_record", int, DEFAULT_MAX_BODY,
-                          "Bytes of each request/response body to record; longer bodies are cut.")
-        loader.add_option("portcullis_retain_days", int, 0,
-                          "Delete recorded flows older than this many days (0 = keep all).")
-        loader.add_option("portcullis_on_record_failure", str, "block",
-                          "What to do when the recording cannot be written: block or allow.",
-                          choices=FAILURE_POLICIES)
-        loader.add_option("portcullis_db_memory_limit", str, DuckDBSettings.memory_limit,
-                          "Memory the recording database may use (DuckDB memory_limit).")
-        loader.add_option("portcullis_db_threads", int, DuckDBSettings.threads,
-                          "DuckDB worker threads for the recording database.")
-        loader.add_option("portcullis_sql_timeout", float, DEFAULT_LIMITS.timeout_s,
-                          "Seconds an analyst's query (SQL page, portcullis sql) may run.")
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_max_body_record" in updated:

@@ -41,6 +41,7 @@ from mitmproxy.proxy import server_hooks
 from OpenSSL import SSL
 
 from addons.core.normalize import normalize_host
+from addons.core.options import Option, register_options
 from addons.core.rulefile import Where
 from addons.policy.conditions import Glob
 from addons.policy.engine import LoadContext, Policy, top_level_field
@@ -55,6 +56,11 @@ class Upstream:
     verify: bool
     address: str | None = None
 
+
+OPTIONS = (
+    Option("portcullis_resolve", Sequence[str], [], "Pin an upstream host name to an address: HOST=IP.",
+           flag="--resolve", metavar="HOST=IP"),
+)
 
 UPSTREAM_KEYS = ("host", "ca_bundle", "verify", "address")
 
@@ -153,10 +159,7 @@ class UpstreamsAddon:
         self.resolver = PinnedResolver(self.pinned_address)
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "portcullis_resolve", Sequence[str], [],
-            "Pin upstream host names to addresses: HOST=IP (repeatable).",
-        )
+        register_options(loader, OPTIONS)
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_resolve" in updated:

@@ -36,6 +36,7 @@ from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.proxy import server_hooks
 
 from addons.core.flowstate import FlowStates
+from addons.core.options import Option, register_options
 from addons.upstreams import errorpages
 
 log = logging.getLogger("portcullis.upstream_errors")
@@ -58,6 +59,13 @@ class Connecting:
         return self.server.timestamp_start is None
 
 
+OPTIONS = (
+    Option("portcullis_upstream_timeout", float, DEFAULT_TIMEOUT_S,
+           "Seconds an upstream has to deliver a complete response (0: no limit).",
+           flag="--upstream-timeout"),
+)
+
+
 class UpstreamErrorsAddon:
     name = "portcullis_upstream_errors"
 
@@ -70,10 +78,7 @@ class UpstreamErrorsAddon:
         self._connecting: dict[str, Connecting] = {}
 
     def load(self, loader) -> None:
-        loader.add_option(
-            "portcullis_upstream_timeout", float, DEFAULT_TIMEOUT_S,
-            "Seconds an upstream has to deliver a complete response (0: no limit).",
-        )
+        register_options(loader, OPTIONS)
         errorpages.install()
         # A default, not a mandate: `--set connection_strategy=eager` still wins.
         loader.master.options.update(connection_strategy="lazy")

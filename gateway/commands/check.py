@@ -11,7 +11,7 @@ from addons.policy.engine import load_policy
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("check", help="validate rules files", description=__doc__)
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="rules files to check")
     parser.set_defaults(handler=handle)
 
 

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ui", help="the review UI address to exempt from the proxy (NO_PROXY)")
     parser.add_argument("--no-check", action="store_true",
                         help="start the command even if no gateway is listening")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the agent's command line, after --")
     parser.set_defaults(handler=handle)
 
 

@@ -21,13 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("explain", help="evaluate the rules for one request", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rules", default=str(settings.DEFAULT_RULES), help="rules file")
-    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                        help="a request header")
     parser.add_argument("--json", dest="json_body", metavar="BODY", help="JSON request body")
     parser.add_argument("--identity", default="anonymous", help="the calling agent's identity")
     parser.add_argument("--group", action="append", default=[], help="the agent's groups")
-    parser.add_argument("--format", choices=["text", "json"], default="text")
-    parser.add_argument("method")
-    parser.add_argument("url")
+    parser.add_argument("--format", choices=["text", "json"], default="text", help="output format")
+    parser.add_argument("method", help="the request method, e.g. DELETE")
+    parser.add_argument("url", help="the request URL, e.g. https://api.example.com/v1/x")
     parser.set_defaults(handler=handle)
 
 

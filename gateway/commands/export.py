@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_db_argument(parser)
     parser.add_argument("--since", default="1970-01-01",
                         help="first day (UTC) to export: 2026-01-01 or an ISO timestamp")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="parquet")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="parquet", help="file format")
     parser.add_argument("--output", metavar="DIR", required=True, help="directory to write into")
     parser.set_defaults(handler=handle)
 

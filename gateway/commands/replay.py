@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"a reviewer API token (default: ${TOKEN_ENV})")
     parser.add_argument("--wait", type=float, default=WAIT_S,
                         help=f"seconds to wait for each replay (default {WAIT_S:g})")
-    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     parser.set_defaults(handler=handle)
 
 

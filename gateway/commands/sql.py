@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("sql", help="query the recording (read-only)", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_db_argument(parser)
-    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
-    parser.add_argument("query", metavar="SQL")
+    parser.add_argument("query", metavar="SQL", help="one read-only SQL statement")
     parser.set_defaults(handler=handle)
 
 
