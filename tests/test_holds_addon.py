@@ -334,3 +334,57 @@ def test_the_desk_answers_503_when_the_gateway_is_not_running():
     with pytest.raises(DecisionError) as down:
         rig.addon.desk.queue()
     assert (down.value.status, down.value.code) == (503, "gateway_not_running")
+
+
+# --- notifications -----------------------------------------------------------------------------
+
+
+def test_notifications_are_wired_to_the_bus_the_desk_the_policy_and_the_ui_address():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from addons.holds.notify import NotifyAddon
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+
+    async def main():
+        rig = Rig(RULES + f"notify:\n  - url: {url}\n    events: [held, rejected]\n")
+        notify = NotifyAddon(rig.states, rig.addon.desk, SimpleNamespace(policy=rig.policy),
+                             SimpleNamespace(url="http://127.0.0.1:8081"))
+        with taddons.context(rig.addon, notify):
+            rig.addon.running()
+            notify.running()
+            held = request()
+            await rig.send(held, x_portcullis_wait="async")
+            rig.addon.book.approve(held.id, FIN)  # not subscribed to: no webhook
+            other = request()
+            await rig.send(other, x_portcullis_wait="async")
+            rig.addon.book.reject(other.id, FIN, "no")
+            await until(lambda: len(received) >= 3)
+            notify.done()
+            rig.addon.done()
+        return held, other
+
+    try:
+        held, other = asyncio.run(main())
+    finally:
+        server.shutdown()
+    # Delivered by a pool of threads: in any order.
+    by_event = {(r["event"], r["flow_id"]): r for r in received}
+    assert sorted(by_event) == sorted([("held", held.id), ("held", other.id), ("rejected", other.id)])
+    assert by_event["held", held.id]["review_url"] == f"http://127.0.0.1:8081/flows/{held.id}"
+    assert by_event["rejected", other.id]["decided_by"] == "fin"
+    assert by_event["rejected", other.id]["rule"] == "refunds"
