@@ -136,6 +136,7 @@ def test_a_wheel_install_runs_with_no_flags_from_anywhere(tmp_path: Path, upstre
         db = state / "portcullis.duckdb"
         recording = output.wait("recording:", timeout=5)
         assert str(db) in recording, recording
+        assert str(shipped) in output.wait("rules:", timeout=5)
 
         with requests.Session() as agent:
             agent.trust_env = False
@@ -151,7 +152,7 @@ def test_a_wheel_install_runs_with_no_flags_from_anywhere(tmp_path: Path, upstre
             rows = ask(db, "/query", {"sql": "SELECT path, decision FROM flows WHERE query = 'probe=1'"})["rows"]
             time.sleep(0.1)
         assert rows == [["/v1/packaging", "allowed"]]
-        assert (state / "mitmproxy-ca-cert.pem").is_file()
+        assert (state / "mitmproxy-ca-cert.pem").is_file() and (state / "portcullis-mask.key").is_file()
     finally:
         gateway.send_signal(signal.SIGTERM)
         try:
