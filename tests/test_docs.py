@@ -11,6 +11,7 @@ In-process except the one `portcullis check` run over all YAML blocks.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from addons.policy import conditions, engine
 from addons.portcullis import make_addons
 from gateway import docs, settings
 from gateway.cli import build_parser
+from gateway.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
@@ -81,6 +83,18 @@ def test_a_rules_key_cannot_be_declared_twice():
         engine.rule_field("mask", type="t", summary="s", example="e")(lambda value, where, context: value)
     with pytest.raises(ValueError, match="declared twice"):
         conditions.match_key("sql", type="t", summary="s", example="e")(lambda spec, where: spec)
+
+
+def test_explain_describes_each_matched_rules_fields_from_their_declarations(tmp_path, capsys):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules:\n  - name: refunds\n    match: {path: /v1/refunds}\n"
+                     "    action: hold\n    approvers: [finance]\n    mask: [\"$..ssn\"]\n")
+    assert cli_main(["explain", "--rules", str(rules), "POST", "http://a.test/v1/refunds"]) == 0
+    out = capsys.readouterr().out
+    assert f"    approvers: {RULE['approvers'].summary}" in out
+    assert f"    mask: {RULE['mask'].summary}" in out
+    assert cli_main(["explain", "--rules", str(rules), "--format", "json", "POST", "http://a.test/v1/refunds"]) == 0
+    assert json.loads(capsys.readouterr().out)["matched"][0]["fields"] == ["mask", "approvers"]
 
 
 # --- event kinds --------------------------------------------------------------------

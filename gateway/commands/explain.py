@@ -13,7 +13,7 @@ from addons.core.flowstate import FlowState
 from addons.core.rulefile import RuleFileError
 from addons.core.synthetic import make_flow
 from addons.policy.conditions import EvaluationError, RequestView
-from addons.policy.engine import load_policy
+from addons.policy.engine import RULE_FIELDS, load_policy
 from gateway import settings
 
 
@@ -67,7 +67,8 @@ def handle(args: argparse.Namespace) -> int:
         "decision": verdict.action,
         "rule": verdict.rule.name if verdict.rule else None,
         "reason": verdict.reason,
-        "matched": [{"name": r.name, "action": r.action, "line": r.line} for r in verdict.matched],
+        "matched": [{"name": r.name, "action": r.action, "line": r.line, "fields": list(r.extensions)}
+                    for r in verdict.matched],
         "normalized": {"host": view.host, "path": view.path, "method": view.method},
         "classified": classified,
     }
@@ -81,5 +82,7 @@ def handle(args: argparse.Namespace) -> int:
         print("  no rule matches")
     for r in verdict.matched:
         print(f"  matches {r.name} (line {r.line}): {r.action or 'no action'}")
+        for key in r.extensions:  # what else the rule does, in the words of its declaration
+            print(f"    {key}: {RULE_FIELDS[key].summary}")
     print(f"decision: {verdict.action}" + (f" by {verdict.rule.name}: {verdict.reason}" if verdict.rule else " (default)"))
     return 0
