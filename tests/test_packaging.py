@@ -7,7 +7,8 @@ What a user does after `pip install portcullis`, done for real in a fresh venv:
 2. ``python -m venv`` creates a new environment, and ``pip install`` builds the wheel
    from the copy and installs it there, NOT editable;
 3. from an empty directory, with HOME a fresh temporary directory, the installed
-   ``portcullis run`` starts with no flags but its two listen addresses (8080/8081 are
+   ``portcullis run`` (a real gateway: mitmproxy in its own process; so this module also
+   runs on dev.py's second Python line) starts with no flags but its two listen addresses (8080/8081 are
    not free on a shared test machine), prints its ready line, and forwards one agent
    request to a real upstream;
 4. the default rules came from the wheel (gateway/shipped_rules/), the CA, keys and the
