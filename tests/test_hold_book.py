@@ -8,13 +8,17 @@ store's bounds. Each test builds a fresh book over the in-memory store.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from addons.core.events import Event, EventBus
+from addons.core.loopbridge import LoopBridge, LoopBusy, LoopNotRunning
 from addons.holds.binding import RequestPrint, VerdictPrint
 from addons.holds.book import Actor, DecisionError, HoldBook, HoldRecord
 from addons.holds.store import EVENTS_PER_HOLD, MemoryHoldStore
@@ -332,3 +336,32 @@ def test_the_hold_book_loads_no_proxy():
     code = ("import sys; import addons.holds.book, addons.holds.store, addons.holds.desk, "
             "addons.core.loopbridge; assert 'mitmproxy' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+# --- the loop bridge the desk crosses threads with ------------------------------------------
+
+
+def test_the_loop_bridge_runs_calls_on_the_loop_and_gives_up_on_a_busy_one():
+    bridge = LoopBridge()
+    with pytest.raises(LoopNotRunning):
+        bridge.call(lambda: None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        bridge.attach(loop)
+        assert bridge.call(threading.current_thread) is thread
+        with pytest.raises(ZeroDivisionError):
+            bridge.call(lambda: 1 / 0)
+        ran: list[str] = []
+        loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is busy
+        with pytest.raises(LoopBusy):
+            bridge.call(ran.append, "late", timeout=0.05)
+        assert bridge.call(ran.append, "next") is None
+        assert ran == ["next"]  # the abandoned call never ran behind its caller's back
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    with pytest.raises(LoopNotRunning):
+        bridge.call(lambda: None)

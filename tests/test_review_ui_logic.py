@@ -18,7 +18,7 @@ import pytest
 from mitmproxy.test import taddons
 
 from addons.core.flowstate import FlowStates
-from addons.holds.book import HoldBook
+from addons.holds.book import Actor, HoldBook
 from addons.holds.desk import HoldDesk
 from review_ui import close_app, create_app
 from review_ui.reviewers import ReviewerStore, add_reviewer
@@ -196,8 +196,6 @@ def feed(app) -> list[tuple[str, str]]:
 def test_the_live_feed_tells_of_holds_votes_decisions_and_grants(desk, reviewers_file):
     app = create_app(desk, ReviewerStore(reviewers_file[0]))
     try:
-        from addons.holds.book import Actor
-
         alice, bob = (Actor(n, frozenset({"finance-leads"})) for n in ("alice", "bob"))
         flow_id = held(desk, approvals_required=2, grant=900.0)
         desk.approve(flow_id, alice)

@@ -13,7 +13,7 @@ stopped) :class:`LoopNotRunning` is raised rather than waiting for ever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -39,9 +39,6 @@ class LoopBridge:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-
-    def detach(self) -> None:
-        self.loop = None
 
     def on_loop(self) -> bool:
         """Whether the caller runs on the attached loop's thread (inside a hook)."""
@@ -77,17 +74,3 @@ class LoopBridge:
         except FutureTimeout:
             future.cancel()
             raise LoopBusy(f"the gateway did not answer within {timeout:g} s") from None
-
-    def run(self, coroutine: Callable[[], Awaitable[T]], timeout: float = DEFAULT_TIMEOUT_S) -> T:
-        """Await ``coroutine()`` on the loop from another thread; its result."""
-        loop = self._running_loop()
-        handover = asyncio.run_coroutine_threadsafe(_awaited(coroutine), loop)
-        try:
-            return handover.result(timeout)
-        except FutureTimeout:
-            handover.cancel()
-            raise LoopBusy(f"the gateway did not answer within {timeout:g} s") from None
-
-
-async def _awaited(coroutine: Callable[[], Awaitable[T]]) -> T:
-    return await coroutine()
