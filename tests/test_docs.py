@@ -172,6 +172,22 @@ def test_every_flag_of_every_command_has_help_and_is_in_cli_md():
     assert not missing, missing
 
 
+def test_every_flag_the_docs_show_with_a_command_exists_for_that_command():
+    commands = docs.commands()
+    flags = {name: {o for a in parser._actions for o in a.option_strings} for name, (parser, _) in commands.items()}
+    names = sorted(commands, key=len, reverse=True)  # "identity add" before "identity"
+    usage = re.compile(r"portcullis (" + "|".join(map(re.escape, names)) + r")\b([^`\n|]*)")
+    seen, wrong = 0, []
+    for path in DOC_FILES:
+        for shown in usage.finditer(path.read_text(encoding="utf-8")):
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", shown[2]):
+                seen += 1
+                if flag not in flags[shown[1]]:
+                    wrong.append(f"{path.name}: {shown[0].strip()!r}: no {flag} in portcullis {shown[1]}")
+    assert seen >= 30  # the pattern does find the docs' command lines
+    assert not wrong, wrong
+
+
 def test_option_declarations_know_their_flags_value():
     assert Option("x", int, 0, "h").repeat is False
     assert Option("x", list, [], "h").repeat is True
