@@ -461,7 +461,7 @@ def _str_mapping(value: Any, where: Where) -> Mapping[str, Any]:
 
 
 # Each key of the match block, declared once (name, type, summary, example) next to the
-# function that compiles it: validation, `portcullis explain` and the table in
+# function that compiles it: validation ("expected one of ...") and the table in
 # docs/rules.md (python -m gateway.docs) read MATCH_KEYS.
 
 
