@@ -9,6 +9,7 @@ store's bounds. Each test builds a fresh book over the in-memory store.
 from __future__ import annotations
 
 import asyncio
+import copy
 import subprocess
 import sys
 import threading
@@ -365,3 +366,44 @@ def test_the_loop_bridge_runs_calls_on_the_loop_and_gives_up_on_a_busy_one():
         loop.close()
     with pytest.raises(LoopNotRunning):
         bridge.call(lambda: None)
+
+
+# --- the backend seam ----------------------------------------------------------------------
+
+
+class CopyingStore(MemoryHoldStore):
+    """Hands out copies, as a database would: a change the book does not ``put`` is lost."""
+
+    def get(self, hold_id):
+        return copy.deepcopy(super().get(hold_id))
+
+    def pending(self):
+        return copy.deepcopy(super().pending())
+
+    def decided(self, limit):
+        return copy.deepcopy(super().decided(limit))
+
+    def get_grant(self, grant_id):
+        return copy.deepcopy(super().get_grant(grant_id))
+
+    def grants(self):
+        return copy.deepcopy(super().grants())
+
+
+def test_the_book_writes_every_change_back_to_a_store_that_hands_out_copies():
+    rig = Rig(CopyingStore())
+    two = rig.hold(approvals_required=2, grant=900.0, escalate_after=60.0,
+                   escalate_to=frozenset({"security-oncall"}))
+    rig.book.approve(two.id, FIN1)
+    assert [v.reviewer for v in rig.book.get(two.id).votes] == ["fin1"]
+    assert rig.book.escalate(two.id) and rig.book.get(two.id).escalated
+    rig.book.approve(two.id, OPS, "", 600.0)
+    stored = rig.book.get(two.id)
+    assert (stored.decision, stored.decided_by, stored.raw) == ("approved", "fin1, ops", None)
+    assert stored.grant_id is not None
+    rig.book.use_grant("f-1", "billing-agent", PRINT, VERDICT)
+    assert rig.book.use_grant("f-2", "billing-agent", PRINT, VERDICT).uses == 2
+    assert rig.book.active_grants()[0]["uses"] == 2
+    assert rig.book.collect("c-1", two.id, "billing-agent", PRINT, VERDICT).outcome == "approved"
+    assert rig.book.collect("c-2", two.id, "billing-agent", PRINT, VERDICT).outcome == "used"
+    assert [e["kind"] for e in rig.book.events_of(two.id)] == ["held", "approval", "escalated", "approved"]
