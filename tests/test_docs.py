@@ -188,6 +188,15 @@ def test_every_flag_the_docs_show_with_a_command_exists_for_that_command():
     assert not wrong, wrong
 
 
+def test_the_cli_reference_never_shows_this_shells_token_or_addresses(monkeypatch):
+    # replay's --token and --ui default to PORTCULLIS_TOKEN / PORTCULLIS_UI
+    monkeypatch.setenv("PORTCULLIS_TOKEN", "secret-token-from-the-shell")
+    monkeypatch.setenv("PORTCULLIS_UI", "10.9.8.7:1234")
+    reference = docs.cli_reference()
+    assert "secret-token-from-the-shell" not in reference and "10.9.8.7" not in reference
+    assert reference == _generated((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"), "commands")
+
+
 def test_option_declarations_know_their_flags_value():
     assert Option("x", int, 0, "h").repeat is False
     assert Option("x", list, [], "h").repeat is True
