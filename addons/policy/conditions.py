@@ -24,6 +24,7 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import parse as parse_jsonpath
 from mitmproxy import flowfilter, http
 
+from addons.core.flowstate import FlowState
 from addons.core.jsonbody import (
     MAX_JSON_BODY,
     NOT_JSON,
@@ -108,8 +109,13 @@ class RequestView:
         flow: http.HTTPFlow,
         identity: str = "anonymous",
         groups: Iterable[str] = (),
+        *,
+        state: FlowState | None = None,
     ) -> None:
         self.flow = flow
+        #: The flow's state, where conditions leave what they learned (e.g. a SQL
+        #: classification); None when the rules are only being tried (explain, tests).
+        self.state = state
         request = flow.request
         self.method = request.method.upper()
         self.host = normalize_host(request.host)
