@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from addons.core.events import EventBus
 from addons.core.flowstate import FlowStates
+from addons.core.loopbridge import LoopBridge
 from addons.credentials.addon import CredentialsAddon
 from addons.guards.clienttimeouts import ClientTimeoutsAddon
 from addons.guards.hostcheck import HostCheckAddon
@@ -39,14 +40,16 @@ def make_addons() -> list[object]:
     collaborators are passed to constructors, never looked up by name at run time.
     """
     states = FlowStates(EventBus())
+    bridge = LoopBridge()  # the one way other threads (UI, notifications) reach the event loop
     policy = PolicyAddon(states)
     identity = IdentityAddon(states)
-    approvals = ApprovalsAddon(states, policy)
+    approvals = ApprovalsAddon(states, policy, bridge=bridge)
     credentials = CredentialsAddon(states)
     masking = MaskingAddon(states)
     upstreams = UpstreamsAddon()
     recorder = RecorderAddon(states)
-    ui = ReviewServerAddon(states, approvals.desk, recorder, upstreams)
+    replay = ReplayAddon(states, recorder, identity, bridge)
+    ui = ReviewServerAddon(states, approvals.desk, recorder, upstreams, replayer=replay)
     # Addons configured by the rules file learn of every (re)load from the policy addon.
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded,
                          masking.policy_loaded, upstreams.policy_loaded]
@@ -63,7 +66,7 @@ def make_addons() -> list[object]:
         NotifyAddon(states, approvals.desk, policy, ui),  # webhooks about holds, off the event loop
         credentials,  # only flows that will be forwarded get secrets
         masking,  # after credentials, before the recorder: it records the masked version
-        ReplayAddon(states, recorder, identity),  # re-sends recorded requests through all of the above
+        replay,  # re-sends recorded requests through all of the above
         upstreams,
         UpstreamErrorsAddon(states),  # JSON 502/504 for upstream faults; times forwarded requests
         TunnelGuardAddon(states),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP

@@ -122,6 +122,7 @@ def test_rejection_is_a_403_with_reviewer_and_comment(rig: ReviewRig):
     assert response.status_code == 403
     assert response.headers["X-Portcullis-Decision"] == "rejected"
     assert response.json() == {"error": "rejected_by_reviewer", "reviewer": "alice",
+                               "reason": "rejected by reviewer alice: looks like fraud",
                                "comment": "looks like fraud", "flow_id": hold["flow_id"]}
     assert rig.received("/v1/refunds?t=reject") == []
     assert ("rejected", "alice") in kinds(events_of(rig, hold["flow_id"]))

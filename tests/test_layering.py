@@ -42,6 +42,8 @@ ENGINE_MODULES = (
     "addons/core/rulefile.py",
     "addons/core/secretforms.py",
     "addons/core/userregex.py",
+    "addons/core/loopbridge.py",
+    "addons/core/events.py",
     "recordings/*.py",
 )
 #: Cycles between addons subpackages that exist today. Remove one when it is broken; never add.

@@ -326,14 +326,17 @@ class ApprovalsAddon:
         state.actor = hold.decided_by
         # A collection (async mode) is a new flow: name the held one it asked about.
         extra = {"approval": hold.id} if hold.id != flow.id else {}
+        # Every refusal carries a reason (the agent's SDK shows it; the model can react).
         if hold.decision == "rejected":
-            reply(flow, 403, "rejected_by_reviewer", "rejected",
+            reason = f"rejected by reviewer {hold.decided_by}" + (f": {hold.comment}" if hold.comment else "")
+            reply(flow, 403, "rejected_by_reviewer", "rejected", reason=reason,
                   reviewer=hold.decided_by, comment=hold.comment, **extra)
         else:
-            if hold.detail and hold.detail != "timeout":
-                extra["reason"] = hold.detail
-            reply(flow, 403, "approval_expired", hold.decision or "expired",
-                  waited_s=round((hold.decided_at or time.time()) - hold.created, 1), **extra)
+            waited = round((hold.decided_at or time.time()) - hold.created, 1)
+            reason = (hold.detail if hold.detail and hold.detail != "timeout"
+                      else f"no reviewer decided within {format_duration(hold.spec.timeout)}")
+            reply(flow, 403, "approval_expired", hold.decision or "expired", reason=reason,
+                  waited_s=waited, **extra)
 
     def _answer_pending(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord) -> None:
         state.decision = "held"

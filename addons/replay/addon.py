@@ -30,7 +30,6 @@ approvals addon treats a closed client as gone and would abandon a held replay a
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import threading
@@ -43,6 +42,7 @@ from mitmproxy import connection, ctx, http
 
 from addons.core.events import Event
 from addons.core.flowstate import FlowState, FlowStates
+from addons.core.loopbridge import LoopBridge, LoopBusy, LoopNotRunning
 
 log = logging.getLogger("portcullis.replay")
 
@@ -85,15 +85,11 @@ class Ticket:
     error: str | None = None
     approved_by: str | None = None
     _settled: threading.Event = field(default_factory=threading.Event, repr=False)
-    _finished: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def wait(self, timeout: float) -> dict[str, Any]:
         """Wait until the replay is held or done (or ``timeout`` passes); its summary."""
         self._settled.wait(max(0.0, timeout))
         return self.summary()
-
-    def wait_done(self, timeout: float) -> bool:
-        return self._finished.wait(max(0.0, timeout))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -136,7 +132,6 @@ class Ticket:
     def _done(self) -> None:
         self.state = "done"
         self._settled.set()
-        self._finished.set()
 
 
 def rebuild_request(row: dict[str, Any]) -> http.HTTPFlow:
@@ -199,20 +194,21 @@ def replay_headers(recorded: Any) -> http.Headers:
 class ReplayAddon:
     name = "portcullis_replay"
 
-    def __init__(self, states: FlowStates, recorder: Any, identity: Any) -> None:
+    def __init__(self, states: FlowStates, recorder: Any, identity: Any, bridge: LoopBridge) -> None:
         """``recorder`` has the ``store`` replays are read from; ``identity`` has the
-        ``authenticator`` that knows each token identity's groups."""
+        ``authenticator`` that knows each token identity's groups; ``bridge`` hands a
+        replay asked for on another thread (the review UI) to the event loop."""
         self.states = states
         self.recorder = recorder
         self.identity = identity
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.bridge = bridge
         self.tickets: OrderedDict[str, Ticket] = OrderedDict()
         self._lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
 
     def running(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.bridge.attach(asyncio.get_running_loop())
         if ctx.options.client_replay_concurrency != -1:
             # One held replay must not stall the others (see the module docstring).
             ctx.options.update(client_replay_concurrency=-1)
@@ -225,8 +221,7 @@ class ReplayAddon:
 
     def replay(self, flow_id: str, actor: str, row: dict[str, Any] | None = None) -> Ticket:
         """Replay the recorded flow ``flow_id`` on behalf of ``actor``; safe from any thread."""
-        loop = self.loop
-        if loop is None or not loop.is_running():
+        if self.bridge.loop is None or not self.bridge.loop.is_running():
             raise ReplayError(503, "gateway_not_running", "the gateway is not running")
         if row is None:
             row = self._recorded(flow_id)
@@ -236,18 +231,11 @@ class ReplayAddon:
             "rules": list(row.get("rules") or []),
         })
         identity = str(row.get("identity") or "anonymous")
-
-        async def send() -> None:
-            self._send(flow, ticket, identity)
-
-        if _running_loop() is loop:  # called from a hook or command: no hand-over needed
-            self._send(flow, ticket, identity)
-            return ticket
-        handover = asyncio.run_coroutine_threadsafe(send(), loop)
-        try:
-            handover.result(HANDOVER_TIMEOUT_S)
-        except concurrent.futures.TimeoutError:
-            handover.cancel()
+        try:  # runs at once when called from a hook or command, else on the loop
+            self.bridge.call(self._send, flow, ticket, identity, timeout=HANDOVER_TIMEOUT_S)
+        except LoopNotRunning:
+            raise ReplayError(503, "gateway_not_running", "the gateway is not running") from None
+        except LoopBusy:
             raise ReplayError(503, "gateway_busy",
                               f"the gateway did not take the replay within {HANDOVER_TIMEOUT_S:g} s") from None
         return ticket
@@ -322,9 +310,3 @@ class ReplayAddon:
         known = getattr(getattr(self.identity, "authenticator", None), "identities", {}).get(identity)
         return known.groups if known is not None else frozenset()
 
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

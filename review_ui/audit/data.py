@@ -44,13 +44,8 @@ def store_or_abort() -> Any:
 
 
 def replayer() -> Any:
-    """The running gateway's replay addon."""
-    from mitmproxy import ctx
-
-    try:
-        addon = ctx.master.addons.get("portcullis_replay")
-    except AttributeError:  # no mitmproxy master in this process
-        addon = None
+    """The running gateway's replay addon (wired by make_addons through the UI server)."""
+    addon = services().replayer()
     if addon is None:
         raise Unavailable(503, "replay_unavailable", "replay needs the running gateway's replay addon")
     return addon
