@@ -55,12 +55,18 @@ def start(tmp_path: Path, confdir: Path, db: Path, *args: str) -> GatewayProcess
 
 
 def fill(disk: Path) -> Path:
+    """Fill the disk to the last byte: megabytes, then pages, then bytes (what is left
+    after the last whole megabyte would otherwise hold many small journal writes)."""
     filler = disk / "filler"
-    with contextlib.suppress(OSError), filler.open("wb") as out:
-        while True:
-            out.write(b"\0" * (1 << 20))
-            out.flush()
-            os.fsync(out.fileno())
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size) == size:
+                    pass
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -84,10 +90,14 @@ def test_disk_full_stops_forwarding_then_recovers_without_losing_flows(tmp_path,
         for i in range(10):
             assert agent.get(f"/before/{i}").status_code == 200
         filler = fill(small_disk)
-        statuses = [agent.get(f"/full/{i}").status_code for i in range(15)]
-        refused = [s for s in statuses if s == 503]
-        assert len(refused) >= 10, statuses  # a write already in a page may still fit
-        forwarded_while_full = statuses.count(200)
+        statuses = [agent.get(f"/full/{i}").status_code for i in range(30)]
+        # Journal lines that still fit in the file's last, already allocated page (tmpfs
+        # pages are 4 KiB) are written; the first that does not fit stops forwarding, and
+        # from then on every request is refused.
+        assert 503 in statuses, statuses
+        forwarded_while_full = statuses.index(503)
+        assert forwarded_while_full < 20, statuses
+        assert statuses[forwarded_while_full:] == [503] * (30 - forwarded_while_full), statuses
         assert [r.path for r in upstream.received if r.path.startswith("/full/")] == [
             f"/full/{i}" for i in range(forwarded_while_full)
         ], "nothing may be forwarded once recording has failed"

@@ -7,7 +7,8 @@ HTTP/2 protocol layers; no addon hook can replace that response. Agents need
 machine-readable errors, so :func:`install` wraps the three places that write those
 pages (``_http1.make_error_response``, ``Http1Server.send`` and
 ``Http2Server._handle_event`` for ``ResponseProtocolError``) to write
-``{"error": <kind>, "detail": <mitmproxy's message>, "flow_id": ...}`` instead.
+``{"error": <kind>, "reason": <mitmproxy's message>, "detail": <the same>, "flow_id": ...}``
+instead.
 
 This reaches into mitmproxy internals, so it is written for the mitmproxy majors in
 :data:`SUPPORTED_MAJORS` (CI runs the suite on both: Python 3.11 + mitmproxy 11 and
@@ -110,7 +111,8 @@ def render(status: int, message: str, kind: str | None = None,
         status, kind = classify(status, message)
     elif kind == "upstream_timeout":
         status, message = 504, "no complete response from the upstream within portcullis_upstream_timeout"
-    body: dict[str, Any] = {"error": kind, "detail": message}
+    # "reason" as in every other refusal; "detail" kept for clients written against 0.1.
+    body: dict[str, Any] = {"error": kind, "reason": message, "detail": message}
     if flow_id:
         body["flow_id"] = flow_id
     payload = json.dumps(body, ensure_ascii=False).encode()
