@@ -23,7 +23,7 @@ Rows reach DuckDB in batches within 200 ms (recordings/writer.py). On start, flo
 previous run left unfinished are recorded from the journal and the events
 (recordings/recovery.py).
 
-Other addons reach the data through ``ctx.master.addons.get("portcullis_recorder").store``
+The review UI and replays get this addon from ``make_addons()`` and read its ``store``
 (see :mod:`recordings.store` for that API). This addon must be the last one in the
 chain, so that it records what the agent actually received.
 """
