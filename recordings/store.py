@@ -3,10 +3,10 @@
 Public API for other parts of Portcullis running in the gateway process (review UI,
 replay)::
 
-    recorder = ctx.master.addons.get("portcullis_recorder")
-    columns, rows = recorder.store.query("SELECT id, decision FROM flows WHERE host = ?", ["x"])
-    row = recorder.store.flow(flow_id)      # dict of every flows column, or None
-    trail = recorder.store.events(flow_id)  # list of dicts, in order
+    store = recorder.store                  # the RecorderAddon that make_addons() passed in
+    columns, rows = store.query("SELECT id, decision FROM flows WHERE host = ?", ["x"])
+    row = store.flow(flow_id)         # dict of every flows column, or None
+    trail = store.events(flow_id)     # list of dicts, in order
 
 All three are thread-safe (a cursor per call) and read-only: ``query`` accepts a single
 SELECT only and runs it in a read-only transaction that is rolled back, under the
