@@ -46,6 +46,8 @@ RULES = """\
 version: 1
 default: allow
 hold_timeout: 60s
+# All clients are one (anonymous) identity: up to 200 of them may be held at once.
+max_pending_holds_per_identity: 1000
 rules:
   - name: no-table-deletes
     match: {method: DELETE, path: "/v1/tables/**"}
@@ -103,24 +105,30 @@ def client(number: int, proxy: str, upstream: str, deadline: float, tally: Tally
         n = 0
         while time.monotonic() < deadline:
             n += 1
-            kind = rng.choices(kinds, weights)[0]
-            decide = rng.choice(("approve", "reject"))
-            started = time.monotonic()
-            try:
-                if kind == "allowed":
-                    response = http.get(f"{upstream}/small?c={number}&n={n}", timeout=30)
-                elif kind == "blocked":
-                    response = http.delete(f"{upstream}/v1/tables/t{n}", timeout=30)
-                elif kind == "masked":
-                    response = http.get(f"{upstream}/json1k?c={number}&n={n}", timeout=30)
-                else:
-                    response = http.post(f"{upstream}/slow?decide={decide}&c={number}&n={n}",
-                                         json={"amount": n}, timeout=90)
-            except requests.RequestException as exc:
-                tally.add(kind, None, time.monotonic() - started, f"client error: {exc}")
-                continue
-            tally.add(kind, response.headers.get("X-Portcullis-Flow-Id"), time.monotonic() - started,
-                      check(kind, response, decide))
+            send_one(http, upstream, number, n, rng.choices(kinds, weights)[0],
+                     rng.choice(("approve", "reject")), tally)
+
+
+def send_one(http: requests.Session, upstream: str, number: int, n: int, kind: str,
+             decide: str, tally: Tally) -> None:
+    """Send one request of ``kind`` (allowed, blocked, masked, held) and tally its answer;
+    shared by the load run and the soak (bench/soak.py)."""
+    started = time.monotonic()
+    try:
+        if kind == "allowed":
+            response = http.get(f"{upstream}/small?c={number}&n={n}", timeout=30)
+        elif kind == "blocked":
+            response = http.delete(f"{upstream}/v1/tables/t{n}", timeout=30)
+        elif kind == "masked":
+            response = http.get(f"{upstream}/json1k?c={number}&n={n}", timeout=30)
+        else:
+            response = http.post(f"{upstream}/slow?decide={decide}&c={number}&n={n}",
+                                 json={"amount": n}, timeout=90)
+    except requests.RequestException as exc:
+        tally.add(kind, None, time.monotonic() - started, f"client error: {exc}")
+        return
+    tally.add(kind, response.headers.get("X-Portcullis-Flow-Id"), time.monotonic() - started,
+              check(kind, response, decide))
 
 
 def reviewer(ui: str, token: str, stop: threading.Event, decided: Counter) -> None:

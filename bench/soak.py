@@ -37,7 +37,7 @@ from typing import Any
 
 import requests
 
-from bench.load import MIX, RULES, Tally, check, reviewer, verify_recording
+from bench.load import MIX, RULES, Tally, reviewer, send_one, verify_recording
 from bench.procs import gateway_process, upstream_process, usage
 from recordings import control
 from review_ui.reviewers import add_reviewer
@@ -68,24 +68,8 @@ def paced_client(number: int, clients: int, rate: float, proxy: str, upstream: s
                 return
             next_at = max(next_at + interval, time.monotonic() - interval)
             n += 1
-            kind = rng.choices(kinds, weights)[0]
-            decide = rng.choice(("approve", "reject"))
-            started = time.monotonic()
-            try:
-                if kind == "allowed":
-                    response = http.get(f"{upstream}/small?c={number}&n={n}", timeout=30)
-                elif kind == "blocked":
-                    response = http.delete(f"{upstream}/v1/tables/t{n}", timeout=30)
-                elif kind == "masked":
-                    response = http.get(f"{upstream}/json1k?c={number}&n={n}", timeout=30)
-                else:
-                    response = http.post(f"{upstream}/slow?decide={decide}&c={number}&n={n}",
-                                         json={"amount": n}, timeout=90)
-            except requests.RequestException as exc:
-                tally.add(kind, None, time.monotonic() - started, f"client error: {exc}")
-                continue
-            tally.add(kind, response.headers.get("X-Portcullis-Flow-Id"),
-                      time.monotonic() - started, check(kind, response, decide))
+            send_one(http, upstream, number, n, rng.choices(kinds, weights)[0],
+                     rng.choice(("approve", "reject")), tally)
 
 
 def duckdb_view(db: Path) -> dict[str, Any]:
