@@ -21,6 +21,7 @@ from flask import Flask, g, request
 
 from review_ui import errors
 from review_ui.errors import api_error
+from review_ui.highlight import highlight_sql
 from review_ui.holds.live import Broker
 from review_ui.reviewers import ReviewerStore
 from review_ui.services import Services
@@ -98,6 +99,7 @@ def create_app(
                 "events_since": g.get("events_since", 0)}
 
     app.jinja_env.filters["ago"] = _ago
+    app.jinja_env.filters["sql"] = highlight_sql
     app.jinja_env.filters["clock"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
     @app.before_request

@@ -2,7 +2,7 @@ import html
 import json
 import re
 
-from review_ui.highlight import HIGHLIGHT_MAX, highlight_json
+from review_ui.highlight import HIGHLIGHT_MAX, highlight_json, highlight_sql
 
 
 def text_of(markup: str) -> str:
@@ -39,3 +39,32 @@ def test_not_json_or_too_big_is_not_highlighted():
 
 def test_empty_containers_and_unicode():
     assert text_of(highlight_json('{"a": {}, "b": [], "c": "ünï"}')) == '{\n  "a": {},\n  "b": [],\n  "c": "ünï"\n}'
+
+
+# --- SQL ------------------------------------------------------------------------------
+
+SQL = "DELETE FROM public.customers\nWHERE id = 42 AND note = 'a -- b' /* why */ -- done"
+
+
+def test_sql_keywords_strings_numbers_and_comments_are_classed():
+    out = highlight_sql(SQL)
+    assert '<span class="s-kw">DELETE</span>' in out and '<span class="s-kw">WHERE</span>' in out
+    assert '<span class="s-str">&#39;a -- b&#39;</span>' in out  # a "--" inside a string is no comment
+    assert '<span class="s-num">42</span>' in out
+    assert out.endswith('<span class="s-com"> /* why */ -- done</span>')
+    assert '<span class="s-kw">customers' not in out  # names are not keywords
+
+
+def test_sql_text_is_kept_character_for_character():
+    for text in (SQL, "SELECT\n  a,\n  b\nFROM t;\nSELECT 1", "SELECT 'x''y', \"Quoted\" FROM t"):
+        assert text_of(highlight_sql(text)) == text
+
+
+def test_sql_is_escaped():
+    out = highlight_sql("SELECT '</pre><script>alert(1)</script>' FROM t")
+    assert "<script>" not in out and "&lt;script&gt;" in out
+
+
+def test_sql_that_does_not_tokenize_is_shown_plain_and_escaped():
+    out = highlight_sql("SELECT 'unterminated <b>")
+    assert "<b>" not in out and text_of(out) == "SELECT 'unterminated <b>"
