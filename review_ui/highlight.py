@@ -15,7 +15,9 @@ from typing import Any
 from markupsafe import Markup, escape
 from sqlglot.tokens import Tokenizer
 
-MASK_MARKERS = ("[masked", "[redacted]", "[REDACTED]")
+from addons.core.secretforms import REDACTED
+
+MASK_MARKERS = ("[masked", REDACTED)
 INDENT = "  "
 #: Bodies larger than this are shown raw: highlighting megabytes only slows the page.
 HIGHLIGHT_MAX = 512 * 1024

@@ -21,13 +21,24 @@ from addons.masking.bodies import Kind, Unparseable, dump_json, kind_of, parse_j
     ("text/event-stream", b"data: {}\n\n", Kind.SSE),
     ("text/plain", b' \n{"a": 1}', Kind.JSON),  # sniffed
     ("", b"[1, 2]", Kind.JSON),
-    ("text/plain", b"{not json", Kind.TEXT),
+    ("text/plain", b"{not json", Kind.JSON),  # sniffed by its first byte; rewrite() parses it once
     ("text/html", b"<p>hi</p>", Kind.TEXT),
     ("image/png", b"{}", Kind.BINARY),
     ("application/octet-stream", b"[1]", Kind.BINARY),
 ])
 def test_recognition(content_type, body, kind):
     assert kind_of(content_type, body) is kind
+
+
+def test_a_sniffed_body_that_does_not_parse_is_masked_as_text():
+    out = rewrite(b"{not json 078-05-1120", "text/plain", lambda d: (d, False),
+                  lambda text: (text.replace("078-05-1120", "[masked]"), True))
+    assert out == b"{not json [masked]"
+
+
+def test_a_sniffed_body_that_does_not_parse_is_refused_when_path_masks_need_json():
+    with pytest.raises(Unparseable):
+        rewrite(b"{not json", "text/plain", lambda d: (d, True), lambda text: (text, False), need_json=True)
 
 
 def upper_strings(document):

@@ -103,8 +103,8 @@ def test_secret_echoed_in_body_and_headers_is_masked(gateway, upstream):
     response = call(gateway, upstream.url("/echo/headers"))
     assert response.status_code == 200
     assert API_KEY not in response.text
-    assert response.json() == {"you_sent": "[REDACTED]"}  # the whole injected value
-    assert response.headers["X-Echo"] == "[REDACTED]"
+    assert response.json() == {"you_sent": "[redacted]"}  # the whole injected value
+    assert response.headers["X-Echo"] == "[redacted]"
 
 
 def test_secret_echoed_in_a_compressed_body_is_masked(gateway, upstream):
@@ -113,7 +113,7 @@ def test_secret_echoed_in_a_compressed_body_is_masked(gateway, upstream):
         {"Content-Encoding": "gzip", "Content-Type": "text/plain"},
     )
     response = call(gateway, upstream.url("/echo/gzip"))
-    assert response.text == "token=[REDACTED]"
+    assert response.text == "token=[redacted]"
 
 
 def test_blocked_requests_get_no_credentials(gateway, upstream):
@@ -247,8 +247,8 @@ def test_stream_masker_catches_secrets_split_across_chunks():
             out.extend(result if isinstance(result, list) else [result])
         out.append(masker(b""))
         assert all(out[:-1]), "an empty chunk would end a chunked body early"
-        assert b"".join(out) == body.replace(f"Bearer {API_KEY}".encode(), b"[REDACTED]").replace(
-            API_KEY.encode(), b"[REDACTED]"), size
+        assert b"".join(out) == body.replace(f"Bearer {API_KEY}".encode(), b"[redacted]").replace(
+            API_KEY.encode(), b"[redacted]"), size
         assert masker.count == 6
 
 
@@ -286,7 +286,7 @@ def test_streamed_responses_are_masked_or_refused(home, confdir, upstream):
         process.terminate()
         process.wait(20)
     assert large.status_code == 200
-    assert large.text == f"{pad}[REDACTED]{pad}"
+    assert large.text == f"{pad}[redacted]{pad}"
     assert compressed.status_code == 502
     assert compressed.json()["error"] == "response_not_scannable"
     assert API_KEY not in compressed.text and API_KEY not in "".join(output)

@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote
 import pytest
 import requests
 
-from addons.core.secretforms import MASK, base64_cores, forms_for
+from addons.core.secretforms import REDACTED, base64_cores, forms_for
 from addons.credentials.addon import StreamMasker, Unscrubbable, mask_response
 from recordings.control import ask
 from tests.support.gateway import GatewayProcess
@@ -194,7 +194,7 @@ def test_echoed_key_never_reaches_the_agent_and_the_agent_gets_what_is_recorded(
         return
     assert response.status_code == 200, response.text
     assert (status, error) == (200, None)
-    assert "REDACTED" in (response.content.decode(response.encoding or "utf-8", "ignore")
+    assert "[redacted]" in (response.content.decode(response.encoding or "utf-8", "ignore")
                           + response.content.decode("utf-16", "ignore") + response.content.decode("utf-32", "ignore")
                           + json.dumps(dict(response.headers)))
 
@@ -227,14 +227,14 @@ def test_every_mix_of_spellings_is_found():
         [c, f"\\u{ord(c):04X}", f"\\u{ord(c):04x}", f"%{ord(c):02x}", f"&#{ord(c)};", f"\\\\u{ord(c):04X}"][i % 6]
         for i, c in enumerate(KEY)
     )
-    assert forms.scrub(f"x{spelled}y".encode()) == (f"x{MASK}y".encode(), 1)
+    assert forms.scrub(f"x{spelled}y".encode()) == (f"x{REDACTED}y".encode(), 1)
 
 
 def test_non_bmp_and_non_ascii_secrets():
     secret = "kéy-😀-" + "x" * 8
     forms = forms_for(frozenset({secret}))
     escaped = json.dumps(secret)  # ensure_ascii: \u00e9 and a surrogate pair
-    assert forms.scrub(escaped.encode()) == (f'"{MASK}"'.encode(), 1)
+    assert forms.scrub(escaped.encode()) == (f'"{REDACTED}"'.encode(), 1)
     assert forms.scrub_body(secret.encode("utf-16-le"), None)[1] == 1
     assert forms.scrub_body(f"a {secret}".encode("latin-1", "replace"), "latin-1")[1] == 0  # 😀 not in latin-1
     assert forms.scrub_body("a kéy".encode("latin-1"), "latin-1")[1] == 0

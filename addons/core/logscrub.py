@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-REDACTED = "[redacted]"
+from addons.core.secretforms import REDACTED
 
 
 class SecretScrubber(logging.Filter):

@@ -37,8 +37,9 @@ try:  # linear time, and a DFA scan instead of trying every alternative at every
 except ImportError:  # pragma: no cover - google-re2 is a runtime dependency
     re2 = None
 
-#: What an echoed secret is replaced with (safe inside JSON strings and headers).
-MASK = "[REDACTED]"
+#: What a secret is replaced with wherever it would appear: echoes to the agent, the
+#: recording, logs, the review UI (safe inside JSON strings and headers). The only marker.
+REDACTED = "[redacted]"
 #: One-character tokens of a form: (characters any of which may appear, min, max).
 Token = tuple[str, int, int]
 #: JSON in JSON in JSON...: up to seven backslashes before an escape.
@@ -163,7 +164,7 @@ class EchoForms:
             return data, 0
         if pattern.search(data) is None:  # the usual case: one scan, no copy
             return data, 0
-        return pattern.subn(MASK.encode(charset).replace(b"\\", b"\\\\"), data)
+        return pattern.subn(REDACTED.encode(charset).replace(b"\\", b"\\\\"), data)
 
     def scrub_body(self, data: bytes, declared: str | None) -> tuple[bytes, int]:
         """Scrub a body in every charset a client might read it in. Raises

@@ -39,7 +39,7 @@ from addons.core import logscrub
 from addons.core.flowstate import FlowState, FlowStates
 from addons.core.replies import refuse, reply
 from addons.core.rulefile import Where
-from addons.core.secretforms import MASK, WIDE, Unscrubbable, charsets_for, forms_for
+from addons.core.secretforms import REDACTED, WIDE, Unscrubbable, charsets_for, forms_for
 from addons.credentials.secretrefs import Resolved, resolve
 from addons.masking.bodies import media_type
 from addons.policy.conditions import Match, RequestView, compile_match
@@ -47,7 +47,7 @@ from addons.policy.engine import LoadContext, Policy, top_level_field
 
 log = logging.getLogger("portcullis.credentials")
 
-__all__ = ["MASK", "CredentialsAddon", "StreamMasker", "Unscrubbable", "mask_response", "refuse_unscannable"]
+__all__ = ["REDACTED", "CredentialsAddon", "StreamMasker", "Unscrubbable", "mask_response", "refuse_unscannable"]
 CREDENTIAL_KEYS = ("name", "match", "set_header", "query", "plain_http")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 

@@ -44,6 +44,7 @@ from addons.core.events import Event, EventKind
 from addons.core.flowstate import FlowState, FlowStates
 from addons.core.loopbridge import LoopBridge
 from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER, refuse, reply
+from addons.core.secretforms import REDACTED
 from addons.holds.binding import (
     DecodedBody,
     RequestPrint,
@@ -232,7 +233,7 @@ class ApprovalsAddon:
         shown = shown_body(body, BODY_SHOWN_MAX)
         text = shown.text
         for secret in state.secrets:
-            text = text.replace(secret, "[redacted]")
+            text = text.replace(secret, REDACTED)
         now = time.time()
         hold = HoldRecord(
             id=flow.id,
@@ -243,7 +244,7 @@ class ApprovalsAddon:
             spec=spec,
             method=request.method.upper(),
             url=request.pretty_url,
-            headers=[(k, "[redacted]" if is_secret_header(k) or k.lower() in state.injected_headers else v)
+            headers=[(k, REDACTED if is_secret_header(k) or k.lower() in state.injected_headers else v)
                      for k, v in request.headers.items(multi=True)],
             body=text,
             body_truncated=shown.truncated,

@@ -29,6 +29,8 @@ from typing import Any
 
 from mitmproxy.net.http.headers import parse_content_type
 
+from addons.core.jsonbody import looks_like_json
+
 JsonEdit = Callable[[Any], tuple[Any, bool]]  # document -> (new document, changed)
 TextEdit = Callable[[str], tuple[str, bool]]
 
@@ -64,7 +66,7 @@ def media_type(content_type: str) -> tuple[str, str | None]:
 
 def kind_of(content_type: str, content: bytes) -> Kind:
     mime, _ = media_type(content_type)
-    if mime == "application/json" or mime.endswith("+json") or mime == "text/json":
+    if labelled_json(content_type):
         return Kind.JSON
     if mime in NDJSON_TYPES:
         return Kind.NDJSON
@@ -72,20 +74,14 @@ def kind_of(content_type: str, content: bytes) -> Kind:
         return Kind.SSE
     if mime in BINARY_TYPES or mime.startswith(BINARY_PREFIXES):
         return Kind.BINARY
-    if _looks_like_json(content):
+    if looks_like_json(content):
         return Kind.JSON
     return Kind.TEXT
 
 
-def _looks_like_json(content: bytes) -> bool:
-    head = content[:64].lstrip(b" \t\r\n\xef\xbb\xbf")
-    if not head.startswith((b"{", b"[")):
-        return False
-    try:
-        parse_json(content)
-    except (ValueError, Unparseable):
-        return False
-    return True
+def labelled_json(content_type: str) -> bool:
+    mime, _ = media_type(content_type)
+    return mime == "application/json" or mime.endswith("+json") or mime == "text/json"
 
 
 def rewrite(content: bytes, content_type: str, edit_json: JsonEdit, edit_text: TextEdit,
@@ -100,11 +96,12 @@ def rewrite(content: bytes, content_type: str, edit_json: JsonEdit, edit_text: T
     if kind is Kind.JSON:
         try:
             document = parse_json(content)
-        except ValueError as exc:  # labelled JSON but is not: only text masks can apply...
+        except (ValueError, Unparseable) as exc:  # JSON-looking but is not: only text masks can apply...
             wrapped = _rewrite_wrapped(content, edit_json)
             if wrapped is not _NOT_WRAPPED:
                 return wrapped
-            if need_json or content.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] in (b"{", b"["):
+            labelled = labelled_json(content_type)
+            if need_json or (labelled and content.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] in (b"{", b"[")):
                 # ...unless it is JSON-shaped: a lenient client (JSON5, comments, trailing
                 # commas) would still read the values a path mask should have hidden.
                 raise Unparseable(f"a body labelled JSON that does not parse: {exc}") from None

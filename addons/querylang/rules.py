@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addons.core.rulefile import Where
+from addons.core.secretforms import REDACTED
 from addons.policy.conditions import (
     EvaluationError,
     Glob,
@@ -323,6 +324,6 @@ def reviewer_view(classifications: dict[Any, Any], secrets: Any = ()) -> list[di
         text = sql.pretty(key[2], key[1]) if key[0] == "sql" else None
         for secret in secrets:
             if text:
-                text = text.replace(secret, "[redacted]")
+                text = text.replace(secret, REDACTED)
         out.append({"language": key[0], "summary": detail["summary"], "pretty": text})
     return out

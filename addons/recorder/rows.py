@@ -24,9 +24,9 @@ from mitmproxy import http
 from mitmproxy.net import encoding
 
 from addons.core.flowstate import FlowState
+from addons.core.secretforms import REDACTED
 from recordings.store import micros
 
-REDACTED = "[redacted]"
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 HeaderFields = tuple[tuple[bytes, bytes], ...]

@@ -43,6 +43,7 @@ from mitmproxy import connection, ctx, http
 from addons.core.events import Event
 from addons.core.flowstate import FlowState, FlowStates
 from addons.core.loopbridge import LoopBridge, LoopBusy, LoopNotRunning
+from addons.core.secretforms import REDACTED
 
 log = logging.getLogger("portcullis.replay")
 
@@ -52,9 +53,6 @@ DROPPED_HEADERS = frozenset({
     "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
     "proxy-authorization", "te", "upgrade",
 })
-#: Values the recorder writes in place of a secret (see recordings/): such a header is
-#: dropped so that the credentials addon injects the current value instead.
-REDACTED_MARKERS = ("[redacted]", "[REDACTED]")
 #: Replays remembered for status queries (oldest finished ones are forgotten first).
 TICKETS_MAX = 1000
 HANDOVER_TIMEOUT_S = 10.0
@@ -185,7 +183,7 @@ def replay_headers(recorded: Any) -> http.Headers:
         lowered = str(name).lower()
         if lowered in DROPPED_HEADERS or lowered.startswith("x-portcullis-"):
             continue
-        if any(marker in str(value) for marker in REDACTED_MARKERS):
+        if REDACTED in str(value):  # recorded in place of a secret: the credentials addon injects the current one
             continue
         headers.add(str(name), str(value))
     return headers
