@@ -1,0 +1,148 @@
+"""Separate, cached virtual environments for the SDK clients and servers the tests drive.
+
+Why: `mcp` 2.x and `openai` 3.x depend on `httpx2`, which needs `h11>=0.16`, while
+mitmproxy 11 pins `h11<=0.14` and parses HTTP/1 with h11's internals. Installing those
+SDKs into the gateway's own environment would upgrade h11 under the gateway, so the
+tests run them from environments of their own, exactly as an agent on another machine
+would.
+
+Each environment lives under ~/.cache/portcullis-tests/sdk-venvs/<name>-<hash>, the hash
+covering its requirements and the interpreter's version: a warm cache costs one stat, a
+clean CI machine installs from PyPI once. Two pytest processes creating the same
+environment at once serialise on a file lock (fcntl.flock) and the environment only counts
+once its "complete" marker is written, so a build killed half-way is rebuilt, never used.
+
+`run_json(name, script, ...)` runs a Python snippet in an environment with the gateway's
+proxy and CA variables set and returns the JSON the snippet printed on its last stdout
+line; `spawn(name, script, ...)` starts a long-running one (a server) and returns the
+process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+#: The environments the tests use, by name: pinned requirements (pip syntax).
+ENVIRONMENTS: dict[str, tuple[str, ...]] = {
+    "mcp1": ("mcp==1.30.0",),
+    "mcp2": ("mcp==2.3.0",),
+    "llm": ("openai==3.57.0", "anthropic==2.15.0"),
+}
+
+#: Where environments are cached (PORTCULLIS_SDK_VENVS overrides).
+CACHE_ROOT = Path(os.environ.get(
+    "PORTCULLIS_SDK_VENVS", Path.home() / ".cache" / "portcullis-tests" / "sdk-venvs"))
+
+#: Proxy variables never inherited from the test process (a snippet sets its own).
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
+                "all_proxy", "NO_PROXY", "no_proxy")
+
+_COMPLETE = "portcullis-complete"
+
+
+def _base_python() -> str:
+    """The interpreter to build environments from: the real one behind this venv."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def env_dir(name: str) -> Path:
+    requirements = ENVIRONMENTS[name]
+    digest = hashlib.sha256(
+        json.dumps([sys.version_info[:3], sorted(requirements)]).encode()).hexdigest()[:12]
+    return CACHE_ROOT / f"{name}-{digest}"
+
+
+def _python_in(directory: Path) -> Path:
+    return directory / "bin" / "python"
+
+
+def ensure(name: str, timeout: float = 600) -> Path:
+    """Create the environment `name` if needed (once, under a lock); return its python."""
+    directory = env_dir(name)
+    python = _python_in(directory)
+    if (directory / _COMPLETE).exists():
+        return python
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / f"{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (directory / _COMPLETE).exists():   # another process built it meanwhile
+                return python
+            shutil.rmtree(directory, ignore_errors=True)
+            subprocess.run([_base_python(), "-m", "venv", str(directory)], check=True,
+                           timeout=timeout, capture_output=True)
+            result = subprocess.run(
+                [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                 *ENVIRONMENTS[name]],
+                timeout=timeout, capture_output=True, text=True,
+                env=_clean_environment({}))
+            if result.returncode != 0:
+                raise RuntimeError(f"pip install for SDK env {name!r} failed:\n"
+                                   f"{result.stdout}\n{result.stderr}")
+            (directory / _COMPLETE).write_text("\n".join(ENVIRONMENTS[name]) + "\n")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return python
+
+
+def _clean_environment(extra: dict[str, str]) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in _PROXY_NAMES and k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    environment["PYTHONUNBUFFERED"] = "1"
+    environment.update(extra)
+    return environment
+
+
+def _gateway_environment(gateway: Any | None) -> dict[str, str]:
+    """HTTP(S)_PROXY and CA-trust variables for a tests.support.gateway.GatewayProcess."""
+    if gateway is None:
+        return {}
+    environment = dict(gateway.agent_env())
+    environment["PORTCULLIS_TEST_PROXY"] = gateway.proxy_url
+    environment["PORTCULLIS_TEST_CA"] = str(gateway.ca_cert)
+    return environment
+
+
+def _command(python: Path, script: str, args: tuple[str, ...]) -> list[str]:
+    return [str(python), "-c", textwrap.dedent(script), *args]
+
+
+def run_json(name: str, script: str, *args: str, gateway: Any | None = None,
+             env: dict[str, str] | None = None, timeout: float = 60) -> Any:
+    """Run `script` in environment `name`; return the JSON on its last stdout line.
+
+    With `gateway`, the snippet sees HTTP(S)_PROXY, the CA variables, and for clients that
+    take them explicitly PORTCULLIS_TEST_PROXY and PORTCULLIS_TEST_CA.
+    """
+    python = ensure(name)
+    result = subprocess.run(
+        _command(python, script, args), capture_output=True, text=True, timeout=timeout,
+        env=_clean_environment({**_gateway_environment(gateway), **(env or {})}))
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"SDK snippet in {name!r} exited {result.returncode}:\n"
+                           f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as error:
+        raise RuntimeError(f"SDK snippet in {name!r} printed no JSON last:\n"
+                           f"{result.stdout}\nstderr:\n{result.stderr}") from error
+
+
+def spawn(name: str, script: str, *args: str, env: dict[str, str] | None = None,
+          gateway: Any | None = None) -> subprocess.Popen[str]:
+    """Start `script` in environment `name` (stdout piped, stderr merged); caller stops it."""
+    python = ensure(name)
+    return subprocess.Popen(
+        _command(python, script, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace",
+        env=_clean_environment({**_gateway_environment(gateway), **(env or {})}))
