@@ -14,7 +14,7 @@ from tests.support.certs import TestPki, make_pki
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 
-pytest_plugins = ["tests.support.browser"]
+pytest_plugins = ["tests.support.browser", "tests.support.postgres"]
 
 
 @pytest.fixture(scope="session")
