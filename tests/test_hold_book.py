@@ -250,6 +250,94 @@ def test_grants_need_a_rule_that_allows_them_and_stay_within_its_limit():
     assert no_grants.votes == [] and limited.votes == []  # refused before the vote counts
 
 
+GET_PRINT = RequestPrint("GET", "https://api.example/v1/reports/daily", "e3" * 32, ())
+
+
+@pytest.mark.parametrize("method, unsafe, offered", [
+    ("POST", False, False), ("PATCH", False, False), ("POST", True, True),
+    ("GET", False, True), ("PUT", False, True), ("DELETE", False, True),
+])
+def test_grants_for_non_idempotent_methods_need_the_rules_grant_unsafe_methods(method, unsafe, offered):
+    rig = Rig()
+    binding = RequestPrint(method, PRINT.url, PRINT.body_sha256, PRINT.headers)
+    hold = rig.hold(binding=binding, grant=900.0, grant_unsafe_methods=unsafe)
+    summary = hold.summary()
+    assert summary["max_grant_s"] == (900.0 if offered else None)
+    if offered:
+        assert summary["grant_unavailable"] is None
+        rig.book.approve(hold.id, FIN1, "", 600.0)
+        assert hold.grant_id is not None
+        return
+    assert summary["grant_unavailable"].startswith(f"{method} is not idempotent")
+    error = refused(rig.book.approve, hold.id, FIN1, "", 600.0)
+    assert (error.status, error.code) == (400, "grant_unsafe_method")
+    assert hold.votes == [] and rig.book.active_grants() == []  # refused before the vote counts
+    rig.book.approve(hold.id, FIN1, "plain approval still works")
+    assert hold.decision == "approved" and hold.grant_id is None
+
+
+def test_a_rule_without_grant_offers_none_whatever_the_method():
+    rig = Rig()
+    hold = rig.hold(binding=GET_PRINT, grant=None, grant_unsafe_methods=True)
+    assert (hold.summary()["max_grant_s"], hold.summary()["grant_unavailable"]) == (None, "the rule allows no grants")
+
+
+def test_a_grant_keeps_its_full_scope_and_each_use():
+    rig = Rig()
+    hold = rig.hold(binding=GET_PRINT, body=b'{"amount": 250, "currency": "EUR", "lines": [1, 2]}', grant=900.0)
+    rig.book.approve(hold.id, FIN1, "daily report is fine", 600.0)
+    granted_at = rig.clock.now
+    rig.clock.now += 5
+    rig.book.use_grant("use-1", "billing-agent", GET_PRINT, VERDICT)
+    rig.clock.now += 5
+    rig.book.use_grant("use-2", "billing-agent", GET_PRINT, VERDICT)
+    [grant] = rig.book.active_grants()
+    assert grant == rig.book.grant(hold.grant_id)
+    assert {k: grant[k] for k in ("identity", "method", "url", "body_sha256", "body_summary", "body_size",
+                                  "rule", "reason", "comment", "created_by", "bound_headers")} == {
+        "identity": "billing-agent", "method": "GET", "url": GET_PRINT.url, "body_sha256": "e3" * 32,
+        "body_summary": 'amount=250, currency="EUR", lines=[2 items]', "body_size": 51, "rule": "refunds",
+        "reason": "Refunds need a finance lead", "comment": "daily report is fine", "created_by": "fin1",
+        "bound_headers": []}
+    assert grant["expires_at"] == granted_at + 600 and grant["uses"] == 2
+    assert grant["used"] == [{"flow_id": "use-1", "at": granted_at + 5}, {"flow_id": "use-2", "at": granted_at + 10}]
+    rig.book.revoke(hold.grant_id, FIN2)
+    assert rig.book.grant(hold.grant_id) is None
+
+
+def test_a_grant_remembers_its_last_uses_only():
+    from addons.holds.book import GRANT_USES_KEPT
+    rig = Rig()
+    hold = rig.hold(binding=GET_PRINT, grant=900.0)
+    rig.book.approve(hold.id, FIN1, "", 600.0)
+    for n in range(GRANT_USES_KEPT + 5):
+        rig.book.use_grant(f"u-{n}", "billing-agent", GET_PRINT, VERDICT)
+    grant = rig.book.grant(hold.grant_id)
+    assert grant["uses"] == GRANT_USES_KEPT + 5 and len(grant["used"]) == GRANT_USES_KEPT
+    assert grant["used"][-1]["flow_id"] == f"u-{GRANT_USES_KEPT + 4}" and grant["used"][0]["flow_id"] == "u-5"
+
+
+def test_auto_summary_is_one_short_line():
+    from addons.holds.book import SUMMARY_MAX, auto_summary
+    assert auto_summary('{"order": "o-9", "amount": 250, "meta": {"a": 1}}') == 'order="o-9", amount=250, meta={…}'
+    assert auto_summary("[1, 2, 3]") == "[3 items]"
+    assert auto_summary("plain text\nsecond line") == "plain text"
+    assert auto_summary("   ") is None
+    long = auto_summary('{"note": "' + "x" * 500 + '"}')
+    assert len(long) == SUMMARY_MAX and long.endswith("…")
+
+
+def test_decisions_name_where_they_came_from():
+    rig = Rig()
+    first, second = rig.hold(), rig.hold(approvals_required=2)
+    rig.book.reject(first.id, FIN1, "no", via="slack")
+    assert rig.events[-1].detail["via"] == "slack"
+    rig.book.approve(second.id, FIN1, "", via="cli")
+    assert (rig.events[-1].kind, rig.events[-1].detail["via"]) == ("approval", "cli")
+    rig.book.approve(second.id, FIN2, "")
+    assert rig.events[-1].kind == "approved" and "via" not in rig.events[-1].detail
+
+
 def test_a_grant_is_made_only_when_the_last_approval_decides():
     rig = Rig()
     hold = rig.hold(grant=900.0, approvals_required=2)

@@ -51,6 +51,7 @@ def test_full_hold_rule_compiles_to_a_spec():
             escalate_after: 3m
             escalate_to: [security-oncall]
             grant: 15m
+            grant_unsafe_methods: true
           - name: plain
             match: {path: /v1/plain}
             action: hold
@@ -59,9 +60,10 @@ def test_full_hold_rule_compiles_to_a_spec():
     spec = hold_spec(refunds, compiled, "why")
     assert spec.approvers == frozenset({"finance-leads"})
     assert (spec.approvals_required, spec.timeout, spec.escalate_after, spec.grant) == (2, 600, 180, 900)
-    assert spec.escalate_to == frozenset({"security-oncall"})
+    assert spec.escalate_to == frozenset({"security-oncall"}) and spec.grant_unsafe_methods is True
     defaults = hold_spec(plain, compiled, "why")
     assert defaults.approvers is None and defaults.approvals_required == 1
+    assert defaults.grant is None and defaults.grant_unsafe_methods is False
     assert defaults.timeout == 120  # top-level hold_timeout
     assert hold_spec(None, None, "default hold").timeout == DEFAULT_HOLD_TIMEOUT_S
     assert compiled.settings["notify"][0].format == "slack"
@@ -73,6 +75,7 @@ def test_full_hold_rule_compiles_to_a_spec():
     ("approvers: []", "rules[0].approvers", "non-empty list"),
     ("escalate_to: [1, 2]", "rules[0].escalate_to", "non-empty list"),
     ("grant: -1m", "rules[0].grant", "expected a duration"),
+    ("grant_unsafe_methods: 'yes'", "rules[0].grant_unsafe_methods", "true or false"),
 ])
 def test_bad_rule_fields_name_file_line_and_field(snippet, where, message):
     with pytest.raises(RuleFileError) as caught:

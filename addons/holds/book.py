@@ -5,7 +5,11 @@ A *hold* is a request waiting for reviewers. It is pending until it is decided, 
 * **approved** when ``approvals_required`` distinct reviewers have approved (each vote
   is an ``approval`` event until the last); a reviewer may approve with a *grant*,
   which lets identical requests (same identity, request print and verdict) pass until
-  it expires or is revoked;
+  it expires or is revoked. A grant is offered only where the rule sets ``grant:``, and
+  for a non-idempotent method (POST, PATCH, ...) only if the rule also says
+  ``grant_unsafe_methods: true``: re-sending an identical refund must not issue it twice
+  unless someone decided that on purpose. A grant keeps its full scope (identity,
+  method, URL, body summary and hash, expiry) and each use, for the pages that show it;
 * **rejected** by any one reviewer who may decide it;
 * **expired** when nobody decided in time (or the gateway stopped);
 * **abandoned** when the agent hung up.
@@ -29,6 +33,7 @@ call :meth:`HoldBook.escalate` and :meth:`HoldBook.expire`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +49,12 @@ if TYPE_CHECKING:  # the prints are compared, never built, here
 
 #: The decisions a hold can end in.
 DECISIONS = ("approved", "rejected", "expired", "abandoned")
+#: Methods whose repetition has no further effect (RFC 9110 9.2.2): the ones a grant may
+#: cover without the rule's ``grant_unsafe_methods: true``.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: Uses of a grant remembered with it (each is also a ``grant_used`` event in the recording).
+GRANT_USES_KEPT = 100
+SUMMARY_MAX = 160
 
 
 class DecisionError(Exception):
@@ -67,6 +78,40 @@ class Vote:
     reviewer: str
     comment: str
     at: float
+
+
+def auto_summary(body: str, limit: int = SUMMARY_MAX) -> str | None:
+    """A one-line summary of a (shown, already redacted) body: ``amount=250, order=A-7``
+    for a JSON object's top-level scalars, ``[3 items]`` for a list, else its first line.
+    Used where the rule declares no ``summary`` template (the grants list, Slack)."""
+    text = body.strip()
+    if not text:
+        return None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        document = None
+        line = text.splitlines()[0]
+    else:
+        line = _summarise(document)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _summarise(document: Any) -> str:
+    if isinstance(document, dict):
+        parts = []
+        for key, value in document.items():
+            if isinstance(value, dict):
+                shown = "{…}"
+            elif isinstance(value, list):
+                shown = f"[{len(value)} items]"
+            else:
+                shown = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+            parts.append(f"{key}={shown}")
+        return ", ".join(parts) or "{}"
+    if isinstance(document, list):
+        return f"[{len(document)} items]"
+    return json.dumps(document, ensure_ascii=False)
 
 
 def format_duration(seconds: float) -> str:
@@ -118,6 +163,25 @@ class HoldRecord:
     escalated: bool = False
     grant_id: str | None = None
     collected: bool = False
+    #: One line on what the body asks for: the rule's ``summary`` template when it has
+    #: one (filled in by whoever opens the hold); None: :func:`auto_summary` of the body.
+    body_summary: str | None = None
+
+    def shown_summary(self) -> str | None:
+        return self.body_summary if self.body_summary is not None else auto_summary(self.body)
+
+    def grant_unavailable(self) -> str | None:
+        """Why no grant may be given for this hold, or None when one may."""
+        if self.spec.grant is None:
+            return "the rule allows no grants"
+        if self.method not in IDEMPOTENT_METHODS and not self.spec.grant_unsafe_methods:
+            return (f"{self.method} is not idempotent: a grant would let identical requests repeat it "
+                    "(the rule would have to say grant_unsafe_methods: true)")
+        return None
+
+    def grant_limit(self) -> float | None:
+        """The longest grant a reviewer may give now; None: no grant is offered."""
+        return self.spec.grant if self.grant_unavailable() is None else None
 
     def allowed_groups(self) -> frozenset[str] | None:
         """Groups that may decide now; None means any reviewer."""
@@ -155,7 +219,9 @@ class HoldRecord:
             "escalated": self.escalated,
             "approvals_required": self.spec.approvals_required,
             "approvals": [{"reviewer": v.reviewer, "comment": v.comment, "at": v.at} for v in self.votes],
-            "max_grant_s": self.spec.grant,
+            "max_grant_s": self.grant_limit(),  # None: no grant offered (see grant_unavailable)
+            "grant_unavailable": self.grant_unavailable(),
+            "body_summary": self.shown_summary(),
             "decided_by": self.decided_by,
             "comment": self.comment,
             "decided_at": self.decided_at,
@@ -183,7 +249,12 @@ class HoldRecord:
 
 @dataclass
 class Grant:
-    """A reviewer's "approve and allow identical requests for a while"."""
+    """A reviewer's "approve and allow identical requests for a while", with its full scope.
+
+    Plain data (a persistent store serialises it): the prints bind it; ``body_summary``,
+    ``body_size``, ``reason`` and ``comment`` are what the pages show of its scope;
+    ``used`` is the last :data:`GRANT_USES_KEPT` uses, ``{"flow_id", "at"}`` each.
+    """
 
     id: str
     flow_id: str
@@ -195,6 +266,11 @@ class Grant:
     created_at: float
     expires_at: float
     uses: int = 0
+    body_summary: str | None = None
+    body_size: int = 0
+    reason: str = ""
+    comment: str = ""
+    used: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def method(self) -> str:
@@ -212,9 +288,12 @@ class Grant:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "flow_id": self.flow_id, "identity": self.identity,
-            "method": self.method, "url": self.url, "rule": self.rule,
-            "created_by": self.created_by, "created_at": self.created_at,
-            "expires_at": self.expires_at, "uses": self.uses,
+            "method": self.method, "url": self.url, "rule": self.rule, "reason": self.reason,
+            "body_summary": self.body_summary, "body_sha256": self.binding.body_sha256,
+            "body_size": self.body_size,
+            "bound_headers": sorted({name for name, _ in self.binding.headers}),
+            "created_by": self.created_by, "created_at": self.created_at, "comment": self.comment,
+            "expires_at": self.expires_at, "uses": self.uses, "used": [dict(u) for u in self.used],
         }
 
 
@@ -272,6 +351,11 @@ class HoldBook:
 
     def active_grants(self) -> list[dict[str, Any]]:
         return [g.to_json() for g in sorted(self._live_grants(), key=lambda g: g.expires_at)]
+
+    def grant(self, grant_id: str) -> dict[str, Any] | None:
+        """One live grant's scope and uses, or None (expired, revoked or unknown)."""
+        found = next((g for g in self._live_grants() if g.id == grant_id), None)
+        return found.to_json() if found is not None else None
 
     def events_of(self, hold_id: str) -> list[dict[str, Any]]:
         self.get(hold_id)
@@ -342,30 +426,37 @@ class HoldBook:
 
     # --- deciding ----------------------------------------------------------------------
 
-    def approve(self, hold_id: str, actor: Actor, comment: str = "", grant_s: float | None = None) -> HoldRecord:
+    def approve(self, hold_id: str, actor: Actor, comment: str = "", grant_s: float | None = None,
+                via: str | None = None) -> HoldRecord:
+        """One reviewer's approval (the last one needed approves). ``via`` names where it
+        came from when not the review UI (``slack``, ``cli``), for the audit trail."""
         hold = self.get(hold_id)
         self._check(hold, actor, voting=True)
         if grant_s is not None:
             if hold.spec.grant is None:
                 raise DecisionError(400, "grant_not_allowed", "this rule does not allow grants")
+            unavailable = hold.grant_unavailable()
+            if unavailable is not None:
+                raise DecisionError(400, "grant_unsafe_method", f"no grant: {unavailable}")
             if grant_s > hold.spec.grant:
                 raise DecisionError(400, "grant_too_long",
                                     f"this rule allows grants of at most {format_duration(hold.spec.grant)}")
         hold.votes.append(Vote(actor.name, comment, self.clock()))
+        extra = {"via": via} if via else {}
         if len(hold.votes) < hold.spec.approvals_required:
             self.store.put(hold)
             self._publish(hold.id, EventKind.APPROVAL, actor.name, comment=comment,
-                          approvals=len(hold.votes), required=hold.spec.approvals_required)
+                          approvals=len(hold.votes), required=hold.spec.approvals_required, **extra)
             return hold
         if grant_s is not None:
-            self._grant(hold, actor, grant_s)
-        self._finish(hold, "approved", actor.name, comment)
+            self._grant(hold, actor, grant_s, comment)
+        self._finish(hold, "approved", actor.name, comment, via=via)
         return hold
 
-    def reject(self, hold_id: str, actor: Actor, comment: str = "") -> HoldRecord:
+    def reject(self, hold_id: str, actor: Actor, comment: str = "", via: str | None = None) -> HoldRecord:
         hold = self.get(hold_id)
         self._check(hold, actor, voting=False)
-        self._finish(hold, "rejected", actor.name, comment)
+        self._finish(hold, "rejected", actor.name, comment, via=via)
         return hold
 
     def escalate(self, hold_id: str) -> bool:
@@ -397,7 +488,7 @@ class HoldBook:
         return True
 
     def _finish(self, hold: HoldRecord, decision: str, actor: str, comment: str = "",
-                detail: str | None = None) -> None:
+                detail: str | None = None, via: str | None = None) -> None:
         if hold.decision is not None:
             return
         hold.decision = decision
@@ -415,15 +506,18 @@ class HoldBook:
             extra = {"approvers": [v.reviewer for v in hold.votes], "grant": hold.grant_id}
         if detail:
             extra["reason"] = detail
+        if via:
+            extra["via"] = via
         self._publish(hold.id, EventKind(decision), actor, comment=comment,
                       waited_s=round(hold.decided_at - hold.created, 3), **extra)
 
     # --- grants ------------------------------------------------------------------------
 
-    def _grant(self, hold: HoldRecord, actor: Actor, seconds: float) -> None:
+    def _grant(self, hold: HoldRecord, actor: Actor, seconds: float, comment: str = "") -> None:
         now = self.clock()
         grant = Grant(uuid.uuid4().hex[:12], hold.id, hold.identity, hold.binding, hold.verdict,
-                      hold.spec.rule, actor.name, now, now + seconds)
+                      hold.spec.rule, actor.name, now, now + seconds, body_summary=hold.shown_summary(),
+                      body_size=hold.body_size, reason=hold.spec.reason, comment=comment)
         self.store.put_grant(grant)
         hold.grant_id = grant.id
 
@@ -444,6 +538,7 @@ class HoldBook:
         if grant is None:
             return None
         grant.uses += 1
+        grant.used = [*grant.used, {"flow_id": flow_id, "at": now}][-GRANT_USES_KEPT:]
         self.store.put_grant(grant)
         self._publish(flow_id, EventKind.GRANT_USED, grant.created_by, grant=grant.id,
                       granted_on=grant.flow_id, uses=grant.uses)

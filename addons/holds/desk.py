@@ -6,6 +6,10 @@ event loop. :class:`HoldDesk` runs every read and decision on that loop through 
 :class:`~addons.core.loopbridge.LoopBridge` (at once when already on it) and hands back
 plain dicts, copied there, so no caller ever holds a record another thread mutates.
 
+``slack`` is the Slack app (:class:`addons.holds.notify.SlackApp`) when the rules file
+configures one: the review UI's Slack endpoint verifies interactions with its signing
+secret and answers through it. None otherwise.
+
 It also turns the audit events about holds into the review UI's live feed
 (:meth:`HoldDesk.watch`): ``held``, ``updated`` (a vote, an escalation), ``decided`` with
 the hold's summary, and ``grants`` when a grant is made, used or revoked.
@@ -48,6 +52,8 @@ class HoldDesk:
         self.bridge = bridge
         #: The values injected into a held flow (never offered in a body download).
         self.secrets_of = secrets_of
+        #: Set by the notifications addon (see the module docstring).
+        self.slack: Any = None
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -68,6 +74,10 @@ class HoldDesk:
 
     def grants(self) -> list[dict[str, Any]]:
         return self._call(self.book.active_grants)
+
+    def grant(self, grant_id: str) -> dict[str, Any] | None:
+        """One live grant (scope and uses), or None when expired, revoked or unknown."""
+        return self._call(self.book.grant, grant_id)
 
     def find(self, flow_id: str) -> dict[str, Any] | None:
         """The hold's summary, or None when there is no such hold."""
@@ -115,12 +125,13 @@ class HoldDesk:
     # --- deciding --------------------------------------------------------------------
 
     def approve(self, flow_id: str, actor: Actor, comment: str = "",
-                grant_s: float | None = None) -> dict[str, Any]:
-        """Approve (with a grant of ``grant_s`` seconds, if given); the hold's summary after."""
-        return self._call(lambda: self.book.approve(flow_id, actor, comment, grant_s).summary())
+                grant_s: float | None = None, via: str | None = None) -> dict[str, Any]:
+        """Approve (with a grant of ``grant_s`` seconds, if given); the hold's summary after.
+        ``via``: where the decision came from, when not the review UI (``slack``)."""
+        return self._call(lambda: self.book.approve(flow_id, actor, comment, grant_s, via).summary())
 
-    def reject(self, flow_id: str, actor: Actor, comment: str = "") -> dict[str, Any]:
-        return self._call(lambda: self.book.reject(flow_id, actor, comment).summary())
+    def reject(self, flow_id: str, actor: Actor, comment: str = "", via: str | None = None) -> dict[str, Any]:
+        return self._call(lambda: self.book.reject(flow_id, actor, comment, via).summary())
 
     def revoke(self, grant_id: str, actor: Actor) -> dict[str, Any]:
         """Revoke a grant at once; the grant as it was."""

@@ -9,6 +9,8 @@ Per rule::
     escalate_after: 3m           # notify and admit the escalate_to groups after this long
     escalate_to: [security-oncall]
     grant: 15m                   # longest "approve and allow identical requests" a reviewer may give
+    grant_unsafe_methods: true   # offer grants for POST/PATCH too (off by default: a grant
+                                 # would let identical non-idempotent requests repeat)
 
 Top level::
 
@@ -96,8 +98,19 @@ rule_field("timeout", type="duration", example="10m", see="review.md",
            )(compile_duration)
 rule_field("escalate_after", type="duration", example="3m", see="review.md",
            summary="After this long, notify again and admit `escalate_to` as well.")(compile_duration)
-rule_field("grant", type="duration", example="15m", see="review.md",
-           summary='Longest "approve and allow identical requests" a reviewer may give.')(compile_duration)
+rule_field("grant", type="duration", example="15m", see="review.md#grants",
+           summary='Longest "approve and allow identical requests" a reviewer may give '
+                   '(idempotent methods only unless `grant_unsafe_methods`).')(compile_duration)
+
+
+@rule_field("grant_unsafe_methods", type="true | false", example="true", see="review.md#grants",
+            summary="Offer `grant` also for non-idempotent methods (POST, PATCH); off by default.")
+def compile_grant_unsafe_methods(value: Any, where: Where, context: LoadContext) -> bool:
+    if not isinstance(value, bool):
+        where.fail("grant_unsafe_methods must be true or false")
+    return value
+
+
 top_level_field("hold_timeout", type="duration", example="5m", see="review.md",
                 summary="Timeout of every hold whose rule sets no `timeout` (default 5m).")(compile_duration)
 
@@ -186,6 +199,8 @@ class HoldSpec:
     escalate_after: float | None
     escalate_to: frozenset[str]
     grant: float | None
+    #: Grants for non-idempotent methods too (``grant_unsafe_methods: true``).
+    grant_unsafe_methods: bool = False
 
 
 def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec:
@@ -201,4 +216,5 @@ def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec
         escalate_after=ext.get("escalate_after"),
         escalate_to=ext.get("escalate_to", frozenset()),
         grant=ext.get("grant"),
+        grant_unsafe_methods=ext.get("grant_unsafe_methods", False),
     )

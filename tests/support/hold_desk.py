@@ -25,10 +25,12 @@ VERDICT = VerdictPrint("hold", "refunds", ("refunds",), ("finance-leads",), 1, (
 
 
 def hold_spec(**overrides: Any) -> HoldSpec:
-    """The spec of a refunds hold: finance leads, one approval, 5 minutes; ``overrides`` win."""
+    """The spec of a refunds hold: finance leads, one approval, 5 minutes, grants allowed for
+    its POST (``grant_unsafe_methods``) when ``grant`` is given; ``overrides`` win."""
     fields: dict[str, Any] = dict(
         rule="refunds", reason="Refunds need a finance lead", approvers=frozenset({"finance-leads"}),
-        approvals_required=1, timeout=300.0, escalate_after=None, escalate_to=frozenset(), grant=None)
+        approvals_required=1, timeout=300.0, escalate_after=None, escalate_to=frozenset(), grant=None,
+        grant_unsafe_methods=True)  # a POST: a grant is offered only because the rule says so
     fields.update(overrides)
     return HoldSpec(**fields)
 

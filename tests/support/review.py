@@ -45,6 +45,7 @@ rules:
     reason: "Refunds over $100 need a finance lead"
     approvers: [finance-leads]
     grant: 15m
+    grant_unsafe_methods: true   # a POST: grants are offered only because the rule says so
   - name: payouts
     match: {{method: POST, path: /v1/payouts}}
     action: hold
