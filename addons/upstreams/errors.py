@@ -22,8 +22,9 @@ The timeout finds what a flow is waiting for: the task still opening its upstrea
 connection (mitmproxy assigns ``flow.server_conn`` only once that connection is open,
 so connects are tracked per client connection and address), or the task reading the
 open connection. A flow waiting for one of mitmproxy's five connection slots per
-address and client connection cannot be cut safely (cancelling it there would leave
-the flow without an answer), so it is given more time and logged.
+address and client connection cannot be cut where it waits (cancelling it there would
+leave the flow without an answer); it is looked at again every 20 ms and cut as soon as
+it holds a slot, which frees when an earlier connection's own (earlier) deadline cuts it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from addons.upstreams import errorpages
 log = logging.getLogger("portcullis.upstream_errors")
 
 DEFAULT_TIMEOUT_S = 60.0
+#: How often a timed-out flow that waits for a connection slot is looked at again.
+SLOT_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class UpstreamErrorsAddon:
         self.timeout: float = DEFAULT_TIMEOUT_S
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._timed_out: set[str] = set()
+        #: flows past their deadline still waiting for a connection slot (logged once)
+        self._slot_waiters: set[str] = set()
         #: server connection id -> the connect in progress (a connect can hang too)
         self._connecting: dict[str, Connecting] = {}
 
@@ -148,6 +153,7 @@ class UpstreamErrorsAddon:
     # --- the timeout ---------------------------------------------------------------
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
+        self._slot_waiters.discard(flow.id)
         timer = self._timers.pop(flow.id, None)
         if timer is not None:
             timer.cancel()
@@ -163,12 +169,17 @@ class UpstreamErrorsAddon:
         else:
             connecting = self._connects_of(flow)
             if any(c.waiting_for_slot for c in connecting):
-                # Its connect (or, unassigned yet, one it may be) waits for a slot, which
-                # frees when an earlier connection closes (their timers cut them).
-                log.warning("flow %s to %s is still waiting for a free upstream connection slot",
-                            flow.id, flow.request.host)
+                # Its connect (or, unassigned yet, one it may be) waits for a slot. It
+                # cannot be cancelled there (mitmproxy would never answer the flow), but
+                # the slot frees as soon as an earlier connection is cut, and their
+                # deadlines came first: look again shortly, and cut it the moment it
+                # holds a slot, so the answer comes at the deadline, not a timeout later.
+                if flow.id not in self._slot_waiters:
+                    self._slot_waiters.add(flow.id)
+                    log.warning("flow %s to %s is still waiting for a free upstream connection slot",
+                                flow.id, flow.request.host)
                 self._timers[flow.id] = asyncio.get_running_loop().call_later(
-                    self.timeout, self._expire, flow)
+                    SLOT_POLL_S, self._expire, flow)
                 return
             if connecting:
                 self._connecting.pop(connecting[0].server.id, None)
