@@ -1,10 +1,14 @@
-"""Run the gateway: one mitmproxy master with the Portcullis addons, in this process."""
+"""Run the gateway: one mitmproxy master with the Portcullis addons, in this process.
+
+(`portcullis run --workers N` runs N such processes: gateway/workers.py.)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -15,6 +19,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
 from addons.portcullis import make_addons
+from gateway import reuseport
 from gateway.agent_env import agent_environment, ensure_ca, shell_exports
 
 #: mitmproxy addons a gateway never uses (interactive commands, map/modify/save features
@@ -47,16 +52,25 @@ def check_port_free(host: str, port: int) -> None:
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+#: The line a worker of `portcullis run --workers N` prints after its banner, so that the
+#: supervisor (gateway/workers.py) knows it listens: "<mark> <index> <pid>".
+WORKER_READY_MARK = "portcullis-worker-ready"
+
+
 class Banner:
     """Prints where the gateway listens and what an agent needs, once it is up."""
 
     name = "portcullis_banner"
 
-    def __init__(self, lines: Callable[[], list[str]]) -> None:
+    def __init__(self, lines: Callable[[], list[str]], worker: int | None = None) -> None:
         self.lines = lines
+        self.worker = worker
 
     def running(self) -> None:
-        print("\n".join(self.lines()), flush=True)
+        lines = self.lines()
+        if self.worker is not None:
+            lines.append(f"{WORKER_READY_MARK} {self.worker} {os.getpid()}")
+        print("\n".join(lines), flush=True)
 
 
 async def stop(master: DumpMaster, grace: float = 3.0) -> None:
@@ -84,10 +98,19 @@ async def stop(master: DumpMaster, grace: float = 3.0) -> None:
     master.shutdown()
 
 
-async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bool = False) -> int:
-    """Run until SIGINT/SIGTERM. Returns the process exit code."""
+async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bool = False,
+                worker: int | None = None) -> int:
+    """Run until SIGINT/SIGTERM. Returns the process exit code.
+
+    ``worker``: this process is worker number ``worker`` of `portcullis run --workers N`
+    (gateway/workers.py): it listens with SO_REUSEPORT beside the others (the supervisor
+    checked the address is free) and ends its banner with WORKER_READY_MARK.
+    """
     host, port = listen
-    check_port_free(host, port)
+    if worker is None:
+        check_port_free(host, port)
+    else:
+        reuseport.install()
     confdir = mitm_options.get("confdir")
     ca_cert = ensure_ca(confdir) if confdir else None
     opts = options.Options(listen_host=host, listen_port=port)
@@ -114,7 +137,7 @@ async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bo
             *[f"  {line}" for line in shell_exports(env).splitlines()],
         ]
 
-    master.addons.add(Banner(banner))
+    master.addons.add(Banner(banner, worker))
     try:
         opts.update(**mitm_options)
     except exceptions.OptionsError as exc:

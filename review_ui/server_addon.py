@@ -71,6 +71,11 @@ def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
     return address
 
 
+#: Set in the workers of `portcullis run --workers N` other than the one serving the UI
+#: (gateway/workers.py): the UI address is known, so proxied requests to it are refused
+#: here too, but only one process binds it.
+SERVED_ELSEWHERE_ENV = "PORTCULLIS_UI_SERVED_ELSEWHERE"
+
 OPTIONS = (
     Option("portcullis_ui", str, DEFAULT_UI, "Review UI address HOST:PORT, or 'off'. Needs a reviewers file.",
            flag="--ui", metavar="HOST:PORT"),
@@ -120,8 +125,8 @@ class ReviewServerAddon:
         self.stop()
         self.address, self.reviewers = address, reviewers
         self._local = _local_addresses(address[0]) if address else set()
-        if address is None or reviewers is None:
-            return
+        if address is None or reviewers is None or os.environ.get(SERVED_ELSEWHERE_ENV):
+            return  # served elsewhere: still guarded here (the address is known), not bound
         host, port = address
         app = self.app = create_app(
             self.holds, reviewers,

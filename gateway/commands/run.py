@@ -2,6 +2,8 @@
 
 Without --reviewers, a reviewers.yaml in the current directory (the default file of
 `portcullis reviewer add`) is used when it exists, so the review UI comes up.
+With --workers N (or auto: one per core), N gateway processes share the proxy address;
+N > 1 needs shared state (--state), see docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from pathlib import Path
 
 from gateway import settings
 from gateway.server import StartupError, serve
+from gateway.workers import parse_workers, supervise
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="start the gateway", description=__doc__)
     settings.add_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    parser.add_argument("--workers", type=parse_workers, default=1, metavar="N|auto",
+                        help="gateway processes on the one proxy address (auto: one per core); "
+                             "more than 1 needs --state (docs/deploy.md)")
     parser.set_defaults(handler=handle)
 
 
@@ -28,8 +34,11 @@ DEFAULT_REVIEWERS = Path("reviewers.yaml")
 def handle(args: argparse.Namespace) -> int:
     if args.reviewers is None and DEFAULT_REVIEWERS.is_file():
         args.reviewers = str(DEFAULT_REVIEWERS)
+    options = settings.mitmproxy_options(args)
     try:
-        return asyncio.run(serve(args.listen, settings.mitmproxy_options(args), quiet=args.quiet))
+        if args.workers > 1:
+            return asyncio.run(supervise(args.listen, options, args.quiet, args.workers))
+        return asyncio.run(serve(args.listen, options, quiet=args.quiet))
     except StartupError as exc:
         print(f"portcullis: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,273 @@
+"""`portcullis run --workers N`: two real gateway worker processes on one proxy address.
+
+One supervisor with two workers for the whole module (tests/support/gateway.py starts it
+as an operator would). Which worker answered a connection is read from the kernel: the
+worker whose /proc/<pid>/fd holds the server side of that TCP connection.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway import workers
+from review_ui.reviewers import add_reviewer
+from tests.support.gateway import GatewayProcess, free_port
+from tests.support.upstream import UpstreamServer
+
+RULES = """\
+version: 1
+default: allow
+rules:
+  - name: no-admin
+    match: {path: "/admin/**"}
+    action: block
+"""
+RELOADED = RULES + """\
+  - name: no-reports
+    match: {path: "/reports/**"}
+    action: block
+"""
+
+#: The supervisor without its shared-state check (which test_workers_need_shared_state
+#: covers): these tests are about the processes, and hold no requests.
+LAUNCHER = """\
+import asyncio, sys
+from gateway import settings, workers
+from gateway.cli import build_parser
+args = build_parser().parse_args(sys.argv[1:])
+sys.exit(asyncio.run(workers.Supervisor(args.listen, settings.mitmproxy_options(args), args.quiet,
+                                        args.workers).run()))
+"""
+
+
+class WorkersGateway(GatewayProcess):
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", LAUNCHER, *super().command[3:]]
+
+
+def worker_pids(gateway: GatewayProcess) -> list[int]:
+    line = gateway.wait_for_output("workers:")
+    return [int(p) for p in line.split("pids ", 1)[1].split(")", 1)[0].split(", ")]
+
+
+def _inode_of(local_port: int, remote_port: int) -> str | None:
+    """The inode of the TCP socket 127.0.0.1:local_port <-> 127.0.0.1:remote_port."""
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            if (fields[1], fields[2]) == want:
+                return fields[9]
+    return None
+
+
+def serving_pid(candidates: list[int], local_port: int, remote_port: int) -> int | None:
+    """Which of ``candidates`` holds the socket bound to local_port, connected to remote_port."""
+    inode = _inode_of(local_port, remote_port)
+    for pid in candidates:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def listening_pids(candidates: list[int], port: int) -> set[int]:
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    found = set()
+    for pid in candidates:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    found.add(pid)
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("workers")
+    rules = directory / "rules.yaml"
+    rules.write_text(RULES)
+    reviewers = directory / "reviewers.yaml"
+    add_reviewer(reviewers, "wanda", [], "wanda-password-1")
+    ui_port = free_port()
+    gateway = WorkersGateway(rules, confdir, ["--workers", "2", "--db", "", "--ui", f"127.0.0.1:{ui_port}",
+                                              "--reviewers", str(reviewers)])
+    gateway.ui_port = ui_port  # type: ignore[attr-defined]
+    gateway.start(timeout=60)
+    yield gateway
+    gateway.stop()
+
+
+def _connections(gateway: GatewayProcess, count: int) -> list[http.client.HTTPConnection]:
+    connections = []
+    for _ in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.connect()
+        connections.append(connection)
+    return connections
+
+
+def _get(connection: http.client.HTTPConnection, url: str) -> tuple[int, bytes]:
+    connection.request("GET", url)
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_both_workers_serve_the_one_address(rig: GatewayProcess, upstream: UpstreamServer) -> None:
+    pids = worker_pids(rig)
+    assert len(set(pids)) == 2
+    by_pid: dict[int, int] = {}
+    connections = _connections(rig, 24)
+    try:
+        for connection in connections:
+            status, _ = _get(connection, upstream.url("/hello"))
+            assert status == 200
+            pid = serving_pid(pids, rig.port, connection.sock.getsockname()[1])
+            assert pid in pids
+            by_pid[pid] = by_pid.get(pid, 0) + 1
+            assert _get(connection, upstream.url("/admin/x"))[0] == 403  # the rules, in each
+    finally:
+        for connection in connections:
+            connection.close()
+    # The kernel spreads connections by a hash: 24 on one worker has odds of 2**-23.
+    assert set(by_pid) == set(pids), by_pid
+
+
+def test_the_review_ui_is_bound_once_and_guarded_by_every_worker(rig: GatewayProcess,
+                                                                 upstream: UpstreamServer) -> None:
+    pids = worker_pids(rig)
+    ui_port = rig.ui_port  # type: ignore[attr-defined]
+    assert listening_pids(pids, ui_port) == {pids[0]}
+    assert listening_pids(pids, rig.port) == set(pids)
+    assert requests.get(f"http://127.0.0.1:{ui_port}/login", timeout=10).status_code == 200
+    refused_by: set[int] = set()
+    connections = _connections(rig, 24)
+    try:
+        for connection in connections:
+            status, body = _get(connection, f"http://127.0.0.1:{ui_port}/api/pending")
+            assert status == 403 and b"review_ui_unreachable" in body, body
+            refused_by.add(serving_pid(pids, rig.port, connection.sock.getsockname()[1]))
+    finally:
+        for connection in connections:
+            connection.close()
+    assert refused_by == set(pids)
+
+
+def test_a_rules_edit_reloads_in_every_worker(rig: GatewayProcess, upstream: UpstreamServer) -> None:
+    pids = worker_pids(rig)
+    connections = _connections(rig, 24)
+    try:
+        assert all(_get(c, upstream.url("/reports/q1"))[0] == 200 for c in connections)
+        rig.rules.write_text(RELOADED)
+        blocked_by: set[int] = set()
+        deadline = time.monotonic() + 15
+        pending = list(connections)
+        while pending and time.monotonic() < deadline:
+            for connection in list(pending):
+                if _get(connection, upstream.url("/reports/q1"))[0] == 403:
+                    blocked_by.add(serving_pid(pids, rig.port, connection.sock.getsockname()[1]))
+                    pending.remove(connection)
+            time.sleep(0.1)
+        assert not pending, "some connections still see the old rules"
+        assert blocked_by == set(pids)
+    finally:
+        rig.rules.write_text(RULES)
+        for connection in connections:
+            connection.close()
+
+
+def test_a_worker_that_dies_is_restarted_and_the_address_keeps_serving(rig: GatewayProcess,
+                                                                       upstream: UpstreamServer) -> None:
+    pids = worker_pids(rig)
+    os.kill(pids[1], signal.SIGKILL)
+    line = rig.wait_for_output("worker 1 (pid", timeout=10)
+    assert "restarting" in line
+    # Meanwhile every new connection is served (the kernel left the dead socket out).
+    for _ in range(20):
+        assert requests.get(upstream.url("/hello"), proxies={"http": rig.proxy_url}, timeout=10).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(listening_pids(_children(rig), rig.port)) < 2:
+        time.sleep(0.1)
+    assert len(listening_pids(_children(rig), rig.port)) == 2
+
+
+def _children(gateway: GatewayProcess) -> list[int]:
+    assert gateway.process is not None
+    found = subprocess.run(["pgrep", "-P", str(gateway.process.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_sigterm_stops_every_worker_cleanly(tmp_path: Path, confdir: Path, upstream: UpstreamServer) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    gateway = WorkersGateway(rules, confdir, ["--workers", "2", "--db", "", "--ui", "off"]).start(timeout=60)
+    pids = worker_pids(gateway)
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {"http": gateway.proxy_url}
+    assert session.get(upstream.url("/hello"), timeout=10).status_code == 200  # a kept-alive connection
+    assert gateway.stop(signal.SIGTERM) == 0
+    for pid in pids:  # the supervisor waited for (reaped) each worker before it exited
+        assert not os.path.exists(f"/proc/{pid}")
+    assert "Traceback" not in gateway.output, gateway.output
+    assert "2 workers stopped" in gateway.output
+    with socket.socket() as sock:  # the address is free again
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", gateway.port))
+
+
+def test_workers_need_shared_state(tmp_path: Path, confdir: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--workers", "2", "--rules", str(rules), "--confdir",
+         str(confdir), "--listen", f"127.0.0.1:{free_port()}", "--db", ""],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--workers 2 needs shared state" in done.stderr and "--state" in done.stderr
+    # And one DuckDB file cannot take several writers, whatever the state.
+    assert "one DuckDB file" in workers.shared_state_problem(
+        {"portcullis_state": "postgresql://x@127.0.0.1/db", "portcullis_db": "/tmp/x.duckdb"}, 2)
+    assert workers.shared_state_problem({"portcullis_state": "postgresql://x@h/db", "portcullis_db": ""}, 2) is None
+    assert workers.shared_state_problem({}, 1) is None
+
+
+def test_workers_flag_values() -> None:
+    assert workers.parse_workers("auto") == workers.available_cores() >= 1
+    assert workers.parse_workers("3") == 3
+    for bad in ("0", "-1", "many", str(workers.MAX_WORKERS + 1)):
+        with pytest.raises(Exception, match="number of workers"):
+            workers.parse_workers(bad)
