@@ -40,6 +40,7 @@ rules:
     action: hold
     approvers: [finance-leads]
     grant: 15m
+    grant_unsafe_methods: true   # a POST: granted only because the rule says so
   - name: prod-changes
     match: {path: /v1/payments, headers: {X-Target-Env: prod}}
     action: hold
@@ -218,6 +219,7 @@ EXTRA = """
     reason: "Payments need a finance lead"
     approvers: [finance-leads]
     grant: 15m
+    grant_unsafe_methods: true   # a POST: granted only because the rule says so
   - name: prod-changes
     match: {path: /v1/payments, headers: {X-Target-Env: prod}}
     action: hold
