@@ -41,6 +41,35 @@ class MaskingNotes:
     passed: str | None = None
     #: (reason, rule names) when the response must be refused as unmaskable.
     refused: tuple[str, list[str]] | None = None
+    #: The response streams to the agent as it arrives (masked event by event when a
+    #: mask applies): there is no whole body in the response hook.
+    streamed: bool = False
+    #: The X-Portcullis-Masked value a streamed response was sent with, if any.
+    stream_header: str | None = None
+
+
+@dataclass
+class SentBody:
+    """The bytes of a streamed response as they were sent to the agent, for the recording.
+
+    A streamed response has no body in the response hook (``raw_content`` is None); the
+    stream callback appends what it sends here instead, up to ``limit`` bytes (the
+    recording's body limit plus a margin, so redaction still sees whole secrets at the
+    cut). ``size`` counts every byte sent, kept or not."""
+
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    @property
+    def complete(self) -> bool:
+        return self.size == len(self.data)
 
 
 @dataclass
@@ -80,6 +109,9 @@ class FlowState:
     websocket: WebSocketTally | None = None
     #: SQL/GraphQL classifications already made for this request, by field (addons.querylang).
     classifications: dict[str, Any] = field(default_factory=dict)
+    #: What a streamed response sent to the agent (addons.masking.streaming), recorded
+    #: in place of the body mitmproxy did not keep.
+    sent: SentBody | None = None
 
     @property
     def forwarded(self) -> bool:

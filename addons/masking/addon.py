@@ -32,10 +32,13 @@ from addons.core.flowstate import FlowState, FlowStates
 from addons.core.options import Option, register_options
 from addons.core.replies import reply
 from addons.credentials.addon import Unscrubbable, mask_response, refuse_unscannable
-from addons.masking.bodies import Unparseable, rewrite
+from addons.masking import streamhooks
+from addons.masking.bodies import Kind, Unparseable, rewrite
 from addons.masking.pseudonyms import MaskKeyError, Pseudonyms
 from addons.masking.redaction import Redactor, Tally
 from addons.masking.spec import Mask, uses_hash
+from addons.masking.streaming import EventEditor, EventStreamMasker, refusal_event
+from addons.masking.toolresults import with_tool_results
 from addons.policy.engine import Policy, Rule
 
 log = logging.getLogger("portcullis.masking")
@@ -166,6 +169,7 @@ class MaskingAddon:
             return
         plan = _plan(state, "mask")
         if not plan:
+            self._stream_through(flow, state)
             return
         tallies: dict[str, Tally] = {}
         state.masking.tallies = tallies
@@ -176,6 +180,11 @@ class MaskingAddon:
             problem: str | None = _reason(exc)
         else:
             if not _has_body_masks(plan) or _without_body(flow):
+                self._stream_through(flow, state, str(sum(t.count for t in tallies.values())))
+                return
+            kind = streamhooks.maskable_as_stream(flow.response)
+            if kind is not None and state.error is None:
+                self._stream_masked(flow, state, plan, tallies, kind)
                 return
             problem = self._streaming_problem(flow)
         if problem is None:
@@ -198,6 +207,11 @@ class MaskingAddon:
             _refusal_reply(flow, state, *state.masking.refused)
             return
         plan = _plan(state, "mask")
+        if state.masking.streamed:  # sent as it came: only the record is left to complete
+            if state.masking.stream_header is not None:
+                flow.response.headers[MASKED_HEADER] = state.masking.stream_header
+            _record(state, state.masking.tallies, "response")
+            return
         if not plan or state.masking.passed is not None:
             return  # nothing to mask, or let through unmasked under on_unmaskable: pass
         tallies: dict[str, Tally] = state.masking.tallies
@@ -226,6 +240,49 @@ class MaskingAddon:
                 return
         flow.response.headers[MASKED_HEADER] = str(sum(t.count for t in tallies.values()))
         _record(state, tallies, "response")
+
+    # --- streams ----------------------------------------------------------------------------
+
+    def _stream_through(self, flow: http.HTTPFlow, state: FlowState, masked: str | None = None) -> None:
+        """No body mask: let the body reach the agent as it arrives (addons.masking.streamhooks)."""
+        response = flow.response
+        assert response is not None
+        if state.error is not None or _without_body(flow) or response.status_code == 101 \
+                or not streamhooks.worth_streaming(response):
+            return
+        if state.secrets and not streamhooks.scrubbable(response):
+            return  # the credentials addon scrubs (or refuses) the whole body
+        state.masking.stream_header = masked
+        streamhooks.start(flow, state, None, changes_length=False, masked=masked)
+
+    def _stream_masked(self, flow: http.HTTPFlow, state: FlowState, plan: Plan, tallies: dict[str, Tally],
+                       kind: Kind) -> None:
+        """Mask an SSE/NDJSON body event by event as it streams (addons.masking.streaming)."""
+        rules = [r.name for r, _ in plan]
+
+        def edit_document(document: Any) -> tuple[Any, bool]:
+            return _each_rule(plan, tallies, document, self.redactor.document)
+
+        def edit_text(text: str) -> tuple[str, bool]:
+            return _each_rule(plan, tallies, text, self.redactor.text)
+
+        def problem(reason: str) -> bool:
+            if _passes(state, plan, reason, "response"):
+                state.masking.passed = reason
+                return True
+            log.warning("ending a masked stream for %s: %s", flow.request.pretty_url, reason)
+            state.error, state.reason = "response_not_maskable", f"response could not be masked: {reason}"
+            return False
+
+        def refusal(reason: str) -> str:
+            return refusal_event(kind, {"error": "response_not_maskable", "reason": reason, "rules": rules,
+                                        "flow_id": flow.id})
+
+        editor = EventEditor(kind, plan, self.redactor, tallies, with_tool_results(edit_document), edit_text,
+                             _needs_json(plan))
+        state.masking.stream_header = "streamed"
+        streamhooks.start(flow, state, EventStreamMasker(editor, self.max_body, problem, refusal),
+                          changes_length=True, masked="streamed")
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -273,12 +330,13 @@ class MaskingAddon:
                 f"decoded body of {len(content)} bytes exceeds the masking limit of {self.max_body} bytes", True
             )
 
-        def edit_json(document: Any) -> tuple[Any, bool]:
+        def edit_document(document: Any) -> tuple[Any, bool]:
             return _each_rule(plan, tallies, document, self.redactor.document)
 
         def edit_text(text: str) -> tuple[str, bool]:
             return _each_rule(plan, tallies, text, self.redactor.text)
 
+        edit_json = with_tool_results(edit_document)  # MCP: JSON inside result.content[].text
         try:
             with _no_gc_pauses():
                 new = rewrite(content, message.headers.get("content-type", ""), edit_json, edit_text,

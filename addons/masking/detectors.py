@@ -49,6 +49,10 @@ class Detector:
     validate: Callable[[str], bool] | None = None
     group: int = 0
     hint: re.Pattern[str] | None = None
+    #: The longest text (in characters) a match can span, or None if unbounded. A stream
+    #: masker holds back this many characters of text that arrives in pieces
+    #: (addons.masking.streaming), so a value split across events is still seen whole.
+    window: int | None = 256
 
     def find(self, text: str) -> Iterator[tuple[int, int]]:
         for match in self.pattern.finditer(text):
@@ -124,7 +128,7 @@ _LABEL = f"{_LETTER_OR_DIGIT}(?:(?:{_LETTER_OR_DIGIT}|-){{0,61}}{_LETTER_OR_DIGI
 register(Detector("email", re.compile(
     f"(?<![\\w.%+'{_MARKS}-]){_LETTER_OR_DIGIT}(?:[\\w.%+'{_MARKS}-]{{0,63}}[\\w%+{_MARKS}-])?@"
     f"(?:{_LABEL}\\.)+(?:(?:[^\\W\\d_]|[{_MARKS}]){{2,24}}|xn--[a-z0-9-]{{1,59}})(?![\\w{_MARKS}-])"
-), hint=contains_any("@")))
+), hint=contains_any("@"), window=254))
 
 # --- phone numbers ---------------------------------------------------------------------
 # E.164 with optional separators ("+1 415-555-2671", "+44 (0)20 7946 0958"), North
@@ -202,7 +206,7 @@ def _valid_phone(text: str) -> bool:
     return len(digits) == 10 and digits[0] in "23456789" and digits[3] in "23456789"
 
 
-register(Detector("phone", _PHONE, _valid_phone, hint=_DIGIT_RUN))
+register(Detector("phone", _PHONE, _valid_phone, hint=_DIGIT_RUN, window=40))
 
 # --- payment cards -----------------------------------------------------------------------
 
@@ -231,7 +235,7 @@ def _valid_card(text: str) -> bool:
 # Separators may be mixed ("4111 1111-1111 1111", "4111.1111.1111.1111", "4111 - 1111").
 register(Detector("card", re.compile(
     r"(?<![\w\-.])\d(?:(?: ?[\-.] ?| {1,2})?\d){12,18}(?![\w]|[\-.]\d)"
-), _valid_card, hint=_DIGIT_RUN))
+), _valid_card, hint=_DIGIT_RUN, window=73))
 
 # --- US social security numbers --------------------------------------------------------
 
@@ -247,7 +251,7 @@ def _valid_ssn(text: str) -> bool:
 # Dashes, spaces, dots ("078.05.1123"), slashes and Unicode dashes, the same one twice.
 register(Detector("ssn", re.compile(
     r"(?<![\w\-./])\d{3}([\- ./\u2010-\u2015])\d{2}\1\d{4}(?![\w]|[\-./]\w)"
-), _valid_ssn, hint=_DIGIT_RUN))
+), _valid_ssn, hint=_DIGIT_RUN, window=11))
 
 # --- IBAN ----------------------------------------------------------------------------------
 
@@ -297,7 +301,8 @@ class _IbanDetector(Detector):
                 yield start, end
 
 
-register(_IbanDetector("iban", re.compile(r"(?<![\w\-])[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){11,30}"), hint=_DIGIT_RUN))
+register(_IbanDetector("iban", re.compile(r"(?<![\w\-])[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){11,30}"), hint=_DIGIT_RUN,
+                       window=64))
 
 # --- secrets --------------------------------------------------------------------------------
 
@@ -366,7 +371,7 @@ register(Detector("secret", re.compile(
     r"(?<![A-Za-z0-9_\-])(?:" + "|".join(_SECRET_SHAPES) + r")(?![A-Za-z0-9_\-])"
 ), real_secret, hint=contains_any("AKIA", "ASIA", "ABIA", "ACCA", "gh", "github_pat_", "glpat-", "xox",
                                    "hooks.slack.com", "_live_", "_test_", "_prod_", "whsec_", "sk-", "AIza",
-                                   "PRIVATE KEY")))
+                                   "PRIVATE KEY"), window=None))
 # JWTs and bearer tokens are separate detectors that `secret` also runs (see SECRET_FAMILY),
 # because they need their own validation or redact only part of the match. An unsigned
 # JWT (`"alg": "none"`) has an empty third part or none at all, and is still a bearer
@@ -377,10 +382,11 @@ register(Detector(
                r"(?![A-Za-z0-9_\-.])"),
     _valid_jwt,
     hint=contains_any("eyJ"),
+    window=None,
 ))
 register(Detector(
     "bearer", re.compile(r"\b[Bb]earer[ ]+([A-Za-z0-9._~+/\-]{16,}=*)(?![A-Za-z0-9._~+/=\-])"), real_secret,
-    group=1, hint=contains_any("earer"),
+    group=1, hint=contains_any("earer"), window=None,
 ))
 # A URL with a password in it ("https://deploy:hunter2@git.example.com/"): the user and
 # password are replaced, the rest of the URL stays readable.
@@ -390,6 +396,7 @@ register(Detector(
                r"(?=[A-Za-z0-9\[])"),
     group=1,
     hint=contains_any("://"),
+    window=420,
 ))
 
 # --- IP addresses ----------------------------------------------------------------------------
@@ -419,7 +426,7 @@ register(_IpDetector("ip", re.compile(
     r"(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)"  # a port may follow: 203.0.113.7:443
     r"|(?=[0-9A-Fa-f:]*:[0-9A-Fa-f]*:)(?:[0-9A-Fa-f]{1,4}|:)?(?::[0-9A-Fa-f]{0,4}){1,7}(?::?(?:\d{1,3}\.){3}\d{1,3})?"
     r"(?![\w:]|\.\d))"
-), hint=re.compile(r"\d\.\d|[0-9A-Fa-f]?:[0-9A-Fa-f]*:")))
+), hint=re.compile(r"\d\.\d|[0-9A-Fa-f]?:[0-9A-Fa-f]*:"), window=45))
 
 # --- crypto wallet addresses -----------------------------------------------------------------
 # Bitcoin P2PKH/P2SH (base58check: a double-SHA-256 checksum), SegWit/Taproot (bech32 and
@@ -483,7 +490,7 @@ def _valid_wallet(text: str) -> bool:
 
 register(Detector("wallet", re.compile(
     r"(?<![\w])(?:0x[0-9a-fA-F]{40}|[13][1-9A-HJ-NP-Za-km-z]{25,34}|(?:bc1|BC1)[02-9ac-hj-np-zAC-HJ-NP-Z]{11,87})(?![\w])"
-), _valid_wallet, hint=re.compile(r"0x|[13][1-9A-HJ-NP-Za-km-z]{25}|bc1|BC1")))
+), _valid_wallet, hint=re.compile(r"0x|[13][1-9A-HJ-NP-Za-km-z]{25}|bc1|BC1"), window=90))
 
 #: Detector names that stand for a family of detectors in rules.
 FAMILIES: dict[str, tuple[str, ...]] = {"secret": ("secret", "jwt", "bearer", "url_credentials")}

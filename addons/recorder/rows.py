@@ -24,7 +24,7 @@ from mitmproxy import http
 from mitmproxy.net import encoding
 
 from addons.core.flowstate import FlowState
-from addons.core.secretforms import REDACTED
+from addons.core.secretforms import REDACTED, query_secrets
 from recordings.store import micros
 
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -175,9 +175,13 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
         "error": state.error or (flow.error.msg if flow.error else None),
         "replay_of": state.replay_of, "masked": state.masked,
     }
-    secret_list = set(secrets) | set(state.secrets)
+    # Credentials in the query string (?api_key=...) are redacted like headers' (issue 16).
+    secret_list = set(secrets) | set(state.secrets) | query_secrets(query)
     request_parts = (request.headers.fields, request.raw_content)
-    response_parts = (response.headers.fields, response.raw_content) if response else None
+    # A streamed response has no body here: record what the stream sent the agent.
+    sent = state.sent if response is not None and response.raw_content is None else None
+    response_parts = (response.headers.fields, bytes(sent.data) if sent else response.raw_content) \
+        if response else None
 
     def make() -> dict[str, Any]:
         # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
@@ -194,6 +198,8 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
             row[f"{prefix}_headers"] = headers_json(fields, redactor, hidden)
             (row[f"{prefix}_body"], row[f"{prefix}_body_blob"], row[f"{prefix}_size"],
              row[f"{prefix}_truncated"]) = body_columns(raw, _content_encoding(fields), cap, redactor)
+        if sent is not None and not sent.complete:  # longer than the capture kept
+            row["response_size"], row["response_truncated"] = sent.size, True
         for name in ("reason", "error", "session_id", "identity", "actor"):
             if isinstance(row[name], str):
                 row[name] = redactor.text(row[name])
