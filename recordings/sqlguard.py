@@ -30,9 +30,23 @@ def read_only_statement(sql: str) -> str:
         raise ReadOnlyViolation(f"expected exactly one statement, got {len(statements)}")
     (statement,) = statements
     kind = statement.type
+    if _first_word(sql) == "pragma":
+        # DuckDB 1.5 parses some PRAGMAs (table_info, version, ...) into a SELECT of a
+        # pragma_* table function; a PRAGMA is a setting's statement and is refused as such.
+        raise ReadOnlyViolation("only read-only queries (SELECT) are allowed, not PRAGMA")
     if kind == duckdb.StatementType.EXPLAIN:
         read_only_statement(_EXPLAIN.sub("", statement.query, count=1))
     elif kind != duckdb.StatementType.SELECT:
         name = getattr(kind, "name", str(kind))
         raise ReadOnlyViolation(f"only read-only queries (SELECT) are allowed, not {name}")
     return statement.query.strip().rstrip(";")
+
+
+def _first_word(sql: str) -> str:
+    """The statement's first keyword, lower-case (comments are not tokens)."""
+    tokens = duckdb.tokenize(sql)
+    if not tokens:
+        return ""
+    start = tokens[0][0]
+    end = tokens[1][0] if len(tokens) > 1 else len(sql)
+    return sql[start:end].split("(", 1)[0].strip().lower()

@@ -24,13 +24,14 @@ Recorded secrets read ``[redacted]``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -108,28 +109,55 @@ def micros(epoch_seconds: float | None) -> int | None:
 
 
 def _insert_sql(table: str, columns: dict[str, str]) -> str:
-    """One INSERT per batch: each column arrives as a list parameter and is unnested.
+    """One INSERT per batch: the whole batch arrives as one JSON text and is unnested.
 
-    Row-at-a-time inserts cost a statement each (~700 rows/s); this is ~100x faster.
+    Row-at-a-time inserts cost a statement each (~700 rows/s). DuckDB 1.5 binds a Python
+    list parameter element by element (300 values: 30 ms a column, 3,000: 1 s), so the
+    batch travels as one string that DuckDB's JSON reader turns into rows in C++
+    (3,000 rows of every flows column: ~50 ms including ``json.dumps``). Blobs travel
+    base64-encoded, timestamps as epoch microseconds.
     """
+    spec = json.dumps([{name: _JSON_TYPES.get(kind, kind) for name, kind in columns.items()}])
     values = []
-    for index, kind in enumerate(columns.values(), start=1):
+    for name, kind in columns.items():
+        ref = f'r."{name}"'
         if kind == "TIMESTAMP":
-            values.append(f"make_timestamp(unnest(${index}::BIGINT[]))")
+            values.append(f"make_timestamp({ref})")
         elif kind == "JSON":
-            values.append(f"unnest(${index}::VARCHAR[])::JSON")
+            values.append(f"{ref}::JSON")
+        elif kind == "BLOB":
+            values.append(f"from_base64({ref})")
         else:
-            values.append(f"unnest(${index}::{kind}[])")
+            values.append(ref)
     names = ", ".join(f'"{name}"' for name in columns)
-    return f"INSERT INTO {table} ({names}) SELECT {', '.join(values)}"
+    return (f"INSERT INTO {table} ({names}) SELECT {', '.join(values)} "
+            f"FROM (SELECT unnest(from_json($1, '{spec}')) AS r)")
+
+
+#: How each column travels in the batch's JSON (see _insert_sql).
+_JSON_TYPES = {"TIMESTAMP": "BIGINT", "JSON": "VARCHAR", "BLOB": "VARCHAR", "VARCHAR[]": ["VARCHAR"]}
 
 
 _INSERT_FLOWS = _insert_sql("flows", FLOW_COLUMNS)
 _INSERT_EVENTS = _insert_sql("events", EVENT_COLUMNS)
 
 
-def _columnar(rows: Sequence[dict[str, Any]], columns: Iterable[str]) -> list[list[Any]]:
-    return [[row.get(name) for row in rows] for name in columns]
+def _batch(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
+    """The rows as the JSON text _insert_sql reads (only known columns; blobs base64)."""
+    blobs = [name for name, kind in columns.items() if kind == "BLOB"]
+    out = []
+    for row in rows:
+        item = {name: row.get(name) for name in columns}
+        for name in blobs:
+            if item[name] is not None:
+                item[name] = base64.b64encode(bytes(item[name])).decode()
+        out.append(item)
+    text = json.dumps(out, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate would fail the batch forever: replace it
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 class Store:
@@ -377,9 +405,9 @@ class Store:
         cur.execute("BEGIN TRANSACTION")
         try:
             if flows:
-                cur.execute(_INSERT_FLOWS, _columnar(flows, FLOW_COLUMNS))
+                cur.execute(_INSERT_FLOWS, [_batch(flows, FLOW_COLUMNS)])
             if events:
-                cur.execute(_INSERT_EVENTS, _columnar(events, EVENT_COLUMNS))
+                cur.execute(_INSERT_EVENTS, [_batch(events, EVENT_COLUMNS)])
             cur.execute("COMMIT")
         except BaseException:
             try:
