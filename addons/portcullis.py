@@ -23,6 +23,9 @@ from addons.guards.tunnelguard import TunnelGuardAddon
 from addons.guards.wsguard import WebSocketGuardAddon
 from addons.holds.addon import ApprovalsAddon
 from addons.holds.notify import NotifyAddon
+from addons.holds.pgaddon import SharedStateAddon
+from addons.holds.pgdesk import ClusterDesk
+from addons.holds.pgstore import PgHoldStore
 from addons.identity.addon import IdentityAddon
 from addons.masking.addon import MaskingAddon
 from addons.policy.addon import PolicyAddon
@@ -30,7 +33,9 @@ from addons.recorder.addon import RecorderAddon
 from addons.replay.addon import ReplayAddon
 from addons.upstreams.addon import UpstreamsAddon
 from addons.upstreams.errors import UpstreamErrorsAddon
+from review_ui.auth import pg_login_limits
 from review_ui.server_addon import ReviewServerAddon
+from review_ui.session_store import PgSessionStore
 
 
 def make_addons() -> list[object]:
@@ -43,13 +48,18 @@ def make_addons() -> list[object]:
     bridge = LoopBridge()  # the one way other threads (UI, notifications) reach the event loop
     policy = PolicyAddon(states)
     identity = IdentityAddon(states)
-    approvals = ApprovalsAddon(states, policy, bridge=bridge)
+    store = PgHoldStore()  # memory (the default) until --state names a PostgreSQL server
+    shared = SharedStateAddon(states, store)
+    approvals = ApprovalsAddon(states, policy, store=store, bridge=bridge)
+    # Decisions commit in PostgreSQL first when the state is shared (addons.holds.pgdesk).
+    approvals.desk = ClusterDesk(approvals.book, bridge, store, approvals.secrets_of)
     credentials = CredentialsAddon(states)
     masking = MaskingAddon(states)
     upstreams = UpstreamsAddon()
     recorder = RecorderAddon(states)
     replay = ReplayAddon(states, recorder, identity, bridge)
-    ui = ReviewServerAddon(states, approvals.desk, recorder, upstreams, replayer=replay)
+    ui = ReviewServerAddon(states, approvals.desk, recorder, upstreams, replayer=replay,
+                           shared=lambda: _shared_ui(shared))
     # Addons configured by the rules file learn of every (re)load from the policy addon.
     policy.listeners += [identity.policy_loaded, credentials.policy_loaded,
                          masking.policy_loaded, upstreams.policy_loaded]
@@ -58,11 +68,14 @@ def make_addons() -> list[object]:
         RequestLimitsAddon(states),  # oversized header sections never reach the other addons
         RequestGuardAddon(states),  # CR/LF/NUL, obs-fold, method override, trailers: before any rule
         identity,  # who is calling: before the policy, which matches on it
+        shared,  # --state: connects before the UI is configured (its sessions may live there)
         ui,  # serves the review UI; refuses proxied requests to it
         HostCheckAddon(states),  # Host header / SNI must name the target the rules will see
         policy,
         WebSocketGuardAddon(states),  # upgrades on masked routes are refused; messages tallied
+        shared.guard,  # shared state unreachable: requests that need approval are refused (503)
         approvals,  # holds: awaits the reviewer inside its request hook
+        shared.closer,  # after approvals' shutdown expiry: commit it, stop the state's threads
         NotifyAddon(states, approvals.desk, policy, ui),  # webhooks about holds, off the event loop
         credentials,  # only flows that will be forwarded get secrets
         masking,  # after credentials, before the recorder: it records the masked version
@@ -72,6 +85,15 @@ def make_addons() -> list[object]:
         TunnelGuardAddon(states),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP
         recorder,  # last: it stores what the agent actually received
     ]
+
+
+def _shared_ui(shared: SharedStateAddon) -> dict[str, object]:
+    """The review UI's sessions, cookie key and login limits in PostgreSQL, when shared."""
+    pool = shared.store.pool
+    if not shared.store.shared or pool is None:
+        return {}
+    return {"session_store": PgSessionStore(pool), "secret_key": shared.ui_secret_key(),
+            "login_limits": pg_login_limits(pool)}
 
 
 addons = make_addons()

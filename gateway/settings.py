@@ -47,7 +47,7 @@ CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 OPTION_MODULES = [
     "addons.policy.addon", "addons.identity.addon", "addons.upstreams.addon", "addons.recorder.addon",
     "review_ui.server_addon", "addons.masking.addon", "addons.upstreams.errors",
-    "addons.guards.clienttimeouts",
+    "addons.guards.clienttimeouts", "addons.holds.pgaddon",
 ]
 
 #: Where `portcullis run` differs from the option's own default (which is what `mitmdump -s` gets).

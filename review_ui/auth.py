@@ -89,8 +89,55 @@ class RateLimit:
                 self._failures.pop(key, None)
 
 
+class PgRateLimit:
+    """RateLimit's interface over PostgreSQL (``--state postgresql://…``): failures counted
+    across every gateway of the cluster, so spreading guesses over gateways gains nothing.
+    ``pool`` is an addons.holds.pgschema.Pool. PostgreSQL unreachable: ``blocked`` says
+    yes (fail closed; the login page answers 429 until it is back)."""
+
+    def __init__(self, attempts: int, window: float, pool: Any, scope: str) -> None:
+        self.attempts, self.window, self.pool, self.scope = attempts, window, pool, scope
+
+    def blocked(self, *keys: str) -> bool:
+        now = time.time()
+        try:
+            with self.pool.connection() as conn:
+                for key in keys:
+                    row = conn.execute("SELECT count(*) FROM portcullis_login_failures WHERE key = %s AND at > %s",
+                                       (f"{self.scope}:{key}", now - self.window)).fetchone()
+                    if row is not None and row[0] >= self.attempts:
+                        return True
+        except Exception:  # noqa: BLE001 - no shared state, no login
+            return True
+        return False
+
+    def fail(self, *keys: str) -> None:
+        now = time.time()
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM portcullis_login_failures WHERE at < %s", (now - self.window,))
+            for key in keys:
+                conn.execute("INSERT INTO portcullis_login_failures (key, at) VALUES (%s, %s)",
+                             (f"{self.scope}:{key}", now))
+
+    def clear(self, *keys: str) -> None:
+        with self.pool.connection() as conn:
+            for key in keys:
+                conn.execute("DELETE FROM portcullis_login_failures WHERE key = %s", (f"{self.scope}:{key}",))
+
+
 pair_limit = RateLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
 address_limit = RateLimit(ADDRESS_ATTEMPTS, LOGIN_WINDOW_S)
+
+
+def pg_login_limits(pool: Any) -> tuple[PgRateLimit, PgRateLimit]:
+    """The (pair, address) limits in PostgreSQL, for ``app.extensions["portcullis_login_limits"]``."""
+    return (PgRateLimit(LOGIN_ATTEMPTS, LOGIN_WINDOW_S, pool, "pair"),
+            PgRateLimit(ADDRESS_ATTEMPTS, LOGIN_WINDOW_S, pool, "address"))
+
+
+def login_limits() -> tuple[Any, Any]:
+    """This app's (pair, address) limits: the shared ones if set, else this process's."""
+    return current_app.extensions.get("portcullis_login_limits") or (pair_limit, address_limit)
 
 
 def sessions() -> SessionStore:
@@ -181,6 +228,7 @@ def login() -> Any:
     name = request.form.get("name", "").strip()
     address = request.remote_addr or "?"
     pair = f"{name[:NAME_KEY_MAX]}\x1f{address}"
+    pair_limit, address_limit = login_limits()
     if pair_limit.blocked(pair) or address_limit.blocked(address):
         return render_template("login.html", next=target, name=name,
                                error="Too many failed attempts. Wait a minute and try again."), 429

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,18 @@ class ReviewServerAddon:
     name = "portcullis_review_ui"
 
     def __init__(self, states: FlowStates, holds: HoldDesk, recorder: Any = None, upstreams: Any = None,
-                 replayer: Any = None) -> None:
+                 replayer: Any = None, shared: Callable[[], dict[str, Any]] | None = None) -> None:
         """``holds`` is the desk the UI decides through; ``recorder`` gives the UI the
         recording; ``upstreams`` its pinned addresses, so that the UI cannot be reached
-        through the proxy under a pinned name either; ``replayer`` the replay addon."""
+        through the proxy under a pinned name either; ``replayer`` the replay addon;
+        ``shared``, asked at each (re)configuration, the cluster's session store, cookie
+        key and login limits when the state is shared (``--state``), else ``{}``."""
         self.states = states
         self.holds = holds
         self.recorder = recorder
         self.upstreams = upstreams
         self.replayer = replayer
+        self.shared = shared
         self.app: Flask | None = None
         self.address: tuple[str, int] | None = None
         self.reviewers: ReviewerStore | None = None
@@ -128,14 +132,19 @@ class ReviewServerAddon:
         if address is None or reviewers is None or os.environ.get(SERVED_ELSEWHERE_ENV):
             return  # served elsewhere: still guarded here (the address is known), not bound
         host, port = address
+        shared = self.shared() if self.shared is not None else {}
         app = self.app = create_app(
             self.holds, reviewers,
+            session_store=shared.get("session_store"),
+            secret_key=shared.get("secret_key"),
             recorder=lambda: self.recorder,
             replayer=lambda: self.replayer,
             allowed_hosts=_host_names(host, port),
             # Streams end after this long and browsers reconnect (tests shorten it).
             sse_lifetime=float(os.environ.get("PORTCULLIS_UI_SSE_LIFETIME", "300")),
         )
+        if shared.get("login_limits") is not None:
+            app.extensions["portcullis_login_limits"] = shared["login_limits"]
         try:
             self.server = make_server(host, port, app, threaded=True)
         except (OSError, SystemExit) as exc:  # werkzeug exits (SystemExit) when the port is taken

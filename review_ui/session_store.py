@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 #: A session ends this long after sign-in, used or not.
 LIFETIME_S = 12 * 3600.0
@@ -111,3 +111,48 @@ class MemorySessionStore:
             if now - record.last_seen < self.idle:
                 break  # every later one was used more recently
             del self._sessions[sid]
+
+
+class PgSessionStore:
+    """Sessions in PostgreSQL (``--state postgresql://…``), so that every gateway of a
+    cluster knows them: sign in on one, be signed in behind any, log out everywhere.
+
+    ``pool`` is an addons.holds.pgschema.Pool; called from the UI's request threads
+    (never the event loop). Times are wall-clock seconds, since several hosts compare
+    them. PostgreSQL unreachable: ``get`` answers None (signed out, the safe direction)
+    and ``create`` raises, which the login page shows as a server error.
+    """
+
+    def __init__(self, pool: Any, lifetime: float = LIFETIME_S, idle: float = IDLE_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.pool, self.lifetime, self.idle, self.clock = pool, lifetime, idle, clock
+
+    def create(self, reviewer: str, credential: str = "") -> str:
+        now = self.clock()
+        session_id = secrets.token_urlsafe(32)
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM portcullis_sessions WHERE created_at < %s OR last_seen < %s",
+                         (now - self.lifetime, now - self.idle))
+            conn.execute("INSERT INTO portcullis_sessions (id, reviewer, created_at, last_seen, credential) "
+                         "VALUES (%s, %s, %s, %s, %s)", (session_id, reviewer, now, now, credential))
+        return session_id
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        now = self.clock()
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    "UPDATE portcullis_sessions SET last_seen = %s WHERE id = %s AND created_at > %s "
+                    "AND last_seen > %s RETURNING id, reviewer, created_at, last_seen, credential",
+                    (now, session_id, now - self.lifetime, now - self.idle)).fetchone()
+        except Exception:  # noqa: BLE001 - the database down means nobody is signed in
+            return None
+        return SessionRecord(*row) if row is not None else None
+
+    def delete(self, session_id: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("DELETE FROM portcullis_sessions WHERE id = %s", (session_id,))
+
+    def delete_reviewer(self, reviewer: str) -> int:
+        with self.pool.connection() as conn:
+            return conn.execute("DELETE FROM portcullis_sessions WHERE reviewer = %s", (reviewer,)).rowcount

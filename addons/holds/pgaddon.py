@@ -1,0 +1,136 @@
+"""``--state``: where the hold book, reviewer sessions and login throttling live.
+
+Empty (or ``memory``, the default): this process's memory, as before. A
+``postgresql://`` DSN: PostgreSQL 15+, shared by every gateway pointed at it (see
+addons.holds.pgstore for how, docs/deploy-state.md for running it).
+
+Three small addons, placed in the chain where their hook must run:
+
+* :class:`SharedStateAddon` (before the review UI): connects and migrates in
+  ``configure`` (a bad DSN or a down server stops the start with a clear error), starts
+  the store's threads in ``running``, and in ``done`` narrows what the store calls
+  pending to this gateway's own wait-mode holds, so that the approvals addon's shutdown
+  expiry closes only the connections this process holds (async holds live on);
+* :attr:`SharedStateAddon.guard` (after the policy, before approvals): fail closed.
+  While PostgreSQL is unreachable, a request that needs approval is refused at once
+  with JSON 503 ``shared_state_unavailable`` (addons.core.replies.refuse) instead of
+  becoming a hold nobody else can see; other requests pass. It recovers by itself when
+  the store's threads reach PostgreSQL again;
+* :attr:`SharedStateAddon.closer` (after approvals): commits what is queued, marks this
+  gateway stopped and stops the threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+from mitmproxy import ctx, exceptions, http
+
+from addons.core.events import EventBus
+from addons.core.flowstate import FlowStates
+from addons.core.options import Option, register_options
+from addons.core.replies import refuse
+from addons.holds.pgschema import SchemaTooNew, describe_dsn, shared_secret
+from addons.holds.pgstore import PgHoldStore
+
+log = logging.getLogger("portcullis.state")
+
+OPTIONS = (
+    Option("portcullis_state", str, "",
+           "Where holds, grants, reviewer sessions and login throttling live: 'memory' (this process, "
+           "the default) or a postgresql:// URL (PostgreSQL 15+), shared by every gateway given it.",
+           flag="--state", metavar="memory|postgresql://…"),
+)
+
+UI_COOKIE_KEY = "review_ui_cookie_key"
+
+
+def is_postgres(value: str) -> bool:
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+class SharedStateAddon:
+    name = "portcullis_state"
+
+    def __init__(self, states: FlowStates, store: PgHoldStore) -> None:
+        self.states = states
+        self.store = store
+        self.guard = StateGuard(states, store)
+        self.closer = StateCloser(store)
+
+    def load(self, loader: Any) -> None:
+        register_options(loader, OPTIONS)
+
+    def configure(self, updated: set[str]) -> None:
+        if "portcullis_state" not in updated:
+            return
+        value = (ctx.options.portcullis_state or "").strip()
+        if value in ("", "memory"):
+            if self.store.shared:
+                raise exceptions.OptionsError("portcullis_state cannot change while the gateway runs")
+            return
+        if not is_postgres(value):
+            raise exceptions.OptionsError(
+                "portcullis_state must be 'memory' or a postgresql:// URL (e.g. postgresql://portcullis@db/portcullis)")
+        if self.store.shared:
+            if value != self.store.dsn:
+                raise exceptions.OptionsError("portcullis_state cannot change while the gateway runs")
+            return
+        try:
+            self.store.open(value)
+        except (psycopg.Error, SchemaTooNew) as exc:
+            raise exceptions.OptionsError(
+                f"portcullis_state: cannot use PostgreSQL at {describe_dsn(value)}: {exc}".strip()) from None
+        log.info("shared state in PostgreSQL at %s (this gateway: %s)", describe_dsn(value), self.store.gateway_id)
+
+    def running(self) -> None:
+        if self.store.shared:
+            bus: EventBus = self.states.bus
+            self.store.start(asyncio.get_running_loop(), bus)
+
+    def done(self) -> None:
+        self.store.closing = True
+
+    # --- for the review UI (wired in addons/portcullis.py) ---------------------------------
+
+    def ui_secret_key(self) -> bytes | None:
+        """The cookie signing key every gateway's UI shares (None: in memory, per process)."""
+        if not self.store.shared or self.store.pool is None:
+            return None
+        return shared_secret(self.store.pool, UI_COOKIE_KEY)
+
+
+class StateGuard:
+    """Refuses requests that need approval while the shared state is unavailable."""
+
+    name = "portcullis_state_guard"
+
+    def __init__(self, states: FlowStates, store: PgHoldStore) -> None:
+        self.states, self.store = states, store
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not self.store.shared or flow.response is not None or flow.error is not None:
+            return
+        if self.store.healthy:
+            return
+        state = self.states.of(flow)
+        if state.verdict is None or state.verdict.action != "hold":
+            return
+        refuse(flow, state, 503, "shared_state_unavailable",
+               "this request needs a reviewer's approval and the shared approval queue (PostgreSQL) cannot "
+               "be reached; nothing was forwarded, retry shortly", headers={"Retry-After": "5"})
+
+
+class StateCloser:
+    """Last of the three at shutdown: commit, mark this gateway stopped, stop the threads."""
+
+    name = "portcullis_state_closer"
+
+    def __init__(self, store: PgHoldStore) -> None:
+        self.store = store
+
+    def done(self) -> None:
+        self.store.close()
