@@ -28,6 +28,7 @@ from addons.holds.pgdesk import ClusterDesk
 from addons.holds.pgstore import PgHoldStore
 from addons.identity.addon import IdentityAddon
 from addons.masking.addon import MaskingAddon
+from addons.mcp.addon import McpAddon
 from addons.policy.addon import PolicyAddon
 from addons.recorder.addon import RecorderAddon
 from addons.replay.addon import ReplayAddon
@@ -48,9 +49,10 @@ def make_addons() -> list[object]:
     bridge = LoopBridge()  # the one way other threads (UI, notifications) reach the event loop
     policy = PolicyAddon(states)
     identity = IdentityAddon(states)
+    mcp = McpAddon(states, policy)
     store = PgHoldStore()  # memory (the default) until --state names a PostgreSQL server
     shared = SharedStateAddon(states, store)
-    approvals = ApprovalsAddon(states, policy, store=store, bridge=bridge)
+    approvals = ApprovalsAddon(states, policy, store=store, bridge=bridge, mcp=mcp)
     # Decisions commit in PostgreSQL first when the state is shared (addons.holds.pgdesk).
     approvals.desk = ClusterDesk(approvals.book, bridge, store, approvals.secrets_of)
     credentials = CredentialsAddon(states)
@@ -71,7 +73,9 @@ def make_addons() -> list[object]:
         shared,  # --state: connects before the UI is configured (its sessions may live there)
         ui,  # serves the review UI; refuses proxied requests to it
         HostCheckAddon(states),  # Host header / SNI must name the target the rules will see
+        mcp,  # JSON-RPC denial shapes, Mcp-Method/Mcp-Name vs body, tools/list filtering
         policy,
+        mcp.batches,  # each element of a JSON-RPC batch judged alone: the strongest verdict
         WebSocketGuardAddon(states),  # upgrades on masked routes are refused; messages tallied
         shared.guard,  # shared state unreachable: requests that need approval are refused (503)
         approvals,  # holds: awaits the reviewer inside its request hook
@@ -79,6 +83,7 @@ def make_addons() -> list[object]:
         NotifyAddon(states, approvals.desk, policy, ui),  # webhooks about holds, off the event loop
         credentials,  # only flows that will be forwarded get secrets
         masking,  # after credentials, before the recorder: it records the masked version
+        mcp.streams,  # a streamed SSE tools/list result is filtered (after masking chose to stream)
         replay,  # re-sends recorded requests through all of the above
         upstreams,
         UpstreamErrorsAddon(states),  # JSON 502/504 for upstream faults; times forwarded requests

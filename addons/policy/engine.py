@@ -79,7 +79,8 @@ CORE_TOP_KEYS = tuple(TOP_LEVEL_FIELDS)
 
 #: Modules that register extension fields; imported before any file is loaded.
 EXTENSION_MODULES: list[str] = ["addons.upstreams.addon", "addons.identity.addon", "addons.credentials.addon",
-                                 "addons.holds.spec", "addons.masking.spec", "addons.querylang.rules"]
+                                 "addons.holds.spec", "addons.masking.spec", "addons.querylang.rules",
+                                 "addons.mcp.rules"]
 
 
 def _registrar(table: dict[str, SchemaField], name: str, type: str, summary: str, example: str,

@@ -146,3 +146,106 @@ def spawn(name: str, script: str, *args: str, env: dict[str, str] | None = None,
         _command(python, script, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, errors="replace",
         env=_clean_environment({**_gateway_environment(gateway), **(env or {})}))
+
+
+# --- scripts the MCP tests run in these environments ----------------------------------
+
+#: A FastMCP / MCPServer notes server (either major) over Streamable HTTP on 127.0.0.1.
+#: argv: port, "json" | "sse". Prints "ready" once listening. Tools record their calls,
+#: so a test can show a refused call never reached the server (tool `call_log`).
+MCP_SERVER = r'''
+import asyncio, json, sys
+import uvicorn
+port, mode = int(sys.argv[1]), sys.argv[2]
+json_mode = mode == "json"
+try:
+    from mcp.server.mcpserver import MCPServer, Context
+    server = MCPServer("notes")
+    major = 2
+except ImportError:
+    from mcp.server.fastmcp import FastMCP, Context
+    server = FastMCP("notes", json_response=json_mode, host="127.0.0.1", port=port)
+    major = 1
+CALLS = []
+
+@server.tool()
+def read_note(name: str) -> str:
+    """Read a note."""
+    CALLS.append(["read_note", name])
+    return f"note {name}: hello"
+
+@server.tool()
+def delete_note(name: str, force: bool = False) -> str:
+    """Delete a note."""
+    CALLS.append(["delete_note", name])
+    return f"deleted {name}"
+
+@server.tool()
+def drop_database(name: str) -> str:
+    """Drop a database."""
+    CALLS.append(["drop_database", name])
+    return f"dropped {name}"
+
+@server.tool()
+def call_log() -> str:
+    """Every call so far."""
+    return json.dumps(CALLS)
+
+if major == 2:
+    app = server.streamable_http_app(json_response=json_mode)
+else:
+    app = server.streamable_http_app()
+config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+print("ready", flush=True)
+uvicorn.Server(config).run()
+'''
+
+#: An MCP client (either major) through the proxy. argv: url, JSON list of steps:
+#: ["list"] | ["call", tool, {arguments}]. Prints one JSON line: a result per step
+#: ({"tools"} | {"text", "is_error"} | {"exception", "message"}) and "survived": whether
+#: the session still answered after the last step.
+MCP_CLIENT = r'''
+import asyncio, json, os, sys, time
+import importlib.metadata as md
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+try:
+    import httpx2 as httpx
+except ImportError:
+    import httpx
+url, steps = sys.argv[1], json.loads(sys.argv[2])
+timeout = float(os.environ.get("MCP_TEST_READ_TIMEOUT", "300"))
+
+async def main():
+    out = []
+    client = httpx.AsyncClient(proxy=os.environ["PORTCULLIS_TEST_PROXY"],
+                               timeout=httpx.Timeout(30, read=timeout))
+    async with client, streamable_http_client(url, http_client=client) as streams:
+        read, write = streams[0], streams[1]
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            for step in steps:
+                started = time.monotonic()
+                try:
+                    if step[0] == "list":
+                        listed = await session.list_tools()
+                        out.append({"tools": sorted(t.name for t in listed.tools)})
+                    else:
+                        result = await session.call_tool(step[1], step[2] if len(step) > 2 else {})
+                        text = " ".join(getattr(c, "text", "") for c in result.content)
+                        is_error = getattr(result, "isError", None)
+                        if is_error is None:
+                            is_error = getattr(result, "is_error", False)
+                        out.append({"text": text, "is_error": bool(is_error)})
+                except Exception as exc:
+                    out.append({"exception": type(exc).__name__, "message": str(exc)})
+                out[-1]["seconds"] = round(time.monotonic() - started, 3)
+            try:
+                await session.list_tools()
+                survived = True
+            except Exception:
+                survived = False
+    print(json.dumps({"version": md.version("mcp"), "steps": out, "survived": survived}))
+
+asyncio.run(main())
+'''
