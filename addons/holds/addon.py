@@ -101,10 +101,12 @@ class ApprovalsAddon:
     name = "portcullis_approvals"
 
     def __init__(self, states: FlowStates, policy: PolicySource, store: HoldStore | None = None,
-                 bridge: LoopBridge | None = None) -> None:
+                 bridge: LoopBridge | None = None, mcp: Any = None) -> None:
         """``store``: where holds live (memory by default); ``bridge``: the loop bridge to
-        share with other addons (one is made otherwise); attached in ``running``."""
+        share with other addons (one is made otherwise); attached in ``running``;
+        ``mcp``: the MCP addon (addons.mcp.addon), which says what an MCP call is."""
         self.states = states
+        self.mcp = mcp
         #: Read at each hold: the rules in force when the request arrived decide it.
         self.policy_source = policy
         self.book = HoldBook(store, states.bus)
