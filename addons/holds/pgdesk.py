@@ -85,15 +85,15 @@ class ClusterDesk(HoldDesk):
         self.store = store
 
     def approve(self, flow_id: str, actor: Actor, comment: str = "",
-                grant_s: float | None = None) -> dict[str, Any]:
+                grant_s: float | None = None, via: str | None = None) -> dict[str, Any]:
         if not self.store.shared:
-            return super().approve(flow_id, actor, comment, grant_s)
-        return self._decide(flow_id, lambda book: book.approve(flow_id, actor, comment, grant_s))
+            return super().approve(flow_id, actor, comment, grant_s, via)
+        return self._decide(flow_id, lambda book: book.approve(flow_id, actor, comment, grant_s, via))
 
-    def reject(self, flow_id: str, actor: Actor, comment: str = "") -> dict[str, Any]:
+    def reject(self, flow_id: str, actor: Actor, comment: str = "", via: str | None = None) -> dict[str, Any]:
         if not self.store.shared:
-            return super().reject(flow_id, actor, comment)
-        return self._decide(flow_id, lambda book: book.reject(flow_id, actor, comment))
+            return super().reject(flow_id, actor, comment, via)
+        return self._decide(flow_id, lambda book: book.reject(flow_id, actor, comment, via))
 
     def _decide(self, flow_id: str, action: Callable[[HoldBook], HoldRecord]) -> dict[str, Any]:
         assert self.store.pool is not None
