@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, g, request
+from flask import Flask, g, redirect, request, url_for
 
-from review_ui import errors
+from review_ui import display, errors
 from review_ui.errors import api_error
 from review_ui.highlight import highlight_sql
 from review_ui.holds.live import Broker
@@ -101,7 +101,13 @@ def create_app(
 
     app.jinja_env.filters["ago"] = _ago
     app.jinja_env.filters["sql"] = highlight_sql
-    app.jinja_env.filters["clock"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+    display.register(app)
+    app.jinja_env.filters["clock"] = display.when  # UTC to the second, like the audit pages
+
+    @app.get("/favicon.ico")
+    def favicon() -> Any:
+        """Browsers ask for it on every first load; the icon is the stylesheet's SVG."""
+        return redirect(url_for("static", filename="favicon.svg"), 301)
 
     @app.before_request
     def check_host() -> Any:

@@ -111,7 +111,11 @@ def test_reject_with_the_keyboard(rig, login):
     page.goto(f"{rig.ui_url}/flows/{hold['flow_id']}")
     page.fill("#comment", "Not without a ticket")
     page.locator("h1").click()  # leave the textarea: shortcuts do not fire while typing
-    page.keyboard.press("r")
+    page.keyboard.press("r")  # a shortcut opens the confirm step; it never decides alone
+    expect(page.locator("#confirm")).to_be_visible()
+    expect(page.locator("#confirm-yes")).to_be_focused()
+    assert rig.flow(hold["flow_id"])["status"] == "pending"
+    page.keyboard.press("Enter")
     expect(page.locator("#flow-status")).to_have_text("rejected")
     response = call.result(timeout=10)
     assert response.status_code == 403

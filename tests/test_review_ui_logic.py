@@ -170,7 +170,7 @@ def test_the_queue_and_review_pages_and_the_decide_form(app, desk):
     bob = signed_in(app, "bob")
     token = csrf_of(bob.get(f"/flows/{flow_id}").text)
     assert bob.post(f"/flows/{flow_id}/decide", data={"action": "approve", "csrf_token": token}).status_code == 302
-    assert "Approved; the request was forwarded." in bob.get(f"/flows/{flow_id}").text
+    assert "Approved; the gateway forwarded the request to the upstream." in bob.get(f"/flows/{flow_id}").text
     assert bob.get("/flows/no-such-flow").status_code == 404
     assert flow_id in bob.get("/decisions").text
 

@@ -253,3 +253,42 @@ def charsets_for(data: bytes, declared: str | None) -> list[str]:
 def forms_for(secrets: frozenset[str]) -> EchoForms:
     """Most flows share the same few secrets: compile each set once."""
     return EchoForms(secrets)
+
+
+# --- secrets in query strings (issue 16) ------------------------------------------------
+
+#: Query parameter names that carry credentials (compared lower-case, "-" as "_").
+SECRET_PARAM_NAMES = frozenset({
+    "api_key", "apikey", "key", "access_key", "access_token", "token", "auth", "auth_token",
+    "id_token", "refresh_token", "secret", "client_secret", "password", "passwd", "pwd",
+    "signature", "sig", "x_amz_signature", "x_amz_credential", "x_amz_security_token",
+    "session", "session_token", "private_token", "bearer", "jwt",
+})
+#: Parameter names that contain one of these are secret too (``stripe_api_key``, ``authToken``).
+SECRET_PARAM_PARTS = ("secret", "token", "password", "passwd", "api_key", "apikey", "signature", "credential")
+#: Values that look like credentials whatever the parameter is called.
+_SECRET_VALUE = re.compile(
+    r"^(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}$|^gh[pousr]_[A-Za-z0-9]{20,}$|^xox[abposr]-[A-Za-z0-9-]{10,}$"
+    r"|^AKIA[0-9A-Z]{16}$|^eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$|^glpat-[A-Za-z0-9_-]{16,}$")
+#: Shorter values are not treated as secrets (redacting "1" everywhere would blank the recording).
+MIN_QUERY_SECRET = 4
+
+
+def is_secret_param(name: str, value: str = "") -> bool:
+    """Whether a query parameter looks like it carries a credential, by name or by value."""
+    key = name.strip().lower().replace("-", "_")
+    if key in SECRET_PARAM_NAMES or any(part in key.replace("_", "") or part in key for part in SECRET_PARAM_PARTS):
+        return True
+    return bool(_SECRET_VALUE.match(value.strip()))
+
+
+def query_secrets(query: str) -> set[str]:
+    """The values of the secret-looking parameters of ``query`` (the part after ``?``),
+    decoded, for a redactor to scrub wherever they appear (as headers' values are)."""
+    from urllib.parse import parse_qsl
+
+    found = set()
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if len(value) >= MIN_QUERY_SECRET and is_secret_param(name, value):
+            found.add(value)
+    return found

@@ -44,9 +44,21 @@ RECENT_FLOWS_SQL = (
 )
 
 
+#: The review page's "Recent flows of this agent": the identity's own flows, any session.
+IDENTITY_FLOWS_SQL = (
+    "SELECT id, started_at, method, host, path, query, status_code, decision, session_id, duration_ms, actor "
+    "FROM flows WHERE identity IS NOT DISTINCT FROM ? AND replay_of IS NULL ORDER BY started_at DESC LIMIT ?"
+)
+
+
 def recent_flows(identity: str | None, session_id: str) -> list[dict[str, Any]] | None:
     """The latest flows of ``identity`` in ``session_id`` (None when recording is off)."""
     return services().query(RECENT_FLOWS_SQL, [session_id, identity])
+
+
+def identity_flows(identity: str | None, limit: int = 15) -> list[dict[str, Any]] | None:
+    """The latest flows of ``identity`` in any session (None when recording is off)."""
+    return services().query(IDENTITY_FLOWS_SQL, [identity, limit])
 
 
 def _where(identity: str, since: str, until: str) -> tuple[str, list[Any]]:

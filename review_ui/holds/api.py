@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from addons.holds.book import DecisionError
 from addons.holds.spec import parse_duration
@@ -147,12 +147,19 @@ def decisions() -> Any:
     return jsonify({"decisions": services().holds.history()})
 
 
+def still_signed_in() -> bool:
+    """Whether the reviewer of this (streaming) request is still signed in, checked anew:
+    the session may have ended since the stream opened."""
+    g.pop("actor", None)
+    return current_actor() is not None
+
+
 @bp.get("/events")
 @api_auth_required
 def events() -> Any:
     last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     last_id = int(last) if last and last.isdigit() else None
-    stream = services().broker.stream(last_id, services().sse_lifetime)
+    stream = services().broker.stream(last_id, services().sse_lifetime, still_signed_in)
     return Response(stream_with_context(stream), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

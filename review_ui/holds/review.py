@@ -1,17 +1,25 @@
-"""The review page of one held flow, and the form that decides it."""
+"""The review page of one held flow, and the form that decides it.
+
+Evidence first: what will happen (method, decoded URL, a summary of the body), why it
+is held (the rule's reason, the agent's justification), the body itself, then the
+decision; then the context a reviewer needs to judge it (this agent's recent flows, its
+other pending holds, earlier decisions on the same rule) and the audit trail, in the
+order things happened. A rejection needs a comment (the agent reads it).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from addons.holds.book import DecisionError
 from addons.holds.spec import format_duration, parse_duration
-from review_ui.audit.sessions import recent_flows
+from review_ui.audit.sessions import identity_flows
 from review_ui.auth import current_actor, login_required
+from review_ui.display import body_summary, query_params
+from review_ui.highlight import highlight_json
 from review_ui.holds.api import COMMENT_MAX, flow_details, held_body_response, may_decide
 from review_ui.services import services
 
@@ -47,22 +55,98 @@ def grant_choices(max_grant: float | None) -> list[tuple[str, str]]:
     return [(format_duration(s), format_duration(s)) for s in choices]
 
 
-def render_review(flow_id: str, error: str | None = None, status: int = 200) -> Any:
+#: Bodies longer than this many lines start folded (the reviewer unfolds them).
+FOLD_LINES = 40
+#: Earlier decisions shown as context on the review page.
+SIMILAR_MAX = 8
+DENIED = ("blocked", "rejected", "expired", "abandoned", "error")
+
+
+def similar_decisions(flow: dict[str, Any]) -> list[dict[str, Any]]:
+    """Earlier decisions on this identity's requests under the same rule (this process's
+    history), newest first, each marked ``identical`` when method, URL and body match."""
+    holds = services().holds
+    found = []
+    for earlier in holds.history(200):
+        if earlier["flow_id"] == flow["flow_id"] or earlier["identity"] != flow["identity"] \
+                or earlier["rule"] != flow["rule"]:
+            continue
+        same_request = earlier["method"] == flow["method"] and earlier["url"] == flow["url"]
+        if same_request:
+            try:
+                same_request = holds.get(earlier["flow_id"])["body_sha256"] == flow["body_sha256"]
+            except DecisionError:
+                same_request = False
+        found.append({**earlier, "identical": same_request})
+        if len(found) >= SIMILAR_MAX:
+            break
+    return found
+
+
+def agent_context(flow: dict[str, Any]) -> dict[str, Any]:
+    """The identity's recent recorded flows (this session's marked) and its other pending holds."""
+    recorded = identity_flows(flow["identity"])
+    pending = [h for h in services().holds.queue()
+               if h["identity"] == flow["identity"] and h["flow_id"] != flow["flow_id"]]
+    return {"recorded": recorded, "pending": pending, "denied": DENIED}
+
+
+def next_hold(flow_id: str) -> dict[str, Any] | None:
+    """The most urgent other pending hold this reviewer may decide, for "next hold"."""
+    holds, actor = services().holds, current_actor()
+    for hold in holds.queue():
+        if hold["flow_id"] != flow_id:
+            try:
+                if holds.may_decide(hold["flow_id"], actor)[0]:
+                    return hold
+            except DecisionError:
+                continue
+    return None
+
+
+def timeline(events: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """The hold's events in the order they happened, with what each means in words."""
+    ordered = sorted(events, key=lambda e: e.get("at") or 0)
+    return [{**e, "label": event_label(e, mode)} for e in ordered]
+
+
+def event_label(event: dict[str, Any], mode: str) -> str:
+    kind, detail = event["kind"], event.get("detail") or {}
+    if kind == "completed" and mode == "async":
+        return f"answered the agent {detail.get('status_code', 202)} (pending; it re-sends to collect)"
+    if kind == "completed":
+        return f"the agent received its response ({detail.get('status_code', '?')})"
+    return kind.replace("_", " ")
+
+
+def approved_message(hold: dict[str, Any]) -> str:
+    """What really happened when a reviewer's approval went in."""
+    if hold["status"] != "approved":
+        left = hold["approvals_required"] - len(hold["approvals"])
+        return f"Your approval is recorded; {left} more needed."
+    if hold.get("mode") == "async":
+        return ("Approved. Nothing is forwarded yet: the agent receives the upstream's answer when it "
+                "re-sends the request with its approval id.")
+    return "Approved; the gateway forwarded the request to the upstream."
+
+
+def render_review(flow_id: str, error: str | None = None, status: int = 200, comment: str = "") -> Any:
     try:
         flow = flow_details(flow_id)
         allowed, why_not = may_decide(flow_id)
     except DecisionError as exc:
         abort(exc.status, exc.message)
     body, is_json = pretty_body(flow["body"])
-    session_flows = None
-    if flow["session_id"]:
-        session_flows = recent_flows(flow["identity"], flow["session_id"])  # keyed by both
+    highlighted = highlight_json(flow["body"]) if is_json else None
     return render_template(
-        "review.html", flow=flow, body=body, body_is_json=is_json,
-        query=parse_qsl(urlsplit(flow["url"]).query, keep_blank_values=True),
+        "review.html", flow=flow, body=body, body_is_json=is_json, body_html=highlighted,
+        body_lines=body.count("\n") + 1 if body else 0, fold_lines=FOLD_LINES,
+        summary=body_summary(flow["body"]), query=query_params(flow["url"]),
         may_decide=allowed, why_not=why_not, grants=grant_choices(flow["max_grant_s"]),
-        session_flows=session_flows, recording=services().recorder() is not None,
-        error=error, comment_max=COMMENT_MAX,
+        context=agent_context(flow), similar=similar_decisions(flow), next_hold=next_hold(flow_id),
+        events=timeline(flow["events"], flow.get("mode", "wait")),
+        recording=services().recorder() is not None,
+        error=error, comment=comment, comment_max=COMMENT_MAX,
     ), status
 
 
@@ -86,18 +170,19 @@ def decide(flow_id: str) -> Any:
     comment = request.form.get("comment", "")[:COMMENT_MAX]
     try:
         if action == "reject":
-            holds.reject(flow_id, current_actor(), comment)
-            flash("Rejected. The agent received a 403 with your comment.")
+            if not comment.strip():
+                return render_review(flow_id, error="A rejection needs a comment: the agent reads it to "
+                                     "know what to do instead.", status=400)
+            hold = holds.reject(flow_id, current_actor(), comment)
+            flash("Rejected. The agent " + ("receives a 403 with your comment when it re-sends the request."
+                                            if hold.get("mode") == "async" else "received a 403 with your comment."))
         elif action in ("approve", "grant"):
             grant = parse_duration(request.form.get("grant", "")) if action == "grant" else None
-            hold = holds.approve(flow_id, current_actor(), comment, grant)
-            done = hold["status"] == "approved"
-            flash("Approved; the request was forwarded." if done else
-                  f"Your approval is recorded; {hold['approvals_required'] - len(hold['approvals'])} more needed.")
+            flash(approved_message(holds.approve(flow_id, current_actor(), comment, grant)))
         else:
             abort(400, "unknown action")
     except DecisionError as exc:
-        return render_review(flow_id, error=exc.message, status=exc.status)
+        return render_review(flow_id, error=exc.message, status=exc.status, comment=comment)
     except ValueError as exc:
-        return render_review(flow_id, error=f"grant: {exc}", status=400)
+        return render_review(flow_id, error=f"grant: {exc}", status=400, comment=comment)
     return redirect(url_for("review.show", flow_id=flow_id))

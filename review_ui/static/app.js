@@ -1,10 +1,12 @@
-// Portcullis review UI: live updates (server-sent events), countdowns, shortcuts,
-// JSON highlighting. No framework; everything here is progressive enhancement.
+// Portcullis review UI: live updates (server-sent events), honest connection state,
+// countdowns, deliberate keyboard shortcuts. No framework; everything here is progressive
+// enhancement: without it every page still works by reloading.
 "use strict";
 
 (function () {
   const page = document.body.dataset.page;
   const baseTitle = document.title;
+  const byId = (id) => document.getElementById(id);
 
   function fmt(seconds) {
     seconds = Math.max(0, Math.floor(seconds));
@@ -25,11 +27,50 @@
     });
   }
 
+  // --- honest connection state ---------------------------------------------------------
+  // "Live" is claimed only while the stream is open and the session is known to be valid.
+  let state = "connecting";
+  function setState(next, message) {
+    state = next;
+    const status = byId("live-status");
+    if (status) {
+      status.dataset.state = next;
+      status.classList.toggle("on", next === "live");
+      const text = status.querySelector(".live-text");
+      if (text) text.textContent = { live: "Live", connecting: "Connecting…", down: "Offline", "signed-out": "Signed out" }[next];
+    }
+    const banner = byId("live-banner");
+    if (!banner) return;
+    banner.hidden = next === "live" || next === "connecting";
+    byId("live-banner-text").textContent = message || "";
+    byId("live-banner-signin").hidden = next !== "signed-out";
+    byId("live-banner-reload").hidden = next !== "down";
+  }
+
+  function signedOut() {
+    if (window.portcullisLive) window.portcullisLive.close();
+    setState("signed-out", "Your session has ended (signed out, expired or the gateway restarted). " +
+      "This page no longer updates and decisions from it will not be accepted.");
+  }
+
+  // Asks the server whether this browser's session is still signed in: true, false, or
+  // null when the server cannot be reached at all.
+  async function probe() {
+    try {
+      const response = await fetch("/api/pending", { credentials: "same-origin", cache: "no-store" });
+      if (response.status === 401) return false;
+      return response.ok ? response : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
   async function refreshCount() {
-    const response = await fetch("/api/pending", { credentials: "same-origin" });
-    if (!response.ok) return [];
+    const response = await probe();
+    if (response === false) { signedOut(); return []; }
+    if (!response) return [];
     const pending = (await response.json()).pending;
-    const badge = document.getElementById("pending-count");
+    const badge = byId("pending-count");
     if (badge) badge.textContent = pending.length ? String(pending.length) : "";
     document.title = (pending.length ? "(" + pending.length + ") " : "") + baseTitle;
     return pending;
@@ -46,92 +87,258 @@
     });
   }
 
-  async function refreshQueue() {
-    const body = document.getElementById("queue-rows");
-    if (!body) return;
-    const response = await fetch(body.dataset.src, { credentials: "same-origin" });
-    if (response.ok) {
-      // Server-rendered (escaped) rows: one template for the first paint and for updates.
-      body.innerHTML = await response.text();
-      tick();
+  // A fetch of a page fragment whose answer is the login page means the session ended.
+  async function fetchPage(url) {
+    let response;
+    try {
+      response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+    } catch (e) {
+      return null;
     }
+    if (response.redirected && new URL(response.url).pathname === "/login") { signedOut(); return null; }
+    return response.ok ? response.text() : null;
   }
 
-  // Once the reviewer submits a form, a live update must not reload the page: the
-  // reload would cancel the submission's own navigation (and its confirmation message).
+  // --- the queue -------------------------------------------------------------------------
+  let selected = null; // flow id of the row j/k selected
+  function rows() { return Array.from(document.querySelectorAll("#queue-rows tr.hold")); }
+
+  async function refreshQueue() {
+    const body = byId("queue-rows");
+    if (!body) return;
+    const html = await fetchPage(body.dataset.src);
+    if (html === null) return;
+    const before = new Set(rows().map((r) => r.dataset.flowId));
+    const focusedRow = document.activeElement && document.activeElement.closest && document.activeElement.closest("tr.hold");
+    const focusedId = focusedRow ? focusedRow.dataset.flowId : null;
+    // Server-rendered (escaped) rows: one template for the first paint and for updates.
+    body.innerHTML = html;
+    // Rows that arrived since the last paint are highlighted for a moment.
+    if (initialised) rows().forEach((row) => { if (!before.has(row.dataset.flowId)) row.classList.add("new"); });
+    select(selected, false);
+    if (focusedId) {
+      const again = body.querySelector(`tr[data-flow-id="${CSS.escape(focusedId)}"] a.open`);
+      if (again) again.focus({ preventScroll: true });
+    }
+    tick();
+  }
+  let initialised = false;
+
+  function select(flowId, focus) {
+    const all = rows();
+    all.forEach((r) => r.classList.remove("selected"));
+    const row = all.find((r) => r.dataset.flowId === flowId);
+    if (!row) { selected = null; return; }
+    selected = flowId;
+    row.classList.add("selected");
+    if (focus) { const link = row.querySelector("a.open"); if (link) link.focus(); }
+  }
+
+  function move(step) {
+    const all = rows();
+    if (!all.length) return;
+    const at = all.findIndex((r) => r.dataset.flowId === selected);
+    const next = at < 0 ? (step > 0 ? 0 : all.length - 1) : Math.min(all.length - 1, Math.max(0, at + step));
+    select(all[next].dataset.flowId, true);
+  }
+
+  // --- the review page ---------------------------------------------------------------------
+  // Once the reviewer submits a form, a live update must not replace the page under it.
   let submitting = false;
   document.addEventListener("submit", () => { submitting = true; });
 
+  // Replaces the live parts of the review page with the server's current version, in place:
+  // the reviewer's typed comment is never thrown away, and a decision made by someone
+  // else is shown where the buttons were (who, what, when).
+  async function refreshReview() {
+    const html = await fetchPage(window.location.pathname);
+    if (html === null || submitting) return;
+    const fresh = new DOMParser().parseFromString(html, "text/html");
+    document.querySelectorAll("[data-live][id]").forEach((el) => {
+      const twin = fresh.getElementById(el.id);
+      if (twin) el.replaceWith(document.importNode(twin, true));
+    });
+    const review = byId("review");
+    const freshReview = fresh.getElementById("review");
+    if (review && freshReview) review.dataset.status = freshReview.dataset.status;
+    const decide = byId("decide");
+    const freshDecide = fresh.getElementById("decide");
+    if (!decide || !freshDecide) return;
+    const form = byId("decide-form");
+    const freshForm = fresh.getElementById("decide-form");
+    if (form && freshForm) return; // still ours to decide: keep the form (and its comment) as it is
+    const comment = byId("comment");
+    const typed = comment ? comment.value : "";
+    const focusWasInside = decide.contains(document.activeElement);
+    const replacement = document.importNode(freshDecide, true);
+    if (form && !freshForm) {
+      replacement.classList.add("decided-elsewhere");
+      if (typed) {
+        const kept = document.createElement("div");
+        kept.className = "kept-comment";
+        const label = document.createElement("label");
+        label.textContent = "Your comment (not sent; copy it if you need it)";
+        const area = document.createElement("textarea");
+        area.id = "comment";
+        area.readOnly = true;
+        area.rows = 3;
+        area.value = typed;
+        label.append(area);
+        kept.append(label);
+        replacement.append(kept);
+      }
+    }
+    decide.replaceWith(replacement);
+    wireDecide();
+    if (focusWasInside) { const heading = byId("decide-h"); if (heading) { heading.tabIndex = -1; heading.focus(); } }
+    tick();
+  }
+
+  // The confirm step: a shortcut (or the Reject button without a comment) never decides alone.
+  let pending = null;
+  function ask(action) {
+    const confirm = byId("confirm");
+    const button = byId(action);
+    if (!confirm || !button) return;
+    const comment = byId("comment");
+    pending = action;
+    confirm.hidden = false;
+    const text = byId("confirm-text");
+    if (action === "reject" && comment && !comment.value.trim()) {
+      text.textContent = "Reject: write a comment for the agent first (it reads it), then confirm.";
+      comment.focus();
+      return;
+    }
+    text.textContent = action === "reject" ? "Reject this request and send your comment to the agent?"
+      : "Approve this request? The gateway acts on it at once.";
+    byId("confirm-yes").focus();
+  }
+
+  function cancel() {
+    const confirm = byId("confirm");
+    if (confirm) confirm.hidden = true;
+    pending = null;
+  }
+
+  function confirmed() {
+    if (!pending) return;
+    const comment = byId("comment");
+    if (pending === "reject" && comment && !comment.value.trim()) { ask("reject"); return; }
+    const button = byId(pending);
+    pending = null;
+    const form = byId("decide-form");
+    if (form && button) form.requestSubmit(button);
+  }
+
+  function wireDecide() {
+    const reject = byId("reject");
+    if (reject) reject.addEventListener("click", (event) => {
+      const comment = byId("comment");
+      if (comment && !comment.value.trim()) { event.preventDefault(); ask("reject"); }
+    });
+    const yes = byId("confirm-yes");
+    if (yes) yes.addEventListener("click", confirmed);
+    const no = byId("confirm-no");
+    if (no) no.addEventListener("click", cancel);
+  }
+
+  function unfold() {
+    const button = byId("body-unfold");
+    if (!button) return;
+    button.addEventListener("click", () => {
+      const fold = byId("body-fold");
+      const folded = fold.classList.toggle("folded");
+      button.setAttribute("aria-expanded", String(!folded));
+      button.textContent = folded ? button.textContent.replace(/^Fold/, "Show all") : button.textContent.replace(/^Show all/, "Fold");
+      if (!folded) byId("body").focus();
+    });
+  }
+
+  // --- the live feed -------------------------------------------------------------------------
   function onChange(event) {
     if (submitting) return;
     refreshCount().then(notifyNew);
     if (page === "queue") refreshQueue();
     if (page === "review") {
-      const review = document.getElementById("review");
+      const review = byId("review");
       let data = {};
       try { data = JSON.parse(event.data); } catch (e) { /* keepalive or empty */ }
-      if (review && data.flow_id === review.dataset.flowId) {
-        const comment = document.getElementById("comment");
-        if (event.type === "decided" || !comment || comment.value === "") window.location.reload();
-      }
+      if (review && data.flow_id === review.dataset.flowId) refreshReview();
+      else if (review) refreshNext();
     }
     if (page === "decisions" && event.type !== "held") window.location.reload();
   }
 
+  async function refreshNext() {
+    const html = await fetchPage(window.location.pathname);
+    if (html === null) return;
+    const fresh = new DOMParser().parseFromString(html, "text/html");
+    const mine = document.querySelector(".next, #no-next-hold");
+    const theirs = fresh.querySelector(".next, #no-next-hold");
+    if (mine && theirs && !mine.contains(document.activeElement)) mine.replaceWith(document.importNode(theirs, true));
+  }
+
   function connect() {
-    const status = document.getElementById("live-status");
-    if (!status) return; // not signed in
+    if (!byId("live-status")) return; // not signed in
     // EventSource reconnects by itself and sends Last-Event-ID, so nothing is missed.
-    // Start from the state the page was rendered with; on reconnects the browser sends
-    // Last-Event-ID itself, which the server prefers over this parameter.
     const since = encodeURIComponent(document.body.dataset.eventsSince || "");
     const source = new EventSource("/api/events?last_event_id=" + since);
-    source.addEventListener("open", () => { status.classList.add("on"); status.title = "Live"; });
-    source.addEventListener("error", () => { status.classList.remove("on"); status.title = "Reconnecting…"; });
-    source.addEventListener("hello", () => { refreshCount().then(notifyNew); if (page === "queue") refreshQueue(); });
+    source.addEventListener("open", () => { if (state !== "signed-out") setState("live"); });
+    source.addEventListener("error", async () => {
+      if (state === "signed-out") return;
+      setState("connecting");
+      // Why did it drop? A 401 (session over) or a server that is gone look the same here.
+      const answer = await probe();
+      if (answer === false) signedOut();
+      else if (answer === null) setState("down", "The gateway's review UI is not reachable (restarting?). Retrying…; " +
+        "what you see may be out of date.");
+      else if (source.readyState === EventSource.CLOSED) { source.close(); window.setTimeout(connect, 1000); }
+    });
+    source.addEventListener("signed_out", signedOut);
+    source.addEventListener("hello", () => {
+      refreshCount().then(notifyNew);
+      if (page === "queue") refreshQueue().then(() => { initialised = true; });
+    });
     ["held", "updated", "decided", "grants"].forEach((kind) => source.addEventListener(kind, onChange));
     window.portcullisLive = source;
   }
 
-  function shortcuts() {
-    document.addEventListener("keydown", (event) => {
-      if (event.ctrlKey || event.metaKey || event.altKey) return;
-      const tag = (event.target.tagName || "").toLowerCase();
-      if (tag === "input" || tag === "textarea" || tag === "select") return;
-      const id = event.key === "a" ? "approve" : event.key === "r" ? "reject" : null;
-      const button = id && document.getElementById(id);
-      if (button) { event.preventDefault(); button.click(); }
-    });
+  // --- keyboard --------------------------------------------------------------------------------
+  function typing(target) {
+    const tag = (target.tagName || "").toLowerCase();
+    return tag === "input" || tag === "textarea" || tag === "select" || target.isContentEditable;
   }
 
-  function highlightJson() {
-    const pre = document.querySelector("pre.json");
-    if (!pre) return;
-    const text = pre.textContent;
-    const token = /("(?:\\.|[^"\\])*")(\s*:)?|\b(true|false|null)\b|(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/g;
-    const out = document.createDocumentFragment();
-    let last = 0;
-    let match;
-    const span = (cls, value) => { const s = document.createElement("span"); s.className = cls; s.textContent = value; return s; };
-    while ((match = token.exec(text))) {
-      out.append(text.slice(last, match.index));
-      if (match[1]) {
-        out.append(span(match[2] ? "j-key" : "j-str", match[1]));
-        if (match[2]) out.append(match[2]);
-      } else if (match[3]) {
-        out.append(span("j-lit", match[3]));
-      } else {
-        out.append(span("j-num", match[4]));
+  function shortcuts() {
+    document.addEventListener("keydown", (event) => {
+      if (event.ctrlKey || event.metaKey || event.altKey) {
+        if (event.key === "Enter" && pending && byId("comment") === event.target) { event.preventDefault(); confirmed(); }
+        return;
       }
-      last = token.lastIndex;
-    }
-    out.append(text.slice(last));
-    pre.textContent = "";
-    pre.append(out);
+      if (event.key === "Escape" && pending) { event.preventDefault(); cancel(); return; }
+      if (typing(event.target)) return;
+      const help = byId("help");
+      if (event.key === "?") { event.preventDefault(); if (help && !help.open) help.showModal(); return; }
+      if (help && help.open) return;
+      if (page === "queue" && (event.key === "j" || event.key === "k")) { event.preventDefault(); move(event.key === "j" ? 1 : -1); return; }
+      if (page === "queue" && event.key === "Enter" && selected && !event.target.closest("a, button")) {
+        const link = document.querySelector(`tr[data-flow-id="${CSS.escape(selected)}"] a.open`);
+        if (link) { event.preventDefault(); link.click(); }
+        return;
+      }
+      if (page === "review" && (event.key === "a" || event.key === "r") && byId(event.key === "a" ? "approve" : "reject")) {
+        event.preventDefault();
+        ask(event.key === "a" ? "approve" : "reject");
+      }
+    });
+    const close = byId("help-close");
+    if (close) close.addEventListener("click", (event) => { event.preventDefault(); byId("help").close(); });
+    const reload = byId("live-banner-reload");
+    if (reload) reload.addEventListener("click", () => window.location.reload());
   }
 
   function notificationsButton() {
-    const button = document.getElementById("enable-notifications");
+    const button = byId("enable-notifications");
     if (!button || !window.Notification || Notification.permission !== "default") return;
     button.hidden = false;
     button.addEventListener("click", () => Notification.requestPermission().then(() => { button.hidden = true; }));
@@ -141,7 +348,8 @@
     tick();
     setInterval(tick, 1000);
     connect();
-    if (page === "review") { shortcuts(); highlightJson(); }
+    shortcuts();
+    if (page === "review") { wireDecide(); unfold(); }
     if (page === "queue") notificationsButton();
   });
 })();

@@ -1,0 +1,159 @@
+"""Every review-UI page on any screen: no sideways scrolling at 390 px, zero axe-core
+violations of impact serious or critical, light and dark; the SQL page's size; a favicon.
+
+One gateway (with recording) and one Chromium for the module. The pages are visited with
+real data in them: a pending hold, a decided one, recorded flows, a session, a flow
+detail, an SQL result. Screenshots of the queue, a review page and the decisions page
+are written to ``build/test-artifacts/review-desk/`` (gitignored; override with
+``PORTCULLIS_TEST_ARTIFACTS``) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from gateway.settings import PROJECT_ROOT
+from tests.support import axe
+from tests.support.review import PASSWORD_SUFFIX, ReviewRig
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+ARTIFACTS = Path(os.environ.get("PORTCULLIS_TEST_ARTIFACTS") or PROJECT_ROOT / "build" / "test-artifacts") \
+    / "review-desk"
+#: 5,000 rows as wide as the flows table (each a copy of one recorded flow, numbered).
+SQL_5000 = "SELECT r.range AS n, f.* FROM range(5000) r, (SELECT * FROM flows LIMIT 1) f ORDER BY n"
+REFUND = {"amount": 250, "currency": "EUR", "customer": "cus_8841", "order": "A-7",
+          "note": "double charge on the 3rd, customer called twice, ticket 4711 " * 3}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
+    rig = ReviewRig(tmp_path_factory.mktemp("review-desk-screens"), confdir)
+    yield rig
+    rig.stop()
+
+
+@pytest.fixture(scope="module")
+def seeded(rig: ReviewRig) -> dict[str, str]:
+    """A recorded session with an allowed, a rejected and a pending request."""
+    session = {"X-Portcullis-Session": "ticket-4711-" + "x" * 40}
+    allowed = rig.call("GET", "/v1/orders/A-7?expand=customer&t=screens&note=caf%C3%A9%20cr%C3%A8me",
+                       headers=session)
+    rejected_call = rig.agent("POST", "/v1/refunds?t=screens-rejected", json=REFUND,
+                              headers={**session, "X-Portcullis-Justification": "Customer was charged twice"})
+    rejected = rig.wait_held("/v1/refunds?t=screens-rejected")
+    assert rig.reject("bob", rejected["flow_id"], "Not without a ticket").status_code == 200
+    assert rejected_call.result(timeout=10).status_code == 403
+    pending_call = rig.agent("POST", "/v1/refunds?t=screens-pending&customer=cus_8841", json=REFUND,
+                             headers={**session, "X-Portcullis-Justification": "Customer was charged twice "
+                                      "and asked for the money back by phone"})
+    pending = rig.wait_held("/v1/refunds?t=screens-pending&customer=cus_8841")
+    allowed_id = allowed.headers["X-Portcullis-Flow-Id"]
+    rig.wait_for(lambda: {allowed_id, rejected["flow_id"]} <= {f["id"] for f in rig.api(
+        "alice", "GET", "/api/audit/session", params={"id": session["X-Portcullis-Session"]}).json().get("flows", [])},
+        what="the flows to be recorded")
+    yield {"pending": pending["flow_id"], "rejected": rejected["flow_id"], "allowed": allowed_id,
+           "session": session["X-Portcullis-Session"]}
+    rig.reject("bob", pending["flow_id"], "test over")
+    pending_call.result(timeout=10)
+
+
+def pages(seeded: dict[str, str]) -> dict[str, str]:
+    return {
+        "queue": "/",
+        "review": f"/flows/{seeded['pending']}",
+        "review-decided": f"/flows/{seeded['rejected']}",
+        "decisions": "/decisions",
+        "flows": "/audit/flows",
+        "sessions": "/audit/sessions",
+        "session": f"/audit/session?id={seeded['session']}",
+        "flow": f"/audit/flows/{seeded['allowed']}",
+        "sql": "/audit/sql?q=SELECT+*+FROM+flows",
+        "not-found": "/flows/no-such-flow",
+    }
+
+
+def signed_in(browser, rig: ReviewRig, viewport: dict[str, int], scheme: str) -> tuple[object, Page]:
+    context = browser.new_context(viewport=viewport, color_scheme=scheme)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(rig.ui_url + "/login")
+    page.fill("input[name=name]", "alice")
+    page.fill("input[name=password]", "alice" + PASSWORD_SUFFIX)
+    page.click("button[type=submit]")
+    expect(page.locator("h1").first).to_have_text("Pending requests")
+    return context, page
+
+
+def page_width(page: Page) -> int:
+    return page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_every_page_has_no_serious_axe_violations_and_fits_the_screen(browser, rig, seeded, viewport, scheme):
+    context, page = signed_in(browser, rig, viewport, scheme)
+    found, widths = {}, {}
+    try:
+        for name, path in pages(seeded).items():
+            page.goto(rig.ui_url + path)
+            page.wait_for_load_state("load")
+            widths[name] = page_width(page)
+            if os.environ.get("DEBUG_OVERFLOW") and widths[name] > viewport["width"]:
+                print(name, page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 1 && !e.closest('.table-wrap')).slice(0, 6).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))"""))
+            if bad := axe.serious(page):
+                found[name] = bad
+            if viewport is PHONE and scheme == "light" and name in ("queue", "review", "decisions"):
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / f"{name}-phone.png"), full_page=True)
+            if viewport is DESKTOP and name in ("queue", "review", "decisions"):
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / f"{name}-desktop-{scheme}.png"), full_page=True)
+        print(f"\n{viewport['width']}px {scheme}: widths {widths}")
+        print(f"axe serious/critical: { {k: [v['id'] for v in vs] for k, vs in found.items()} }")
+        if os.environ.get("DEBUG_OVERFLOW"):
+            print(found)
+        context.close()
+        context = browser.new_context(viewport=viewport, color_scheme=scheme)
+        page = context.new_page()
+        page.goto(rig.ui_url + "/login")
+        widths["login"] = page_width(page)
+        if bad := axe.serious(page):
+            found["login"] = bad
+    finally:
+        context.close()
+    assert found == {}
+    assert {k: w for k, w in widths.items() if w > viewport["width"]} == {}
+
+
+def test_the_sql_page_shows_a_page_of_rows_not_a_thousand(browser, rig, seeded):
+    context, page = signed_in(browser, rig, DESKTOP, "light")
+    try:
+        start = time.monotonic()
+        response = page.goto(rig.ui_url + "/audit/sql?" + urlencode({"q": SQL_5000}))
+        page.wait_for_load_state("load")
+        took = time.monotonic() - start
+        nodes = page.evaluate("document.getElementsByTagName('*').length")
+        size = len(response.body())
+        print(f"\nSQL page, 5000-row query: {nodes} DOM nodes, {size} bytes, {took * 1000:.0f} ms")
+        assert nodes < 5000 and size < 200_000
+        expect(page.locator("#sql-results tbody tr")).to_have_count(100)
+        page.click("#sql-next")
+        expect(page.locator("#sql-results tbody tr").first).to_contain_text("100")
+        expect(page.locator("#sql-count")).to_contain_text("101")
+    finally:
+        context.close()
+
+
+def test_there_is_a_favicon(rig):
+    response = rig.http.get(rig.ui_url + "/favicon.ico", timeout=5, allow_redirects=True)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("image/")
