@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
 import textwrap
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,10 +14,51 @@ import pytest
 
 from gateway.agent_env import ensure_ca
 from tests.support.certs import TestPki, make_pki
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, reap
 from tests.support.upstream import UpstreamServer
 
 pytest_plugins = ["tests.support.browser", "tests.support.postgres"]
+
+#: Set PORTCULLIS_COUNT_PROCESSES=1 to print, per test module, how many subprocesses its
+#: tests started and of which kind (a gateway start costs one to two seconds).
+_COUNTING = os.environ.get("PORTCULLIS_COUNT_PROCESSES") == "1"
+_started: Counter[tuple[str, str]] = Counter()
+_current_module = ["(collection)"]
+
+
+def _process_kind(args: object) -> str:
+    words = [str(word) for word in (args if isinstance(args, (list, tuple)) else [args])]
+    text = " ".join(words)
+    if "-m gateway run" in text or "portcullis run" in text:
+        return "gateway"
+    if "mitmdump" in text:
+        return "mitmdump"
+    if "-m gateway" in text or "portcullis" in text:
+        return "cli"
+    return Path(words[0]).name if words else "?"
+
+
+if _COUNTING:
+    _original_init = subprocess.Popen.__init__
+
+    def _counting_init(self: subprocess.Popen, args: object, *rest: object, **kwargs: object) -> None:
+        _started[(_current_module[0], _process_kind(args))] += 1
+        _original_init(self, args, *rest, **kwargs)  # type: ignore[arg-type]
+
+    subprocess.Popen.__init__ = _counting_init  # type: ignore[method-assign]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(item: pytest.Item) -> None:
+        _current_module[0] = item.nodeid.split("::", 1)[0]
+
+    def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+        terminalreporter.section("subprocesses started per module")
+        totals: Counter[str] = Counter()
+        for (module, kind), count in sorted(_started.items()):
+            terminalreporter.write_line(f"{count:5d} {kind:10s} {module}")
+            totals[kind] += count
+        for kind, count in totals.most_common():
+            terminalreporter.write_line(f"{count:5d} {kind:10s} TOTAL")
 
 
 @pytest.fixture(scope="session")
@@ -49,25 +93,46 @@ def tls_upstream(pki: TestPki) -> Iterator[UpstreamServer]:
 GatewayFactory = Callable[..., GatewayProcess]
 
 
-@pytest.fixture
-def start_gateway(tmp_path: Path, confdir: Path) -> Iterator[GatewayFactory]:
-    """start_gateway(rules_yaml_text, *extra_args, env=None) -> a running GatewayProcess.
-
-    The rules text is dedented and written to tmp_path/rules.yaml; the process is
-    stopped at teardown.
-    """
-    started: list[GatewayProcess] = []
-
+def _gateway_factory(directory: Path, confdir: Path, started: list[GatewayProcess]) -> GatewayFactory:
     def start(rules: str, *extra_args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        path = tmp_path / f"rules{len(started) or ''}.yaml"
+        path = directory / f"rules{len(started) or ''}.yaml"
         path.write_text(textwrap.dedent(rules))
         gateway = GatewayProcess(path, confdir, list(extra_args), env).start()
         started.append(gateway)
         return gateway
 
-    yield start
+    return start
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path, confdir: Path) -> Iterator[GatewayFactory]:
+    """start_gateway(rules_yaml_text, *extra_args, env=None) -> a running GatewayProcess.
+
+    The rules text is dedented and written to tmp_path/rules.yaml; the process is
+    told to stop at teardown (stop_soon: its exit is awaited later). For a test that
+    needs a process of its own: a changed command line, a crash, a restart.
+    """
+    started: list[GatewayProcess] = []
+    yield _gateway_factory(tmp_path, confdir, started)
     for gateway in started:
-        gateway.stop()
+        gateway.stop_soon()
+
+
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[GatewayFactory]:
+    """start_gateway for a whole test module: module_gateway(rules, *extra_args, env=None).
+
+    Use it in a module-scoped fixture so the module's tests share one process; tests
+    that need other rules call ``gateway.reload_rules(text)`` rather than start another.
+    """
+    started: list[GatewayProcess] = []
+    yield _gateway_factory(tmp_path_factory.mktemp("module-gateway"), confdir, started)
+    for gateway in started:
+        gateway.stop_soon()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    reap()  # gateways told to stop_soon() exit before the session ends
 
 
 @pytest.fixture

@@ -1,4 +1,13 @@
-"""The data path end to end: a real gateway subprocess, a real upstream, real clients."""
+"""The data path end to end: a real gateway subprocess, a real upstream, real clients.
+
+Two gateways serve the whole module (a start costs a second or two). One has a rules
+file that combines what most tests need, each test on hosts of its own: ``secure.test``
+has verification off, ``localhost`` over TLS is verified against the system's CAs (the
+test certificate names it, but its CA is unknown there), and ``api.example.test`` is
+pinned by ``--resolve``. The other adds ``ca_bundle`` (the test CA) for ``localhost``:
+a gateway trusts an upstream CA bundle for every host, so it cannot share a process with
+the tests that need an untrusted certificate.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,10 @@ import json
 import subprocess
 
 import httpx
+import pytest
 import requests
+
+from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 
 RULES = """
     version: 1
@@ -22,9 +34,30 @@ RULES = """
         reason: "Refunds over 1000 need a person"
 """
 
+#: The rules of the module's main gateway: RULES, the upstream trust settings and the pinned name's rule.
+MODULE_RULES = RULES + """
+      - {name: no-writes, match: {host: api.example.test, method: POST}, action: block}
+    upstreams:
+      - host: secure.test
+        verify: false
+        address: 127.0.0.1
+"""
 
-def test_allowed_request_passes_unchanged_and_is_labelled(start_gateway, use_gateway, upstream):
-    gateway = start_gateway(RULES)
+
+@pytest.fixture(scope="module")
+def gateway(module_gateway):
+    return module_gateway(MODULE_RULES, "--resolve", "API.example.test=127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def trusting_gateway(module_gateway, pki):
+    return module_gateway(MODULE_RULES + f"""
+      - host: localhost
+        ca_bundle: {pki.ca_cert}
+    """)
+
+
+def test_allowed_request_passes_unchanged_and_is_labelled(gateway, use_gateway, upstream):
     use_gateway(gateway)
     response = requests.post(
         upstream.url("/v1/refunds?order=7"),
@@ -41,8 +74,7 @@ def test_allowed_request_passes_unchanged_and_is_labelled(start_gateway, use_gat
     assert seen.json() == {"amount": 10, "note": "ünïcode"}
 
 
-def test_blocked_request_never_reaches_upstream(start_gateway, use_gateway, upstream):
-    gateway = start_gateway(RULES)
+def test_blocked_request_never_reaches_upstream(gateway, use_gateway, upstream):
     use_gateway(gateway)
     response = httpx.Client(trust_env=True).delete(upstream.url("/v1//tables/./users"), timeout=10)
     assert response.status_code == 403
@@ -59,8 +91,7 @@ def test_blocked_request_never_reaches_upstream(start_gateway, use_gateway, upst
     assert upstream.received == []
 
 
-def test_json_condition_blocks_only_matching_bodies(start_gateway, use_gateway, upstream):
-    gateway = start_gateway(RULES)
+def test_json_condition_blocks_only_matching_bodies(gateway, use_gateway, upstream):
     use_gateway(gateway)
     big = requests.post(upstream.url("/v1/refunds"), json={"amount": 5000}, timeout=10)
     small = requests.post(upstream.url("/v1/refunds"), json={"amount": 50}, timeout=10)
@@ -73,9 +104,9 @@ def test_json_condition_blocks_only_matching_bodies(start_gateway, use_gateway, 
     assert [r.body for r in upstream.received] == [b'{"amount": 50}']
 
 
-def test_policy_error_blocks(start_gateway, use_gateway, upstream):
-    gateway = start_gateway(RULES)
+def test_policy_error_blocks(gateway, use_gateway, upstream):
     use_gateway(gateway)
+    mark = len(gateway.lines)
     too_deep = b"[" * 100_000 + b"]" * 100_000
     response = requests.post(
         upstream.url("/v1/refunds"), data=too_deep, headers={"Content-Type": "application/json"}, timeout=20
@@ -83,17 +114,11 @@ def test_policy_error_blocks(start_gateway, use_gateway, upstream):
     assert response.status_code == 403
     assert response.json()["error"] == "policy_error"
     assert upstream.received == []
-    gateway.wait_for_output("policy evaluation failed")
+    gateway.wait_for_output_after(mark, "policy evaluation failed")
 
 
-def test_https_is_intercepted_and_upstream_verified(start_gateway, use_gateway, tls_upstream, pki):
-    rules = RULES + f"""
-    upstreams:
-      - host: localhost
-        ca_bundle: {pki.ca_cert}
-    """
-    gateway = start_gateway(rules)
-    use_gateway(gateway)
+def test_https_is_intercepted_and_upstream_verified(trusting_gateway, use_gateway, tls_upstream):
+    use_gateway(trusting_gateway)  # localhost: ca_bundle is the test CA
     ok = requests.get(tls_upstream.url("/v1/tables/users", host="localhost"), timeout=10)
     assert ok.status_code == 200
     assert ok.headers["X-Portcullis-Decision"] == "allowed"
@@ -103,16 +128,14 @@ def test_https_is_intercepted_and_upstream_verified(start_gateway, use_gateway, 
     assert [r.method for r in tls_upstream.received] == ["GET"]
 
 
-def test_untrusted_upstream_certificate_is_refused(start_gateway, use_gateway, tls_upstream):
-    gateway = start_gateway(RULES)
-    use_gateway(gateway)
+def test_untrusted_upstream_certificate_is_refused(gateway, use_gateway, tls_upstream):
+    use_gateway(gateway)  # no ca_bundle: the system's CAs, which lack the test CA
     response = requests.get(tls_upstream.url("/", host="localhost"), timeout=10)
     assert response.status_code == 502
     assert tls_upstream.received == []
 
 
-def test_curl_as_outside_client(start_gateway, upstream):
-    gateway = start_gateway(RULES)
+def test_curl_as_outside_client(gateway, upstream):
     env = {"PATH": "/usr/bin:/bin", **gateway.agent_env()}
     result = subprocess.run(
         ["curl", "-s", "-X", "DELETE", upstream.url("/v1/tables/t")],
@@ -121,28 +144,16 @@ def test_curl_as_outside_client(start_gateway, upstream):
     assert json.loads(result.stdout)["error"] == "blocked_by_policy"
 
 
-def test_verification_can_be_switched_off_per_host(start_gateway, use_gateway, tls_upstream):
-    gateway = start_gateway(RULES + """
-    upstreams:
-      - host: secure.test
-        verify: false
-        address: 127.0.0.1
-    """)
-    use_gateway(gateway)
+def test_verification_can_be_switched_off_per_host(gateway, use_gateway, tls_upstream):
+    use_gateway(gateway)  # secure.test: verify false; localhost: verified against the system's CAs
     insecure = requests.get(tls_upstream.url("/x", host="secure.test"), timeout=10)
     still_verified = requests.get(tls_upstream.url("/y", host="localhost"), timeout=10)
     assert (insecure.status_code, still_verified.status_code) == (200, 502)
     assert [r.path for r in tls_upstream.received] == ["/x"]
 
 
-def test_resolve_pins_a_name_to_an_address_and_rules_see_the_name(start_gateway, use_gateway, upstream):
-    rules = """
-        version: 1
-        rules:
-          - {name: no-writes, match: {host: api.example.test, method: POST}, action: block}
-    """
-    gateway = start_gateway(rules, "--resolve", "API.example.test=127.0.0.1")
-    use_gateway(gateway)
+def test_resolve_pins_a_name_to_an_address_and_rules_see_the_name(gateway, use_gateway, upstream):
+    use_gateway(gateway)  # --resolve API.example.test=127.0.0.1; rule no-writes names api.example.test
     read = requests.get(upstream.url("/v1/x", host="api.example.test"), timeout=10)
     write = requests.post(upstream.url("/v1/x", host="api.example.test"), json={}, timeout=10)
     assert (read.status_code, write.status_code) == (200, 403)

@@ -1,7 +1,18 @@
 """Start a real Portcullis gateway as a subprocess (`python -m gateway run ...`) for tests.
 
 One mitmproxy master per process is a mitmproxy constraint, so every gateway runs in
-its own process, exactly as an operator would start it.
+its own process, exactly as an operator would start it. A start costs about a second of
+CPU (imports) and a graceful stop most of another, so:
+
+- the one way to start a gateway is ``GatewayProcess`` (``start_gateway`` per test and
+  ``module_gateway`` per module in conftest, ``ReviewRig`` for the review UI all use it);
+- a test module whose tests only need different rules shares one process
+  (``module_gateway``) and gives each test its rules by hot reload (``reload_rules``)
+  or by one combined rules file, rather than starting a process per test;
+- fixtures stop their gateways with ``stop_soon()``: SIGTERM now, the exit is awaited
+  by ``reap()`` (later, or at the end of the session), so the next test need not wait
+  for this gateway's graceful shutdown. A test that checks how a gateway stops (or
+  reads its recording afterwards) calls ``stop()``, which waits.
 """
 
 from __future__ import annotations
@@ -11,14 +22,22 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.agent_env import agent_environment
 from gateway.settings import PROJECT_ROOT, ca_cert_path
 
 READY_LINE = "Portcullis gateway ready"
+#: The policy addon's log line once a rules file (first load or a reload) is in force.
+LOADED_LINE = "loaded {count} rules from {path} "
+
+#: Gateways told to stop (stop_soon) whose exit nobody has awaited yet; see reap().
+_stopping: list[GatewayProcess] = []
 
 
 def free_port() -> int:
@@ -105,6 +124,7 @@ class GatewayProcess:
         return agent_environment("127.0.0.1", self.port, self.ca_cert)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Signal the gateway and wait for it to exit (killed after ``timeout``); its exit code."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         self.process.send_signal(sig)
@@ -113,3 +133,66 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+    def stop_soon(self) -> None:
+        """SIGTERM now; ``reap()`` awaits the exit. For fixture teardown, where nothing
+        reads the gateway after it is told to stop."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        _stopping.append(self)
+        if len(_stopping) > 4:  # bound the gateways shutting down at once
+            reap(keep=2)
+
+    def lines_since(self, mark: int) -> list[str]:
+        """Output lines printed after ``mark`` (``len(gateway.lines)`` taken earlier)."""
+        return self.lines[mark:]
+
+    def wait_for_output_after(self, mark: int, text: str, timeout: float = 10) -> str:
+        """The first line after ``mark`` containing ``text`` (polled; AssertionError on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[mark:]:
+                if text in line:
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not in gateway output after line {mark}:\n"
+                             + "\n".join(self.lines[mark:]))
+
+    def reload_rules(self, rules: str, count: int | None = None, timeout: float = 10) -> None:
+        """Replace the rules file and wait until the gateway says the new rules are in force.
+
+        The file is written whole (a temporary file renamed over it: a new inode, which
+        the watcher's signature notices), so the watcher never reads half an edit. The
+        policy addon logs "loaded N rules from PATH" on each (re)load; ``count`` checks N.
+        """
+        mark = len(self.lines)
+        partial = self.rules.with_name(self.rules.name + ".partial")
+        partial.write_text(textwrap.dedent(rules))
+        os.replace(partial, self.rules)
+        loaded = LOADED_LINE.format(count=count, path=self.rules) if count is not None \
+            else f" rules from {self.rules} "
+        self.wait_for_output_after(mark, loaded, timeout)
+
+
+def reap(keep: int = 0, timeout: float = 20) -> None:
+    """Await the exit of gateways told to stop_soon(), oldest first, until ``keep`` are left."""
+    while len(_stopping) > keep:
+        gateway = _stopping.pop(0)
+        assert gateway.process is not None
+        try:
+            gateway.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            gateway.process.kill()
+            gateway.process.wait()
+
+
+@contextmanager
+def running_gateway(rules: Path, confdir: Path, *extra_args: str, env: dict[str, str] | None = None,
+                    timeout: float = 30) -> Iterator[GatewayProcess]:
+    """A started gateway for the ``with`` block; told to stop (stop_soon) when it ends."""
+    gateway = GatewayProcess(rules, confdir, list(extra_args), env).start(timeout)
+    try:
+        yield gateway
+    finally:
+        gateway.stop_soon()
