@@ -87,10 +87,13 @@ HOLD_OUTCOMES = ("approved", "rejected", "expired", "abandoned")
 
 
 def _expire_async_holds(store: Store, cur: duckdb.DuckDBPyConnection) -> int:
+    scoped = "" if store.scope is None else (
+        "AND EXISTS (SELECT 1 FROM events r WHERE r.flow_id = f.id AND r.kind = 'received' "
+        f"{store.scope_filter('r')})")
     pending = [row[0] for row in cur.execute(
         "SELECT f.id FROM flows f WHERE f.decision = 'held' AND NOT EXISTS "
-        "(SELECT 1 FROM events e WHERE e.flow_id = f.id AND e.kind IN (SELECT unnest($1::VARCHAR[])))",
-        [list(HOLD_OUTCOMES)],
+        "(SELECT 1 FROM events e WHERE e.flow_id = f.id AND e.kind IN (SELECT unnest($outcomes::VARCHAR[]))) "
+        + scoped, {"outcomes": list(HOLD_OUTCOMES), **(store.scope_params() or {})},
     ).fetchall()]
     seq = store.next_seq(cur)
     now = micros(time.time())

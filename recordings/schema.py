@@ -133,7 +133,8 @@ class SchemaError(Exception):
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema = 'main' AND table_name = 'schema_version'"
+        "WHERE table_catalog = current_database() AND table_schema = 'main' "
+        "AND table_name = 'schema_version'"
     ).fetchone()
     if not exists or not exists[0]:
         return 0

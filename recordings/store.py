@@ -29,7 +29,9 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,8 +42,10 @@ from typing import Any
 
 import duckdb
 
+from recordings import lake as lakes
 from recordings import schema, sqlguard
 from recordings.analyst import DEFAULT_LIMITS, LimitHit, Limits, Watchdog, fetch_bounded
+from recordings.lake import Lake
 
 #: Column -> DuckDB type of the values the writer passes (timestamps as epoch microseconds).
 FLOW_COLUMNS: dict[str, str] = {
@@ -164,9 +168,15 @@ class Store:
     """One DuckDB recording file. The gateway process holds it read-write; others read-only."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
-                 settings: DuckDBSettings | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+                 settings: DuckDBSettings | None = None, limits: Limits = DEFAULT_LIMITS,
+                 lake: Lake | None = None, scope: str | None = None) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        #: With a lake, the tables are there (recordings/lake.py) and ``path`` only names
+        #: this gateway's own files beside it: the journal, the socket, the staging dir.
+        self.lake = lake
+        #: The gateway whose unfinished flows recovery may close (a lake has many writers).
+        self.scope = scope
         self.settings = settings or DuckDBSettings()
         self.limits = limits
         self._lock = threading.Lock()
@@ -184,6 +194,8 @@ class Store:
             raise
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self.lake is not None:
+            return self._connect_lake(self.lake)
         if self.read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such recording")
         if not self.read_only:
@@ -215,6 +227,33 @@ class Store:
                 self.previous_version = schema.migrate(con, str(self.path))
                 _confine(con, self.staging, self.path)
         except (schema.SchemaError, duckdb.Error, OSError) as exc:
+            con.close()
+            raise StoreError(str(exc)) from None
+        return con
+
+    def _connect_lake(self, lake: Lake) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB instance with the lake attached (and used) as ``lake``."""
+        try:
+            if not self.read_only:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                lakes.prepare(lake)
+            ext = lakes.extension_directory(_extension_home(self.path))
+        except (OSError, lakes.LakeError) as exc:
+            raise StoreError(f"cannot open the {lake.describe()}: {exc}") from None
+        config = {**self.settings.config(), "extension_directory": str(ext),
+                  "autoinstall_known_extensions": "false", "temp_directory": str(self.temp_directory)}
+        con = duckdb.connect(":memory:", config=config)
+        try:
+            lakes.attach(con, lake, self.read_only)
+            if self.read_only:
+                found = schema.current_version(con)
+                if found > schema.SCHEMA_VERSION or found == 0:
+                    raise schema.SchemaError(f"the {lake.describe()} has recording schema version "
+                                             f"{found}; this Portcullis reads version {schema.SCHEMA_VERSION}")
+            else:
+                self.previous_version = _retrying(lambda: schema.migrate(con, lake.describe()))
+                _confine(con, self.staging, self.path, lake.local_directories())
+        except (schema.SchemaError, lakes.LakeError, duckdb.Error, OSError) as exc:
             con.close()
             raise StoreError(str(exc)) from None
         return con
@@ -281,7 +320,10 @@ class Store:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor for the calling thread (a connection must not be shared by threads)."""
         with self._lock:
-            return self._con.cursor()
+            cur = self._con.cursor()
+        if self.lake is not None:
+            cur.execute(f"USE {lakes.ALIAS}")  # USE is per connection; a cursor is a new one
+        return cur
 
     def reopen(self) -> None:
         """Replace the connection, e.g. after a write failure invalidated the database."""
@@ -294,7 +336,8 @@ class Store:
 
     def close(self, checkpoint: bool = True) -> None:
         with self._lock:
-            if checkpoint and not self.read_only:
+            # A lake's CHECKPOINT is its maintenance (recordings/maintenance.py runs it).
+            if checkpoint and not self.read_only and self.lake is None:
                 try:
                     self._con.execute("CHECKPOINT")
                 except duckdb.Error:
@@ -401,7 +444,18 @@ class Store:
 
     def insert(self, cur: duckdb.DuckDBPyConnection, flows: Sequence[dict[str, Any]],
                events: Sequence[dict[str, Any]]) -> None:
-        """Insert a batch in one transaction: everything or nothing."""
+        """Insert a batch in one transaction: everything or nothing.
+
+        In a lake another process may commit at the same moment (a busy SQLite catalog, a
+        DuckLake conflict): such a commit is retried a few times before it counts as failed.
+        """
+        if self.lake is None:
+            self._insert_once(cur, flows, events)
+        else:
+            _retrying(lambda: self._insert_once(cur, flows, events))
+
+    def _insert_once(self, cur: duckdb.DuckDBPyConnection, flows: Sequence[dict[str, Any]],
+                     events: Sequence[dict[str, Any]]) -> None:
         cur.execute("BEGIN TRANSACTION")
         try:
             if flows:
@@ -417,16 +471,27 @@ class Store:
             raise
 
     def unfinished(self, cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-        """Flows that were received but never got a flows row (the gateway died first)."""
-        cur.execute("""
+        """Flows that were received but never got a flows row (the gateway died first).
+
+        In a lake only this gateway's (``scope``: its received events say which gateway).
+        """
+        cur.execute(f"""
             SELECT r.flow_id, epoch_us(r.at) AS at_us, r.detail,
                    EXISTS (SELECT 1 FROM events h WHERE h.flow_id = r.flow_id AND h.kind = 'held') AS held
             FROM events r
             WHERE r.kind = 'received' AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = r.flow_id)
+              {self.scope_filter("r")}
             ORDER BY r.at
-        """)
+        """, self.scope_params())
         columns = [d[0] for d in cur.description or []]
         return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+
+    def scope_filter(self, alias: str) -> str:
+        """SQL restricting ``alias`` (a received event) to this gateway's flows, if scoped."""
+        return "" if self.scope is None else f"AND json_extract_string({alias}.detail, '$.gateway') = $scope"
+
+    def scope_params(self) -> dict[str, Any] | None:
+        return None if self.scope is None else {"scope": self.scope}
 
     def delete_older_than(self, cur: duckdb.DuckDBPyConnection, days: int,
                           now: datetime | None = None) -> tuple[int, int, datetime]:
@@ -470,7 +535,8 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _confine(con: duckdb.DuckDBPyConnection, staging: Path, db: Path) -> None:
+def _confine(con: duckdb.DuckDBPyConnection, staging: Path, db: Path,
+             extra: Sequence[str] = ()) -> None:
     """No file access for SQL run on this database beyond its own files.
 
     Reviewers' SELECTs run here, and DuckDB's table functions read any file
@@ -481,9 +547,37 @@ def _confine(con: duckdb.DuckDBPyConnection, staging: Path, db: Path) -> None:
     database is open: read-only by construction, not by filtering function names.
     """
     staging.mkdir(mode=0o700, exist_ok=True)
-    allowed = [str(staging) + "/", str(db.parent / f"{db.name}.tmp") + "/"]
+    allowed = [str(staging) + "/", str(db.parent / f"{db.name}.tmp") + "/", *extra]
     con.execute("SET allowed_directories = [" + ", ".join(f"'{_sql_string(d)}'" for d in allowed) + "]")
     con.execute("SET enable_external_access = false")
+
+
+#: Lake commits that meet another process's are retried this often, this far apart.
+RETRIES = 8
+RETRY_PAUSE_S = 0.05
+_TRANSIENT = ("conflict", "database is locked", "database table is locked", "busy")
+
+
+def _retrying(action: Callable[[], Any]) -> Any:
+    """Run ``action``, again after a short pause when another lake writer got in the way."""
+    for attempt in range(RETRIES):
+        try:
+            return action()
+        except duckdb.Error as exc:
+            text = str(exc).lower()
+            if attempt == RETRIES - 1 or not any(word in text for word in _TRANSIENT):
+                raise
+            time.sleep(RETRY_PAUSE_S * (attempt + 1))
+    return None
+
+
+def _extension_home(db: Path) -> Path:
+    """Where the lake's DuckDB extensions are linked: beside the recording, or a temp dir
+    when that directory is not ours to write (an analyst reading another user's lake)."""
+    home = db.parent / f"{db.name}.ext"
+    if os.access(db.parent, os.W_OK) or home.exists():
+        return home
+    return Path(tempfile.gettempdir()) / f"portcullis-ext-{os.getuid()}"
 
 
 def _private_files(on: bool) -> None:

@@ -64,6 +64,8 @@ class Writer:
         self.written = 0
         self.cpu_seconds = 0.0
         self.dropped = 0
+        #: A lake's upkeep (recordings/maintenance.py), run between commits; None for a file.
+        self.maintenance: Any = None
         # A deque, not a queue.Queue: appending wakes nobody. Waking the writer for every
         # row made it fight the event loop for the GIL on each request.
         self._queue: deque[Any] = deque()
@@ -137,6 +139,8 @@ class Writer:
             if self._stopping and time.monotonic() > self._give_up_at:
                 break
             self._maybe_retain(cur)
+            if self.maintenance is not None and self.healthy:
+                self.maintenance.maybe_run(cur)
             self._maybe_trim()
         cur.close()
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -46,9 +47,10 @@ from addons.core.flowstate import FlowState, FlowStates
 from addons.core.options import Option, register_options
 from addons.core.replies import reply
 from addons.recorder import rows
-from recordings import control, native_heap, writer
+from recordings import control, maintenance, native_heap, writer
 from recordings.analyst import DEFAULT_LIMITS, Limits
 from recordings.journal import Journal
+from recordings.lake import Lake, LakeError
 from recordings.recovery import recover
 from recordings.schema import SCHEMA_VERSION
 from recordings.store import DuckDBSettings, Store, StoreError
@@ -82,6 +84,18 @@ OPTIONS = (
            "DuckDB worker threads for the recording database.", flag="--db-threads"),
     Option("portcullis_sql_timeout", float, DEFAULT_LIMITS.timeout_s,
            "Seconds an analyst's query (SQL page, portcullis sql) may run.", flag="--sql-timeout"),
+    Option("portcullis_lake", str, "",
+           "Record into a DuckLake instead of the --db file: a directory (local catalog, no "
+           "server; analysts attach it while the gateway writes) or a postgresql:// URL (one "
+           "lake for every gateway; needs --lake-data). The journal and socket stay beside --db.",
+           flag="--lake", metavar="DIR|URL", empty_is_off=True),
+    Option("portcullis_lake_data", str, "",
+           "Where a lake's data files go: a directory or s3://bucket/prefix (default for a "
+           "local lake: DIR/data).", flag="--lake-data", metavar="DIR|S3URL"),
+    Option("portcullis_lake_maintenance", float, maintenance.DEFAULT_EVERY_S,
+           "Seconds between a lake's maintenance runs (flush inlined rows, merge small files, "
+           "retention), done by one gateway at a time (0 = never).",
+           flag="--lake-maintenance", metavar="SECONDS"),
 )
 
 
@@ -120,7 +134,9 @@ class RecorderAddon:
         if "portcullis_retain_days" in updated:
             if ctx.options.portcullis_retain_days < 0:
                 raise exceptions.OptionsError("portcullis_retain_days must be >= 0")
-            if self.writer is not None:
+            if self.writer is not None and self.writer.maintenance is not None:
+                self.writer.maintenance.retain_days = ctx.options.portcullis_retain_days
+            elif self.writer is not None:
                 self.writer.retain_days = ctx.options.portcullis_retain_days
         if "portcullis_on_record_failure" in updated:
             self.block_on_failure = ctx.options.portcullis_on_record_failure == "block"
@@ -129,16 +145,24 @@ class RecorderAddon:
             if self.store is not None and "portcullis_db" not in updated:
                 self.store.configure(self._duckdb)
                 self.store.limits = self._limits
-        if "portcullis_db" in updated:
+        if "portcullis_lake_maintenance" in updated and ctx.options.portcullis_lake_maintenance < 0:
+            raise exceptions.OptionsError("portcullis_lake_maintenance must be >= 0")
+        if updated & {"portcullis_db", "portcullis_lake", "portcullis_lake_data"}:
+            lake = _lake_option()
             self._close()
             if ctx.options.portcullis_db:
-                self._open(Path(ctx.options.portcullis_db))
+                self._open(Path(ctx.options.portcullis_db), lake)
+            elif lake is not None:
+                raise exceptions.OptionsError("a lake needs --db too: this gateway's journal and "
+                                              "socket live beside that path")
 
-    def _open(self, path: Path) -> None:
+    def _open(self, path: Path, lake: Lake | None = None) -> None:
+        target = lake.describe() if lake else str(path)
         try:
-            store = Store(path, settings=self._duckdb, limits=self._limits)
+            store = Store(path, settings=self._duckdb, limits=self._limits, lake=lake,
+                          scope=gateway_scope(path) if lake else None)
         except StoreError as exc:
-            raise exceptions.OptionsError(f"cannot record to {path}: {exc}") from None
+            raise exceptions.OptionsError(f"cannot record to {target}: {exc}") from None
         if 0 < store.previous_version < SCHEMA_VERSION:
             log.info("recording: upgraded %s from schema %d to %d", path, store.previous_version,
                      SCHEMA_VERSION)
@@ -153,16 +177,21 @@ class RecorderAddon:
                             from_journal)
             journal.close(delete=True)  # everything in it is in the database now
             journal.open()
-            if days:
+            if days and lake is None:  # a lake's retention is its maintenance's
                 writer.retain(store, cur, days)
         except (OSError, StoreError, duckdb.Error) as exc:
             store.close()
-            raise exceptions.OptionsError(f"cannot record to {path}: {exc}") from None
+            raise exceptions.OptionsError(f"cannot record to {target}: {exc}") from None
         finally:
             cur.close()
         self.store = store
         self.journal = journal
         self.writer = writer.Writer(store, retain_days=days)
+        if lake is not None:
+            # Retention in a lake is part of its maintenance, which one gateway at a time runs.
+            self.writer.retain_days = 0
+            self.writer.maintenance = maintenance.Maintenance(
+                store, ctx.options.portcullis_lake_maintenance, days)
         self.writer.start()
         if not self._subscribed:
             self.states.bus.subscribe(self._on_event)
@@ -217,11 +246,13 @@ class RecorderAddon:
     def banner(self) -> list[str]:
         if self.store is None:
             return ["recording: OFF"]
-        return [f"recording: {self.store.path} (schema v{SCHEMA_VERSION}; "
+        where = self.store.lake.describe() if self.store.lake else self.store.path
+        return [f"recording: {where} (schema v{SCHEMA_VERSION}; "
                 f"on failure: {'block' if self.block_on_failure else 'allow'})"]
 
     def _health(self) -> dict:
         return {"db": str(self.store.path) if self.store else None,
+                "lake": self.store.lake.describe() if self.store and self.store.lake else None,
                 "recording": self.failure or "ok" if self.writer else "off",
                 "rows_written": self.writer.written if self.writer else 0,
                 "writer_cpu_s": round(self.writer.cpu_seconds, 3) if self.writer else 0}
@@ -255,6 +286,8 @@ class RecorderAddon:
                   "port": request.port, "path": redactor.text(path),
                   "query": redactor.text(query) if query else None,
                   "client_addr": rows.client_address(flow.client_conn.peername)}
+        if self.store is not None and self.store.scope is not None:
+            detail["gateway"] = self.store.scope  # whose flow it is, for recovery (lake)
         # A plain write, before the body, a hold or the upstream (see the docstring).
         self._journal("received", flow.id, detail)
         state.emit("received", **detail)
@@ -374,6 +407,20 @@ class RecorderAddon:
         # Encoding and redaction happen on the writer thread, not on the event loop.
         self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
                                       event.detail, secrets))
+
+
+def gateway_scope(db: Path) -> str:
+    """This gateway's name in a lake: host and --db path (where its journal is)."""
+    return f"{socket.gethostname()}:{db.resolve()}"
+
+
+def _lake_option() -> Lake | None:
+    if not ctx.options.portcullis_lake:
+        return None
+    try:
+        return Lake.parse(ctx.options.portcullis_lake, ctx.options.portcullis_lake_data)
+    except LakeError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
 
 
 def _database_options() -> tuple[DuckDBSettings, Limits]:

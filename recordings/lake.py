@@ -1,0 +1,177 @@
+"""The recording as a DuckLake: one set of tables that many processes write and read at once.
+
+A DuckDB file admits one process: while the gateway records, nobody else can open it,
+not even read-only. DuckLake keeps the same tables as Parquet files plus a catalog in a
+database that does handle many processes, and each reader sees a consistent snapshot:
+
+* a **local lake** (``--lake DIR``): the catalog is ``DIR/catalog.sqlite`` (SQLite in WAL
+  mode: readers never block the writer, nor the writer them) and the data files are in
+  ``DIR/data/``. No server; an analyst's own DuckDB attaches it read-only while the
+  gateway writes.
+* a **shared lake** (``--lake postgresql://...``): the catalog is in PostgreSQL (15+), the
+  data files in ``--lake-data`` (a directory every gateway reaches, or ``s3://bucket/
+  prefix``). Every gateway writes its flows and events into the same tables; PostgreSQL
+  orders the commits.
+
+Small commits are inlined into the catalog (up to ``INLINE_ROWS`` rows per commit) rather
+than leaving one Parquet file each; :mod:`recordings.maintenance` flushes them into files,
+merges small files and applies retention, one process at a time.
+
+The analyst's one statement (``portcullis sql --attach`` prints it for a lake)::
+
+    ATTACH 'ducklake:sqlite:/srv/portcullis/recording.lake/catalog.sqlite' AS rec (READ_ONLY);
+    ATTACH 'ducklake:postgres:postgresql://reader@db/portcullis' AS rec (READ_ONLY);
+
+then ``SELECT ... FROM rec.flows`` (the views too: ``FROM rec.blocked_by_rule``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from recordings import extensions
+
+#: Commits of up to this many rows per table go into the catalog instead of a new file.
+INLINE_ROWS = 2000
+ALIAS = "lake"
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+#: S3 settings are read from these environment variables (docs/recording.md, "S3").
+S3_ENV = {"KEY_ID": "AWS_ACCESS_KEY_ID", "SECRET": "AWS_SECRET_ACCESS_KEY",
+          "SESSION_TOKEN": "AWS_SESSION_TOKEN", "REGION": "AWS_REGION", "ENDPOINT": "PORTCULLIS_S3_ENDPOINT",
+          "URL_STYLE": "PORTCULLIS_S3_URL_STYLE", "USE_SSL": "PORTCULLIS_S3_USE_SSL"}
+
+
+class LakeError(Exception):
+    """The lake's settings are wrong or its catalog cannot be reached; the message says why."""
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Where a lake's catalog and data files are (see the module docstring)."""
+
+    catalog: str  # a postgresql:// URL, or a local directory
+    data: str = ""  # data files: a directory or s3://...; a local lake defaults to DIR/data
+
+    @classmethod
+    def parse(cls, value: str, data: str = "") -> Lake:
+        value = value.strip()
+        if not value:
+            raise LakeError("the lake is empty")
+        if value.startswith(POSTGRES_PREFIXES):
+            if not data:
+                raise LakeError("a lake with its catalog in PostgreSQL needs --lake-data "
+                                "(a directory every gateway reaches, or s3://bucket/prefix)")
+            return cls(value, _data_path(data))
+        root = Path(value).expanduser().resolve()
+        return cls(str(root), _data_path(data) if data else str(root / "data") + "/")
+
+    @property
+    def shared(self) -> bool:
+        return self.catalog.startswith(POSTGRES_PREFIXES)
+
+    @property
+    def on_s3(self) -> bool:
+        return self.data.startswith("s3://")
+
+    @property
+    def catalog_file(self) -> Path | None:
+        return None if self.shared else Path(self.catalog) / "catalog.sqlite"
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        names = ("ducklake", "postgres" if self.shared else "sqlite")
+        return (*names, "httpfs") if self.on_s3 else names
+
+    @property
+    def uri(self) -> str:
+        """The ATTACH target (no secrets beyond what the operator put into the URL)."""
+        return f"ducklake:postgres:{self.catalog}" if self.shared else f"ducklake:sqlite:{self.catalog_file}"
+
+    def attach_statement(self, alias: str = "rec") -> str:
+        """The analyst's one statement."""
+        return f"ATTACH '{_sql(self.uri)}' AS {alias} (READ_ONLY)"
+
+    def local_directories(self) -> list[str]:
+        """Directories this lake's own files are in (for allowed_directories)."""
+        found = [] if self.on_s3 else [self.data]
+        if self.catalog_file is not None:
+            found.append(str(self.catalog_file.parent) + "/")
+        return found
+
+    def describe(self) -> str:
+        """For banners and logs: the catalog without a password."""
+        if not self.shared:
+            return f"lake {self.catalog}"
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.catalog)
+        host = parts.hostname or "localhost"
+        return f"lake postgresql://{host}{':' + str(parts.port) if parts.port else ''}{parts.path} -> {self.data}"
+
+
+def _data_path(value: str) -> str:
+    if value.startswith("s3://"):
+        return value if value.endswith("/") else value + "/"
+    return str(Path(value).expanduser().resolve()) + "/"
+
+
+def extension_directory(near: Path) -> Path:
+    """A private extension directory with the wheels' binaries (recordings.extensions)."""
+    try:
+        return extensions.install(near)
+    except extensions.MissingExtension as exc:
+        raise LakeError(str(exc)) from None
+    except OSError as exc:
+        raise LakeError(f"cannot prepare DuckDB's extensions in {near}: {exc}") from None
+
+
+def prepare(lake: Lake) -> None:
+    """Create a local lake's directories and its catalog in WAL mode (once, persistent)."""
+    if lake.shared:
+        if not lake.on_s3:
+            Path(lake.data).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    Path(lake.catalog).mkdir(mode=0o700, parents=True, exist_ok=True)
+    Path(lake.data).mkdir(mode=0o700, parents=True, exist_ok=True)
+    assert lake.catalog_file is not None
+    connection = sqlite3.connect(lake.catalog_file, timeout=10)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
+    """Load the extensions, set up S3 if needed, ATTACH the lake as ``lake`` and USE it."""
+    try:
+        extensions.load(con, lake.extensions)
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot load DuckDB's lake extensions: {exc}") from None
+    if lake.on_s3:
+        _s3_secret(con)
+    options = [] if read_only else [f"DATA_PATH '{_sql(lake.data)}'", f"DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"]
+    if read_only:
+        options.append("READ_ONLY")
+    try:
+        con.execute(f"ATTACH '{_sql(lake.uri)}' AS {ALIAS} ({', '.join(options)})")
+        con.execute(f"USE {ALIAS}")
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot attach {lake.describe()}: {str(exc).splitlines()[0]}") from None
+
+
+def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
+    """An S3 secret from the environment (S3_ENV); without keys DuckDB's default chain applies."""
+    values = {key: os.environ[name] for key, name in S3_ENV.items() if os.environ.get(name)}
+    if not values:
+        return
+    body = ", ".join(f"{key} '{_sql(value)}'" for key, value in values.items())
+    con.execute(f"CREATE OR REPLACE SECRET portcullis_lake_s3 (TYPE s3, {body})")
+
+
+def _sql(value: str | Path) -> str:
+    return str(value).replace("'", "''")
