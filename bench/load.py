@@ -38,9 +38,8 @@ from typing import Any
 import duckdb
 import requests
 
-from bench.procs import gateway_process, upstream_process, usage
+from bench.procs import free_port, gateway_process, upstream_process, usage
 from review_ui.reviewers import add_reviewer
-from tests.support.gateway import free_port
 
 RULES = """\
 version: 1
@@ -161,64 +160,117 @@ def verify_recording(db: Path, seen: list[str]) -> dict[str, Any]:
             "missing": missing, "duplicate_ids": duplicates, "decisions": decisions}
 
 
-def run(clients: int, seconds: float, max_growth_mb: float, workdir: Path) -> dict[str, Any]:
-    rules = workdir / "rules.yaml"
-    rules.write_text(RULES)
-    reviewers = workdir / "reviewers.yaml"
-    _, token = add_reviewer(reviewers, "load-reviewer", [], "load-reviewer-password")
-    ui_port = free_port()
-    db = workdir / "load.duckdb"
-    upstream = upstream_process(workdir)
-    gateway = gateway_process("portcullis", workdir, rules, workdir / "conf", "--db", str(db),
-                              "--ui", f"127.0.0.1:{ui_port}", "--reviewers", str(reviewers))
-    tally, decided, stop = Tally(), Counter(), threading.Event()
-    memory: list[tuple[float, int]] = []
-    try:
-        upstream.start()
-        gateway.start()
-        pid = gateway.pid
-        ui = f"http://127.0.0.1:{ui_port}"
-        review = threading.Thread(target=reviewer, args=(ui, token, stop, decided), daemon=True)
-        review.start()
-        started = time.monotonic()
-        deadline = started + seconds
-        threads = [threading.Thread(target=client, daemon=True,
-                                    args=(i, f"http://127.0.0.1:{gateway.port}",
-                                          f"http://127.0.0.1:{upstream.port}", deadline, tally))
-                   for i in range(clients)]
+class Rig:
+    """What a load or a soak run stands on, set up in one place: the gateway (recording
+    into ``<name>.duckdb`` unless ``record`` is off, review UI on), the benchmark upstream
+    (a subprocess) and the scripted reviewer thread deciding holds through the JSON API.
+
+    Use as a context manager; ``clients(target, args)`` starts one client thread per
+    argument tuple (each called as ``target(number, *args, proxy, upstream, deadline,
+    tally)``), ``finish(threads)`` waits for them and stops the reviewer.
+    """
+
+    def __init__(self, name: str, workdir: Path, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None, record: bool = True) -> None:
+        self.workdir = workdir
+        self.db = workdir / f"{name}.duckdb"
+        self.record = record
+        rules = workdir / "rules.yaml"
+        rules.write_text(RULES)
+        reviewers = workdir / "reviewers.yaml"
+        _, self.token = add_reviewer(reviewers, f"{name}-reviewer", [], f"{name}-reviewer-password")
+        ui_port = free_port()
+        self.ui = f"http://127.0.0.1:{ui_port}"
+        self.upstream = upstream_process(workdir)
+        self.gateway = gateway_process("portcullis", workdir, rules, workdir / "conf",
+                                       "--db", str(self.db) if record else "", "--ui", f"127.0.0.1:{ui_port}",
+                                       "--reviewers", str(reviewers), *(extra or []))
+        self.gateway.env = dict(env or {})
+        self.tally, self.decided, self.stop = Tally(), Counter(), threading.Event()
+        self._review: threading.Thread | None = None
+
+    def __enter__(self) -> Rig:
+        try:
+            self.upstream.start()
+            self.gateway.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        self._review = threading.Thread(target=reviewer, args=(self.ui, self.token, self.stop, self.decided),
+                                        daemon=True)
+        self._review.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.gateway.stop()
+        self.upstream.stop()
+
+    @property
+    def pid(self) -> int:
+        return self.gateway.pid
+
+    def clients(self, target: Any, per_client: list[tuple[Any, ...]], deadline: float) -> list[threading.Thread]:
+        proxy, upstream = f"http://127.0.0.1:{self.gateway.port}", f"http://127.0.0.1:{self.upstream.port}"
+        threads = [threading.Thread(target=target, daemon=True,
+                                    args=(i, *args, proxy, upstream, deadline, self.tally))
+                   for i, args in enumerate(per_client)]
         for thread in threads:
             thread.start()
-        while time.monotonic() < deadline:
-            memory.append((round(time.monotonic() - started, 1), usage(pid).rss))
-            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        return threads
+
+    def finish(self, threads: list[threading.Thread], timeout: float = 120) -> int:
+        """Wait for the clients (a held request may still wait for its decision), stop the
+        reviewer; the number of clients that did not finish."""
         for thread in threads:
-            thread.join(120)  # a held request may still be waiting for its decision
-        stuck = sum(thread.is_alive() for thread in threads)
+            thread.join(timeout)
+        self.stop.set()
+        if self._review is not None:
+            self._review.join(15)
+        return sum(thread.is_alive() for thread in threads)
+
+    def verify(self) -> dict[str, Any]:
+        return verify_recording(self.db, self.tally.flow_ids) if self.record else {"off": True}
+
+
+def recording_problems(recording: dict[str, Any]) -> list[str]:
+    """Not every flow the clients saw is in the recording exactly once (and nothing else)."""
+    if recording.get("off"):
+        return []
+    if recording["missing"] or recording["duplicate_ids"] or recording["rows"] != recording["distinct_seen"] \
+            or recording["distinct_seen"] != recording["seen_by_clients"]:
+        return [f"recording mismatch: {recording}"]
+    return []
+
+
+def run(clients: int, seconds: float, max_growth_mb: float, workdir: Path) -> dict[str, Any]:
+    memory: list[tuple[float, int]] = []
+    with Rig("load", workdir) as rig:
+        started = time.monotonic()
+        deadline = started + seconds
+        threads = rig.clients(client, [()] * clients, deadline)
+        while time.monotonic() < deadline:
+            memory.append((round(time.monotonic() - started, 1), usage(rig.pid).rss))
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        stuck = rig.finish(threads)
         elapsed = time.monotonic() - started
-        memory.append((round(elapsed, 1), usage(pid).rss))
-        stop.set()
-        review.join(15)
-        final_usage = usage(pid)
-    finally:
-        stop.set()
-        gateway.stop()
-        upstream.stop()
-    recording = verify_recording(db, tally.flow_ids)
+        memory.append((round(elapsed, 1), usage(rig.pid).rss))
+        final_usage = usage(rig.pid)
+    tally = rig.tally
+    recording = rig.verify()
     warm = [rss for at, rss in memory if at >= seconds / 5] or [memory[-1][1]]
     growth_mb = (memory[-1][1] - warm[0]) / 2**20
     requests_done = sum(tally.outcomes.values())
     problems = list(tally.unexpected)
     if stuck:
         problems.append(f"{stuck} clients did not finish")
-    if recording["missing"] or recording["duplicate_ids"] or recording["rows"] != recording["distinct_seen"] \
-            or recording["distinct_seen"] != recording["seen_by_clients"]:
-        problems.append(f"recording mismatch: {recording}")
+    problems += recording_problems(recording)
     if growth_mb > max_growth_mb:
         problems.append(f"gateway memory grew by {growth_mb:.0f} MiB (limit {max_growth_mb:.0f})")
     return {
         "clients": clients, "seconds": round(elapsed, 1), "requests": requests_done,
         "requests_per_s": round(requests_done / elapsed, 1), "outcomes": dict(tally.outcomes),
-        "reviewer": dict(decided), "recording": recording,
+        "reviewer": dict(rig.decided), "recording": recording,
         "latency_ms_p50": {k: round(1000 * sorted(v)[len(v) // 2], 1) for k, v in tally.latencies.items()},
         "latency_ms_p99": {k: round(1000 * sorted(v)[int(len(v) * 0.99)], 1) for k, v in tally.latencies.items()},
         "gateway_rss_mb": [(at, round(rss / 2**20, 1)) for at, rss in memory],

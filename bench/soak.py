@@ -29,19 +29,15 @@ import os
 import random
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench.load import MIX, RULES, Tally, reviewer, send_one, verify_recording
-from bench.procs import gateway_process, upstream_process, usage
+from bench.load import MIX, Rig, Tally, recording_problems, send_one
+from bench.procs import usage
 from recordings import control
-from review_ui.reviewers import add_reviewer
-from tests.support.gateway import free_port
 
 MAX_MINUTES = 120.0
 MAX_RATE = 2000.0
@@ -113,40 +109,21 @@ def rss_at(samples: list[tuple[float, float]], seconds: float) -> float | None:
 def run(minutes: float, rate: float, clients: int, warmup_minutes: float, sample_seconds: float,
         workdir: Path, trace: bool, extra: list[str], env: dict[str, str] | None = None,
         record: bool = True, log=print) -> dict[str, Any]:
-    rules = workdir / "rules.yaml"
-    rules.write_text(RULES)
-    reviewers = workdir / "reviewers.yaml"
-    _, token = add_reviewer(reviewers, "soak-reviewer", [], "soak-reviewer-password")
-    ui_port = free_port()
-    db = workdir / "soak.duckdb"
     seconds = minutes * 60
-    upstream = upstream_process(workdir)
-    gateway = gateway_process("portcullis", workdir, rules, workdir / "conf", "--db", str(db) if record else "",
-                              "--ui", f"127.0.0.1:{ui_port}", "--reviewers", str(reviewers), *extra)
-    gateway.env = dict(env or {})
+    environment = dict(env or {})
     if trace:
-        gateway.env.update({"PYTHONTRACEMALLOC": "1", control.TRACEMALLOC_ENV: "1"})
-    tally, decided, stop = Tally(), Counter(), threading.Event()
+        environment.update({"PYTHONTRACEMALLOC": "1", control.TRACEMALLOC_ENV: "1"})
     samples: list[tuple[float, float]] = []
     minutes_log: list[dict[str, Any]] = []
-    try:
-        upstream.start()
-        gateway.start()
-        pid = gateway.pid
-        ui = f"http://127.0.0.1:{ui_port}"
-        review = threading.Thread(target=reviewer, args=(ui, token, stop, decided), daemon=True)
-        review.start()
+    with Rig("soak", workdir, extra, environment, record) as rig:
+        db, tally = rig.db, rig.tally
         started = time.monotonic()
         deadline = started + seconds
-        threads = [threading.Thread(target=paced_client, daemon=True, args=(
-            i, clients, rate, f"http://127.0.0.1:{gateway.port}", f"http://127.0.0.1:{upstream.port}",
-            deadline, tally)) for i in range(clients)]
-        for thread in threads:
-            thread.start()
+        threads = rig.clients(paced_client, [(clients, rate)] * clients, deadline)
         next_minute = 60.0
         while True:
             at = time.monotonic() - started
-            samples.append((at, usage(pid).rss / 2**20))
+            samples.append((at, usage(rig.pid).rss / 2**20))
             if at >= next_minute or at >= seconds:
                 done = sum(tally.outcomes.values())
                 line = {"minute": round(at / 60, 1), "rss_mb": round(samples[-1][1], 1),
@@ -160,32 +137,22 @@ def run(minutes: float, rate: float, clients: int, warmup_minutes: float, sample
             if at >= seconds:
                 break
             time.sleep(min(sample_seconds, max(0.05, seconds - at)))
-        for thread in threads:
-            thread.join(120)
-        stuck = sum(thread.is_alive() for thread in threads)
+        stuck = rig.finish(threads)
         elapsed = time.monotonic() - started
-        stop.set()
-        review.join(15)
-        final = usage(pid)
-    finally:
-        stop.set()
-        gateway.stop()
-        upstream.stop()
-    recording = verify_recording(db, tally.flow_ids) if record else {"off": True}
+        final = usage(rig.pid)
+    recording = rig.verify()
     warm = [(at, mb) for at, mb in samples if at >= warmup_minutes * 60]
     slope = slope_mb_per_min(warm)
     at5, last = rss_at(samples, 300), samples[-1][1]
     problems = list(tally.unexpected)
     if stuck:
         problems.append(f"{stuck} clients did not finish")
-    if record and (recording["missing"] or recording["duplicate_ids"]
-                   or recording["rows"] != recording["distinct_seen"]):
-        problems.append(f"recording mismatch: {recording}")
+    problems += recording_problems(recording)
     done = sum(tally.outcomes.values())
     return {
         "minutes": round(elapsed / 60, 2), "target_rate": rate, "clients": clients,
         "requests": done, "requests_per_s": round(done / elapsed, 1),
-        "outcomes": dict(tally.outcomes), "reviewer": dict(decided), "recording": recording,
+        "outcomes": dict(tally.outcomes), "reviewer": dict(rig.decided), "recording": recording,
         "rss_mb_start": round(samples[0][1], 1), "rss_mb_at_5_min": round(at5, 1) if at5 else None,
         "rss_mb_end": round(last, 1), "peak_rss_mb": round(final.peak_rss / 2**20, 1),
         "slope_mb_per_min_after_warmup": round(slope, 3) if slope is not None else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import logging
 import os
 import signal
@@ -30,7 +31,27 @@ UNUSED_MITMPROXY_ADDONS = (
     "browser", "commandhistory", "comment", "cut", "export", "onboarding", "mapremote",
     "maplocal", "modifybody", "modifyheaders", "stickyauth", "stickycookie", "save", "savehar",
     "anticache", "anticomp", "scriptloader",
+    # Server replay, blocklists, upstream and proxy auth, Alt-Svc rewriting, reading flow files:
+    # options Portcullis never sets, each still called on its hook for every flow.
+    "blocklist", "serverplayback", "upstreamauth", "proxyauth", "updatealtsvc",
+    "readfilestdin", "keepserving",
 )
+
+
+#: Optional modules DuckDB's Python client tries to import on every execute() with
+#: parameters (to tell a pandas DataFrame from a list). When one is not installed each
+#: attempt walks sys.path again (Python does not cache a failed import): measured, 90%
+#: of the recorder's insert time, under the GIL the proxy's event loop needs.
+PROBED_OPTIONAL_MODULES = ("pandas",)
+
+
+def cache_absent_imports(names: tuple[str, ...] = PROBED_OPTIONAL_MODULES) -> list[str]:
+    """Make ``import name`` fail at once for each of ``names`` that is not installed
+    (a None entry in sys.modules); returns those names. Installed modules are untouched."""
+    absent = [name for name in names if name not in sys.modules and importlib.util.find_spec(name) is None]
+    for name in absent:
+        sys.modules[name] = None  # type: ignore[assignment]
+    return absent
 
 
 class StartupError(Exception):
@@ -99,7 +120,7 @@ async def stop(master: DumpMaster, grace: float = 3.0) -> None:
 
 
 async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bool = False,
-                worker: int | None = None) -> int:
+                worker: int | None = None, notice: list[str] | None = None) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code.
 
     ``worker``: this process is worker number ``worker`` of `portcullis run --workers N`
@@ -111,6 +132,7 @@ async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bo
         check_port_free(host, port)
     else:
         reuseport.install()
+    cache_absent_imports()
     confdir = mitm_options.get("confdir")
     ca_cert = ensure_ca(confdir) if confdir else None
     opts = options.Options(listen_host=host, listen_port=port)
@@ -133,6 +155,7 @@ async def serve(listen: tuple[str, int], mitm_options: dict[str, Any], quiet: bo
             f"  proxy:    http://{host}:{port}",
             f"  CA cert:  {ca_cert}",
             *[f"  {line}" for lines in summary for line in lines],
+            *[f"  {line}" for line in notice or ()],  # e.g. the first run's admin reviewer
             "Agent environment (or: eval \"$(portcullis env)\"):",
             *[f"  {line}" for line in shell_exports(env).splitlines()],
         ]

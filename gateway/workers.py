@@ -46,6 +46,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from addons.holds.pgaddon import is_postgres
 from gateway.agent_env import ensure_ca
 from gateway.server import WORKER_READY_MARK, StartupError, check_port_free, serve
 
@@ -85,7 +86,7 @@ def shared_state_problem(options: dict[str, Any], count: int) -> str | None:
     """Why these settings cannot run ``count`` workers, or None."""
     if count <= 1:
         return None
-    if not options.get("portcullis_state"):
+    if not is_postgres(str(options.get("portcullis_state") or "").strip()):
         return (f"--workers {count} needs shared state: holds, votes, grants and reviewer sessions "
                 "must be the same in every worker. Pass --state postgresql://USER@HOST/DB "
                 "(docs/deploy.md), or run one worker")

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -33,29 +35,17 @@ rules:
     match: {path: "/admin/**"}
     action: block
 """
+HOLDING = """\
+  - name: hold-refunds
+    match: {method: POST, path: /refunds}
+    action: hold
+"""
+RULES += HOLDING
 RELOADED = RULES + """\
   - name: no-reports
     match: {path: "/reports/**"}
     action: block
 """
-
-#: The supervisor without its shared-state check (which test_workers_need_shared_state
-#: covers): these tests are about the processes, and hold no requests.
-LAUNCHER = """\
-import asyncio, sys
-from gateway import settings, workers
-from gateway.cli import build_parser
-args = build_parser().parse_args(sys.argv[1:])
-sys.exit(asyncio.run(workers.Supervisor(args.listen, settings.mitmproxy_options(args), args.quiet,
-                                        args.workers).run()))
-"""
-
-
-class WorkersGateway(GatewayProcess):
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-c", LAUNCHER, *super().command[3:]]
-
 
 def worker_pids(gateway: GatewayProcess) -> list[int]:
     line = gateway.wait_for_output("workers:")
@@ -116,16 +106,16 @@ def upstream() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[GatewayProcess]:
+def rig(tmp_path_factory: pytest.TempPathFactory, confdir: Path, postgres_dsn: str) -> Iterator[GatewayProcess]:
     directory = tmp_path_factory.mktemp("workers")
     rules = directory / "rules.yaml"
     rules.write_text(RULES)
     reviewers = directory / "reviewers.yaml"
-    add_reviewer(reviewers, "wanda", [], "wanda-password-1")
+    _, token = add_reviewer(reviewers, "wanda", [], "wanda-password-1")
     ui_port = free_port()
-    gateway = WorkersGateway(rules, confdir, ["--workers", "2", "--db", "", "--ui", f"127.0.0.1:{ui_port}",
-                                              "--reviewers", str(reviewers)])
-    gateway.ui_port = ui_port  # type: ignore[attr-defined]
+    gateway = GatewayProcess(rules, confdir, ["--workers", "2", "--state", postgres_dsn, "--db", "",
+                                              "--ui", f"127.0.0.1:{ui_port}", "--reviewers", str(reviewers)])
+    gateway.ui_port, gateway.token = ui_port, token  # type: ignore[attr-defined]
     gateway.start(timeout=60)
     yield gateway
     gateway.stop()
@@ -186,6 +176,53 @@ def test_the_review_ui_is_bound_once_and_guarded_by_every_worker(rig: GatewayPro
     assert refused_by == set(pids)
 
 
+def test_a_hold_in_either_worker_is_decided_through_worker_0s_review_ui(rig: GatewayProcess,
+                                                                         upstream: UpstreamServer) -> None:
+    """The shared state (--state) is what makes this work: the UI lives in worker 0 only."""
+    pids = worker_pids(rig)
+    api = f"http://127.0.0.1:{rig.ui_port}/api"  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {rig.token}"}  # type: ignore[attr-defined]
+    for pid in pids:
+        connection = _connection_served_by(rig, pids, pid)
+        held: dict[str, Any] = {}
+
+        def send(connection: http.client.HTTPConnection = connection, held: dict[str, Any] = held) -> None:
+            connection.request("POST", upstream.url("/refunds"), body=b'{"amount": 5}',
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            held["status"], held["body"] = response.status, response.read()
+
+        waiter = threading.Thread(target=send)
+        waiter.start()
+        deadline, pending = time.monotonic() + 15, []
+        while not pending and time.monotonic() < deadline:
+            pending = requests.get(f"{api}/pending", headers=headers, timeout=10).json()["pending"]
+            time.sleep(0.05)
+        assert len(pending) == 1, pending
+        answer = requests.post(f"{api}/flows/{pending[0]['flow_id']}/approve", headers=headers,
+                               json={"comment": "ok"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        waiter.join(15)
+        connection.close()
+        assert held.get("status") == 200, (pid, held)
+
+
+def _connection_served_by(gateway: GatewayProcess, pids: list[int], pid: int) -> http.client.HTTPConnection:
+    """A keep-alive connection to the proxy that worker ``pid`` accepted."""
+    for _ in range(200):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+        connection.connect()
+        for _ in range(50):  # accepted by the kernel first, by the worker's loop a moment later
+            owner = serving_pid(pids, gateway.port, connection.sock.getsockname()[1])
+            if owner is not None:
+                break
+            time.sleep(0.01)
+        if owner == pid:
+            return connection
+        connection.close()
+    raise AssertionError(f"no connection reached worker {pid}")
+
+
 def test_a_rules_edit_reloads_in_every_worker(rig: GatewayProcess, upstream: UpstreamServer) -> None:
     pids = worker_pids(rig)
     connections = _connections(rig, 24)
@@ -230,10 +267,12 @@ def _children(gateway: GatewayProcess) -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
-def test_sigterm_stops_every_worker_cleanly(tmp_path: Path, confdir: Path, upstream: UpstreamServer) -> None:
+def test_sigterm_stops_every_worker_cleanly(tmp_path: Path, confdir: Path, upstream: UpstreamServer,
+                                            postgres_dsn: str) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    gateway = WorkersGateway(rules, confdir, ["--workers", "2", "--db", "", "--ui", "off"]).start(timeout=60)
+    gateway = GatewayProcess(rules, confdir, ["--workers", "2", "--state", postgres_dsn, "--db", "",
+                                              "--ui", "off"]).start(timeout=60)
     pids = worker_pids(gateway)
     session = requests.Session()
     session.trust_env = False
@@ -263,6 +302,8 @@ def test_workers_need_shared_state(tmp_path: Path, confdir: Path) -> None:
         {"portcullis_state": "postgresql://x@127.0.0.1/db", "portcullis_db": "/tmp/x.duckdb"}, 2)
     assert workers.shared_state_problem({"portcullis_state": "postgresql://x@h/db", "portcullis_db": ""}, 2) is None
     assert workers.shared_state_problem({}, 1) is None
+    # 'memory' (the default) is one process's state, not shared.
+    assert "needs shared state" in workers.shared_state_problem({"portcullis_state": "memory", "portcullis_db": ""}, 2)
 
 
 def test_workers_flag_values() -> None:
