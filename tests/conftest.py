@@ -19,6 +19,28 @@ from tests.support.upstream import UpstreamServer
 
 pytest_plugins = ["tests.support.browser", "tests.support.postgres"]
 
+#: The whole suite runs on this many pytest-xdist workers (pyproject's addopts say
+#: ``-n auto --dist loadfile``: a module's tests, and so its shared gateway, stay on one
+#: worker); a run of a few modules runs in this process, as before. PORTCULLIS_TEST_WORKERS
+#: overrides (0: no workers).
+SUITE_WORKERS = 2
+#: A selection of at least this many test modules counts as "the whole suite".
+SUITE_MODULES = 20
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    if configured := os.environ.get("PORTCULLIS_TEST_WORKERS"):
+        return int(configured)
+    root = config.invocation_params.dir
+    modules: set[Path] = set()
+    for arg in config.args or ["tests"]:
+        path = root / arg.split("::", 1)[0]
+        modules |= set(path.rglob("test_*.py")) if path.is_dir() else {path}
+    if len(modules) < SUITE_MODULES or (os.cpu_count() or 1) < 2:
+        return 0
+    return SUITE_WORKERS
+
+
 #: Set PORTCULLIS_COUNT_PROCESSES=1 to print, per test module, how many subprocesses its
 #: tests started and of which kind (a gateway start costs one to two seconds).
 _COUNTING = os.environ.get("PORTCULLIS_COUNT_PROCESSES") == "1"
@@ -50,6 +72,11 @@ if _COUNTING:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(item: pytest.Item) -> None:
         _current_module[0] = item.nodeid.split("::", 1)[0]
+
+    def pytest_testnodedown(node, error) -> None:  # type: ignore[no-untyped-def]
+        """An xdist worker is done: add its counts to the controller's."""
+        for key, count in node.workeroutput.get("portcullis_started", []):
+            _started[tuple(key)] += count
 
     def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
         terminalreporter.section("subprocesses started per module")
@@ -133,6 +160,8 @@ def module_gateway(tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> I
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     reap()  # gateways told to stop_soon() exit before the session ends
+    if _COUNTING and hasattr(session.config, "workeroutput"):  # an xdist worker: report to the controller
+        session.config.workeroutput["portcullis_started"] = [[list(key), n] for key, n in _started.items()]
 
 
 @pytest.fixture
