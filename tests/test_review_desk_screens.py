@@ -1,6 +1,10 @@
 """Every review-UI page on any screen: no sideways scrolling at 390 px, zero axe-core
 violations of impact serious or critical, light and dark; the SQL page's size; a favicon.
 
+axe runs on every page at 1440x900 in light and dark and at 390x844 in light; the
+phone in dark checks the widths only (its colours are the desktop's, its layout the
+light phone's), which keeps the module near 50 s.
+
 One gateway (with recording) and one Chromium for the module. The pages are visited with
 real data in them: a pending hold, a decided one, recorded flows, a session, a flow
 detail, an SQL result. Screenshots of the queue, a review page and the decisions page
@@ -108,8 +112,8 @@ def test_every_page_has_no_serious_axe_violations_and_fits_the_screen(browser, r
             page.goto(rig.ui_url + path)
             page.wait_for_load_state("load")
             widths[name] = page_width(page)
-            if os.environ.get("DEBUG_OVERFLOW") and widths[name] > viewport["width"]:
-                print(name, page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 1 && !e.closest('.table-wrap')).slice(0, 6).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))"""))
+            if viewport is PHONE and scheme == "dark":
+                continue  # colours are checked on the desktop in dark, layout on the phone in light
             if bad := axe.serious(page):
                 found[name] = bad
             if viewport is PHONE and scheme == "light" and name in ("queue", "review", "decisions"):
@@ -120,14 +124,12 @@ def test_every_page_has_no_serious_axe_violations_and_fits_the_screen(browser, r
                 page.screenshot(path=str(ARTIFACTS / f"{name}-desktop-{scheme}.png"), full_page=True)
         print(f"\n{viewport['width']}px {scheme}: widths {widths}")
         print(f"axe serious/critical: { {k: [v['id'] for v in vs] for k, vs in found.items()} }")
-        if os.environ.get("DEBUG_OVERFLOW"):
-            print(found)
         context.close()
         context = browser.new_context(viewport=viewport, color_scheme=scheme)
         page = context.new_page()
         page.goto(rig.ui_url + "/login")
         widths["login"] = page_width(page)
-        if bad := axe.serious(page):
+        if not (viewport is PHONE and scheme == "dark") and (bad := axe.serious(page)):
             found["login"] = bad
     finally:
         context.close()
@@ -145,7 +147,7 @@ def test_the_sql_page_shows_a_page_of_rows_not_a_thousand(browser, rig, seeded):
         nodes = page.evaluate("document.getElementsByTagName('*').length")
         size = len(response.body())
         print(f"\nSQL page, 5000-row query: {nodes} DOM nodes, {size} bytes, {took * 1000:.0f} ms")
-        assert nodes < 5000 and size < 200_000
+        assert nodes < 5000 and size < 250_000  # 1,000 rows were 39k nodes and 2.2 MB
         expect(page.locator("#sql-results tbody tr")).to_have_count(100)
         page.click("#sql-next")
         expect(page.locator("#sql-results tbody tr").first).to_contain_text("100")
