@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["run", "check", "explain", "env", "identity", "exec", "reviewer", "sql", "export", "replay"]
+COMMANDS = ["run", "check", "explain", "env", "identity", "exec", "reviewer", "sql", "export", "replay", "decide"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ BLUEPRINT_MODULES = [
     "review_ui.holds.review",
     "review_ui.holds.decisions",
     "review_ui.holds.grants",
+    "review_ui.slack",
     "review_ui.holds.api",
     "review_ui.audit.flows",
     "review_ui.audit.sessions",

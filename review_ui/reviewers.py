@@ -9,6 +9,11 @@ Format (written by ``portcullis reviewer add``; only hashes are ever stored)::
         tokens:
           - id: 3f9a1c2e
             hash: scrypt$16384$8$1$<salt>$<hash>
+        slack_user: U0123ABCD      # optional: decides from Slack's buttons as alice
+
+``slack_user`` maps a Slack member id to the reviewer (review_ui.slack): a click on
+Approve or Reject in Slack is that reviewer's decision, under the same rules. One Slack
+member id may belong to one reviewer only.
 
 API tokens look like ``pcr_<id>_<secret>``: the id finds the stored hash without
 trying every reviewer, the secret is checked against the scrypt hash. A verified token
@@ -22,6 +27,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +39,8 @@ from addons.core.rulefile import AliasRefused, NoAliasLoader
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_PREFIX = "pcr_"
+#: A Slack member id (users are U..., Enterprise Grid users W...).
+SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,30}")
 
 log = logging.getLogger("portcullis.review_ui")
 
@@ -68,6 +76,7 @@ class Reviewer:
     groups: frozenset[str]
     password_hash: str | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # token id -> hash
+    slack_user: str | None = None  # a Slack member id (decisions from Slack)
 
 
 class ReviewersError(Exception):
@@ -99,7 +108,14 @@ def parse_reviewers(text: str, source: str = "<reviewers>") -> dict[str, Reviewe
             tokens[str(token["id"])] = str(token["hash"])
         if item["name"] in result:
             raise ReviewersError(f"{where}.name: duplicate reviewer {item['name']!r}")
-        result[item["name"]] = Reviewer(item["name"], frozenset(groups), item.get("password"), tokens)
+        slack_user = item.get("slack_user")
+        if slack_user is not None:
+            if not isinstance(slack_user, str) or not SLACK_USER.fullmatch(slack_user):
+                raise ReviewersError(f"{where}.slack_user: expected a Slack member id like U0123ABCD")
+            taken = next((r.name for r in result.values() if r.slack_user == slack_user), None)
+            if taken is not None:
+                raise ReviewersError(f"{where}.slack_user: {slack_user} is already {taken}'s")
+        result[item["name"]] = Reviewer(item["name"], frozenset(groups), item.get("password"), tokens, slack_user)
     return result
 
 
@@ -111,16 +127,19 @@ def dump_reviewers(reviewers: dict[str, Reviewer]) -> str:
             item["password"] = r.password_hash
         if r.tokens:
             item["tokens"] = [{"id": k, "hash": v} for k, v in r.tokens.items()]
+        if r.slack_user:
+            item["slack_user"] = r.slack_user
         items.append(item)
     return yaml.safe_dump({"reviewers": items}, sort_keys=False)
 
 
 def add_reviewer(
     path: str | Path, name: str, groups: list[str], password: str | None = None,
-    token: bool = True, replace: bool = False,
+    token: bool = True, replace: bool = False, slack_user: str | None = None,
 ) -> tuple[str, str | None]:
     """Add (or with ``replace``, overwrite) a reviewer. Returns (password, token) in clear,
-    the only time they exist outside the reviewer's hands."""
+    the only time they exist outside the reviewer's hands. A replaced reviewer keeps its
+    ``slack_user`` unless another is given."""
     path = Path(path)
     reviewers = parse_reviewers(path.read_text(), str(path)) if path.exists() else {}
     if name in reviewers and not replace:
@@ -132,7 +151,10 @@ def add_reviewer(
         token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
         tokens[token_id] = hash_secret(secret)
         clear_token = f"{TOKEN_PREFIX}{token_id}_{secret}"
-    reviewers[name] = Reviewer(name, frozenset(g for g in groups if g), hash_secret(password), tokens)
+    if slack_user is None and name in reviewers:
+        slack_user = reviewers[name].slack_user
+    reviewers[name] = Reviewer(name, frozenset(g for g in groups if g), hash_secret(password), tokens, slack_user)
+    parse_reviewers(dump_reviewers(reviewers), str(path))  # refuse what could not be read back
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(dump_reviewers(reviewers))
@@ -179,6 +201,12 @@ class ReviewerStore:
 
     def get(self, name: str) -> Reviewer | None:
         return self.reviewers().get(name)
+
+    def by_slack_user(self, user_id: str) -> Reviewer | None:
+        """The reviewer whose ``slack_user`` is ``user_id`` (a verified Slack callback's user)."""
+        if not user_id:
+            return None
+        return next((r for r in self.reviewers().values() if r.slack_user == user_id), None)
 
     def authenticate(self, name: str, password: str) -> Reviewer | None:
         reviewer = self.get(name)

@@ -6,8 +6,10 @@ holds are told apart from the others'.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import textwrap
 import time
 from collections.abc import Iterator
 
@@ -20,6 +22,19 @@ from tests.support.review import ReviewRig
 from tests.support.upstream import UpstreamServer
 
 REFUND = {"amount": 250, "order": "A-7"}
+GRANT_RULES = """
+# (column 0 keeps these two in the rig's rules list)
+  - name: charges            # a POST with a grant but no grant_unsafe_methods: none is offered
+    match: {method: POST, path: /v1/charges}
+    action: hold
+    reason: "Charges need a reviewer"
+    grant: 15m
+  - name: reports            # a GET: a grant is offered
+    match: {method: GET, path: /v1/reports}
+    action: hold
+    reason: "Reports need a reviewer"
+    grant: 15m
+"""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +56,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, confdir, webhooks: UpstreamSer
           - url: http://127.0.0.1:{free_port()}/nobody-listens
             events: [expired]
     """
-    rig = ReviewRig(tmp_path_factory.mktemp("approvals"), confdir, extra_rules=notify)
+    rig = ReviewRig(tmp_path_factory.mktemp("approvals"), confdir, extra_rules=GRANT_RULES + textwrap.dedent(notify))
     yield rig
     rig.stop()
 
@@ -233,6 +248,43 @@ def test_grant_lets_identical_requests_pass_until_revoked(rig: ReviewRig):
     trail = kinds(events_of(rig, hold["flow_id"]))
     assert ("approved", "alice") in trail and ("grant_used", "alice") not in trail  # used on another flow
     assert ("grant_revoked", "bob") in trail
+
+
+def test_a_post_whose_rule_does_not_say_grant_unsafe_methods_gets_no_grant_and_no_duplicate(rig: ReviewRig):
+    path = "/v1/charges?t=no-dup"
+    call = rig.agent("POST", path, json={"amount": 250, "customer": "c-1"})
+    hold = rig.wait_held(path)
+    assert hold["max_grant_s"] is None and hold["grant_unavailable"].startswith("POST is not idempotent")
+    refused = rig.approve("alice", hold["flow_id"], grant="5m")
+    assert (refused.status_code, refused.json()["error"]) == (400, "grant_unsafe_method")
+    assert rig.approve("alice", hold["flow_id"], "one charge").status_code == 200
+    assert call.result(timeout=10).status_code == 200
+    # The identical charge sent again is held again, never forwarded on the first approval.
+    again = rig.agent("POST", path, json={"amount": 250, "customer": "c-1"})
+    second = rig.wait_held(path, exclude={hold["flow_id"]})
+    assert len(rig.received(path)) == 1 and not again.done()
+    rig.reject("bob", second["flow_id"], "duplicate")
+    assert again.result(timeout=10).status_code == 403 and len(rig.received(path)) == 1
+    assert rig.api("bob", "GET", "/api/grants").json()["grants"] == [] or all(
+        g["flow_id"] != hold["flow_id"] for g in rig.api("bob", "GET", "/api/grants").json()["grants"])
+
+
+def test_a_grant_on_a_get_lists_its_full_scope_and_each_use(rig: ReviewRig):
+    path = "/v1/reports?t=scope"
+    call = rig.agent("GET", path, data=b"", headers={"Accept": "application/json"})
+    hold = rig.wait_held(path)
+    assert hold["max_grant_s"] == 900 and hold["grant_unavailable"] is None
+    assert rig.approve("alice", hold["flow_id"], "daily report", grant="10m").status_code == 200
+    assert call.result(timeout=10).status_code == 200
+    used = [rig.call("GET", path, data=b"", headers={"Accept": "application/json"}, timeout=5) for _ in range(2)]
+    assert [r.headers["X-Portcullis-Decision"] for r in used] == ["approved", "approved"]
+    (grant,) = [g for g in rig.api("bob", "GET", "/api/grants").json()["grants"] if g["flow_id"] == hold["flow_id"]]
+    assert (grant["identity"], grant["method"], grant["url"]) == ("billing-agent", "GET", rig.upstream.url(path))
+    assert grant["body_sha256"] == hashlib.sha256(b"").hexdigest() and grant["body_summary"] is None
+    assert "accept" in grant["bound_headers"] and grant["comment"] == "daily report"
+    assert [u["flow_id"] for u in grant["used"]] == [r.headers["X-Portcullis-Flow-Id"] for r in used]
+    assert grant["uses"] == 2 and 500 < grant["expires_at"] - time.time() <= 600
+    rig.api("bob", "DELETE", f"/api/grants/{grant['id']}")
 
 
 def test_async_mode_answers_202_and_the_approval_is_collected_once(rig: ReviewRig):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -56,6 +57,8 @@ def test_every_rules_key_is_declared_with_docs_and_its_example_compiles(where, k
     for attribute in ("type", "summary", "example"):
         assert getattr(declared, attribute).strip(), f"{key}: no {attribute}"
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_docs")  # the credentials example's variable
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-docs")  # the slack example's variables
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "docs-signing-secret")
     policy = engine.compile_policy(docs.example_file(where, key), f"<example of {key}>")
     assert policy.rules or where == "top"
 
@@ -225,8 +228,10 @@ def test_every_yaml_block_in_the_docs_passes_portcullis_check(tmp_path):
         target = tmp_path / f"{i:02d}-{Path(doc).stem}-line{line}.yaml"
         target.write_text(text, encoding="utf-8")
         files.append(str(target))
+    # The Slack example reads its token and secret from the environment, as it says.
+    env = {**os.environ, "SLACK_BOT_TOKEN": "xoxb-docs", "SLACK_SIGNING_SECRET": "docs-signing-secret"}
     result = subprocess.run([sys.executable, "-m", "gateway", "check", *files], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60)
+                            text=True, cwd=ROOT, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (") == len(files)
 

@@ -323,6 +323,8 @@ def test_auto_summary_is_one_short_line():
     assert auto_summary("[1, 2, 3]") == "[3 items]"
     assert auto_summary("plain text\nsecond line") == "plain text"
     assert auto_summary("   ") is None
+    assert auto_summary('{"to": "evil\u202etxt.exe"}') == 'to="evil\\u202etxt.exe"'
+    assert auto_summary("bell\x07 here") == "bell\\u0007 here"
     long = auto_summary('{"note": "' + "x" * 500 + '"}')
     assert len(long) == SUMMARY_MAX and long.endswith("…")
 

@@ -10,12 +10,14 @@ webhook.
 from __future__ import annotations
 
 import base64
+import json
+import re
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from addons.holds.notify import message, payload, slack_escape
+from addons.holds.notify import message, payload, slack_escape, slack_message
 from tests.support.review import AGENT_TOKENS, ReviewRig
 from tests.support.upstream import UpstreamServer
 
@@ -38,6 +40,36 @@ def test_every_agent_controlled_field_is_escaped():
         assert "R&amp;D" in text
     # The JSON format carries raw values: its consumers are programs, not Slack.
     assert payload(type("Hook", (), {"format": "json"})(), "held", hold, None)["url"] == hold["url"]
+
+
+def test_the_block_kit_message_is_inert_too():
+    hold = {"flow_id": "f1", "status": "pending", "method": "POST", "url": f"https://api.example/v1?x={LINK}",
+            "identity": "agent<!here>", "rule": "r<@U1>", "reason": "R&D <refunds>",
+            "justification": f"urgent {PING}", "body_summary": f"note={LINK}", "approvers": ["<!subteam^S1>"],
+            "approvals": [{"reviewer": "bob<!here>"}], "approvals_required": 2, "deadline": 1_900_000_000}
+    for status in ("pending", "approved", "rejected"):
+        text, blocks = slack_message({**hold, "status": status, "decided_by": "x<!here>",
+                                      "comment": PING}, "http://127.0.0.1:8081/flows/f1")
+        mrkdwn = [t for t in _texts(blocks) if t["type"] == "mrkdwn"]
+        assert mrkdwn and all(t["verbatim"] is True for t in mrkdwn)
+        for t in _texts(blocks):  # only the gateway's own date token is markup
+            body = re.sub(r"<!date\^1900000000\^\{time_secs\}\|[^<>]*>", "", t["text"])
+            assert "<" not in body and ">" not in body, body
+        assert "&lt;!channel&gt;" in json.dumps(blocks)
+        assert "<" not in text.replace("\n", "") and ">" not in text
+    _text, blocks = slack_message({**hold, "url": "https://x.example/" + "a" * 5000}, None)
+    assert all(len(t["text"]) <= 3000 for t in _texts(blocks))
+
+
+def _texts(node):
+    if isinstance(node, dict):
+        if node.get("type") in ("mrkdwn", "plain_text") and "text" in node:
+            yield node
+        for value in node.values():
+            yield from _texts(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _texts(item)
 
 
 @pytest.fixture(scope="module")

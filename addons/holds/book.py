@@ -34,6 +34,7 @@ call :meth:`HoldBook.escalate` and :meth:`HoldBook.expire`.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -94,7 +95,13 @@ def auto_summary(body: str, limit: int = SUMMARY_MAX) -> str | None:
         line = text.splitlines()[0]
     else:
         line = _summarise(document)
+    line = _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+#: Shown escaped in a summary: control characters and bidirectional overrides, which
+#: could make one line read as another (``\u202e`` reverses what follows).
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _summarise(document: Any) -> str:
@@ -166,6 +173,9 @@ class HoldRecord:
     #: One line on what the body asks for: the rule's ``summary`` template when it has
     #: one (filled in by whoever opens the hold); None: :func:`auto_summary` of the body.
     body_summary: str | None = None
+    #: An MCP call as the reviewer sees it (addons.mcp.addon.McpAddon.describe): server,
+    #: tool, arguments pretty-printed, the session's earlier tool calls; None otherwise.
+    mcp: dict[str, Any] | None = None
 
     def shown_summary(self) -> str | None:
         return self.body_summary if self.body_summary is not None else auto_summary(self.body)
@@ -244,6 +254,7 @@ class HoldRecord:
             "body_sha256": self.body_sha256,
             "body_available": self.raw is not None,
             "queries": self.queries,
+            "mcp": self.mcp,
         }
 
 
@@ -271,6 +282,9 @@ class Grant:
     reason: str = ""
     comment: str = ""
     used: list[dict[str, Any]] = field(default_factory=list)
+    #: At most this many uses (None: any number until it expires); 1 for the re-send of
+    #: an approved MCP call whose client gave up (:meth:`HoldBook.resend_grant`).
+    max_uses: int | None = None
 
     @property
     def method(self) -> str:
@@ -283,7 +297,8 @@ class Grant:
     def covers(self, identity: str, binding: RequestPrint, verdict: VerdictPrint, now: float) -> bool:
         """Only the request the reviewer saw (every bound header), with the same verdict."""
         return (now < self.expires_at and identity == self.identity
-                and binding == self.binding and verdict == self.verdict)
+                and binding == self.binding and verdict == self.verdict
+                and (self.max_uses is None or self.uses < self.max_uses))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -530,6 +545,23 @@ class HoldBook:
             else:
                 live.append(grant)
         return live
+
+    def resend_grant(self, hold_id: str, binding: RequestPrint, seconds: float, uses: int = 1) -> Grant | None:
+        """An approved hold whose client gave up: admit ``uses`` identical re-sent calls
+        (``binding``: what "identical" means for them, e.g. an MCP call's tool and
+        canonical arguments) within ``seconds``, from the same identity, same verdict."""
+        hold = self.store.get(hold_id)
+        if hold is None or hold.decision != "approved" or hold.collected:
+            return None
+        now = self.clock()
+        grant = Grant(uuid.uuid4().hex[:12], hold.id, hold.identity, binding, hold.verdict,
+                      hold.spec.rule, hold.decided_by or "reviewer", now, now + seconds,
+                      body_summary=hold.shown_summary(), body_size=hold.body_size,
+                      reason=hold.spec.reason, comment="re-send of an approved call", max_uses=uses)
+        self.store.put_grant(grant)
+        hold.grant_id = hold.grant_id or grant.id
+        self.store.put(hold)
+        return grant
 
     def use_grant(self, flow_id: str, identity: str, binding: RequestPrint, verdict: VerdictPrint) -> Grant | None:
         """The grant that lets request ``flow_id`` pass (counted and announced), or None."""

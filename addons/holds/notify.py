@@ -1,8 +1,18 @@
-"""Webhook notifications about holds: held, escalated, approved, rejected, expired, abandoned.
+"""Notifications about holds: webhooks, and a Slack app whose buttons decide.
 
-Configured in the rules file (``notify:``, see addons.holds.spec). Delivery happens on a
-small thread pool, with a timeout per attempt and a few retries; failures are logged.
-Nothing here ever waits on the network in the proxy's event loop.
+Webhooks (``notify:``, see addons.holds.spec): held, escalated, approved, rejected,
+expired, abandoned, as JSON or one Slack text line. Delivery happens on a small thread
+pool, with a timeout per attempt and a few retries; failures are logged. Nothing here
+ever waits on the network in the proxy's event loop.
+
+The Slack app (``slack:``): :class:`SlackPoster` posts each hold to the channel as a
+Block Kit message (summary, rule, reason, justification, review link, Approve/Reject
+buttons, each behind a confirm dialog) with ``chat.postMessage``, and rewrites it with
+``chat.update`` on every change: an approval of N, an escalation, and the outcome, from
+wherever it was decided (Slack, the review UI, the terminal, a timeout). Its deliveries
+run on one thread, so a hold's message is posted before it is updated. The buttons'
+callbacks are verified and decided by the review UI (review_ui.slack), which answers
+a refused click with an ephemeral message through :meth:`SlackPoster.tell`.
 
 Wired in ``make_addons()``: the event bus (what happened), the holds desk (the hold's
 summary), the policy source (the webhooks configured now) and the review UI's address
@@ -17,13 +27,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from addons.core.events import Event
 from addons.core.flowstate import FlowStates
 from addons.holds.desk import HoldDesk
-from addons.holds.spec import NOTIFY_EVENTS, Webhook
+from addons.holds.spec import NOTIFY_EVENTS, SlackSettings, Webhook
 
 log = logging.getLogger("portcullis.notify")
 
@@ -31,6 +44,16 @@ TIMEOUT_S = 5.0
 ATTEMPTS = 3
 BACKOFF_S = 0.5
 MAX_BACKLOG = 1000
+#: The button callbacks' action ids (review_ui.slack decides them).
+APPROVE_ACTION, REJECT_ACTION = "portcullis_approve", "portcullis_reject"
+#: Events that change a hold's Slack message (posted on ``held``, updated on the rest).
+SLACK_EVENTS = frozenset({"held", "approval", "escalated", "approved", "rejected", "expired", "abandoned"})
+#: Slack's limits: section text 3000 characters, a field 2000, a confirm dialog's text 300.
+SECTION_MAX, FIELD_MAX, CONFIRM_MAX = 3000, 2000, 300
+#: Holds whose Slack message is remembered (channel, ts) for updates.
+MESSAGES_KEPT = 5000
+#: Where Slack's ``response_url`` (for ephemeral answers) may point besides the Web API's host.
+SLACK_RESPONSE_HOSTS = ("hooks.slack.com",)
 
 
 def slack_escape(value: Any) -> str:
@@ -57,6 +80,205 @@ def message(kind: str, hold: dict[str, Any], link: str | None) -> str:
     return text + (f"\nReview: {e(link)}" if link else "")
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mrkdwn(text: str, limit: int = FIELD_MAX) -> dict[str, Any]:
+    # verbatim: Slack neither links URLs nor resolves #channels and @names in it.
+    return {"type": "mrkdwn", "text": _clip(text, limit), "verbatim": True}
+
+
+def _plain(text: str, limit: int = 75) -> dict[str, Any]:
+    return {"type": "plain_text", "text": _clip(text, limit), "emoji": True}
+
+
+def outcome_line(hold: dict[str, Any]) -> str:
+    """Where the hold stands, in one escaped line (the message's status)."""
+    e = slack_escape
+    status = hold["status"]
+    comment = f": “{e(hold['comment'])}”" if hold.get("comment") else ""
+    if status == "approved":
+        after = ("the agent receives it when it re-sends" if hold.get("mode") == "async"
+                 else "the request was forwarded")
+        return f":white_check_mark: *Approved* by {e(hold.get('decided_by'))}{comment} — {after}"
+    if status == "rejected":
+        return f":x: *Rejected* by {e(hold.get('decided_by'))}{comment} — the agent received a 403"
+    if status == "expired":
+        why = "the gateway stopped" if hold.get("detail") in ("gateway_shutdown", "gateway_restart") \
+            else "nobody decided in time"
+        return f":hourglass: *Expired*: {why}"
+    if status == "abandoned":
+        return ":no_entry_sign: *Abandoned*: the agent hung up before a decision"
+    deadline = int(hold.get("deadline") or time.time())
+    fallback = time.strftime("%H:%M:%S UTC", time.gmtime(deadline))
+    line = f":hourglass_flowing_sand: *Waiting for a decision* — expires <!date^{deadline}^{{time_secs}}|{fallback}>"
+    if hold.get("escalated"):
+        line += f"; escalated to {e(', '.join(hold.get('escalate_to') or []))}"
+    return line
+
+
+def slack_message(hold: dict[str, Any], link: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """(fallback text, Block Kit blocks) of ``hold``'s message in its present state.
+
+    Every value from the agent or the rules file is escaped and ``verbatim``; the
+    buttons carry only the flow id, and each opens a confirm dialog first."""
+    e = slack_escape
+    status = hold["status"]
+    summary = hold.get("body_summary") or hold.get("query_summary")
+    head = f"*{e(hold['method'])}* {e(hold['url'])}" + (f"\n{e(summary)}" if summary else "")
+    approvals = hold.get("approvals") or []
+    approvers = ", ".join(hold.get("approvers") or []) or "any reviewer"
+    votes = f"{len(approvals)} of {hold.get('approvals_required', 1)}" + (
+        f" ({e(', '.join(a['reviewer'] for a in approvals))})" if approvals else "")
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": _mrkdwn(head, SECTION_MAX)},
+        {"type": "section", "fields": [
+            _mrkdwn(f"*Identity*\n{e(hold['identity'])}"),
+            _mrkdwn(f"*Rule*\n{e(hold.get('rule') or 'default')}"),
+            _mrkdwn(f"*Reason*\n{e(hold.get('reason') or '')}"),
+            _mrkdwn(f"*Justification*\n{e(hold.get('justification') or '(none given)')}"),
+            _mrkdwn(f"*May decide*\n{e(approvers)}"),
+            _mrkdwn(f"*Approvals*\n{votes}"),
+        ]},
+        {"type": "context", "elements": [_mrkdwn(outcome_line(hold))], "block_id": f"status-{status}"},
+    ]
+    buttons: list[dict[str, Any]] = []
+    if status == "pending":
+        request = _clip(f"{e(hold['method'])} {e(hold['url'])}", CONFIRM_MAX)
+        for action, label, style in ((APPROVE_ACTION, "Approve", "primary"), (REJECT_ACTION, "Reject", "danger")):
+            buttons.append({"type": "button", "action_id": action, "text": _plain(label), "style": style,
+                            "value": hold["flow_id"],
+                            "confirm": {"title": _plain(f"{label} this request?", 100),
+                                        "text": _mrkdwn(request, CONFIRM_MAX), "confirm": _plain(label),
+                                        "deny": _plain("Cancel"), "style": style}})
+    if link:
+        buttons.append({"type": "button", "action_id": "portcullis_open", "text": _plain("Open review page"),
+                        "url": link})
+    if buttons:
+        blocks.append({"type": "actions", "block_id": "portcullis-decide", "elements": buttons})
+    kind = "held" if status == "pending" else status
+    return message(kind, hold, link), blocks
+
+
+class SlackPoster:
+    """Posts and updates each hold's Slack message; answers refused clicks (see the module doc).
+
+    ``settings`` returns the ``slack:`` settings in force (None: no Slack app), ``link``
+    the review page of a flow. Calls from the event loop and the UI only queue work.
+    """
+
+    def __init__(self, settings: Callable[[], SlackSettings | None],
+                 link: Callable[[str], str | None] = lambda _flow_id: None) -> None:
+        self.settings = settings
+        self.link = link
+        self.pool: ThreadPoolExecutor | None = None
+        #: flow id -> (channel, ts) of its message, for chat.update.
+        self.messages: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.pool is None:
+            # One thread: a hold's chat.postMessage always happens before its chat.update.
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portcullis-slack")
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def signing_secret(self) -> str | None:
+        settings = self.settings()
+        return settings.signing_secret.value if settings is not None else None
+
+    def on_hold(self, kind: str, hold: dict[str, Any]) -> None:
+        """Queue the post (``held``) or update (anything else) of ``hold``'s message."""
+        settings, pool = self.settings(), self.pool
+        if settings is None or pool is None or kind not in SLACK_EVENTS:
+            return
+        work = self._post if kind == "held" else self._update
+        pool.submit(self._guarded, work, settings, hold)
+
+    def _guarded(self, work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        except Exception:  # noqa: BLE001 - a pool thread's exception would vanish unlogged
+            log.exception("slack delivery failed")
+
+    def _post(self, settings: SlackSettings, hold: dict[str, Any]) -> None:
+        text, blocks = slack_message(hold, self.link(hold["flow_id"]))
+        answer = self._api(settings, "chat.postMessage", {
+            "channel": settings.channel, "text": text, "blocks": blocks,
+            "unfurl_links": False, "unfurl_media": False})
+        if answer is not None and answer.get("ts"):
+            with self._lock:
+                self.messages[hold["flow_id"]] = (str(answer.get("channel") or settings.channel), str(answer["ts"]))
+                while len(self.messages) > MESSAGES_KEPT:
+                    self.messages.popitem(last=False)
+
+    def _update(self, settings: SlackSettings, hold: dict[str, Any]) -> None:
+        with self._lock:
+            where = self.messages.get(hold["flow_id"])
+        if where is None:
+            return  # never posted (Slack configured since, or the post failed): nothing to update
+        text, blocks = slack_message(hold, self.link(hold["flow_id"]))
+        self._api(settings, "chat.update", {"channel": where[0], "ts": where[1], "text": text, "blocks": blocks})
+
+    def _api(self, settings: SlackSettings, method: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """One Web API call (two attempts on a network error); the answer, or None (logged)."""
+        url = f"{settings.api_url}/{method}"
+        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "portcullis-notify",
+                   "Authorization": f"Bearer {settings.bot_token.value}"}
+        problem = "not sent"
+        for attempt in (1, 2):
+            try:
+                answer = _post_json(url, body, headers)
+            except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
+                problem = str(getattr(exc, "reason", exc))
+                if attempt == 1:
+                    time.sleep(BACKOFF_S)
+                continue
+            if answer.get("ok"):
+                return answer
+            problem = f"Slack answered {answer.get('error', 'not ok')}"
+            break
+        log.error("slack %s for flow %s failed: %s", method, body.get("ts") or "", problem)
+        return None
+
+    def response_url_allowed(self, url: str) -> bool:
+        """Only Slack's own hosts (or the configured API's) get ephemeral answers: the
+        URL comes from a signed callback, but the gateway must never be made to post elsewhere."""
+        settings = self.settings()
+        parts = urlsplit(url)
+        if settings is None or not parts.netloc:
+            return False
+        api = urlsplit(settings.api_url)
+        return ((parts.scheme, parts.netloc) == (api.scheme, api.netloc)
+                or (parts.scheme == "https" and parts.hostname in SLACK_RESPONSE_HOSTS))
+
+    def tell(self, response_url: str | None, text: str) -> None:
+        """An ephemeral answer to the reviewer who clicked (only they see it)."""
+        pool = self.pool
+        if not response_url or pool is None or not self.response_url_allowed(response_url):
+            return
+        body = {"response_type": "ephemeral", "replace_original": False, "text": slack_escape(text)}
+        headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "portcullis-notify"}
+        pool.submit(self._guarded, _post_json, response_url, body, headers)
+
+
+def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+    # No proxy: Slack must not be reached back through the gateway itself.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=TIMEOUT_S) as response:
+        raw = response.read()
+    try:
+        answer = json.loads(raw or b"{}")
+    except ValueError:
+        answer = {"ok": raw.strip() == b"ok"}  # response_url answers a bare "ok"
+    return answer if isinstance(answer, dict) else {"ok": False}
+
+
 def payload(hook: Webhook, kind: str, hold: dict[str, Any], link: str | None) -> dict[str, Any]:
     if hook.format == "slack":
         return {"text": message(kind, hold, link)}
@@ -75,16 +297,20 @@ class NotifyAddon:
         self.policy_source = policy
         #: The review UI addon: ``.url`` is its base URL, or None when it is off.
         self.ui = ui
+        self.slack = SlackPoster(self.slack_settings, self.review_link)
+        holds.slack = self.slack  # the review UI's Slack endpoint verifies and answers with it
         self.pool: ThreadPoolExecutor | None = None
         self._backlog = 0
         self._lock = threading.Lock()
 
     def running(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portcullis-notify")
+        self.slack.start()
         self.bus.subscribe(self.on_event)
 
     def done(self) -> None:
         self.bus.unsubscribe(self.on_event)
+        self.slack.stop()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
@@ -92,6 +318,10 @@ class NotifyAddon:
     def webhooks(self) -> list[Webhook]:
         policy = getattr(self.policy_source, "policy", None)
         return list(policy.settings.get("notify", [])) if policy is not None else []
+
+    def slack_settings(self) -> SlackSettings | None:
+        policy = getattr(self.policy_source, "policy", None)
+        return policy.settings.get("slack") if policy is not None else None
 
     def review_link(self, flow_id: str) -> str | None:
         base = getattr(self.ui, "url", None)
@@ -105,14 +335,17 @@ class NotifyAddon:
             log.exception("could not queue the %s notification for flow %s", event.kind, event.flow_id)
 
     def _enqueue(self, event: Event) -> None:
-        if event.kind not in NOTIFY_EVENTS or self.pool is None:
+        if self.pool is None or (event.kind not in NOTIFY_EVENTS and event.kind not in SLACK_EVENTS):
             return
         hooks = [h for h in self.webhooks() if event.kind in h.events]
-        if not hooks:
+        slack = event.kind in SLACK_EVENTS and self.slack_settings() is not None
+        if not hooks and not slack:
             return
         summary = self.holds.find(event.flow_id)
         if summary is None:
             return
+        if slack:
+            self.slack.on_hold(event.kind, summary)
         link = self.review_link(event.flow_id)
         for hook in hooks:
             with self._lock:

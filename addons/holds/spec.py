@@ -21,6 +21,10 @@ Top level::
       - url: https://hooks.slack.com/services/...
         format: slack            # or json (default)
         events: [held, escalated, approved, rejected, expired]   # default: all of these
+    slack:                               # a Slack app: Approve/Reject buttons in a channel
+      channel: C0123ABCD
+      bot_token: ${env:SLACK_BOT_TOKEN}            # chat:write
+      signing_secret: ${env:SLACK_SIGNING_SECRET}  # verifies the button callbacks
 
 Durations are a number with a unit: ``90s``, ``10m``, ``1h`` (or a bare number of seconds).
 """
@@ -33,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from addons.core.rulefile import Where
+from addons.credentials.secretrefs import Resolved, resolve
 from addons.holds.book import format_duration  # noqa: F401 - re-exported: durations live together
 from addons.policy.engine import LoadContext, Policy, Rule, rule_field, top_level_field
 
@@ -185,6 +190,47 @@ def compile_notify(value: Any, where: Where, context: LoadContext) -> list[Webho
             (at / "events").fail(f"events must be a list of: {', '.join(NOTIFY_EVENTS)}")
         hooks.append(Webhook(url, fmt, frozenset(events)))
     return hooks
+
+
+SLACK_KEYS = ("channel", "bot_token", "signing_secret", "api_url")
+DEFAULT_SLACK_API = "https://slack.com/api"
+_SLACK_CHANNEL = re.compile(r"^[A-Z0-9][A-Z0-9_-]{1,79}$|^#[a-z0-9][a-z0-9._-]{0,79}$")
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    """A Slack app that posts each hold with Approve/Reject buttons (addons.holds.notify)
+    and whose button callbacks the review UI verifies (review_ui.slack). The token and
+    secret come from ``${env:...}``/``${file:...}`` and never show in a repr."""
+
+    channel: str
+    bot_token: Resolved
+    signing_secret: Resolved
+    api_url: str = DEFAULT_SLACK_API
+
+
+@top_level_field("slack", type="{channel, bot_token, signing_secret, api_url}", see="review.md#decisions-from-slack",
+                 example="{channel: C0123ABCD, bot_token: '${env:SLACK_BOT_TOKEN}', "
+                         "signing_secret: '${env:SLACK_SIGNING_SECRET}'}",
+                 summary="A Slack app: each hold is posted with Approve/Reject buttons, decided by mapped reviewers.")
+def compile_slack(value: Any, where: Where, context: LoadContext) -> SlackSettings:
+    where.mapping(value, SLACK_KEYS, "channel, bot_token and signing_secret (and optional api_url)")
+    for key in ("channel", "bot_token", "signing_secret"):
+        if key not in value:
+            where.fail(f"slack needs {key}")
+    channel = value["channel"]
+    if not isinstance(channel, str) or not _SLACK_CHANNEL.match(channel):
+        (where / "channel").fail("channel must be a Slack channel id like C0123ABCD (or #name)")
+    api_url = value.get("api_url", DEFAULT_SLACK_API)
+    parts = urlsplit(api_url) if isinstance(api_url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        (where / "api_url").fail("api_url must be an http:// or https:// URL")
+    token = resolve(value["bot_token"], where / "bot_token", context, "slack")
+    secret = resolve(value["signing_secret"], where / "signing_secret", context, "slack")
+    for key, resolved in (("bot_token", token), ("signing_secret", secret)):
+        if not resolved.secrets:
+            (where / key).fail(f"{key} must come from ${{env:NAME}} or ${{file:/path}}, never the rules file itself")
+    return SlackSettings(channel, token, secret, api_url.rstrip("/"))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """portcullis run: start the gateway in the foreground.
 
 Without --reviewers, a reviewers.yaml in the current directory (the default file of
-`portcullis reviewer add`) is used when it exists, so the review UI comes up.
+`portcullis reviewer add`) is used when it exists, so the review UI comes up. On a first
+run in a terminal, with none, an `admin` reviewer is created there and its one-time
+password printed in the banner (--no-bootstrap-reviewer: not).
 With --workers N (or auto: one per core), N gateway processes share the proxy address;
 N > 1 needs shared state (--state), see docs/deploy.md.
 """
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from gateway import settings
+from gateway.commands.bootstrap import bootstrap
 from gateway.server import StartupError, serve
 from gateway.workers import parse_workers, supervise
 
@@ -25,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=parse_workers, default=1, metavar="N|auto",
                         help="gateway processes on the one proxy address (auto: one per core); "
                              "more than 1 needs --state (docs/deploy.md)")
+    parser.add_argument("--no-bootstrap-reviewer", action="store_true",
+                        help="on a first run without a reviewers file, do not create the admin reviewer")
     parser.set_defaults(handler=handle)
 
 
@@ -34,11 +39,14 @@ DEFAULT_REVIEWERS = Path("reviewers.yaml")
 def handle(args: argparse.Namespace) -> int:
     if args.reviewers is None and DEFAULT_REVIEWERS.is_file():
         args.reviewers = str(DEFAULT_REVIEWERS)
+    notice = bootstrap(args, DEFAULT_REVIEWERS, settings.mitmproxy_options(args).get("portcullis_rules"))
     options = settings.mitmproxy_options(args)
     try:
         if args.workers > 1:
+            if notice:
+                print("\n".join(notice), flush=True)
             return asyncio.run(supervise(args.listen, options, args.quiet, args.workers))
-        return asyncio.run(serve(args.listen, options, quiet=args.quiet))
+        return asyncio.run(serve(args.listen, options, quiet=args.quiet, notice=notice))
     except StartupError as exc:
         print(f"portcullis: cannot start: {exc}", file=sys.stderr)
         return 2
