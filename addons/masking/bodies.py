@@ -288,7 +288,7 @@ def edit_json_text(text: str, edit_json: JsonEdit, edit_text: TextEdit,
         else:
             new, changed = edit_json(document)
             return (dump_json(new).decode("utf-8"), True) if changed else (text, False)
-    if need_json and not _BARE_WORD.fullmatch(stripped):
+    if need_json and stripped and not _BARE_WORD.fullmatch(stripped):  # empty: nothing to walk
         raise Unparseable("a line or event of the stream is not JSON the path masks can walk")
     return edit_text(text)
 

@@ -8,7 +8,8 @@ the JSON all the same. :func:`with_tool_results` wraps a document editor so that
 such text that is itself a JSON object or array is parsed, masked as a document of its
 own (paths are evaluated from the tool's JSON as the root, ``$..`` reaches everything)
 and re-serialised; the rest of the envelope, ``structuredContent`` included, is masked
-as the document it is (``$..ssn``, or ``$.result.structuredContent.ssn``).
+as the document it is (``$..ssn``, or ``$.result.structuredContent.ssn``). The JSON
+Schemas in a ``tools/list`` result are left alone: they name fields, they hold no values.
 
 Plain data (no mitmproxy): used for whole JSON bodies and for each event of a stream.
 """
@@ -26,6 +27,14 @@ def with_tool_results(edit_json: JsonEdit) -> JsonEdit:
     """``edit_json`` that also reaches into the JSON texts of JSON-RPC tool results."""
 
     def edit(document: Any) -> tuple[Any, bool]:
+        schemas = _detach_schemas(document)
+        try:
+            return _edit(document)
+        finally:
+            for tool, name, schema in schemas:
+                tool[name] = schema
+
+    def _edit(document: Any) -> tuple[Any, bool]:
         changed = False
         for item in _json_text_items(document):
             text = item["text"]
@@ -43,14 +52,32 @@ def with_tool_results(edit_json: JsonEdit) -> JsonEdit:
     return edit
 
 
+def _messages(document: Any) -> Iterator[dict[str, Any]]:
+    for message in document if isinstance(document, list) else [document]:
+        if isinstance(message, dict) and "jsonrpc" in message and isinstance(message.get("result"), dict):
+            yield message
+
+
+def _detach_schemas(document: Any) -> list[tuple[dict[str, Any], str, Any]]:
+    """Take the JSON Schemas out of ``tools/list`` results while the masks run.
+
+    ``inputSchema`` and ``outputSchema`` describe a tool's fields, they hold no values:
+    ``$..ssn`` would replace the schema of the ``ssn`` property and the SDK would reject
+    the whole list (and the tool)."""
+    taken = []
+    for message in _messages(document):
+        tools = message["result"].get("tools")
+        for tool in tools if isinstance(tools, list) else []:
+            for name in ("inputSchema", "outputSchema"):
+                if isinstance(tool, dict) and name in tool:
+                    taken.append((tool, name, tool.pop(name)))
+    return taken
+
+
 def _json_text_items(document: Any) -> Iterator[dict[str, Any]]:
     """The ``content`` items of JSON-RPC results (a batch too) whose text is JSON-shaped."""
-    messages = document if isinstance(document, list) else [document]
-    for message in messages:
-        if not isinstance(message, dict) or "jsonrpc" not in message:
-            continue
-        result = message.get("result")
-        content = result.get("content") if isinstance(result, dict) else None
+    for message in _messages(document):
+        content = message["result"].get("content")
         if not isinstance(content, list):
             continue
         for item in content:

@@ -17,9 +17,11 @@ read them as they would the real APIs:
 
 Every stream is sent with chunked transfer encoding, one chunk per event, flushed, with
 Nagle off, so a client sees each event when it is written. ``pieces`` is the text the
-model "says"; ``delay`` seconds pass between events; with ``gate`` set, the server sends
-the first event and then waits (bounded) until the test sets it, so a test can show the
-first event reached the client while the rest did not exist yet.
+model "says"; ``delay`` seconds pass between events (``?delay=S`` for one request); with
+``gate`` set, the server sends the first event and then waits (bounded) until the test
+sets it, so a test can show the first event reached the client while the rest did not
+exist yet. ``python -m tests.support.fake_llm [WORD...]`` serves in a process of its own
+(the bench: an upstream in the client's process would share its GIL) and prints its port.
 """
 
 from __future__ import annotations
@@ -163,14 +165,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _stream(self, events: Iterator[bytes], content_type: str) -> None:
+        delay = float(parse_qs(urlsplit(self.path).query).get("delay", [self.server.delay])[0])
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for number, event in enumerate(events):
-            if number and self.server.delay:
-                time.sleep(self.server.delay)
+            if number and delay:
+                time.sleep(min(delay, 1.0))
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             self.wfile.flush()
             if number == 0 and self.server.gate is not None:
@@ -211,3 +214,13 @@ class FakeLLM(ThreadingHTTPServer):
             self.gate.set()
         self.shutdown()
         self.server_close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    server = FakeLLM()
+    if len(sys.argv) > 1:
+        server.pieces = sys.argv[1:]
+    print(server.port, flush=True)
+    server.serve_forever()
