@@ -70,7 +70,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, pki: certs.TestPki) -> Path:
 def gateway(home: Path, confdir: Path) -> Iterator[GatewayProcess]:
     process = GatewayProcess(home / "rules.yaml", confdir, env=SECRET_ENV).start()
     yield process
-    process.stop()
+    process.stop_soon()
 
 
 def call(gateway: GatewayProcess, url: str, **kwargs) -> requests.Response:

@@ -156,7 +156,7 @@ def gateway(tmp_path_factory, confdir) -> Iterator[GatewayProcess]:
     rules.write_text(RULES)
     process = GatewayProcess(rules, confdir, env={"PC_ECHO_KEY": KEY}).start()
     yield process
-    process.stop()
+    process.stop_soon()
 
 
 def get(gateway: GatewayProcess, url: str) -> requests.Response:

@@ -60,7 +60,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, confdir: Path, pki: certs.
     """))
     process = GatewayProcess(directory / "rules.yaml", confdir).start()
     yield process
-    process.stop()
+    process.stop_soon()
 
 
 def portcullis_exec(gateway: GatewayProcess, *args: str, env: dict[str, str] | None = None,

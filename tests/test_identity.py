@@ -82,7 +82,7 @@ def gateway(home: Path, confdir: Path) -> Iterator[GatewayProcess]:
     process = GatewayProcess(home / "rules.yaml", confdir,
                              ["--identities", str(home / "identities.yaml")]).start()
     yield process
-    process.stop()
+    process.stop_soon()
 
 
 def proxy(gateway: GatewayProcess, name: str | None = None, token: str | None = None) -> str:

@@ -9,11 +9,14 @@ here a cross-section of them proves the same answers hold end to end.
 from __future__ import annotations
 
 import json
+import textwrap
 
 import duckdb
 import pytest
 import requests
 
+from addons.core.rulefile import RuleFileError
+from addons.policy.engine import load_policy
 from tests.support.hardening import shared_gateway
 from tests.support.module_servers import module_upstream  # noqa: F401
 from tests.support.upstream import Canned
@@ -187,9 +190,14 @@ def test_classification_is_recorded_and_queryable(start_gateway, upstream):
     assert gql == [("blocked", "mutation", "Nuke", ["deleteRepository"])]
 
 
-def test_invalid_sql_spec_stops_the_gateway(start_gateway):
-    with pytest.raises(RuntimeError, match="functions"):
-        start_gateway(RULES, "--ui", "off")
+def test_invalid_sql_spec_is_refused_when_the_rules_are_loaded(tmp_path):
+    # In process: the rules file loader is what `portcullis run` calls at start-up, and
+    # a loader error stops the gateway (a real start: test_cli's
+    # test_run_refuses_an_invalid_rules_file_naming_the_line).
+    path = tmp_path / "rules.yaml"
+    path.write_text(textwrap.dedent(RULES))
+    with pytest.raises(RuleFileError, match=r":30:61: rules\[4\]\.match\.sql\.functions: expected a glob"):
+        load_policy(path)
 
 
 # --- reviewers see the classification: the review page and the queue -------------------

@@ -23,6 +23,7 @@ from addons.identity.addon import IdentityAddon
 from addons.policy import addon as policy_module
 from addons.policy.addon import PolicyAddon
 from addons.policy.engine import load_policy
+from tests.support.upstream import UpstreamServer
 
 RULES = """\
 version: 1
@@ -122,19 +123,34 @@ rules: []
 """
 
 
+@pytest.fixture(scope="module")
+def watched_gateway(module_gateway):
+    """One gateway for both kinds of bad edit; each test starts from WITH_IDENTITY again."""
+    return module_gateway(WITH_IDENTITY)
+
+
+@pytest.fixture(scope="module", name="upstream")
+def module_upstream():
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("bad_edit", [
     "version: 1\nrules: &r [*r]\n",
     "version: 1\nrules: [\n",
 ], ids=["recursive-alias", "syntax-error"])
-def test_revocation_in_the_rules_file_applies_after_a_rejected_edit(start_gateway, upstream, bad_edit):
-    gateway = start_gateway(WITH_IDENTITY)
+def test_revocation_in_the_rules_file_applies_after_a_rejected_edit(watched_gateway, upstream, bad_edit):
+    gateway = watched_gateway
+    gateway.reload_rules(WITH_IDENTITY, count=0)  # "agent" is back, whatever the last test left
     proxy = f"http://agent:{AGENT_TOKEN}@127.0.0.1:{gateway.port}"
     with requests.Session() as agent:
         agent.trust_env = False
         agent.proxies = {"http": proxy, "https": proxy}
         assert agent.get(upstream.url("/x"), timeout=10).status_code == 200
+        mark = len(gateway.lines)
         gateway.rules.write_text(bad_edit)
-        gateway.wait_for_output("rules file edit rejected", timeout=5)
+        gateway.wait_for_output_after(mark, "rules file edit rejected", timeout=5)
         assert agent.get(upstream.url("/x"), timeout=10).status_code == 200
         gateway.rules.write_text(WITH_IDENTITY.replace("name: agent", "name: other"))  # revoke "agent"
         deadline = time.monotonic() + 3

@@ -34,7 +34,7 @@ def shared_gateway(directory: Path, confdir: Path, rules: str, *args: str) -> It
     try:
         yield gateway
     finally:
-        gateway.stop()
+        gateway.stop_soon()  # exit awaited later (tests.support.gateway.reap)
 
 
 @dataclass

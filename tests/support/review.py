@@ -108,7 +108,7 @@ class ReviewRig:
         return f"http://127.0.0.1:{self.ui_port}"
 
     def stop(self) -> None:
-        self.gateway.stop()
+        self.gateway.stop_soon()  # exit awaited later (tests.support.gateway.reap)
         self.upstream.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
