@@ -4,7 +4,9 @@ The UI's Content-Security-Policy allows no inline script, so highlighting happen
 every piece of text is HTML-escaped and wrapped in a ``<span class="j-...">`` (the
 classes the shared stylesheet colours). Values the gateway replaced, i.e. masked
 (``[masked]``, ``[masked:email]``) or redacted secrets (``[redacted]``), get the extra
-class ``masked`` and a title, so auditors see what they are not seeing.
+class ``masked`` and a title, so auditors see what they are not seeing. Replacements
+that carry no marker (a hash token, ``keep_last``'s ``****4242``, ``null``) are found by
+the paths the masking event recorded (``$.items[*].email``): pass them as ``masked_paths``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from markupsafe import Markup, escape
 from sqlglot.tokens import Tokenizer
 
 from addons.core.secretforms import REDACTED
+from addons.masking.jsonselect import render as render_path
 
 MASK_MARKERS = ("[masked", REDACTED)
 INDENT = "  "
@@ -27,7 +30,7 @@ def is_masked(value: str) -> bool:
     return any(marker in value for marker in MASK_MARKERS)
 
 
-def highlight_json(text: str | None) -> Markup | None:
+def highlight_json(text: str | None, masked_paths: Any = ()) -> Markup | None:
     """The body pretty-printed and highlighted, or None when it is not (small) JSON."""
     if not text or len(text) > HIGHLIGHT_MAX:
         return None
@@ -36,22 +39,26 @@ def highlight_json(text: str | None) -> Markup | None:
     except (ValueError, TypeError):
         return None
     parts: list[str] = []
-    _render(document, 0, parts)
+    _render(document, 0, parts, (), frozenset(masked_paths))
     return Markup("".join(parts))
 
 
-def _scalar(value: Any) -> str:
+MASKED_TITLE = "masked or redacted by the gateway"
+
+
+def _scalar(value: Any, masked: bool = False) -> str:
     if isinstance(value, str):
         encoded = escape(json.dumps(value, ensure_ascii=False))
-        if is_masked(value):
-            return f'<span class="j-str masked" title="masked or redacted by the gateway">{encoded}</span>'
+        if masked or is_masked(value):
+            return f'<span class="j-str masked" title="{MASKED_TITLE}">{encoded}</span>'
         return f'<span class="j-str">{encoded}</span>'
-    if isinstance(value, bool) or value is None:
-        return f'<span class="j-lit">{json.dumps(value)}</span>'
-    return f'<span class="j-num">{escape(json.dumps(value))}</span>'
+    css = "j-lit" if isinstance(value, bool) or value is None else "j-num"
+    extra = f' masked" title="{MASKED_TITLE}' if masked else ""
+    return f'<span class="{css}{extra}">{escape(json.dumps(value))}</span>'
 
 
-def _render(value: Any, depth: int, out: list[str]) -> None:
+def _render(value: Any, depth: int, out: list[str], path: tuple[Any, ...] = (),
+            masked: frozenset[str] = frozenset()) -> None:
     pad, inner = INDENT * depth, INDENT * (depth + 1)
     if isinstance(value, dict):
         if not value:
@@ -60,7 +67,7 @@ def _render(value: Any, depth: int, out: list[str]) -> None:
         out.append("{\n")
         for index, (key, item) in enumerate(value.items()):
             out.append(f'{inner}<span class="j-key">{escape(json.dumps(key, ensure_ascii=False))}</span>: ')
-            _render(item, depth + 1, out)
+            _render(item, depth + 1, out, (*path, key) if masked else path, masked)
             out.append(",\n" if index < len(value) - 1 else "\n")
         out.append(f"{pad}}}")
     elif isinstance(value, list):
@@ -70,11 +77,11 @@ def _render(value: Any, depth: int, out: list[str]) -> None:
         out.append("[\n")
         for index, item in enumerate(value):
             out.append(inner)
-            _render(item, depth + 1, out)
+            _render(item, depth + 1, out, (*path, 0) if masked else path, masked)
             out.append(",\n" if index < len(value) - 1 else "\n")
         out.append(f"{pad}]")
     else:
-        out.append(_scalar(value))
+        out.append(_scalar(value, bool(masked) and render_path(path) in masked))
 
 
 #: sqlglot token types shown as string literals and as quoted names.

@@ -31,6 +31,7 @@ from review_ui.display import (
     url_exact,
     url_shown,
 )
+from review_ui.highlight import highlight_json
 from review_ui.holds.live import SIGNED_OUT, Broker
 from review_ui.holds.review import timeline
 from review_ui.reviewers import ReviewerStore, add_reviewer
@@ -120,6 +121,15 @@ def test_the_recording_redacts_secret_query_parameters_as_it_redacts_headers():
     row = flow_row(flow, FlowState(flow.id), "allowed", 65536, ())()
     assert row["query"] == f"api_key={REDACTED}&limit=3"
     assert SECRET not in json.dumps(row, default=str)
+
+
+def test_values_masked_without_a_marker_are_marked_by_the_paths_masking_recorded():
+    body = json.dumps({"items": [{"email": "email_3f9a1c2b04de", "card": "****4242", "n": 1}], "dob": None,
+                       "name": "Ada"})
+    html = str(highlight_json(body, ["$.items[*].email", "$.items[*].card", "$.dob"]))
+    assert html.count('masked" title=') == 3 and html.count("class=\"j-str masked\"") == 2
+    assert '<span class="j-str">&#34;Ada&#34;</span>' in html
+    assert "masked" not in str(highlight_json(body))
 
 
 def test_the_audit_trail_is_in_the_order_things_happened():

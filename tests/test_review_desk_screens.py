@@ -26,6 +26,7 @@ from playwright.sync_api import Page, expect
 from gateway.settings import PROJECT_ROOT
 from tests.support import axe
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
+from tests.support.upstream import Canned
 
 pytestmark = pytest.mark.browser
 
@@ -35,13 +36,21 @@ ARTIFACTS = Path(os.environ.get("PORTCULLIS_TEST_ARTIFACTS") or PROJECT_ROOT / "
     / "review-desk"
 #: 5,000 rows as wide as the flows table (each a copy of one recorded flow, numbered).
 SQL_5000 = "SELECT r.range AS n, f.* FROM range(5000) r, (SELECT * FROM flows LIMIT 1) f ORDER BY n"
+MASK_RULE = """
+# (column 0 keeps the rule in the rig's rules list)
+  - name: cards
+    match: {path: /v1/cards/**}
+    mask: [{path: $.card, keep_last: 4}, {path: $.dob, with: null}, {path: $.legacy, with: remove}]
+"""
 REFUND = {"amount": 250, "currency": "EUR", "customer": "cus_8841", "order": "A-7",
           "note": "double charge on the 3rd, customer called twice, ticket 4711 " * 3}
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
-    rig = ReviewRig(tmp_path_factory.mktemp("review-desk-screens"), confdir)
+    rig = ReviewRig(tmp_path_factory.mktemp("review-desk-screens"), confdir, extra_rules=MASK_RULE)
+    rig.upstream.routes["/v1/cards/c1"] = Canned(200, {"card": "4242424242424242", "dob": "1970-01-01",
+                                                       "name": "Ada", "legacy": "drop me"})
     yield rig
     rig.stop()
 
@@ -152,6 +161,22 @@ def test_the_sql_page_shows_a_page_of_rows_not_a_thousand(browser, rig, seeded):
         page.click("#sql-next")
         expect(page.locator("#sql-results tbody tr").first).to_contain_text("100")
         expect(page.locator("#sql-count")).to_contain_text("101")
+    finally:
+        context.close()
+
+
+def test_values_masked_with_keep_last_or_null_are_marked_and_removed_ones_named(browser, rig, seeded):
+    card = rig.call("GET", "/v1/cards/c1")
+    assert card.json()["card"] == "************4242" and card.json()["dob"] is None
+    flow_id = card.headers["X-Portcullis-Flow-Id"]
+    rig.wait_for(lambda: rig.api("alice", "GET", "/api/audit/flows", params={"path": "/v1/cards"}).json()
+                 .get("flows"), what="the masked flow to be recorded")
+    context, page = signed_in(browser, rig, DESKTOP, "light")
+    try:
+        page.goto(f"{rig.ui_url}/audit/flows/{flow_id}")
+        expect(page.locator("#response-body .masked")).to_have_text(['"************4242"', "null"])
+        expect(page.locator("#response-body .j-str").filter(has_text="Ada")).not_to_have_class("masked")
+        expect(page.locator(".masked-note")).to_contain_text("$.legacy")
     finally:
         context.close()
 

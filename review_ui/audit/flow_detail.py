@@ -69,10 +69,12 @@ def show(flow_id: str) -> Any:
     store = audit_data.store_or_abort()
     events = store.events(flow_id)
     original = store.flow(row["replay_of"]) if row.get("replay_of") else None
+    masked = masked_paths(events)
     return render_template(
-        "audit/flow.html", flow=row, events=offsets(events), masked=masked_paths(events),
-        request_json=highlight_json(row.get("request_body")),
-        response_json=highlight_json(row.get("response_body")),
+        "audit/flow.html", flow=row, events=offsets(events), masked=masked,
+        # Values masked with a hash, keep_last or null carry no marker: mark them by path.
+        request_json=highlight_json(row.get("request_body"), masked.get("request", ())),
+        response_json=highlight_json(row.get("response_body"), masked.get("response", ())),
         raw={part: raw_message(row, part) for part in BODY_PARTS},
         waits=audit_data.waits_of([flow_id]).get(flow_id, []),
         replays=audit_data.replays_of(flow_id),
