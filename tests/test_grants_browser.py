@@ -1,0 +1,121 @@
+"""The grants page and the approved page's grant scope in Chromium, desktop and phone.
+
+A real review UI server (werkzeug, 127.0.0.1) over an in-memory hold book; Chromium
+signs in, reads two grants for the same URL told apart by body summary and hash, finds
+no sideways scroll at 390 px and no serious axe-core violation in light or dark, and
+revokes from the approved page (back there) and from the grants page (back there).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from addons.holds.binding import RequestPrint
+from review_ui import close_app, create_app
+from review_ui.reviewers import ReviewerStore, add_reviewer
+from tests.support import axe
+from tests.support.hold_desk import PRINT, VERDICT, hold_record, running_desk
+from tests.support.review import PASSWORD_SUFFIX
+
+pytestmark = pytest.mark.browser
+DESKTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+_n = itertools.count(1)
+URL = "https://api.example/v1/reports/daily?region=eu-west-1&format=csv&include=customers,refunds,disputes"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    reviewers = tmp_path_factory.mktemp("grants-browser") / "reviewers.yaml"
+    add_reviewer(reviewers, "bob", ["finance-leads"], "bob" + PASSWORD_SUFFIX)
+    with running_desk() as desk:
+        app = create_app(desk, ReviewerStore(reviewers))
+        http = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        try:
+            yield {"desk": desk, "url": f"http://127.0.0.1:{http.server_port}"}
+        finally:
+            http.shutdown()
+            close_app(app)
+
+
+def granted(desk, n: int, day: int, uses: int = 0) -> tuple[str, str]:
+    """An approved GET hold with a grant (used ``uses`` times): (flow id, grant id)."""
+    binding = RequestPrint("GET", URL, f"{n:064x}", PRINT.headers)
+    flow_id = f"gb-{n}"
+    body = f'{{"day": {day}, "format": "csv", "note": "{"long words " * 12}"}}'.encode()
+    desk.bridge.call(desk.book.hold, hold_record(flow_id, time.time(), binding=binding, body=body,
+                                                 grant=3600.0, grant_unsafe_methods=False))
+    from addons.holds.book import Actor
+    desk.approve(flow_id, Actor("alice", frozenset({"finance-leads"})), "nightly export", 1800.0 + n)
+    for u in range(uses):
+        desk.bridge.call(desk.book.use_grant, f"{flow_id}-use-{u}", "billing-agent", binding, VERDICT)
+    return flow_id, desk.find(flow_id)["grant_id"]
+
+
+def sign_in(browser, server: dict, viewport: dict, scheme: str = "light"):
+    context = browser.new_context(viewport=viewport, color_scheme=scheme)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(server["url"] + "/login")
+    page.fill("input[name=name]", "bob")
+    page.fill("input[name=password]", "bob" + PASSWORD_SUFFIX)
+    page.click("button[type=submit]")
+    page.wait_for_url(server["url"] + "/")
+    return context, page
+
+
+def width(page) -> int:
+    return page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_two_grants_for_one_url_are_told_apart_on_any_screen(browser, server, viewport, scheme, tmp_path: Path):
+    first, first_grant = granted(server["desk"], next(_n), day=1, uses=2)
+    second, second_grant = granted(server["desk"], next(_n), day=2)
+    context, page = sign_in(browser, server, viewport, scheme)
+    try:
+        page.goto(server["url"] + "/grants")
+        one, two = page.locator(f"#grant-{first_grant}"), page.locator(f"#grant-{second_grant}")
+        assert one.locator(".g-summary").inner_text().startswith("day=1, format=")
+        assert two.locator(".g-summary").inner_text().startswith("day=2, format=")
+        assert one.locator(".g-sha").inner_text() != two.locator(".g-sha").inner_text()
+        assert one.locator(".g-uses").inner_text() == "2" and one.locator(".grant-uses li").count() == 2
+        assert one.locator(".g-request").inner_text().startswith("GET https://api.example/v1/reports/daily")
+        assert width(page) <= viewport["width"], f"/grants scrolls sideways: {width(page)} px"
+        assert axe.serious(page) == [], axe.serious(page)
+        page.goto(server["url"] + f"/flows/{first}")
+        assert page.locator(f"#grant-{first_grant} .g-identity").inner_text() == "billing-agent"
+        assert width(page) <= viewport["width"], f"the approved page scrolls sideways: {width(page)} px"
+        assert axe.serious(page) == [], axe.serious(page)
+        page.screenshot(path=str(tmp_path / "approved-with-grant.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_revoke_from_the_approved_page_and_from_the_grants_page(browser, server):
+    first, first_grant = granted(server["desk"], next(_n), day=1)
+    _, second_grant = granted(server["desk"], next(_n), day=2)
+    context, page = sign_in(browser, server, PHONE)
+    try:
+        page.goto(server["url"] + f"/flows/{first}")
+        page.locator(f"#grant-{first_grant} button", has_text="Revoke").click()
+        page.wait_for_url(server["url"] + f"/flows/{first}")
+        assert "revoked after 0 uses" in page.locator(".flash").first.inner_text()
+        assert page.locator("#grant-gone").count() == 1
+        page.goto(server["url"] + "/grants")
+        assert page.locator(f"#grant-{first_grant}").count() == 0
+        page.locator(f"#grant-{second_grant} button", has_text="Revoke").click()
+        page.wait_for_url(server["url"] + "/grants")
+        assert page.locator(f"#grant-{second_grant}").count() == 0
+        assert [g["id"] for g in server["desk"].grants() if g["id"] in (first_grant, second_grant)] == []
+    finally:
+        context.close()
