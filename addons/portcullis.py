@@ -89,6 +89,7 @@ def make_addons() -> list[object]:
         UpstreamErrorsAddon(states),  # JSON 502/504 for upstream faults; times forwarded requests
         TunnelGuardAddon(states),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP
         recorder,  # last: it stores what the agent actually received
+        approvals.relays,  # after all: an approved held-stream call's response, relayed to its stream
     ]
 
 

@@ -35,9 +35,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mitmproxy import http
+from mitmproxy import connection, ctx, http
 from mitmproxy.connection import ConnectionState
 
 from addons.core.events import Event, EventKind
@@ -64,6 +65,8 @@ from addons.holds.spec import (
     hold_spec,
 )
 from addons.holds.store import HoldStore
+from addons.mcp import jsonrpc
+from addons.mcp.heldstream import HeldStream, HeldStreams
 from addons.querylang.rules import reviewer_view
 
 __all__ = ["Actor", "ApprovalsAddon", "DecisionError", "refuse"]
@@ -78,6 +81,12 @@ JUSTIFICATION_MAX = 1000
 SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
 BODY_SHOWN_MAX = 64 * 1024
 DISCONNECT_POLL_S = 0.2
+#: How long an approved MCP call whose client gave up may be collected by one identical
+#: re-sent call (same identity, tool, canonical arguments).
+RESEND_WINDOW_S = 600.0
+#: How long the approved call of a held SSE stream may take upstream before the stream
+#: ends with an error.
+CONTINUATION_TIMEOUT_S = 300.0
 _FINAL = frozenset(EventKind(d) for d in DECISIONS)
 
 
@@ -119,6 +128,17 @@ class ApprovalsAddon:
         #: The flow state of each pending hold (its injected secrets, for the desk).
         self._held: dict[str, FlowState] = {}
         self._watcher: asyncio.Task | None = None
+        #: Held MCP calls answered as an SSE stream the gateway keeps alive (addons.mcp.heldstream).
+        self.held_streams = HeldStreams()
+        #: hold id -> what an identical re-sent MCP call is (tool, canonical arguments).
+        self._mcp_prints: dict[str, RequestPrint] = {}
+        #: ids of flows whose response is a held stream (streamed, URL restored).
+        self._streamed: dict[str, http.Request] = {}
+        #: id of the flow that carries an approved held-stream call upstream -> its relay.
+        self._continuations: dict[str, Continuation] = {}
+        self._tasks: set[asyncio.Task] = set()
+        #: Placed last in the addon chain: sees continuation responses after every addon.
+        self.relays = ContinuationRelays(self)
         # Lives as long as the bus: the book's own decisions must wake the waiters.
         states.bus.subscribe(self._on_event)
 
@@ -132,6 +152,7 @@ class ApprovalsAddon:
         self._attach()
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_clients())
+            self._spawn(self.held_streams.start())
 
     def _attach(self) -> None:
         if self.bridge.loop is None:
@@ -139,6 +160,7 @@ class ApprovalsAddon:
 
     def done(self) -> None:
         self.book.expire_all("gateway_shutdown")
+        self.held_streams.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -167,12 +189,21 @@ class ApprovalsAddon:
         if verdict is None or verdict.action != "hold":
             return
         self._attach()
+        continuation = self._continuations.get(flow.id)
+        if continuation is not None:  # the approved call of a held stream, on its way upstream
+            state.decision = "approved"
+            state.actor = continuation.hold.decided_by
+            state.reason = continuation.hold.spec.reason
+            return
         spec = hold_spec(verdict.rule, self.policy_source.policy, verdict.reason)
         binding, verdict_print = RequestPrint.of(flow.request), VerdictPrint.of(verdict, spec)
         if APPROVAL_HEADER in state.control:
             self._collect(flow, state, state.control[APPROVAL_HEADER].strip(), binding, verdict_print)
             return
         grant = self.book.use_grant(flow.id, state.identity, binding, verdict_print)
+        mcp_print = self._mcp_print(flow)
+        if grant is None and mcp_print is not None:  # an approved MCP call, re-sent
+            grant = self.book.use_grant(flow.id, state.identity, mcp_print, verdict_print)
         if grant is not None:
             state.decision = "approved"
             state.actor = grant.created_by
@@ -181,9 +212,14 @@ class ApprovalsAddon:
         if body is None:
             return
         hold = self._hold(flow, state, verdict, spec, binding, verdict_print, body)
+        if mcp_print is not None:
+            self._mcp_prints[hold.id] = mcp_print
         if hold.mode == "async":
             self._later(hold.id, hold.deadline - time.time(), self.book.expire)
             self._answer_pending(flow, state, hold)
+            return
+        if mcp_print is not None and self._streamable(flow):
+            self._hold_on_stream(flow, state, hold)
             return
         await self._wait(flow, state, hold)
 
@@ -264,6 +300,7 @@ class ApprovalsAddon:
             replay_of=state.replay_of,
             replayed_by=state.actor if state.replay_of else None,
             queries=reviewer_view(state.classifications, state.secrets),
+            mcp=self.mcp.describe(flow, state) if self.mcp is not None else None,
         )
         self._held[hold.id] = state
         self.book.hold(hold)
@@ -292,6 +329,7 @@ class ApprovalsAddon:
         if hold.decision == "abandoned" or (hold.decision == "approved" and client_gone(flow)):
             # Never forward for a client that has gone; the kill ends the flow in `error`.
             if hold.decision == "approved":
+                self._admit_resend(hold)
                 state.emit("abandoned", actor="gateway", reason="client disconnected before forwarding")
             state.decision = "abandoned"
             if flow.killable:
@@ -310,7 +348,8 @@ class ApprovalsAddon:
         while True:
             await asyncio.sleep(DISCONNECT_POLL_S)
             for hold_id, flow in list(self.waiting.items()):
-                if client_gone(flow):
+                # An MCP call stays for the reviewer: approved, its re-send is admitted.
+                if client_gone(flow) and hold_id not in self._mcp_prints:
                     self.book.abandon(hold_id)
 
     def _forward_approved(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord) -> None:
@@ -378,3 +417,197 @@ class ApprovalsAddon:
         else:
             self._deny(flow, state, hold)
 
+
+    # --- MCP calls: re-sends and held streams (addons.mcp) ------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _mcp_print(self, flow: http.HTTPFlow) -> RequestPrint | None:
+        """What makes a re-sent ``tools/call`` identical: the server, tool and canonical
+        arguments (a retry has a new JSON-RPC id, maybe new session headers)."""
+        call = self.mcp.call_of(flow) if self.mcp is not None else None
+        message = call.single if call is not None else None
+        if message is None or message.method != "tools/call" or not isinstance(message.name, str):
+            return None
+        return RequestPrint(method="MCP tools/call", url=flow.request.pretty_url, headers=(),
+                            body_sha256=sha256(jsonrpc.canonical(
+                                {"tool": message.name, "arguments": message.arguments})))
+
+    def _admit_resend(self, hold: HoldRecord) -> None:
+        mcp_print = self._mcp_prints.pop(hold.id, None)
+        if mcp_print is not None and self.book.resend_grant(hold.id, mcp_print, RESEND_WINDOW_S):
+            log.info("approved MCP call %s: its client gave up; one identical re-send is admitted "
+                     "for %s", hold.id, format_duration(RESEND_WINDOW_S))
+
+    def _streamable(self, flow: http.HTTPFlow) -> bool:
+        accept = flow.request.headers.get("accept", "").lower()
+        return self.held_streams.running and "text/event-stream" in accept
+
+    def _hold_on_stream(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord) -> None:
+        """Answer the held call with an SSE stream kept alive until the decision: the flow
+        goes to the local held-stream server (addons.mcp.heldstream), which mitmproxy
+        streams; the decision is followed in a task, not in this hook."""
+        call = self.mcp.call_of(flow)
+        message = call.single if call is not None else None
+        params = message.params if message is not None and isinstance(message.params, dict) else {}
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        stream = self.held_streams.open(token, f"waiting for approval: {hold.spec.reason}")
+        original = flow.request.copy()
+        self._streamed[flow.id] = original
+        request = flow.request
+        request.scheme, request.host, request.port = "http", "127.0.0.1", self.held_streams.port or 0
+        request.path = self.held_streams.path_of(stream)
+        request.headers["host"] = f"127.0.0.1:{request.port}"
+        state.decision = "held"
+        self._spawn(self._follow(flow, state, hold, stream, original))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        original = self._streamed.pop(flow.id, None)
+        if original is None or flow.response is None:
+            return
+        flow.response.stream = True
+        flow.request = original  # the record shows the call the agent made, not our stream's URL
+        flow.response.headers[DECISION_HEADER] = "held"
+        flow.response.headers[FLOW_ID_HEADER] = flow.id
+
+    async def _follow(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
+                      stream: HeldStream, original: http.Request) -> None:
+        try:
+            await self._await_decision(flow, hold)
+            hold = self.book.get(hold.id)
+            log.info("held stream of %s: %s%s", hold.id, hold.decision,
+                     " (client gone)" if client_gone(flow) else "")
+            if hold.decision == "approved" and client_gone(flow):
+                self._admit_resend(hold)
+                state.decision = "abandoned"
+            elif hold.decision == "approved":
+                self.book.mark_collected(hold)
+                self._mcp_prints.pop(hold.id, None)
+                await self._send_approved(flow, state, hold, stream, original)
+            elif hold.decision != "abandoned":
+                stream.send(jsonrpc.sse_event(self._denial(flow, state, hold)))
+            else:
+                state.decision = "abandoned"
+        except Exception:  # noqa: BLE001 - the stream must end whatever happened
+            log.exception("held stream of %s failed", hold.id)
+        finally:
+            stream.close()
+
+    async def _await_decision(self, flow: http.HTTPFlow, hold: HoldRecord) -> None:
+        decided = self._decided[hold.id] = asyncio.Event()
+        self.waiting[hold.id] = flow
+        try:
+            await asyncio.wait_for(decided.wait(), timeout=max(0.0, hold.deadline - time.time()))
+        except TimeoutError:
+            self.book.expire(hold.id)
+        finally:
+            self.waiting.pop(hold.id, None)
+            self._decided.pop(hold.id, None)
+
+    def _denial(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord) -> Any:
+        """The JSON-RPC denial of a rejected or expired held call (the flow's own shape)."""
+        kept = flow.response
+        self._deny(flow, state, hold)
+        assert flow.response is not None
+        document = json.loads(flow.response.content or b"{}")
+        flow.response = kept
+        return document
+
+    async def _send_approved(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
+                             stream: HeldStream, original: http.Request) -> None:
+        """Send the approved call upstream as its own flow (through every addon, as a
+        replay of this one by the approver) and relay its response into the stream."""
+        client = connection.Client(peername=("127.0.0.1", 0), sockname=("127.0.0.1", 0),
+                                   timestamp_start=time.time())
+        client.state = ConnectionState.OPEN
+        carrier = http.HTTPFlow(client, connection.Server(address=(original.host, original.port)))
+        carrier.request = original.copy()
+        carried = self.states.of(carrier)
+        carried.identity, carried.groups, carried.session_id = state.identity, state.groups, state.session_id
+        carried.replay_of, carried.actor = flow.id, hold.decided_by
+        done = asyncio.get_running_loop().create_future()
+        self._continuations[carrier.id] = Continuation(hold, stream, done)
+        state.decision, state.actor, state.reason = "approved", hold.decided_by, hold.spec.reason
+        ctx.master.commands.call("replay.client", [carrier])
+        log.info("approved held call %s goes upstream as flow %s", hold.id, carrier.id)
+        try:
+            await asyncio.wait_for(done, CONTINUATION_TIMEOUT_S)
+        except TimeoutError:
+            stream.send(jsonrpc.sse_event(_relay_error(flow, hold, "the approved call took too long upstream")))
+        finally:
+            self._continuations.pop(carrier.id, None)
+
+
+@dataclass
+class Continuation:
+    """An approved held-stream call on its way upstream: where its response goes."""
+
+    hold: HoldRecord
+    stream: HeldStream
+    done: asyncio.Future
+    relayed: bool = False
+
+
+def _relay_error(flow: http.HTTPFlow, hold: HoldRecord, reason: str) -> dict[str, Any]:
+    ids = jsonrpc.request_ids(jsonrpc.parse(flow.request.raw_content or b""))
+    return {"jsonrpc": "2.0", "id": ids[0] if ids else None, "error": {
+        "code": -32000, "message": f"{reason} (Portcullis upstream_error: flow {flow.id})",
+        "data": {"error": "upstream_error", "reason": reason, "flow_id": flow.id, "approval": hold.id}}}
+
+
+class ContinuationRelays:
+    """Last in the addon chain: relays each approved held-stream call's response, after
+    every other addon (masking, the credentials' echo scrubber) had its say."""
+
+    name = "portcullis_held_relays"
+
+    def __init__(self, approvals: ApprovalsAddon) -> None:
+        self.approvals = approvals
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        relay = self.approvals._continuations.get(flow.id)
+        response = flow.response
+        if relay is None or response is None or not response.stream:
+            return
+        if "text/event-stream" not in response.headers.get("content-type", "").lower():
+            return
+        inner = response.stream if callable(response.stream) else None
+        relay.relayed = True
+
+        def forward(chunk: bytes) -> bytes | list[bytes]:
+            produced = inner(chunk) if inner is not None else chunk
+            for part in [produced] if isinstance(produced, bytes) else produced:
+                relay.stream.send(part)
+            return produced
+
+        response.stream = forward
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        relay = self.approvals._continuations.get(flow.id)
+        if relay is None or relay.done.done():
+            return
+        response = flow.response
+        assert response is not None
+        if not relay.relayed:
+            content = response.content or b""
+            if "text/event-stream" in response.headers.get("content-type", "").lower():
+                relay.stream.send(content)
+            else:
+                document = jsonrpc.parse(content)
+                if document is None:
+                    document = _relay_error(flow, relay.hold, f"the server answered HTTP {response.status_code} "
+                                            "without a JSON-RPC message")
+                relay.stream.send(jsonrpc.sse_event(document))
+        relay.done.set_result(True)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        relay = self.approvals._continuations.get(flow.id)
+        if relay is None or relay.done.done():
+            return
+        reason = flow.error.msg if flow.error is not None else "the connection failed"
+        relay.stream.send(jsonrpc.sse_event(_relay_error(flow, relay.hold, f"upstream: {reason}")))
+        relay.done.set_result(True)

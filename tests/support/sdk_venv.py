@@ -158,13 +158,15 @@ import asyncio, json, sys
 import uvicorn
 port, mode = int(sys.argv[1]), sys.argv[2]
 json_mode = mode == "json"
+stateless = sys.argv[3:] == ["stateless"]
 try:
     from mcp.server.mcpserver import MCPServer, Context
     server = MCPServer("notes")
     major = 2
 except ImportError:
     from mcp.server.fastmcp import FastMCP, Context
-    server = FastMCP("notes", json_response=json_mode, host="127.0.0.1", port=port)
+    server = FastMCP("notes", json_response=json_mode, host="127.0.0.1", port=port,
+                     stateless_http=stateless)
     major = 1
 CALLS = []
 
@@ -192,7 +194,7 @@ def call_log() -> str:
     return json.dumps(CALLS)
 
 if major == 2:
-    app = server.streamable_http_app(json_response=json_mode)
+    app = server.streamable_http_app(json_response=json_mode, stateless_http=stateless)
 else:
     app = server.streamable_http_app()
 config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
@@ -201,7 +203,8 @@ uvicorn.Server(config).run()
 '''
 
 #: An MCP client (either major) through the proxy. argv: url, JSON list of steps:
-#: ["list"] | ["call", tool, {arguments}]. Prints one JSON line: a result per step
+#: ["list"] | ["call", tool, {arguments}] | ["progress", tool, {arguments}] (with a progress
+#: callback; its notifications are reported). Prints one JSON line: a result per step
 #: ({"tools"} | {"text", "is_error"} | {"exception", "message"}) and "survived": whether
 #: the session still answered after the last step.
 MCP_CLIENT = r'''
@@ -227,7 +230,14 @@ async def main():
             for step in steps:
                 started = time.monotonic()
                 try:
-                    if step[0] == "list":
+                    if step[0] == "progress":  # a call with a progress callback
+                        seen = []
+                        async def progress(done, total, message):
+                            seen.append([done, message])
+                        result = await session.call_tool(step[1], step[2], progress_callback=progress)
+                        text = " ".join(getattr(c, "text", "") for c in result.content)
+                        out.append({"text": text, "progress": seen})
+                    elif step[0] == "list":
                         listed = await session.list_tools()
                         out.append({"tools": sorted(t.name for t in listed.tools)})
                     else:

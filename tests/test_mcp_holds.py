@@ -1,0 +1,172 @@
+"""Held MCP tool calls that clients survive, through one real gateway with its review UI.
+
+* A held ``tools/call`` whose client accepts ``text/event-stream`` is answered at once as
+  an SSE stream the gateway keeps alive (SSE comments, or ``notifications/progress``
+  when the call carried a progressToken) until a reviewer decides; then the server's
+  real response (or the JSON-RPC denial) follows on the same stream.
+* An approved call whose client gave up admits one identical re-sent call (same
+  identity, tool and canonical arguments; a new JSON-RPC id), once.
+
+Real FastMCP servers (mcp 2.3.0) and real SDK clients (1.x and 2.x) in their own
+virtualenvs (tests/support/sdk_venv.py); reviewers decide through the JSON API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.support import sdk_venv
+from tests.support.gateway import free_port
+from tests.support.review import ReviewRig
+from tests.test_mcp_sdk import _wait_ready
+
+EXTRA_RULES = """
+# (column 0 keeps this rule in the rig's rules list)
+  - name: mcp-deletes
+    match: {mcp: {tool: delete_note}}
+    action: hold
+    reason: "Deleting a note needs a reviewer"
+"""
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """mode -> URL: a stateful SSE server (SDK sessions) and a stateless SSE and JSON one
+    (raw JSON-RPC requests)."""
+    started = {}
+    for name, args in {"sse": ("sse",), "stateless-sse": ("sse", "stateless"),
+                       "stateless-json": ("json", "stateless")}.items():
+        port = free_port()
+        started[name] = (sdk_venv.spawn("mcp2", sdk_venv.MCP_SERVER, str(port), *args), port)
+    try:
+        for process, port in started.values():
+            _wait_ready(process, port)
+        yield {name: f"http://127.0.0.1:{port}/mcp" for name, (_, port) in started.items()}
+    finally:
+        for process, _ in started.values():
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, confdir):
+    rig = ReviewRig(tmp_path_factory.mktemp("mcp-holds"), confdir, EXTRA_RULES)
+    yield rig
+    rig.stop()
+
+
+def _call(request_id, name: str) -> dict:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": "delete_note", "arguments": {"name": name}}}
+
+
+def _post(rig, url: str, body: dict, accept: str, **kwargs) -> requests.Response:
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.post(url, data=json.dumps(body), proxies=rig.proxies("billing-agent"),
+                            headers={"content-type": "application/json", "accept": accept}, **kwargs)
+
+
+def _hold_for(rig, note: str, timeout: float = 15) -> dict:
+    def find():
+        pending = rig.api("alice", "GET", "/api/pending").json()["pending"]
+        return next((h for h in pending if f'"{note}"' in rig.flow(h["flow_id"]).get("body", "")), None)
+    return rig.wait_for(find, timeout, f"a hold of delete_note {note}")
+
+
+def _events(response: requests.Response):
+    """(seconds since the request, SSE event text) as they arrive."""
+    started = time.monotonic()
+    buffer = ""
+    for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
+        buffer += chunk.replace("\r\n", "\n")  # sse-starlette ends lines with CRLF
+        while "\n\n" in buffer:
+            event, buffer = buffer.split("\n\n", 1)
+            yield time.monotonic() - started, event
+
+
+def test_held_call_is_kept_alive_on_sse_then_gets_the_servers_real_response(rig, servers):
+    url = servers["stateless-sse"]
+    with _post(rig, url, _call(41, "sse-approved"), "application/json, text/event-stream",
+               stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["X-Portcullis-Decision"] == "held"
+        events = _events(response)
+        first_at, first = next(events)
+        assert first.startswith(": held for approval"), first  # a comment: no progressToken
+        hold = _hold_for(rig, "sse-approved")
+        assert rig.approve("alice", hold["flow_id"], "ok").status_code == 200
+        approved_at = time.monotonic()
+        rest = [event for _, event in events]
+        answered_after = time.monotonic() - approved_at
+    messages = [json.loads(e.split("data: ", 1)[1]) for e in rest if "data: " in e]
+    assert messages, rest
+    assert messages[-1]["id"] == 41
+    assert messages[-1]["result"]["content"][0]["text"] == "deleted sse-approved"
+    assert first_at < 2.0  # headers and a first keepalive at once, not after the decision
+    assert answered_after < 5.0
+    row = rig.flow(hold["flow_id"])
+    assert row["status"] == "approved"
+    assert row["mcp"]["tool"] == "delete_note"  # what the review page shows (_mcp_call.html)
+    assert json.loads(row["mcp"]["arguments"]) == {"name": "sse-approved"}
+
+
+def test_rejected_held_stream_ends_with_the_json_rpc_denial(rig, servers):
+    with _post(rig, servers["stateless-sse"], _call("r1", "sse-rejected"),
+               "application/json, text/event-stream", stream=True, timeout=30) as response:
+        events = _events(response)
+        next(events)
+        hold = _hold_for(rig, "sse-rejected")
+        assert rig.reject("alice", hold["flow_id"], "keep it").status_code == 200
+        rest = [event for _, event in events]
+    denial = json.loads(rest[-1].split("data: ", 1)[1])
+    assert denial["id"] == "r1"
+    assert denial["error"]["code"] == -32002
+    assert "keep it" in denial["error"]["message"]
+    assert denial["error"]["data"]["error"] == "rejected_by_reviewer"
+
+
+@pytest.mark.parametrize("major", ["mcp1", "mcp2"])
+def test_sdk_client_waits_through_a_hold_with_progress_and_gets_the_result(rig, servers, major):
+    note = f"sdk-{major}"
+    steps = [["progress", "delete_note", {"name": note}], ["call", "read_note", {"name": "after"}]]
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(sdk_venv.run_json, major, sdk_venv.MCP_CLIENT, servers["sse"],
+                             json.dumps(steps), gateway=rig.gateway, timeout=90,
+                             env={"PORTCULLIS_TEST_PROXY": rig.proxies("billing-agent")["http"]})
+        hold = _hold_for(rig, note, timeout=40)
+        time.sleep(0.5)  # not a synchronisation: lets the client sit on the held stream a moment
+        assert rig.approve("alice", hold["flow_id"]).status_code == 200
+        report = future.result()
+    held, after = report["steps"]
+    assert held["text"] == f"deleted {note}", held
+    assert held["progress"] and "waiting for approval" in held["progress"][0][1]
+    assert after["text"] == "note after: hello"
+    assert report["survived"] is True
+
+
+def test_approved_call_whose_client_gave_up_admits_one_identical_resend(rig, servers):
+    url = servers["stateless-json"]
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _post(rig, url, _call(1, "gave-up"), "application/json", timeout=1.0)
+    hold = _hold_for(rig, "gave-up")  # still pending: the client left, the reviewer decides
+    assert rig.approve("alice", hold["flow_id"]).status_code == 200
+    rig.wait_for(lambda: any(g["flow_id"] == hold["flow_id"]
+                             for g in rig.api("alice", "GET", "/api/grants").json().get("grants", [])),
+                 what="the re-send grant")
+    retry = _post(rig, url, _call(2, "gave-up"), "application/json", timeout=10)
+    assert retry.status_code == 200
+    assert retry.json()["result"]["content"][0]["text"] == "deleted gave-up"
+    assert retry.headers["X-Portcullis-Decision"] == "approved"
+    # once: the next identical call is held again
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _post(rig, url, _call(3, "gave-up"), "application/json", timeout=1.0)
+    again = _hold_for(rig, "gave-up")
+    assert again["flow_id"] != hold["flow_id"]
+    rig.reject("alice", again["flow_id"])
