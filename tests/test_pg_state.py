@@ -25,7 +25,14 @@ from addons.core.loopbridge import LoopBridge
 from addons.holds.book import Actor, DecisionError, Grant, HoldBook, HoldRecord
 from addons.holds.pgcodec import decode, encode
 from addons.holds.pgdesk import ClusterDesk
-from addons.holds.pgschema import SCHEMA_VERSION, Pool, SchemaTooNew, connect, migrate, shared_secret
+from addons.holds.pgschema import (
+    SCHEMA_VERSION,
+    Pool,
+    SchemaTooNew,
+    connect,
+    migrate,
+    shared_secret,
+)
 from addons.holds.pgstore import PgHoldStore
 from review_ui.auth import pg_login_limits
 from review_ui.session_store import PgSessionStore

@@ -114,8 +114,11 @@ class StateGuard:
     def request(self, flow: http.HTTPFlow) -> None:
         if not self.store.shared or flow.response is not None or flow.error is not None:
             return
-        if self.store.healthy:
-            return
+        try:
+            if self.store.healthy:
+                return
+        except Exception:  # noqa: BLE001 - cannot tell: refuse, never hold unseen
+            log.exception("shared state health check failed")
         state = self.states.of(flow)
         if state.verdict is None or state.verdict.action != "hold":
             return

@@ -120,8 +120,9 @@ def connect(dsn: str, *, autocommit: bool = False, timeout: float = 3.0) -> psyc
 class Pool:
     """A few reusable connections for threads that may block (UI requests, sessions).
 
-    Not for the event loop. A connection that raised is dropped, so the next call after
-    a PostgreSQL restart reconnects instead of failing on a dead socket.
+    Not for the event loop. An idle connection is checked (one round trip) before it is
+    handed out, and one that raised is dropped, so the first call after a PostgreSQL
+    restart reconnects instead of failing on a dead socket.
     """
 
     def __init__(self, dsn: str, idle_max: int = 4) -> None:
@@ -133,6 +134,12 @@ class Pool:
     def connection(self) -> Iterator[psycopg.Connection]:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
+        if conn is not None:
+            try:
+                conn.execute("SELECT 1")  # a server restart leaves idle connections dead
+            except psycopg.Error:
+                conn.close()
+                conn = None
         if conn is None or conn.closed:
             conn = connect(self.dsn, autocommit=True)
         try:

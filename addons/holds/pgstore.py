@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -57,8 +58,9 @@ log = logging.getLogger("portcullis.state")
 
 #: How often the sync thread looks without being woken, and heartbeats.
 POLL_S = 0.5
-#: A gateway whose heartbeat is older than this is lost (its wait-mode holds are abandoned).
-LOST_AFTER_S = 5.0
+#: A gateway whose heartbeat is older than this is lost (its wait-mode holds are abandoned);
+#: PORTCULLIS_STATE_LOST_AFTER_S overrides it (the tests shorten it).
+LOST_AFTER_S = float(os.environ.get("PORTCULLIS_STATE_LOST_AFTER_S", "5"))
 #: No successful round trip for this long (or the writer failing): the state is unavailable.
 UNHEALTHY_AFTER_S = 2.0
 #: Pending holds this far past their deadline are expired by any gateway's sweep.
@@ -150,7 +152,11 @@ class PgHoldStore(MemoryHoldStore):
         self._bus: EventBus | None = None
         self._last_ok = 0.0
         self._writer_failing = False
-        self._quiet = False  # True while republishing events already stored in PostgreSQL
+        self._sync_failing = False
+        #: While republishing events already in PostgreSQL: "here" (written by this gateway,
+        #: which does not read its own back: keep them in the mirror) or "elsewhere" (they
+        #: arrive with the next read).
+        self._quiet: str | None = None
         #: Called on the loop with (hold id, seconds from commit to this gateway's apply)
         #: for holds decided elsewhere that this gateway owns (the cluster bench reads it).
         self.on_remote_decision: Callable[[str, float], None] | None = None
@@ -208,7 +214,8 @@ class PgHoldStore(MemoryHoldStore):
         """Whether PostgreSQL answered lately and the writer is committing."""
         if not self.shared:
             return True
-        return not self._writer_failing and time.monotonic() - self._last_ok < UNHEALTHY_AFTER_S
+        return (not self._writer_failing and not self._sync_failing
+                and time.monotonic() - self._last_ok < UNHEALTHY_AFTER_S)
 
     def owner(self, hold_id: str) -> str | None:
         return self._owner.get(hold_id)
@@ -241,8 +248,10 @@ class PgHoldStore(MemoryHoldStore):
         return grant
 
     def add_event(self, hold_id: str, event: dict[str, Any]) -> None:
+        if self._quiet == "elsewhere":
+            return
         super().add_event(hold_id, event)
-        if self.shared and not self._quiet and hold_id in self._holds:
+        if self.shared and self._quiet is None and hold_id in self._holds:
             self._queue.put(("event", hold_id, encode(event)))
 
     def _was_collected(self, hold_id: str) -> bool:
@@ -262,7 +271,7 @@ class PgHoldStore(MemoryHoldStore):
         for grant in grants:
             MemoryHoldStore.put_grant(self, grant)
         self._replace(hold)
-        self._republish(events)
+        self._republish(events, "here")
 
     def _apply(self, holds: list[tuple[str, str, dict[str, Any], int, float]],
                grants: list[tuple[str, dict[str, Any], bool, int]],
@@ -293,7 +302,7 @@ class PgHoldStore(MemoryHoldStore):
             kept = self._events.setdefault(hold_id, []) if hold_id in self._holds else None
             if kept is not None and len(kept) < EVENTS_PER_HOLD:
                 kept.append(event)
-        self._republish(decided_here)
+        self._republish(decided_here, "elsewhere")
 
     def _replace(self, hold: HoldRecord) -> None:
         """Take PostgreSQL's version of ``hold``, keeping the object the book may hold."""
@@ -322,15 +331,16 @@ class PgHoldStore(MemoryHoldStore):
         return Event(hold.id, EventKind(hold.decision or "expired"), hold.decided_at or time.time(),
                      actor or "gateway", detail)
 
-    def _republish(self, events: list[Event]) -> None:
+    def _republish(self, events: list[Event], stored: str) -> None:
+        """Announce ``events`` on this gateway's bus; they are in PostgreSQL already."""
         if self._bus is None:
             return
-        self._quiet = True  # already in PostgreSQL: the book must not queue them again
+        self._quiet = stored
         try:
             for event in events:
                 self._bus.publish(event)
         finally:
-            self._quiet = False
+            self._quiet = None
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
@@ -436,12 +446,14 @@ class PgHoldStore(MemoryHoldStore):
                     self._sweep(conn)
                     next_beat = time.monotonic() + self.poll_s
                 self._last_ok = time.monotonic()
+                self._sync_failing = False
                 # Woken by any gateway's commit; our own only matters for nobody.
                 for _notify in conn.notifies(timeout=self.poll_s, stop_after=1):
                     pass  # woken (by any gateway's commit, or our own close)
             except psycopg.Error as exc:
-                if time.monotonic() - self._last_ok < UNHEALTHY_AFTER_S:
+                if not self._sync_failing:
                     log.warning("shared state: PostgreSQL unavailable (%s); holds are refused until it answers", exc)
+                self._sync_failing = True  # a server that shuts down ends our LISTEN at once
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -514,4 +526,4 @@ class PgHoldStore(MemoryHoldStore):
     def _swept(self, rows: list[Any], events: list[Event]) -> None:
         """This gateway's sweep closed these holds: mirror them and put them on record here."""
         self._apply(rows, [], [], publish=False)
-        self._republish(events)
+        self._republish(events, "here")
