@@ -246,3 +246,16 @@ def test_a_gateway_restart_is_shown_and_then_asks_to_sign_in_again(rig, login):
     # The new process does not know the old session: the page says so and offers a sign-in.
     expect(page.locator("#live-banner")).to_contain_text("session has ended", timeout=10_000)
     expect(page.locator("#live-banner-signin")).to_be_visible()
+    # Earlier decisions survive the restart: the review page finds them in the recording.
+    call = rig.agent("POST", "/v1/refunds?t=desk-after-restart", json=REFUND)
+    hold = rig.wait_held("/v1/refunds?t=desk-after-restart")
+    page.click("#live-banner-signin")
+    page.fill("input[name=name]", "alice")
+    page.fill("input[name=password]", "alice" + PASSWORD_SUFFIX)
+    page.click("button[type=submit]")
+    page.goto(f"{rig.ui_url}/flows/{hold['flow_id']}")
+    similar = page.locator("#similar")
+    expect(similar).to_contain_text("/v1/refunds?t=desk-stray")  # approved before the restart
+    expect(similar).to_contain_text("/v1/refunds?t=desk-reject")
+    rig.reject("bob", hold["flow_id"], "test over")
+    call.result(timeout=10)

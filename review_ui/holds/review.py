@@ -10,6 +10,7 @@ order things happened. A rejection needs a comment (the agent reads it).
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -62,9 +63,44 @@ SIMILAR_MAX = 8
 DENIED = ("blocked", "rejected", "expired", "abandoned", "error")
 
 
+#: Decided holds of one identity under one rule, from the recording (earlier processes too).
+RECORDED_DECISIONS_SQL = (
+    "SELECT id, started_at, ended_at, method, scheme, host, port, path, query, decision, actor FROM flows "
+    "WHERE identity IS NOT DISTINCT FROM ? AND list_contains(rules, ?) AND replay_of IS NULL "
+    "AND decision IN ('approved', 'rejected', 'expired', 'abandoned') ORDER BY started_at DESC LIMIT ?"
+)
+
+
+def recorded_decisions(flow: dict[str, Any], known: set[str]) -> list[dict[str, Any]]:
+    """The recording's decided holds like ``flow`` that this process's history lacks."""
+    if not flow["rule"]:
+        return []
+    rows = services().query(RECORDED_DECISIONS_SQL, [flow["identity"], flow["rule"], SIMILAR_MAX]) or []
+    found = []
+    for row in rows:
+        if row["id"] in known or row["id"] == flow["flow_id"]:
+            continue
+        default_port = (row["scheme"], row["port"]) in (("http", 80), ("https", 443))
+        url = (f"{row['scheme']}://{row['host']}{'' if default_port else ':' + str(row['port'])}{row['path']}"
+               + (f"?{row['query']}" if row["query"] else ""))
+        found.append({"flow_id": row["id"], "status": row["decision"], "method": row["method"], "url": url,
+                      "decided_by": row["actor"], "comment": "", "recorded": True,
+                      "decided_at": (row["ended_at"] or row["started_at"]).replace(tzinfo=UTC).timestamp(),
+                      "identical": False})
+    return found
+
+
 def similar_decisions(flow: dict[str, Any]) -> list[dict[str, Any]]:
     """Earlier decisions on this identity's requests under the same rule (this process's
-    history), newest first, each marked ``identical`` when method, URL and body match."""
+    history, then the recording's), newest first, each marked ``identical`` when method,
+    URL and body match (known for this process's holds only: the recording keeps no hash)."""
+    found = _held_here(flow)
+    if len(found) < SIMILAR_MAX:
+        found += recorded_decisions(flow, {d["flow_id"] for d in found})[:SIMILAR_MAX - len(found)]
+    return found
+
+
+def _held_here(flow: dict[str, Any]) -> list[dict[str, Any]]:
     holds = services().holds
     found = []
     for earlier in holds.history(200):

@@ -266,7 +266,27 @@
       if (review && data.flow_id === review.dataset.flowId) refreshReview();
       else if (review) refreshNext();
     }
-    if (page === "decisions" && event.type !== "held") window.location.reload();
+    if (page === "decisions" && event.type !== "held") refreshLive();
+  }
+
+  // Replaces the page's [data-live] parts with the server's, keeping keyboard focus where
+  // it was (the same row's control) instead of sending it back to the page start.
+  async function refreshLive() {
+    const html = await fetchPage(window.location.pathname + window.location.search);
+    if (html === null || submitting) return;
+    const fresh = new DOMParser().parseFromString(html, "text/html");
+    const active = document.activeElement;
+    const row = active && active.closest ? active.closest("[data-grant-id]") : null;
+    const rowId = row ? row.dataset.grantId : null;
+    document.querySelectorAll("[data-live][id]").forEach((el) => {
+      const twin = fresh.getElementById(el.id);
+      if (twin) el.replaceWith(document.importNode(twin, true));
+    });
+    if (rowId) {
+      const again = document.querySelector(`[data-grant-id="${CSS.escape(rowId)}"] button`);
+      if (again) again.focus({ preventScroll: true });
+    }
+    tick();
   }
 
   async function refreshNext() {
