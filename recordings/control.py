@@ -23,6 +23,7 @@ import http.client
 import json
 import logging
 import os
+import pickle
 import select
 import socket
 import socketserver
@@ -198,11 +199,45 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._send(400, {"error": "bad_request", "message": str(exc)})
             return
+        if self.path == "/native":
+            self._native(payload)
+            return
         status, body = answer(self.server.store, self.path, payload,
                               gone=partial(peer_gone, self.connection))
         if status == 499:
             return  # nobody is listening
         self._send(status, body)
+
+    def _native(self, payload: dict[str, Any]) -> None:
+        """The gateway's own reads (recordings/remote.py): Store methods, results pickled
+        so DuckDB's values keep their Python types. Only the reading methods; the client
+        leaving stops a query as on /query."""
+        method, args = payload.get("method"), payload.get("args") or []
+        if method not in NATIVE_METHODS or not isinstance(args, list):
+            self._send(404, {"error": "not_found", "message": f"no method {method!r}"})
+            return
+        call = getattr(self.server.store, str(method))
+        try:
+            if method in ("query", "write_parquet"):
+                result: Any = ("ok", call(*args, gone=partial(peer_gone, self.connection)))
+            else:
+                result = ("ok", call(*args))
+        except LimitHit as exc:
+            if exc.status == 499:
+                return  # nobody is listening
+            result = ("limit", exc.code, exc.status, exc.message)
+        except ReadOnlyViolation as exc:
+            result = ("read_only", str(exc))
+        except duckdb.Error as exc:
+            result = ("sql_error", str(exc))
+        except (ValueError, TypeError, OSError) as exc:
+            result = ("bad_request", str(exc))
+        data = pickle.dumps(result)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-python-pickle")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, ensure_ascii=False).encode()
@@ -212,6 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+
+#: Store methods the gateway calls through /native (recordings/remote.py).
+NATIVE_METHODS = frozenset({"query", "write_parquet", "copy_to", "flow", "events"})
 
 _first_snapshot: list[Any] = []
 

@@ -46,6 +46,19 @@ def wait_for(db: Path, query: str, expected: list[tuple], timeout: float = 10) -
         time.sleep(0.05)
 
 
+def open_when_written(db: Path, timeout: float = 20) -> duckdb.DuckDBPyConnection:
+    """The file, read-only, once the recording process of a killed gateway has written
+    what it was handed and exited (it holds the file until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return duckdb.connect(str(db), read_only=True)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def client(gateway: GatewayProcess) -> requests.Session:
     session = requests.Session()
     session.trust_env = False
@@ -278,7 +291,9 @@ def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, c
     threads = [threading.Thread(target=agent, args=(p,)) for p in ["/fast"] * 6 + ["/slow"] * 2]
     for thread in threads:
         thread.start()
-    time.sleep(2.5)
+    deadline = time.monotonic() + 20  # enough completed flows whatever the machine's load
+    while sum(1 for _, at in completed if at <= time.time() - 1) <= 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert gw.process is not None
     gw.process.kill()
     killed_at = time.time()
@@ -288,7 +303,7 @@ def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, c
         thread.join(10)
     must_have = {flow_id for flow_id, at in completed if at <= killed_at - 1}
     assert len(must_have) > 50
-    con = duckdb.connect(str(gw.db), read_only=True)  # reopens without error (WAL replayed)
+    con = open_when_written(gw.db)  # reopens without error (WAL replayed)
     recorded = {flow_id for (flow_id,) in con.execute("SELECT id FROM flows").fetchall()}
     con.close()
     assert must_have - recorded == set()

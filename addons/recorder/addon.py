@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections import OrderedDict
@@ -49,9 +50,11 @@ from addons.core.replies import reply
 from addons.recorder import rows
 from recordings import control, maintenance, native_heap, writer
 from recordings.analyst import DEFAULT_LIMITS, Limits
+from recordings.feed import Feed
 from recordings.journal import Journal
 from recordings.lake import Lake, LakeError
 from recordings.recovery import recover
+from recordings.remote import RemoteStore
 from recordings.schema import SCHEMA_VERSION
 from recordings.store import DuckDBSettings, Store, StoreError
 
@@ -61,6 +64,9 @@ DEFAULT_MAX_BODY = 1024 * 1024
 FAILURE_POLICIES = ("block", "allow")
 #: How often the journal starts a new file (the old one goes once its flows are committed).
 JOURNAL_ROTATE_S = 2.0
+#: Set to "thread" to record on a thread of the gateway process instead of the recording
+#: process (recordings/sink.py), e.g. to compare the two (bench/recording.py).
+IN_PROCESS_ENV = "PORTCULLIS_RECORDER"
 #: Distinct secrets remembered across flows (credentials are few; this only bounds memory).
 MAX_KNOWN_SECRETS = 10_000
 
@@ -104,8 +110,8 @@ class RecorderAddon:
 
     def __init__(self, states: FlowStates) -> None:
         self.states = states
-        self.store: Store | None = None
-        self.writer: writer.Writer | None = None
+        self.store: Store | RemoteStore | None = None
+        self.writer: writer.Writer | Feed | None = None
         self.control: control.ControlServer | None = None
         self.journal: Journal | None = None
         self.journal_failure: str | None = None
@@ -145,6 +151,8 @@ class RecorderAddon:
             if self.store is not None and "portcullis_db" not in updated:
                 self.store.configure(self._duckdb)
                 self.store.limits = self._limits
+                if isinstance(self.writer, Feed):
+                    self.writer.configure(settings=self._duckdb, limits=self._limits)
         if "portcullis_lake_maintenance" in updated and ctx.options.portcullis_lake_maintenance < 0:
             raise exceptions.OptionsError("portcullis_lake_maintenance must be >= 0")
         if updated & {"portcullis_db", "portcullis_lake", "portcullis_lake_data"}:
@@ -157,6 +165,46 @@ class RecorderAddon:
                                               "socket live beside that path")
 
     def _open(self, path: Path, lake: Lake | None = None) -> None:
+        if os.environ.get(IN_PROCESS_ENV) == "thread":
+            self._open_here(path, lake)
+        else:
+            self._open_sink(path, lake)
+        if not self._subscribed:
+            self.states.bus.subscribe(self._on_event)
+            self._subscribed = True
+
+    def _open_sink(self, path: Path, lake: Lake | None) -> None:
+        """The default: the recording process (recordings/sink.py) owns the recording."""
+        target = lake.describe() if lake else str(path)
+        scope = gateway_scope(path) if lake else None
+        days = ctx.options.portcullis_retain_days
+        feed = Feed({"db": str(path), "lake": lake, "scope": scope, "settings": self._duckdb,
+                     "limits": self._limits, "retain_days": days,
+                     "maintenance_s": ctx.options.portcullis_lake_maintenance})
+        try:
+            feed.start()
+        except StoreError as exc:
+            raise exceptions.OptionsError(f"cannot record to {target}: {exc}") from None
+        ready = feed.ready
+        if 0 < ready["previous_version"] < SCHEMA_VERSION:
+            log.info("recording: upgraded %s from schema %d to %d", target, ready["previous_version"],
+                     SCHEMA_VERSION)
+        if ready["from_journal"] or ready["closed"]:
+            log.warning("recording: %d flows were unfinished when the gateway last stopped "
+                        "(%d known only from the journal); recorded them",
+                        ready["closed"] + ready["from_journal"], ready["from_journal"])
+        journal = Journal(path)
+        try:
+            journal.open()
+        except OSError as exc:
+            feed.stop()
+            raise exceptions.OptionsError(f"cannot record to {target}: {exc}") from None
+        self.store = RemoteStore(path, lake, scope, self._limits)
+        self.journal = journal
+        self.writer = feed
+
+    def _open_here(self, path: Path, lake: Lake | None = None) -> None:
+        """In this process, on a writer thread (PORTCULLIS_RECORDER=thread; for comparison)."""
         target = lake.describe() if lake else str(path)
         try:
             store = Store(path, settings=self._duckdb, limits=self._limits, lake=lake,
@@ -193,9 +241,6 @@ class RecorderAddon:
             self.writer.maintenance = maintenance.Maintenance(
                 store, ctx.options.portcullis_lake_maintenance, days)
         self.writer.start()
-        if not self._subscribed:
-            self.states.bus.subscribe(self._on_event)
-            self._subscribed = True
 
     def running(self) -> None:
         if self.store is None:
@@ -203,8 +248,8 @@ class RecorderAddon:
             return
         if self._rotator is None:
             self._rotator = asyncio.get_running_loop().create_task(self._rotate_journal())
-        if self.control is not None:
-            return
+        if self.control is not None or isinstance(self.store, RemoteStore):
+            return  # the recording process serves the socket
         path = control.socket_path(self.store.path)
         try:
             self.control = control.ControlServer(path, self.store, self._health).start()

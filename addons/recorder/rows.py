@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -156,8 +157,8 @@ def client_address(address: Any) -> str | None:
 
 
 def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
-             secrets: Iterable[str]) -> Callable[[], dict[str, Any]]:
-    """Snapshot the flow now; the returned function builds the row (on the writer thread)."""
+             secrets: Iterable[str]) -> FlowRow:
+    """Snapshot the flow now; calling the result builds the row (in the recording process)."""
     request, response = flow.request, flow.response
     ended = (response.timestamp_end if response else None) or \
         (flow.error.timestamp if flow.error else None) or time.time()
@@ -183,13 +184,37 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
     response_parts = (response.headers.fields, bytes(sent.data) if sent else response.raw_content) \
         if response else None
 
-    def make() -> dict[str, Any]:
+    return FlowRow(snapshot, path, query, hidden, frozenset(secret_list), request_parts, response_parts,
+                   cap, sent.size if sent is not None and not sent.complete else None)
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    """What :func:`flow_row` snapshot on the event loop; calling it builds the row.
+
+    A plain picklable value (headers are tuples of bytes, bodies bytes), so the work can
+    happen in the recording process (recordings/sink.py), away from the proxy's GIL.
+    """
+
+    snapshot: dict[str, Any]
+    path: str
+    query: str
+    hidden: frozenset[str]
+    secrets: frozenset[str]
+    request_parts: tuple[HeaderFields, bytes | None]
+    response_parts: tuple[HeaderFields, bytes | None] | None
+    cap: int
+    sent_incomplete_size: int | None  # a stream longer than its capture: its full size
+
+    def __call__(self) -> dict[str, Any]:
+        request_parts, response_parts, hidden = self.request_parts, self.response_parts, self.hidden
         # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
         redactor = redactor_for(frozenset(
-            secret_list | hidden_values(request_parts[0], hidden)
+            self.secrets | hidden_values(request_parts[0], hidden)
             | (hidden_values(response_parts[0], hidden) if response_parts else set())))
-        row = dict(snapshot)
-        row["path"], row["query"] = redactor.text(path), redactor.text(query) if query else None
+        row = dict(self.snapshot)
+        row["path"] = redactor.text(self.path)
+        row["query"] = redactor.text(self.query) if self.query else None
         row["host"] = redactor.text(row["host"])
         for prefix, parts in (("request", request_parts), ("response", response_parts)):
             if parts is None:
@@ -197,15 +222,13 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
             fields, raw = parts
             row[f"{prefix}_headers"] = headers_json(fields, redactor, hidden)
             (row[f"{prefix}_body"], row[f"{prefix}_body_blob"], row[f"{prefix}_size"],
-             row[f"{prefix}_truncated"]) = body_columns(raw, _content_encoding(fields), cap, redactor)
-        if sent is not None and not sent.complete:  # longer than the capture kept
-            row["response_size"], row["response_truncated"] = sent.size, True
+             row[f"{prefix}_truncated"]) = body_columns(raw, _content_encoding(fields), self.cap, redactor)
+        if self.sent_incomplete_size is not None:  # longer than the capture kept
+            row["response_size"], row["response_truncated"] = self.sent_incomplete_size, True
         for name in ("reason", "error", "session_id", "identity", "actor"):
             if isinstance(row[name], str):
                 row[name] = redactor.text(row[name])
         return row
-
-    return make
 
 
 def event_row(flow_id: str, kind: str, at: float, actor: str, detail: dict[str, Any],
