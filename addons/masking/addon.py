@@ -13,6 +13,13 @@ passed on unmasked: the agent gets a 502 ``response_not_maskable`` (requests: 41
 
 Masked responses carry ``X-Portcullis-Masked: <count>``; each rule that masked something
 emits a ``masked`` event with its count and the (index-folded) paths, never the values.
+
+Streams (addons.masking.streamhooks): on routes without body masks, event streams and
+bodies of unknown or large length go to the agent as they arrive; on masked routes, SSE
+and NDJSON of unknown length are masked event by event as they stream
+(addons.masking.streaming), with detectors following the text across LLM deltas. Such a
+stream is sent with ``X-Portcullis-Masked: streamed``; one that cannot be masked ends in
+an error event instead of a 502.
 """
 
 from __future__ import annotations
