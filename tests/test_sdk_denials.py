@@ -128,8 +128,9 @@ def test_anthropic_sdk_exception_names_the_rule_and_the_reason(outcomes):
     assert blocked["exception"] == "PermissionDeniedError", blocked
     assert "Agents use the small model" in blocked["message"]
     assert "no-opus-for-agents" in blocked["message"]
-    assert blocked["body"]["rule"] == "no-opus-for-agents"  # the SDK keeps the inner "error" object
-    assert blocked["body"]["reason"] == "Agents use the small model"
+    error = blocked["body"]["error"]  # the anthropic SDK keeps the whole body (openai: the inner object)
+    assert (error["rule"], error["reason"], error["code"]) == (
+        "no-opus-for-agents", "Agents use the small model", "blocked_by_policy")
     assert outcomes["anthropic_allowed"]["ok"] is True
 
 
