@@ -9,9 +9,9 @@ Debian's binaries, ``runuser -u postgres`` as root), two gateway processes A and
 (review UI on, recording on) and a threaded upstream, then measures:
 
 1. **decision commit -> forward, across gateways**: an agent's call is held on A; a
-   reviewer approves it through B's API; from the commit time PostgreSQL stamped on
-   the decision's row (``committed_at``, taken just before the commit, so this errs
-   long) to the upstream receiving the request from A. Also from the start of B's
+   reviewer approves it through B's API; from the decision's time stamped inside B's
+   transaction (the row's ``decided_at``, taken before the commit, so this errs long
+   by the commit's duration) to the upstream receiving the request from A. Also from the start of B's
    ``POST .../approve``. Target: median <= 50 ms.
 2. **failover**: a third gateway C holds a wait-mode request and is killed with SIGKILL;
    time until a survivor has closed the hold ``abandoned`` (``gateway_lost``). It is
@@ -161,10 +161,10 @@ def summary(samples: list[float]) -> dict:
             "p95_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.95))], 2), "max_ms": round(ms[-1], 2)}
 
 
-def committed_at(dsn: str, flow_id: str) -> float:
+def decided_at(dsn: str, flow_id: str) -> float:
+    """When B's transaction decided the hold (stamped inside it, before its commit)."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT extract(epoch FROM committed_at) FROM portcullis_holds WHERE id = %s",
-                           (flow_id,)).fetchone()
+        row = conn.execute("SELECT decided_at FROM portcullis_holds WHERE id = %s", (flow_id,)).fetchone()
     assert row is not None
     return float(row[0])
 
@@ -180,7 +180,7 @@ def cross_gateway_latency(a: Gateway, b: Gateway, upstream: Upstream, dsn: str, 
             response = b.api.post(f"{b.ui}/api/flows/{flow_id}/approve", json={"comment": "bench"}, timeout=10)
             assert response.status_code == 200, response.text
             assert call.result(timeout=30).status_code == 200
-            from_commit.append(upstream.arrivals[path] - committed_at(dsn, flow_id))
+            from_commit.append(upstream.arrivals[path] - decided_at(dsn, flow_id))
             from_click.append(upstream.arrivals[path] - start)
     return from_commit, from_click
 
