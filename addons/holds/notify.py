@@ -337,6 +337,8 @@ class NotifyAddon:
     def _enqueue(self, event: Event) -> None:
         if self.pool is None or (event.kind not in NOTIFY_EVENTS and event.kind not in SLACK_EVENTS):
             return
+        if event.detail.get("decided_elsewhere"):
+            return  # --state: the gateway where the reviewer decided has notified already
         hooks = [h for h in self.webhooks() if event.kind in h.events]
         slack = event.kind in SLACK_EVENTS and self.slack_settings() is not None
         if not hooks and not slack:
