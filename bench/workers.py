@@ -12,9 +12,11 @@ repetition visits every scenario, forward then backward, so drift hits all alike
     direct        the load generator straight to the upstream (its ceiling)
     bare          mitmdump -q, no addons
     gw1           `portcullis run`, 1 worker, recording into an embedded DuckDB file
-    gwN-<rec>     `portcullis run --workers N` for each N, with shared state (a real
-                  PostgreSQL started here, --state) and recording into the lake (--lake,
-                  when this build has it; else off, and gw1-off measures 1 worker alike)
+    gw1-lake      1 worker recording into a DuckLake (catalog in PostgreSQL when there is
+                  one, data files in a directory), the baseline of:
+    gwN-lake      `portcullis run --workers N` for each N, with shared state (a real
+                  PostgreSQL started here, --state) and the same kind of lake (--lake);
+                  without --lake in this build: recording off, against gw1-off
 
 Targets (issue 18): gw1 >= 0.85x bare req/s at 16 clients; gw2 >= 1.5x gw1 (same
 recording) on a 2-core machine, the load generator and the upstream on the same cores.
@@ -129,6 +131,11 @@ class Postgres:
             self.server.stop("immediate")
 
 
+def lake_catalog(postgres: Postgres | None, name: str) -> str:
+    assert postgres is not None and postgres.server is not None
+    return postgres.server.new_database(f"lake_{name.replace('-', '_')}")
+
+
 def gateway(name: str, workdir: Path, rules: Path, confdir: Path, workers: int, args: list[str],
             direct_supervisor: bool) -> procs.Process:
     process = procs.gateway_process(name, workdir, rules, confdir, "--ui", "off", *args)
@@ -184,9 +191,12 @@ async def run(counts: list[int], clients: list[int], duration: float, warmup: fl
                          "PostgreSQL binaries): the supervisor was started directly; no holds are measured")
         proxies["bare"] = procs.mitmdump_process("bare", workdir, confdir).start()
         for name, _label, workers, recording in plan(counts, bool(dsn), have_lake):
-            args = ["--db", str(workdir / f"{name}.duckdb")] if recording == "db" else ["--db", ""]
-            if recording == "lake":
-                args += ["--lake", str(workdir / f"{name}-lake")]
+            args = ["--db", str(workdir / f"{name}.duckdb")] if recording != "off" else ["--db", ""]
+            if recording == "lake":  # one lake per gateway; its catalog in PostgreSQL when there is one
+                if dsn:
+                    args += ["--lake", lake_catalog(postgres, name), "--lake-data", str(workdir / f"{name}-lake")]
+                else:
+                    args += ["--lake", str(workdir / f"{name}-lake")]
             if dsn and workers > 1:
                 args += ["--state", dsn]
             started = time.monotonic()
@@ -248,7 +258,7 @@ def summarize(labels: dict[str, str], cells: dict[tuple[str, int], list[dict[str
     problems = [f"{name} {n} clients: {c['errors']}" for name, entry in table.items()
                 for n, c in entry["clients"].items() if c["errors"]]
     problems += [f"{name} {n} clients: statuses {c['statuses']}" for name, entry in table.items()
-                 for n, c in entry["clients"].items() if set(c["statuses"]) - {200}]
+                 for n, c in entry["clients"].items() if set(c["statuses"]) - {"200"}]
     return {"cores": available_cores(), "features": features, "scenarios": table, "ratios": ratios,
             "targets": {"gw1_over_bare_at_16": 0.85, "gw2_over_gw1_at_16": 1.5},
             "notes": notes, "problems": problems, "ok": not problems}

@@ -19,9 +19,11 @@ What the workers share, and how:
   * the review UI: served by worker 0 alone (one bind; it lists the cluster's holds from
     the shared state). The other workers know its address and refuse proxied requests to
     it like worker 0 does (review_ui/server_addon.SERVED_ELSEWHERE_ENV);
-  * the recording: one embedded DuckDB file has one writer process, so N > 1 needs
-    recording that several processes write (the lake, when this build has ``--lake``)
-    or recording off (``--db ''``).
+  * the recording: one embedded DuckDB file has one writer process, so N > 1 needs the
+    lake (``--lake``), which every worker writes, or recording off (``--db ''``). With a
+    lake, --db only places a gateway's crash journal and analyst socket, so worker i > 0
+    gets its own sibling path (worker_db: ``portcullis.worker1.duckdb``); a worker that
+    dies recovers its own journal when the supervisor restarts it.
 
 The supervisor prints worker 0's banner once every worker listens, prefixes every other
 line of a worker's output with ``[worker i]``, restarts a worker that dies (at most
@@ -44,6 +46,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from addons.holds.pgaddon import is_postgres
@@ -96,6 +99,23 @@ def shared_state_problem(options: dict[str, Any], count: int) -> str | None:
     return None
 
 
+def worker_db(db: str, index: int) -> str:
+    """Worker ``index``'s --db path: worker 0 keeps the operator's (so `portcullis sql --db`
+    reaches it), the others a sibling, ``portcullis.duckdb`` -> ``portcullis.worker1.duckdb``."""
+    if index == 0 or not db:
+        return db
+    path = Path(db)
+    return str(path.with_name(f"{path.stem}.worker{index}{path.suffix}"))
+
+
+def worker_options(options: dict[str, Any], index: int) -> dict[str, Any]:
+    """The mitmproxy options of worker ``index``. With a lake, --db only places a gateway's
+    journal and analyst socket (and scopes its crash recovery), so each worker has its own."""
+    if not options.get("portcullis_lake"):
+        return options
+    return {**options, "portcullis_db": worker_db(str(options.get("portcullis_db") or ""), index)}
+
+
 @dataclass
 class Worker:
     """One worker process and what the supervisor knows of it."""
@@ -130,7 +150,7 @@ class Supervisor:
     # --- one worker ---------------------------------------------------------------------
 
     def config(self, worker: Worker) -> dict[str, Any]:
-        return {"index": worker.index, "listen": list(self.listen), "options": self.options,
+        return {"index": worker.index, "listen": list(self.listen), "options": worker_options(self.options, worker.index),
                 "quiet": self.quiet}
 
     def environment(self, worker: Worker) -> dict[str, str]:
@@ -187,9 +207,14 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
         try:
-            for worker in self.workers:
-                await self.start(worker)
-            code = await self._wait_until_serving()
+            # Worker 0 first, alone: it creates or migrates what the workers share (the state's
+            # and the lake's schemas), which two fresh processes must not race to do.
+            await self.start(self.workers[0])
+            code = await self._wait_until_serving(self.workers[:1])
+            if code is None:
+                for worker in self.workers[1:]:
+                    await self.start(worker)
+                code = await self._wait_until_serving(self.workers)
             if code is None:
                 self._print_banner()
                 self.serving = True
@@ -198,13 +223,13 @@ class Supervisor:
             stopped = await self._stop_all()
         return code if code else stopped
 
-    async def _wait_until_serving(self) -> int | None:
-        """None once every worker listens; else the exit code to end with."""
+    async def _wait_until_serving(self, workers: list[Worker]) -> int | None:
+        """None once each of ``workers`` listens; else the exit code to end with."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not all(w.ready.is_set() for w in self.workers):
+        while not all(w.ready.is_set() for w in workers):
             if self.stopping.is_set():
                 return 0
-            for worker in self.workers:
+            for worker in workers:
                 if not worker.alive():
                     if worker.relay:
                         await worker.relay  # its last words (the startup error) are printed

@@ -71,16 +71,28 @@ def test_explain_shows_matches_and_decision_without_sending():
 def test_env_prints_proxy_and_ca_trust_for_every_client(tmp_path):
     result = portcullis("env", "--listen", "127.0.0.1:9999", "--confdir", str(tmp_path / "conf"))
     assert result.returncode == 0, result.stderr
-    exports = dict(
-        line.removeprefix("export ").split("=", 1) for line in result.stdout.strip().splitlines()
-    )
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    lines = result.stdout.strip().splitlines()
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in lines if line.startswith("export "))
+    # aiohttp looks up wss:// and ws:// URLs under their own variables.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "WSS_PROXY", "WS_PROXY"):
         assert exports[name] == "http://127.0.0.1:9999"
-    assert exports["NO_PROXY"] == "127.0.0.1:8081"
+    assert exports["NODE_USE_ENV_PROXY"] == "1"  # Node 24+'s built-in fetch
+    assert exports["NO_PROXY"] == exports["no_proxy"] == "127.0.0.1:8081"
     ca = tmp_path / "conf" / "mitmproxy-ca-cert.pem"
-    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "AWS_CA_BUNDLE"):
         assert exports[name] == str(ca)
     assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    # What no variable can do is said as comments (harmless under eval), and only those.
+    notes = [line for line in lines if not line.startswith("export ")]
+    assert notes and all(line.startswith("# ") for line in notes)
+    assert any("trust_env=True" in line for line in notes)
+    assert any("EnvHttpProxyAgent" in line for line in notes)
+    quiet = portcullis("env", "--no-notes", "--listen", "127.0.0.1:9999", "--confdir", str(tmp_path / "conf"))
+    assert all(line.startswith("export ") for line in quiet.stdout.strip().splitlines())
+    # eval "$(portcullis env)" in a real shell sets them.
+    shell = subprocess.run(["sh", "-c", 'eval "$(cat)"; echo "$WSS_PROXY|$SSL_CERT_FILE"'],
+                           input=result.stdout, capture_output=True, text=True, timeout=10)
+    assert shell.stdout.strip() == f"http://127.0.0.1:9999|{ca}"
 
 
 def test_run_refuses_an_invalid_rules_file_naming_the_line(tmp_path, confdir):
