@@ -75,14 +75,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_gateway(workdir: Path, db: str) -> tuple[subprocess.Popen, int]:
+def _start_gateway(workdir: Path, db: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     rules = workdir / "rules.yaml"
     rules.write_text(textwrap.dedent(RULES))
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--listen", f"127.0.0.1:{port}", "--rules", str(rules),
          "--confdir", str(workdir / "conf"), "--db", db, "--ui", "off", "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 60
@@ -132,28 +132,39 @@ def _load(proxy_port: int, upstream_port: int, clients: int, seconds: float) -> 
     return sum(counts) / (time.monotonic() - started), sum(counts)
 
 
+#: The gateways compared: recording in its own process (the default), on a thread of the
+#: gateway process (PORTCULLIS_RECORDER=thread, as before issue 18), and off.
+MODES = ("on", "thread", "off")
+
+
 def throughput(rounds: int, seconds: float, clients: int) -> dict:
     ports: multiprocessing.Queue = multiprocessing.Queue()
     upstream = multiprocessing.Process(target=_serve_upstream, args=(ports,), daemon=True)
     upstream.start()
     upstream_port = ports.get(timeout=30)
-    results: dict[str, list[float]] = {"on": [], "off": []}
-    # CPU per request is steadier than req/s when other work shares the machine.
-    cpu_ms: dict[str, list[float]] = {"on": [], "off": []}
+    results: dict[str, list[float]] = {mode: [] for mode in MODES}
+    # CPU per request is steadier than req/s when other work shares the machine. It is
+    # the gateway process's CPU only: the recording process's is reported apart.
+    cpu_ms: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        gateways = {"on": _start_gateway(work, str(work / "bench.duckdb")), "off": _start_gateway(work, "")}
+        gateways = {"on": _start_gateway(work, str(work / "bench.duckdb")),
+                    "thread": _start_gateway(work, str(work / "thread.duckdb"), {"PORTCULLIS_RECORDER": "thread"}),
+                    "off": _start_gateway(work, "")}
         try:
-            for mode in ("on", "off"):  # warm up both
+            for mode in MODES:  # warm up
                 _load(gateways[mode][1], upstream_port, clients, 1.0)
+            sink_before = control.call(control.socket_path(work / "bench.duckdb"), "/health")
+            flows_before = sink_before["rows_written"]
             for _ in range(rounds):
-                for mode in ("on", "off"):
+                for mode in MODES:
                     process, port = gateways[mode]
                     cpu_before = _cpu_seconds(process.pid)
                     rps, count = _load(port, upstream_port, clients, seconds)
                     results[mode].append(round(rps, 1))
                     cpu_ms[mode].append(round((_cpu_seconds(process.pid) - cpu_before) * 1000 / count, 3))
             health = control.call(control.socket_path(work / "bench.duckdb"), "/health")
+            thread_health = control.call(control.socket_path(work / "thread.duckdb"), "/health")
         finally:
             for process, _ in gateways.values():
                 process.terminate()
@@ -162,14 +173,22 @@ def throughput(rounds: int, seconds: float, clients: int) -> dict:
         recorded = Store(work / "bench.duckdb", read_only=True)
         flows = recorded.query("SELECT count(*) FROM flows")[1][0][0]
         recorded.close()
-    on, off = statistics.median(results["on"]), statistics.median(results["off"])
-    cpu_on, cpu_off = statistics.median(cpu_ms["on"]), statistics.median(cpu_ms["off"])
+    median = {mode: statistics.median(results[mode]) for mode in MODES}
+    cpu = {mode: statistics.median(cpu_ms[mode]) for mode in MODES}
+    rows = max(health["rows_written"] - flows_before, 1)
+    sink_cpu = health["sink_cpu_s"] - sink_before["sink_cpu_s"]
     return {"clients": clients, "seconds_per_round": seconds, "rounds": rounds,
-            "cpu_ms_per_request_on": cpu_ms["on"], "cpu_ms_per_request_off": cpu_ms["off"],
-            "cpu_ratio_off_over_on": round(cpu_off / cpu_on, 3),
-            "on_rps": results["on"], "off_rps": results["off"], "median_on_rps": round(on, 1),
-            "median_off_rps": round(off, 1), "ratio": round(on / off, 3), "flows_recorded": flows,
-            "writer_thread_cpu_ms_per_flow": round(health["writer_cpu_s"] * 1000 / max(flows, 1), 3)}
+            **{f"cpu_ms_per_request_{mode}": cpu_ms[mode] for mode in MODES},
+            **{f"{mode}_rps": results[mode] for mode in MODES},
+            **{f"median_{mode}_rps": round(median[mode], 1) for mode in MODES},
+            "recording_cpu_ms_per_request": round(cpu["on"] - cpu["off"], 3),
+            "recording_cpu_ms_per_request_thread": round(cpu["thread"] - cpu["off"], 3),
+            "cpu_ratio_off_over_on": round(cpu["off"] / cpu["on"], 3),
+            "ratio": round(median["on"] / median["off"], 3),
+            "ratio_thread": round(median["thread"] / median["off"], 3), "flows_recorded": flows,
+            "sink_cpu_ms_per_row": round(sink_cpu * 1000 / rows, 3),
+            "writer_thread_cpu_ms_per_flow": round(thread_health["writer_cpu_s"] * 1000
+                                                   / max(thread_health["rows_written"], 1), 3)}
 
 
 # --- 2. a million flows ------------------------------------------------------------------
@@ -270,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         report["throughput"] = throughput(rounds=2 if args.quick else 4, seconds=3 if args.quick else 8,
                                           clients=16)
         t = report["throughput"]
-        print(f"throughput, {t['clients']} clients: recording on {t['median_on_rps']} req/s, "
-              f"off {t['median_off_rps']} req/s, ratio {t['ratio']}; gateway CPU per request "
-              f"on {statistics.median(t['cpu_ms_per_request_on'])} ms, off "
-              f"{statistics.median(t['cpu_ms_per_request_off'])} ms (off/on {t['cpu_ratio_off_over_on']}); "
-              f"writer thread {t['writer_thread_cpu_ms_per_flow']} ms per flow",
-              flush=True)
+        print(f"throughput, {t['clients']} clients: recording in its process {t['median_on_rps']} req/s, "
+              f"on a thread {t['median_thread_rps']} req/s, off {t['median_off_rps']} req/s "
+              f"(ratios {t['ratio']}, {t['ratio_thread']}); gateway CPU per request: on "
+              f"{statistics.median(t['cpu_ms_per_request_on'])} ms, thread "
+              f"{statistics.median(t['cpu_ms_per_request_thread'])} ms, off "
+              f"{statistics.median(t['cpu_ms_per_request_off'])} ms; recording's share of the data "
+              f"path {t['recording_cpu_ms_per_request']} ms (thread: "
+              f"{t['recording_cpu_ms_per_request_thread']} ms); recording process "
+              f"{t['sink_cpu_ms_per_row']} ms per row", flush=True)
     if not args.skip_million:
         report["million"] = m = million(100_000 if args.quick else 1_000_000)
         print(f"{m['flows']} flows + {m['events']} events: {m['db_mib']} MiB, "

@@ -41,6 +41,7 @@ import duckdb
 
 from recordings import export as exporting
 from recordings.analyst import LimitHit
+from recordings.lake import Lake
 from recordings.sqlguard import ReadOnlyViolation
 from recordings.store import Store
 
@@ -302,16 +303,19 @@ def call(path: Path, route: str, payload: dict[str, Any] | None = None,
     return body
 
 
-def ask(db: str | Path, route: str, payload: dict[str, Any]) -> dict[str, Any]:
+def ask(db: str | Path, route: str, payload: dict[str, Any], lake: Lake | None = None) -> dict[str, Any]:
     """Ask the gateway recording to ``db``; without one running, open the file read-only.
 
+    With a ``lake``, open it read-only here at once: a lake serves many processes, so the
+    analyst's query runs in their own process, not in a gateway's.
     Raises RequestFailed (bad SQL, writes refused, ...) or StoreError (cannot open).
     """
-    try:
-        return call(socket_path(db), route, payload)
-    except NotRunning:
-        pass
-    store = Store(db, read_only=True)
+    if lake is None:
+        try:
+            return call(socket_path(db), route, payload)
+        except NotRunning:
+            pass
+    store = Store(db, read_only=True, lake=lake)
     try:
         status, body = answer(store, route, payload)
     finally:

@@ -58,11 +58,14 @@ class Lake:
     data: str = ""  # data files: a directory or s3://...; a local lake defaults to DIR/data
 
     @classmethod
-    def parse(cls, value: str, data: str = "") -> Lake:
+    def parse(cls, value: str, data: str = "", reading: bool = False) -> Lake:
+        """``reading``: for a reader, which finds the data files in the catalog."""
         value = value.strip()
         if not value:
             raise LakeError("the lake is empty")
         if value.startswith(POSTGRES_PREFIXES):
+            if reading and not data:
+                return cls(value, "")
             if not data:
                 raise LakeError("a lake with its catalog in PostgreSQL needs --lake-data "
                                 "(a directory every gateway reaches, or s3://bucket/prefix)")
@@ -98,7 +101,7 @@ class Lake:
 
     def local_directories(self) -> list[str]:
         """Directories this lake's own files are in (for allowed_directories)."""
-        found = [] if self.on_s3 else [self.data]
+        found = [] if self.on_s3 or not self.data else [self.data]
         if self.catalog_file is not None:
             found.append(str(self.catalog_file.parent) + "/")
         return found

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.commands.sql import add_db_argument, call_recording
+from gateway.commands.sql import add_db_argument, call_recording, lake_argument
 from recordings.export import FORMATS, parse_since
 
 
@@ -34,8 +34,11 @@ def handle(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"portcullis export: --since: {exc}", file=sys.stderr)
         return 2
+    lake = lake_argument(args, "export")
+    if lake is False:
+        return 2
     payload = {"since": args.since, "format": args.format, "output": str(Path(args.output).resolve())}
-    result = call_recording(Path(args.db).resolve(), "/export", payload, "export")
+    result = call_recording(Path(args.db).resolve(), "/export", payload, "export", lake)
     if result is None:
         return 1
     print(f"exported {result['flows']} flows and {result['events']} events since {args.since}: "
