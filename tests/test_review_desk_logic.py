@@ -18,9 +18,13 @@ import pytest
 from mitmproxy.test import tflow
 
 from addons.core.flowstate import FlowState
+from addons.core.rulefile import RuleFileError
 from addons.core.secretforms import REDACTED, query_secrets
 from addons.holds.binding import RequestPrint
 from addons.holds.desk import HoldDesk
+from addons.holds.notify import payload
+from addons.holds.spec import Webhook
+from addons.policy.engine import compile_policy
 from addons.recorder.rows import flow_row
 from review_ui import close_app, create_app
 from review_ui.display import (
@@ -156,6 +160,32 @@ def test_the_review_page_leads_with_the_evidence_and_never_shows_a_query_secret(
     assert 'class="j-key"' in page  # highlighted on the server
     assert "amount 250" in alice.get("/").text  # the queue says what the request does
     decide(signed_in(app, "bob"), flow_id, "reject", "test over")
+
+
+def test_a_rule_summary_line_leads_in_the_queue_the_page_the_api_the_event_and_notifications(app, desk):
+    flow_id = held(desk, body=json.dumps({"amount": 250, "currency": "EUR", "customer": "cus_8841"}).encode(),
+                   summary="{$.amount} {$.currency} refund for {$.customer} ({$.missing})")
+    line = "250 EUR refund for cus_8841 (?)"
+    alice = signed_in(app, "alice")
+    assert line in alice.get("/").text
+    page = alice.get(f"/flows/{flow_id}").text
+    assert line in page[page.index('id="body-summary"'):page.index('id="why-h"')]
+    assert "automatic summary" not in page[page.index('id="body-summary"'):page.index('id="why-h"')]
+    assert desk.get(flow_id)["summary_line"] == line
+    assert desk.events_of(flow_id)[0]["detail"]["summary"] == line  # recorded with the held event
+    hook = Webhook("https://hooks.example/x", "json", frozenset({"held"}))
+    assert payload(hook, "held", desk.find(flow_id), None)["summary_line"] == line
+    decide(signed_in(app, "bob"), flow_id, "reject", "test over")
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("no placeholder", "at least one"), ("{$.a..b}", "cannot read"), ("{amount}", "at least one"), ("", "must be text"),
+])
+def test_a_bad_summary_template_is_refused_with_file_and_line(template, message):
+    with pytest.raises(RuleFileError) as caught:
+        compile_policy(f"version: 1\nrules:\n  - name: r\n    match: {{}}\n    action: hold\n"
+                       f"    summary: {json.dumps(template)}\n", "rules.yaml")
+    assert "rules.yaml:6:5: rules[0].summary:" in str(caught.value) and message in str(caught.value)
 
 
 def test_a_rejection_needs_a_comment(app, desk):

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from addons.core.events import Event, EventBus, EventKind
 from addons.holds.store import HoldStore, MemoryHoldStore
+from addons.holds.summary import render as render_summary
 
 if TYPE_CHECKING:  # the prints are compared, never built, here
     from addons.holds.binding import RequestPrint, VerdictPrint
@@ -170,6 +171,8 @@ class HoldRecord:
     escalated: bool = False
     grant_id: str | None = None
     collected: bool = False
+    #: The rule's ``summary`` line, rendered from the shown body when the hold opens.
+    summary_line: str | None = None
     #: One line on what the body asks for: the rule's ``summary`` template when it has
     #: one (filled in by whoever opens the hold); None: :func:`auto_summary` of the body.
     body_summary: str | None = None
@@ -240,6 +243,7 @@ class HoldRecord:
             "replay_of": self.replay_of,
             "replayed_by": self.replayed_by,
             "query_summary": " | ".join(q["summary"] for q in self.queries) or None,
+            "summary_line": self.summary_line,
         }
 
     def details(self, now: float | None = None) -> dict[str, Any]:
@@ -391,9 +395,12 @@ class HoldBook:
 
     def hold(self, hold: HoldRecord) -> HoldRecord:
         """Open ``hold`` (pending) and announce it."""
-        self.store.put(hold)
         spec = hold.spec
+        if hold.summary_line is None and spec.summary:
+            hold.summary_line = render_summary(spec.summary, hold.body)
+        self.store.put(hold)
         self._publish(hold.id, EventKind.HELD, "gateway", rule=spec.rule, reason=spec.reason,
+                      summary=hold.summary_line,
                       method=hold.method, url=hold.url, identity=hold.identity,
                       justification=hold.justification, timeout_s=spec.timeout,
                       approvers=sorted(spec.approvers) if spec.approvers is not None else None,

@@ -11,6 +11,7 @@ Per rule::
     grant: 15m                   # longest "approve and allow identical requests" a reviewer may give
     grant_unsafe_methods: true   # offer grants for POST/PATCH too (off by default: a grant
                                  # would let identical non-idempotent requests repeat)
+    summary: "{$.amount} {$.currency} refund for {$.customer}"   # one line for reviewers
 
 Top level::
 
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 from addons.core.rulefile import Where
 from addons.credentials.secretrefs import Resolved, resolve
 from addons.holds.book import format_duration  # noqa: F401 - re-exported: durations live together
+from addons.holds.summary import compile_template
 from addons.policy.engine import LoadContext, Policy, Rule, rule_field, top_level_field
 
 DEFAULT_HOLD_TIMEOUT_S = 300.0
@@ -114,6 +116,16 @@ def compile_grant_unsafe_methods(value: Any, where: Where, context: LoadContext)
     if not isinstance(value, bool):
         where.fail("grant_unsafe_methods must be true or false")
     return value
+
+
+@rule_field("summary", type="text with {$.path} placeholders", see="review.md",
+            example='"{$.amount} {$.currency} refund for {$.customer}"',
+            summary="One line over body fields shown for this rule's holds (queue, review page, notifications, recording).")
+def compile_summary(value: Any, where: Where, context: LoadContext) -> str:
+    try:
+        return compile_template(value)
+    except ValueError as exc:
+        where.fail(str(exc))
 
 
 top_level_field("hold_timeout", type="duration", example="5m", see="review.md",
@@ -247,6 +259,8 @@ class HoldSpec:
     grant: float | None
     #: Grants for non-idempotent methods too (``grant_unsafe_methods: true``).
     grant_unsafe_methods: bool = False
+    #: The rule's one-line ``summary`` template over body fields (addons.holds.summary).
+    summary: str | None = None
 
 
 def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec:
@@ -263,4 +277,5 @@ def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec
         escalate_to=ext.get("escalate_to", frozenset()),
         grant=ext.get("grant"),
         grant_unsafe_methods=ext.get("grant_unsafe_methods", False),
+        summary=ext.get("summary"),
     )

@@ -24,12 +24,13 @@ SUMMARIZED_MAX = 200
 
 
 def pending() -> list[dict[str, Any]]:
-    """The queue, each hold with ``body_summary``."""
+    """The queue, each hold with ``body_summary``: the rule's ``summary`` line, else an
+    automatic one from the body."""
     holds = services().holds
     rows = holds.queue()
     for index, hold in enumerate(rows):
-        hold["body_summary"] = ""
-        if index < SUMMARIZED_MAX:
+        hold["body_summary"] = hold.get("summary_line") or ""  # the rule's own summary line wins
+        if not hold["body_summary"] and index < SUMMARIZED_MAX:
             try:
                 hold["body_summary"] = body_summary(holds.get(hold["flow_id"])["body"])
             except DecisionError:  # decided meanwhile: the next live update drops the row

@@ -177,7 +177,7 @@ def render_review(flow_id: str, error: str | None = None, status: int = 200, com
     return render_template(
         "review.html", flow=flow, body=body, body_is_json=is_json, body_html=highlighted,
         body_lines=body.count("\n") + 1 if body else 0, fold_lines=FOLD_LINES,
-        summary=body_summary(flow["body"]), query=query_params(flow["url"]),
+        summary=flow.get("summary_line") or body_summary(flow["body"]), query=query_params(flow["url"]),
         may_decide=allowed, why_not=why_not, grants=grant_choices(flow["max_grant_s"]),
         context=agent_context(flow), similar=similar_decisions(flow), next_hold=next_hold(flow_id),
         events=timeline(flow["events"], flow.get("mode", "wait")),
