@@ -169,8 +169,6 @@ def test_a_rejection_on_b_reaches_the_agent_on_a(cluster, a, b):
 
 @pytest.mark.browser
 def test_approved_in_a_browser_on_bs_review_ui(cluster, a, b, browser):
-    call = cluster.agent(a, "POST", "/v1/refunds?t=browser-on-b", json=REFUND)
-    hold = held_on(b, "/v1/refunds?t=browser-on-b")
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -181,8 +179,13 @@ def test_approved_in_a_browser_on_bs_review_ui(cluster, a, b, browser):
         page.fill("input[name=password]", "alice" + PASSWORD_SUFFIX)
         page.click("button[type=submit]")
         expect(page.locator("h1")).to_have_text("Pending requests")
+        expect(page.locator("#live-status.on")).to_be_attached()  # B's live feed is connected
+        page.evaluate("window.__notReloaded = true")
+        call = cluster.agent(a, "POST", "/v1/refunds?t=browser-on-b", json=REFUND)
+        hold = held_on(b, "/v1/refunds?t=browser-on-b")
         row = page.locator(f'tr[data-flow-id="{hold["flow_id"]}"]')
         expect(row).to_contain_text("Refunds over $100 need a finance lead")
+        assert page.evaluate("window.__notReloaded") is True  # A's hold reached B's page live
         row.locator("a.open").click()
         expect(page.locator(".reason-big")).to_have_text("Refunds over $100 need a finance lead")
         page.fill("#comment", "approved on B")

@@ -290,3 +290,17 @@ def test_reviewer_sessions_and_login_throttling_are_shared(postgres_dsn):
     pair_two.clear("fin1\x1f127.0.0.1")
     assert not pair_one.blocked("fin1\x1f127.0.0.1")
     assert shared_secret(one, "k") == shared_secret(two, "k") and len(shared_secret(one, "k")) == 32
+
+
+def test_the_live_feed_on_one_gateway_shows_the_other_gateways_holds(cluster):
+    a, b = cluster(), cluster()
+    seen: list[tuple[str, str | None]] = []
+    unwatch = b.desk.watch(lambda kind, payload: seen.append((kind, payload.get("flow_id"))))
+    try:
+        hold_on(a, "f-feed")
+        wait_for(lambda: ("held", "f-feed") in seen, what="B's feed to show A's hold")
+        a.desk.reject("f-feed", FIN1)  # decided on A, about A's hold: B only reads it
+        wait_for(lambda: ("decided", "f-feed") in seen, what="B's feed to show the decision")
+        assert "rejected" not in b.kinds("f-feed")  # not on B's main bus: B records and notifies nothing
+    finally:
+        unwatch()

@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from addons.core.events import Event, EventBus
 from addons.core.loopbridge import LoopBridge
 from addons.holds.book import Actor, DecisionError, Grant, HoldBook, HoldRecord
-from addons.holds.desk import HoldDesk
+from addons.holds.desk import FeedListener, HoldDesk
 from addons.holds.pgcodec import decode, encode
 from addons.holds.pgschema import CHANNEL
 from addons.holds.pgstore import PgHoldStore
@@ -73,6 +73,15 @@ class _OneHold:
         return []
 
 
+class _FeedView:
+    """What HoldDesk.watch reads of a book (``bus``, ``find``), over the store's feed of
+    other gateways' holds, so that their changes reach this UI without being recorded or
+    notified here."""
+
+    def __init__(self, book: HoldBook, store: PgHoldStore) -> None:
+        self.bus, self.find = store.remote_bus, book.find
+
+
 class ClusterDesk(HoldDesk):
     """A HoldDesk whose decisions commit in PostgreSQL first (see the module docstring).
 
@@ -94,6 +103,17 @@ class ClusterDesk(HoldDesk):
         if not self.store.shared:
             return super().reject(flow_id, actor, comment, via)
         return self._decide(flow_id, lambda book: book.reject(flow_id, actor, comment, via))
+
+    def watch(self, listener: FeedListener) -> Callable[[], None]:
+        """The live feed of this gateway's holds, and of every other gateway's too."""
+        local = super().watch(listener)
+        remote = HoldDesk(_FeedView(self.book, self.store), self.bridge).watch(listener)  # type: ignore[arg-type]
+
+        def unwatch() -> None:
+            local()
+            remote()
+
+        return unwatch
 
     def _decide(self, flow_id: str, action: Callable[[HoldBook], HoldRecord]) -> dict[str, Any]:
         assert self.store.pool is not None

@@ -160,6 +160,9 @@ class PgHoldStore(MemoryHoldStore):
         #: Called on the loop with (hold id, seconds from commit to this gateway's apply)
         #: for holds decided elsewhere that this gateway owns (the cluster bench reads it).
         self.on_remote_decision: Callable[[str, float], None] | None = None
+        #: Changes to other gateways' holds, for this gateway's review UI live feed only
+        #: (addons.holds.pgdesk): never on the main bus, which records and notifies.
+        self.remote_bus = EventBus()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -277,6 +280,7 @@ class PgHoldStore(MemoryHoldStore):
                grants: list[tuple[str, dict[str, Any], bool, int]],
                events: list[tuple[str, dict[str, Any]]], publish: bool = True) -> None:
         decided_here: list[Event] = []
+        feed: list[Event] = []
         for hold_id, gateway, record, rev, committed in holds:
             if self._seen.get(hold_id, -1) >= rev:
                 continue
@@ -290,6 +294,8 @@ class PgHoldStore(MemoryHoldStore):
                 decided_here.append(self._decision_event(hold))
                 if self.on_remote_decision is not None:
                     self.on_remote_decision(hold_id, time.time() - committed)
+            elif publish and gateway != self.gateway_id:
+                feed.append(self._feed_event(hold, previous is None, was_pending))
         for grant_id, record, removed, rev in grants:
             if self._seen.get("g:" + grant_id, -1) >= rev:
                 continue
@@ -303,6 +309,11 @@ class PgHoldStore(MemoryHoldStore):
             if kept is not None and len(kept) < EVENTS_PER_HOLD:
                 kept.append(event)
         self._republish(decided_here, "elsewhere")
+        for event in feed:
+            try:
+                self.remote_bus.publish(event)
+            except Exception:  # noqa: BLE001 - a UI feed must not stop the mirror
+                log.exception("remote hold feed failed")
 
     def _replace(self, hold: HoldRecord) -> None:
         """Take PostgreSQL's version of ``hold``, keeping the object the book may hold."""
@@ -318,6 +329,13 @@ class PgHoldStore(MemoryHoldStore):
             if hold.decision is not None:
                 self._holds.move_to_end(hold.id)
         self._collected[hold.id] = hold.collected
+
+    @classmethod
+    def _feed_event(cls, hold: HoldRecord, new: bool, was_pending: bool) -> Event:
+        if hold.decision is not None and (was_pending or new):
+            return cls._decision_event(hold)
+        kind = EventKind.HELD if new else EventKind.APPROVAL
+        return Event(hold.id, kind, time.time(), "gateway", {"remote": True})
 
     @staticmethod
     def _decision_event(hold: HoldRecord) -> Event:
