@@ -203,6 +203,36 @@ def test_the_same_rules_apply_groups_self_approval_n_approvals_and_expiry(rig, s
     assert click(rig, slack, stale, "carol").json() == {"ok": False, "error": "already_decided"}
 
 
+def test_reject_asks_for_the_comment_the_agent_reads_and_the_modal_decides(rig, slack):
+    call, hold, message = held_message(rig, slack, "/v1/refunds?t=slack-reject")
+    asked = click(rig, slack, message, "bob", "portcullis_reject")
+    assert asked.json() == {"ok": True, "status": "asking_for_a_comment", "reviewer": "bob"}
+    trigger = slack.view_for(hold["flow_id"])
+    view = slack.views[trigger]
+    assert view["callback_id"] == "portcullis_reject_comment" and view["submit"]["text"] == "Reject"
+    assert rig.flow(hold["flow_id"])["status"] == "pending"  # nothing decided by the click alone
+
+    empty = slack.submit(request_url(rig), trigger, SLACK_USERS["bob"], "  ")
+    assert empty.json()["response_action"] == "errors" and "needs a comment" in empty.json()["errors"]["reason"]
+    forged = slack.submit(request_url(rig), trigger, SLACK_USERS["bob"], "x", secret="wrong")
+    assert forged.status_code == 401 and rig.flow(hold["flow_id"])["status"] == "pending"
+    outsider = slack.submit(request_url(rig), trigger, SLACK_USERS["dave"], "not mine to decide")
+    assert "finance-leads" in outsider.json()["errors"]["reason"]
+    done = slack.submit(request_url(rig), trigger, SLACK_USERS["bob"], "duplicate of <!here> A-6")
+    assert done.json() == {"response_action": "clear"}
+    response = call.result(timeout=10)
+    assert response.status_code == 403 and response.json()["comment"] == "duplicate of <!here> A-6"
+    status = updated(slack, message, "Rejected")
+    assert "by bob" in status and "duplicate of &lt;!here&gt; A-6" in status
+    rejected = next(e for e in rig.flow(hold["flow_id"])["events"] if e["kind"] == "rejected")
+    assert (rejected["actor"], rejected["detail"]["via"]) == ("bob", "slack")
+    # The reject button of an outsider never even asks.
+    other_call, other, other_message = held_message(rig, slack, "/v1/refunds?t=slack-reject-outsider")
+    assert click(rig, slack, other_message, "dave", "portcullis_reject").json()["error"] == "may_not_decide"
+    rig.reject("alice", other["flow_id"], "done")
+    other_call.result(timeout=10)
+
+
 def test_a_decision_made_elsewhere_rewrites_the_slack_message(rig, slack):
     call, hold, message = held_message(rig, slack, "/v1/refunds?t=slack-elsewhere")
     assert rig.reject("alice", hold["flow_id"], "looks like <!here> fraud").status_code == 200

@@ -44,8 +44,11 @@ TIMEOUT_S = 5.0
 ATTEMPTS = 3
 BACKOFF_S = 0.5
 MAX_BACKLOG = 1000
-#: The button callbacks' action ids (review_ui.slack decides them).
+#: The button callbacks' action ids (review_ui.slack decides them), and the callback id
+#: of the modal that asks a rejecting reviewer for the comment the agent will read.
 APPROVE_ACTION, REJECT_ACTION = "portcullis_approve", "portcullis_reject"
+REJECT_VIEW = "portcullis_reject_comment"
+COMMENT_BLOCK, COMMENT_INPUT = "reason", "comment"
 #: Events that change a hold's Slack message (posted on ``held``, updated on the rest).
 SLACK_EVENTS = frozenset({"held", "approval", "escalated", "approved", "rejected", "expired", "abandoned"})
 #: Slack's limits: section text 3000 characters, a field 2000, a confirm dialog's text 300.
@@ -161,6 +164,22 @@ def slack_message(hold: dict[str, Any], link: str | None) -> tuple[str, list[dic
     return message(kind, hold, link), blocks
 
 
+def reject_view(hold: dict[str, Any], comment_max: int = 2000) -> dict[str, Any]:
+    """The modal a Reject click opens: the request, and the comment the agent will read."""
+    e = slack_escape
+    return {
+        "type": "modal", "callback_id": REJECT_VIEW, "private_metadata": hold["flow_id"],
+        "title": _plain("Reject request", 24), "submit": _plain("Reject", 24), "close": _plain("Cancel", 24),
+        "blocks": [
+            {"type": "section", "text": _mrkdwn(f"*{e(hold['method'])}* {e(hold['url'])}\n"
+                                                f"{e(hold.get('reason') or '')}", SECTION_MAX)},
+            {"type": "input", "block_id": COMMENT_BLOCK, "label": _plain("Why? The agent reads this.", 2000),
+             "element": {"type": "plain_text_input", "action_id": COMMENT_INPUT, "multiline": True,
+                         "min_length": 1, "max_length": comment_max}},
+        ],
+    }
+
+
 class SlackPoster:
     """Posts and updates each hold's Slack message; answers refused clicks (see the module doc).
 
@@ -244,6 +263,14 @@ class SlackPoster:
             break
         log.error("slack %s for flow %s failed: %s", method, body.get("ts") or "", problem)
         return None
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> bool:
+        """Open a modal for the reviewer who clicked (``views.open``, now: a trigger id
+        lives three seconds). Called on the UI's request thread; False when it failed."""
+        settings = self.settings()
+        if settings is None:
+            return False
+        return self._api(settings, "views.open", {"trigger_id": trigger_id, "view": view}) is not None
 
     def response_url_allowed(self, url: str) -> bool:
         """Only Slack's own hosts (or the configured API's) get ephemeral answers: the

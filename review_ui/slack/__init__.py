@@ -8,8 +8,11 @@ The rules file's ``slack:`` settings make the gateway post each hold to a channe
 signed request taken once) and the clicking Slack member is a reviewer
 (``slack_user`` in reviewers.yaml). The decision goes through the holds desk like any
 other, so the same rules hold: the rule's groups, no self-approval, N distinct
-approvals, nothing after expiry. A refused click gets an ephemeral answer (only the
-clicker sees it); the message itself is rewritten with each change by the notifier.
+approvals, nothing after expiry. Approve decides at once (after Slack's confirm
+dialog); Reject opens a modal that asks for the comment the agent will read, and the
+modal's submission rejects. A refused click gets an ephemeral answer (only the clicker
+sees it), a refused submission its error in the modal; the message itself is rewritten
+with each change by the notifier.
 
 Slack must reach this URL: behind a reverse proxy, forward it with the UI's own
 ``Host`` (the UI refuses foreign host names).
@@ -26,8 +29,16 @@ from urllib.parse import parse_qs
 from flask import Blueprint, current_app, jsonify, request
 
 from addons.holds.book import Actor, DecisionError
-from addons.holds.notify import APPROVE_ACTION, REJECT_ACTION
+from addons.holds.notify import (
+    APPROVE_ACTION,
+    COMMENT_BLOCK,
+    COMMENT_INPUT,
+    REJECT_ACTION,
+    REJECT_VIEW,
+    reject_view,
+)
 from review_ui.errors import api_error
+from review_ui.holds.api import COMMENT_MAX
 from review_ui.services import services
 from review_ui.slack.signing import SeenSignatures, refusal
 
@@ -70,6 +81,11 @@ def interactions() -> Any:
     payload = _payload(body)
     if payload is None:
         return api_error(400, "bad_request", "expected a form with one JSON payload")
+    user = payload.get("user")
+    reviewer = services().reviewers.by_slack_user(user.get("id")) if isinstance(user, dict) \
+        and isinstance(user.get("id"), str) else None
+    if payload.get("type") == "view_submission":
+        return _submitted(payload, reviewer)
     if payload.get("type") != "block_actions":
         return jsonify({"ok": True, "ignored": payload.get("type")})
     actions = payload.get("actions") or [{}]
@@ -77,20 +93,54 @@ def interactions() -> Any:
     action_id, flow_id = action.get("action_id"), action.get("value")
     if action_id not in (APPROVE_ACTION, REJECT_ACTION) or not isinstance(flow_id, str):
         return jsonify({"ok": True, "ignored": action_id})
-    user = (payload.get("user") or {}).get("id") if isinstance(payload.get("user"), dict) else None
     response_url = payload.get("response_url") if isinstance(payload.get("response_url"), str) else None
-    reviewer = services().reviewers.by_slack_user(user) if isinstance(user, str) else None
     if reviewer is None:
-        log.warning("Slack member %r is no reviewer; their click on %s was refused", user, flow_id)
+        log.warning("a Slack member who is no reviewer clicked on %s; refused", flow_id)
         slack.tell(response_url, NOT_LINKED)
         return jsonify({"ok": False, "error": "unknown_slack_user"})
     actor = Actor(reviewer.name, reviewer.groups)
     try:
         if action_id == APPROVE_ACTION:
             hold = services().holds.approve(flow_id, actor, "", via="slack")
-        else:
-            hold = services().holds.reject(flow_id, actor, "", via="slack")
+            return jsonify({"ok": True, "status": hold["status"], "reviewer": reviewer.name})
+        return _ask_for_a_comment(slack, payload, flow_id, actor, response_url)
     except DecisionError as exc:
         slack.tell(response_url, f"Not decided: {exc.message}")
         return jsonify({"ok": False, "error": exc.code})
-    return jsonify({"ok": True, "status": hold["status"], "reviewer": reviewer.name})
+
+
+def _ask_for_a_comment(slack: Any, payload: dict[str, Any], flow_id: str, actor: Actor,
+                       response_url: str | None) -> Any:
+    """Reject: first the modal that asks why (the agent reads it), if this reviewer may decide."""
+    allowed, why = services().holds.may_decide(flow_id, actor)
+    if not allowed:
+        slack.tell(response_url, f"Not decided: {why}")
+        return jsonify({"ok": False, "error": "may_not_decide"})
+    trigger = payload.get("trigger_id")
+    hold = services().holds.find(flow_id)
+    if not isinstance(trigger, str) or hold is None or not slack.open_view(trigger, reject_view(hold)):
+        slack.tell(response_url, "Could not ask for a comment; reject it in the review UI.")
+        return jsonify({"ok": False, "error": "view_not_opened"})
+    return jsonify({"ok": True, "status": "asking_for_a_comment", "reviewer": actor.name})
+
+
+def _submitted(payload: dict[str, Any], reviewer: Any) -> Any:
+    """The reject modal's submission: reject with its comment, or show why not in the modal."""
+    view = payload.get("view") if isinstance(payload.get("view"), dict) else {}
+    if view.get("callback_id") != REJECT_VIEW or not isinstance(view.get("private_metadata"), str):
+        return jsonify({"ok": True, "ignored": view.get("callback_id")})
+    if reviewer is None:
+        return jsonify({"response_action": "errors", "errors": {COMMENT_BLOCK: NOT_LINKED}})
+    try:
+        comment = view["state"]["values"][COMMENT_BLOCK][COMMENT_INPUT]["value"] or ""
+    except (KeyError, TypeError):
+        comment = ""
+    if not isinstance(comment, str) or not comment.strip():
+        return jsonify({"response_action": "errors",
+                        "errors": {COMMENT_BLOCK: "A rejection needs a comment: the agent reads it."}})
+    try:
+        services().holds.reject(view["private_metadata"], Actor(reviewer.name, reviewer.groups),
+                                comment.strip()[:COMMENT_MAX], via="slack")
+    except DecisionError as exc:
+        return jsonify({"response_action": "errors", "errors": {COMMENT_BLOCK: f"Not decided: {exc.message}"}})
+    return jsonify({"response_action": "clear"})

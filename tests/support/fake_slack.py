@@ -2,11 +2,13 @@
 
 The gateway's ``slack:`` settings point ``api_url`` here. ``chat.postMessage`` and
 ``chat.update`` check the bot token and keep each message (with every version of its
-blocks); ``/response/<n>`` collects the ephemeral answers sent to a click's
-``response_url``. :meth:`FakeSlack.click` is Slack's side of a button press: it builds
-the ``block_actions`` payload from the button in the posted message, form-encodes it,
-signs it with the v0 scheme (or, for the attack tests, a wrong secret, an old
-timestamp, a tampered body) and POSTs it to the review UI's Request URL.
+blocks); ``views.open`` keeps the modals opened for a click's ``trigger_id``;
+``/response/<n>`` collects the ephemeral answers sent to a click's ``response_url``.
+:meth:`FakeSlack.click` is Slack's side of a button press: it builds the
+``block_actions`` payload from the button in the posted message, form-encodes it, signs
+it with the v0 scheme (or, for the attack tests, a wrong secret, an old timestamp, a
+tampered body) and POSTs it to the review UI's Request URL; :meth:`FakeSlack.submit`
+does the same for a modal's ``view_submission``.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ class FakeSlack(ThreadingHTTPServer):
         self.bot_token, self.signing_secret, self.channel = bot_token, signing_secret, channel
         self.messages: list[Message] = []
         self.ephemeral: list[dict[str, Any]] = []
+        self.views: dict[str, dict[str, Any]] = {}  # trigger id -> the modal opened with it
         self.refused_calls: list[str] = []
         self._ts = itertools.count(1)
+        self._triggers: set[str] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -111,6 +115,11 @@ class FakeSlack(ThreadingHTTPServer):
                                   data["blocks"], [data["blocks"]])
                 self.messages.append(message)
                 return {"ok": True, "channel": message.channel, "ts": message.ts}
+            if path == "/api/views.open":
+                if data.get("trigger_id") not in self._triggers:
+                    return {"ok": False, "error": "invalid_trigger_id"}
+                self.views[data["trigger_id"]] = data["view"]
+                return {"ok": True, "view": {"id": f"V{len(self.views)}", **data["view"]}}
             if path == "/api/chat.update":
                 found = next((m for m in self.messages if (m.channel, m.ts) == (data["channel"], data["ts"])), None)
                 if found is None:
@@ -139,6 +148,12 @@ class FakeSlack(ThreadingHTTPServer):
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}")
 
+    def view_for(self, flow_id: str, timeout: float = 10) -> str:
+        """The trigger id of the modal opened about ``flow_id``."""
+        return self.wait_for(lambda: next((t for t, v in list(self.views.items())
+                                           if v.get("private_metadata") == flow_id), None),
+                             timeout, f"a modal about {flow_id}")
+
     # --- Slack's side of a click --------------------------------------------------------
 
     def click(self, request_url: str, message: Message, action_id: str, user_id: str, *,
@@ -163,10 +178,35 @@ class FakeSlack(ThreadingHTTPServer):
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
             "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks},
             "response_url": f"http://127.0.0.1:{self.server_address[1]}/response/{n}",
-            "trigger_id": f"{n}.trigger",
+            "trigger_id": self._trigger(n),
             "actions": [{"type": "button", "action_id": action_id, "block_id": "portcullis-decide",
                          "value": button["value"], "action_ts": f"{time.time():.6f}"}],
         }
+        return self._send(session, request_url, payload, secret, timestamp, tamper, signature, headers)
+
+    def _trigger(self, n: int) -> str:
+        trigger = f"{n}.{time.time_ns()}.trigger"
+        self._triggers.add(trigger)
+        return trigger
+
+    def submit(self, request_url: str, trigger_id: str, user_id: str, comment: str | None,
+               **forge: Any) -> requests.Response:
+        """Submit the modal opened with ``trigger_id`` as ``user_id``, typing ``comment``."""
+        view = self.views[trigger_id]
+        payload = {"type": "view_submission", "user": {"id": user_id, "team_id": "T0TEST"}, "team": {"id": "T0TEST"},
+                   "api_app_id": "A0TEST", "trigger_id": self._trigger(len(self.views) + 1000),
+                   "view": {"id": "V1", "type": "modal", "callback_id": view["callback_id"],
+                            "private_metadata": view["private_metadata"],
+                            "state": {"values": {"reason": {"comment": {"type": "plain_text_input",
+                                                                        "value": comment}}}}}}
+        session = requests.Session()
+        session.trust_env = False
+        return self._send(session, request_url, payload, forge.get("secret"), forge.get("timestamp"),
+                          False, forge.get("signature"), None)
+
+    def _send(self, session: requests.Session, request_url: str, payload: dict[str, Any], secret: str | None,
+              timestamp: int | None, tamper: bool, signature: str | None,
+              headers: dict[str, str] | None) -> requests.Response:
         body = urlencode({"payload": json.dumps(payload)}).encode()
         stamp = str(int(time.time()) if timestamp is None else timestamp)
         signed = signature or sign(secret or self.signing_secret, stamp, body)
