@@ -86,6 +86,7 @@ def pages(seeded: dict[str, str]) -> dict[str, str]:
         "review": f"/flows/{seeded['pending']}",
         "review-decided": f"/flows/{seeded['rejected']}",
         "decisions": "/decisions",
+        "grants": "/grants",
         "flows": "/audit/flows",
         "sessions": "/audit/sessions",
         "session": f"/audit/session?id={seeded['session']}",
