@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -100,6 +101,48 @@ def test_bad_rule_fields_name_file_line_and_field(snippet, where, message):
 ])
 def test_bad_top_level_settings(snippet, message):
     with pytest.raises(RuleFileError, match=message):
+        policy(f"""
+            version: 1
+            {snippet}
+        """)
+
+
+def test_slack_settings_compile_with_secrets_from_the_environment(monkeypatch):
+    monkeypatch.setenv("T_SLACK_TOKEN", "xoxb-1")
+    monkeypatch.setenv("T_SLACK_SECRET", "s3cr3t")
+    compiled = policy("""
+        version: 1
+        slack:
+          channel: C0123ABCD
+          bot_token: ${env:T_SLACK_TOKEN}
+          signing_secret: ${env:T_SLACK_SECRET}
+          review_url: https://portcullis.example.com/
+    """)
+    slack = compiled.settings["slack"]
+    assert (slack.channel, slack.bot_token.value, slack.signing_secret.value) == ("C0123ABCD", "xoxb-1", "s3cr3t")
+    assert (slack.api_url, slack.review_url) == ("https://slack.com/api", "https://portcullis.example.com")
+    assert "xoxb-1" not in repr(slack) and "s3cr3t" not in repr(slack)
+
+    from addons.holds.notify import SlackPoster
+    poster = SlackPoster(lambda: slack, lambda flow_id: f"http://127.0.0.1:8081/flows/{flow_id}")
+    assert poster._link(slack, "f/1") == "https://portcullis.example.com/flows/f%2F1"
+    assert poster.response_url_allowed("https://hooks.slack.com/actions/T/1/x")
+    assert not poster.response_url_allowed("https://evil.example/hooks") and not poster.response_url_allowed("x")
+
+
+@pytest.mark.parametrize(("snippet", "message"), [
+    ("slack: {bot_token: '${env:HOME}', signing_secret: '${env:HOME}'}", "slack needs channel"),
+    ("slack: {channel: C1234, bot_token: xoxb-in-the-file, signing_secret: '${env:HOME}'}",
+     "bot_token must come from ${env:NAME} or ${file:/path}"),
+    ("slack: {channel: 'general chat', bot_token: '${env:HOME}', signing_secret: '${env:HOME}'}", "channel id"),
+    ("slack: {channel: C1234, bot_token: '${env:HOME}', signing_secret: '${env:HOME}', api_url: ftp://x}",
+     "api_url must be an http"),
+    ("slack: {channel: C1234, bot_token: '${env:NO_SUCH_VAR_X}', signing_secret: '${env:HOME}'}",
+     "NO_SUCH_VAR_X is not set"),
+    ("slack: {channel: C1234, bot_token: '${env:HOME}', signing_secret: '${env:HOME}', team: T1}", "unknown key"),
+])
+def test_bad_slack_settings(snippet, message):
+    with pytest.raises(RuleFileError, match=re.escape(message)):
         policy(f"""
             version: 1
             {snippet}

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
@@ -224,8 +225,13 @@ class SlackPoster:
         except Exception:  # noqa: BLE001 - a pool thread's exception would vanish unlogged
             log.exception("slack delivery failed")
 
+    def _link(self, settings: SlackSettings, flow_id: str) -> str | None:
+        if settings.review_url:
+            return f"{settings.review_url}/flows/{urllib.parse.quote(flow_id, safe='')}"
+        return self.link(flow_id)
+
     def _post(self, settings: SlackSettings, hold: dict[str, Any]) -> None:
-        text, blocks = slack_message(hold, self.link(hold["flow_id"]))
+        text, blocks = slack_message(hold, self._link(settings, hold["flow_id"]))
         answer = self._api(settings, "chat.postMessage", {
             "channel": settings.channel, "text": text, "blocks": blocks,
             "unfurl_links": False, "unfurl_media": False})
@@ -240,7 +246,7 @@ class SlackPoster:
             where = self.messages.get(hold["flow_id"])
         if where is None:
             return  # never posted (Slack configured since, or the post failed): nothing to update
-        text, blocks = slack_message(hold, self.link(hold["flow_id"]))
+        text, blocks = slack_message(hold, self._link(settings, hold["flow_id"]))
         self._api(settings, "chat.update", {"channel": where[0], "ts": where[1], "text": text, "blocks": blocks})
 
     def _api(self, settings: SlackSettings, method: str, body: dict[str, Any]) -> dict[str, Any] | None:

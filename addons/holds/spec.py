@@ -118,6 +118,14 @@ def compile_grant_unsafe_methods(value: Any, where: Where, context: LoadContext)
     return value
 
 
+@rule_field("reject_comment", type="required | optional", example="optional", see="review.md",
+            summary="Whether the review page asks for a comment to reject (default required: the agent reads it).")
+def compile_reject_comment(value: Any, where: Where, context: LoadContext) -> bool:
+    if value not in ("required", "optional"):
+        where.fail("reject_comment must be required or optional")
+    return value == "required"
+
+
 @rule_field("summary", type="text with {$.path} placeholders", see="review.md",
             example='"{$.amount} {$.currency} refund for {$.customer}"',
             summary="One line over body fields shown for this rule's holds (queue, review page, notifications, recording).")
@@ -204,7 +212,7 @@ def compile_notify(value: Any, where: Where, context: LoadContext) -> list[Webho
     return hooks
 
 
-SLACK_KEYS = ("channel", "bot_token", "signing_secret", "api_url")
+SLACK_KEYS = ("channel", "bot_token", "signing_secret", "api_url", "review_url")
 DEFAULT_SLACK_API = "https://slack.com/api"
 _SLACK_CHANNEL = re.compile(r"^[A-Z0-9][A-Z0-9_-]{1,79}$|^#[a-z0-9][a-z0-9._-]{0,79}$")
 
@@ -219,14 +227,17 @@ class SlackSettings:
     bot_token: Resolved
     signing_secret: Resolved
     api_url: str = DEFAULT_SLACK_API
+    #: The review UI as reviewers reach it (e.g. through a reverse proxy), for the
+    #: message's link; None: the UI's own address.
+    review_url: str | None = None
 
 
-@top_level_field("slack", type="{channel, bot_token, signing_secret, api_url}", see="review.md#decisions-from-slack",
+@top_level_field("slack", type="{channel, bot_token, signing_secret, api_url, review_url}", see="review.md#decisions-from-slack",
                  example="{channel: C0123ABCD, bot_token: '${env:SLACK_BOT_TOKEN}', "
                          "signing_secret: '${env:SLACK_SIGNING_SECRET}'}",
                  summary="A Slack app: each hold is posted with Approve/Reject buttons, decided by mapped reviewers.")
 def compile_slack(value: Any, where: Where, context: LoadContext) -> SlackSettings:
-    where.mapping(value, SLACK_KEYS, "channel, bot_token and signing_secret (and optional api_url)")
+    where.mapping(value, SLACK_KEYS, "channel, bot_token and signing_secret (and optional api_url, review_url)")
     for key in ("channel", "bot_token", "signing_secret"):
         if key not in value:
             where.fail(f"slack needs {key}")
@@ -234,15 +245,18 @@ def compile_slack(value: Any, where: Where, context: LoadContext) -> SlackSettin
     if not isinstance(channel, str) or not _SLACK_CHANNEL.match(channel):
         (where / "channel").fail("channel must be a Slack channel id like C0123ABCD (or #name)")
     api_url = value.get("api_url", DEFAULT_SLACK_API)
-    parts = urlsplit(api_url) if isinstance(api_url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        (where / "api_url").fail("api_url must be an http:// or https:// URL")
+    review_url = value.get("review_url")
+    for key, url in (("api_url", api_url), ("review_url", review_url)):
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if (url is not None or key == "api_url") and (
+                parts is None or parts.scheme not in ("http", "https") or not parts.netloc):
+            (where / key).fail(f"{key} must be an http:// or https:// URL")
     token = resolve(value["bot_token"], where / "bot_token", context, "slack")
     secret = resolve(value["signing_secret"], where / "signing_secret", context, "slack")
     for key, resolved in (("bot_token", token), ("signing_secret", secret)):
         if not resolved.secrets:
             (where / key).fail(f"{key} must come from ${{env:NAME}} or ${{file:/path}}, never the rules file itself")
-    return SlackSettings(channel, token, secret, api_url.rstrip("/"))
+    return SlackSettings(channel, token, secret, api_url.rstrip("/"), review_url.rstrip("/") if review_url else None)
 
 
 @dataclass(frozen=True)
@@ -261,6 +275,8 @@ class HoldSpec:
     grant_unsafe_methods: bool = False
     #: The rule's one-line ``summary`` template over body fields (addons.holds.summary).
     summary: str | None = None
+    #: The review page requires a comment to reject (``reject_comment: optional`` lifts it).
+    reject_comment_required: bool = True
 
 
 def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec:
@@ -278,4 +294,5 @@ def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec
         grant=ext.get("grant"),
         grant_unsafe_methods=ext.get("grant_unsafe_methods", False),
         summary=ext.get("summary"),
+        reject_comment_required=ext.get("reject_comment", True),
     )
