@@ -23,7 +23,7 @@ from addons.core.secretforms import REDACTED, query_secrets
 from addons.holds.binding import RequestPrint
 from addons.holds.desk import HoldDesk
 from addons.holds.notify import payload
-from addons.holds.spec import Webhook
+from addons.holds.spec import Webhook, hold_spec
 from addons.policy.engine import compile_policy
 from addons.recorder.rows import flow_row
 from review_ui import close_app, create_app
@@ -196,6 +196,15 @@ def test_a_rejection_needs_a_comment(app, desk):
     assert desk.get(flow_id)["status"] == "pending"
     assert decide(alice, flow_id, "reject", "No ticket").status_code == 302
     assert desk.get(flow_id)["status"] == "rejected"
+    lenient = held(desk, reject_comment_required=False)  # the rule says reject_comment: optional
+    assert 'data-comment-required="false"' in alice.get(f"/flows/{lenient}").text
+    assert decide(alice, lenient, "reject", "").status_code == 302
+    assert desk.get(lenient)["status"] == "rejected"
+    rules = "version: 1\nrules:\n  - name: r\n    match: {}\n    action: hold\n    reject_comment: VALUE\n"
+    assert hold_spec(compile_policy(rules.replace("VALUE", "optional"), "rules.yaml").rules[0], None, "x") \
+        .reject_comment_required is False
+    with pytest.raises(RuleFileError, match="rules.yaml:6:5: rules\\[0\\].reject_comment: reject_comment must be"):
+        compile_policy(rules.replace("VALUE", "maybe"), "rules.yaml")
 
 
 def test_approving_an_async_hold_says_nothing_is_forwarded_until_the_agent_re_sends(app, desk):

@@ -244,6 +244,7 @@ class HoldRecord:
             "replayed_by": self.replayed_by,
             "query_summary": " | ".join(q["summary"] for q in self.queries) or None,
             "summary_line": self.summary_line,
+            "reject_comment_required": self.spec.reject_comment_required,
         }
 
     def details(self, now: float | None = None) -> dict[str, Any]:

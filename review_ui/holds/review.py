@@ -4,7 +4,8 @@ Evidence first: what will happen (method, decoded URL, a summary of the body), w
 is held (the rule's reason, the agent's justification), the body itself, then the
 decision; then the context a reviewer needs to judge it (this agent's recent flows, its
 other pending holds, earlier decisions on the same rule) and the audit trail, in the
-order things happened. A rejection needs a comment (the agent reads it).
+order things happened. A rejection needs a comment (the agent reads it) unless the rule
+says ``reject_comment: optional``.
 """
 
 from __future__ import annotations
@@ -166,6 +167,14 @@ def approved_message(hold: dict[str, Any]) -> str:
     return "Approved; the gateway forwarded the request to the upstream."
 
 
+def comment_required(flow_id: str) -> bool:
+    """Whether rejecting this hold needs a comment (the rule's ``reject_comment``)."""
+    try:
+        return flow_details(flow_id).get("reject_comment_required", True)
+    except DecisionError:
+        return True  # the decision itself will say what is wrong
+
+
 def render_review(flow_id: str, error: str | None = None, status: int = 200, comment: str = "") -> Any:
     try:
         flow = flow_details(flow_id)
@@ -206,7 +215,7 @@ def decide(flow_id: str) -> Any:
     comment = request.form.get("comment", "")[:COMMENT_MAX]
     try:
         if action == "reject":
-            if not comment.strip():
+            if not comment.strip() and comment_required(flow_id):
                 return render_review(flow_id, error="A rejection needs a comment: the agent reads it to "
                                      "know what to do instead.", status=400)
             hold = holds.reject(flow_id, current_actor(), comment)

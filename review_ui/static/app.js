@@ -196,6 +196,12 @@
 
   // The confirm step: a shortcut (or the Reject button without a comment) never decides alone.
   let pending = null;
+  function commentMissing() {
+    const form = byId("decide-form");
+    const comment = byId("comment");
+    return Boolean(form && form.dataset.commentRequired !== "false" && comment && !comment.value.trim());
+  }
+
   function ask(action) {
     const confirm = byId("confirm");
     const button = byId(action);
@@ -204,7 +210,7 @@
     pending = action;
     confirm.hidden = false;
     const text = byId("confirm-text");
-    if (action === "reject" && comment && !comment.value.trim()) {
+    if (action === "reject" && commentMissing()) {
       text.textContent = "Reject: write a comment for the agent first (it reads it), then confirm.";
       comment.focus();
       return;
@@ -222,8 +228,7 @@
 
   function confirmed() {
     if (!pending) return;
-    const comment = byId("comment");
-    if (pending === "reject" && comment && !comment.value.trim()) { ask("reject"); return; }
+    if (pending === "reject" && commentMissing()) { ask("reject"); return; }
     const button = byId(pending);
     pending = null;
     const form = byId("decide-form");
@@ -233,8 +238,7 @@
   function wireDecide() {
     const reject = byId("reject");
     if (reject) reject.addEventListener("click", (event) => {
-      const comment = byId("comment");
-      if (comment && !comment.value.trim()) { event.preventDefault(); ask("reject"); }
+      if (commentMissing()) { event.preventDefault(); ask("reject"); }
     });
     const yes = byId("confirm-yes");
     if (yes) yes.addEventListener("click", confirmed);
