@@ -214,9 +214,38 @@ def test_a_reviewer_session_started_on_b_is_known_to_a_and_a_logout_on_a_ends_it
     assert page(b).status_code == 302  # to the login page: the session is gone on B too
 
 
-def test_an_async_hold_is_collected_on_b_after_its_gateway_was_killed(cluster, b):
+def test_async_holds_survive_a_restart_and_are_collected_on_b_after_their_gateway_was_killed(cluster, b):
     c = cluster.node("c")
-    # An async hold on C, and a wait-mode hold whose agent is still connected to C.
+    # A clean restart (SIGTERM): C's wait-mode hold expires (its connection closes), its
+    # async hold lives on and is collected on the restarted C.
+    kept = c.call("POST", "/v1/refunds?t=async-restart", json=REFUND, headers={"X-Portcullis-Wait": "async"})
+    assert kept.status_code == 202, kept.text
+    kept_id = kept.json()["flow_id"]
+    waiting = cluster.agent(c, "POST", "/v1/refunds?t=wait-restart", json=REFUND)
+    wait_hold = held_on(b, "/v1/refunds?t=wait-restart")
+    others = cluster.agent(b, "POST", "/v1/refunds?t=bs-own", json=REFUND)
+    bs_own = held_on(b, "/v1/refunds?t=bs-own")
+    c.gateway.stop()
+    stopped_gateway = c.gateway
+    try:  # mitmproxy may close the connection before the expiry's 403 is written
+        assert waiting.result(timeout=10).json()["error"] == "approval_expired"
+    except requests.RequestException:
+        pass
+    stopped = wait_for(lambda: (f := b.api("alice", "GET", f"/api/flows/{wait_hold['flow_id']}").json())
+                       and f["status"] != "pending" and f, what="B to see C's wait-mode hold closed")
+    assert (stopped["status"], stopped["detail"]) == ("expired", "gateway_shutdown")
+    assert b.api("alice", "GET", f"/api/flows/{kept_id}").json()["status"] == "pending"
+    assert b.api("alice", "GET", f"/api/flows/{bs_own['flow_id']}").json()["status"] == "pending"
+    c.gateway = GatewayProcess(stopped_gateway.rules, stopped_gateway.confdir, stopped_gateway.extra_args,
+                               stopped_gateway.env).start()  # the restart
+    assert c.api("bob", "POST", f"/api/flows/{kept_id}/approve", json={}).status_code == 200
+    collected = c.call("POST", "/v1/refunds?t=async-restart", json=REFUND, headers={"X-Portcullis-Approval": kept_id})
+    assert collected.status_code == 200, collected.text
+    assert b.api("bob", "POST", f"/api/flows/{bs_own['flow_id']}/reject", json={}).status_code == 200
+    assert others.result(timeout=10).status_code == 403
+
+    # SIGKILL: no shutdown at all. B closes the dead gateway's wait-mode hold, and its
+    # async hold is approved and collected on B.
     pending = c.call("POST", "/v1/refunds?t=async-kill", json=REFUND, headers={"X-Portcullis-Wait": "async"})
     assert pending.status_code == 202, pending.text
     flow_id = pending.json()["flow_id"]
@@ -227,7 +256,6 @@ def test_an_async_hold_is_collected_on_b_after_its_gateway_was_killed(cluster, b
     killed = time.monotonic()
     with pytest.raises(requests.RequestException):
         waiting.result(timeout=10)  # its connection died with C
-    # B closes the dead gateway's wait-mode hold; the async one stays decidable.
     closed = wait_for(lambda: (f := b.api("alice", "GET", f"/api/flows/{wait_hold['flow_id']}").json())
                       and f["status"] != "pending" and f, timeout=LOST_AFTER_S + 10, what="B to close C's hold")
     failover = time.monotonic() - killed
@@ -240,8 +268,9 @@ def test_an_async_hold_is_collected_on_b_after_its_gateway_was_killed(cluster, b
     assert collected.json()["path"] == "/v1/refunds?t=async-kill"
     again = b.call("POST", "/v1/refunds?t=async-kill", json=REFUND, headers={"X-Portcullis-Approval": flow_id})
     assert again.status_code == 409 and again.json()["error"] == "approval_already_used"
-    assert len(cluster.received("/v1/refunds?t=async-kill")) == 1
-    assert cluster.received("/v1/refunds?t=wait-kill") == []
+    for path in ("/v1/refunds?t=async-kill", "/v1/refunds?t=async-restart"):
+        assert len(cluster.received(path)) == 1
+    assert cluster.received("/v1/refunds?t=wait-kill") == cluster.received("/v1/refunds?t=wait-restart") == []
 
 
 def test_postgres_down_fails_closed_then_recovers_without_a_restart(cluster, a, b, postgres: PostgresServer):
