@@ -126,14 +126,6 @@ def compile_reject_comment(value: Any, where: Where, context: LoadContext) -> bo
     return value == "required"
 
 
-@rule_field("reject_comment", type="required | optional", example="optional", see="review.md",
-            summary="Whether the review page asks for a comment to reject (default required: the agent reads it).")
-def compile_reject_comment(value: Any, where: Where, context: LoadContext) -> bool:
-    if value not in ("required", "optional"):
-        where.fail("reject_comment must be required or optional")
-    return value == "required"
-
-
 @rule_field("summary", type="text with {$.path} placeholders", see="review.md",
             example='"{$.amount} {$.currency} refund for {$.customer}"',
             summary="One line over body fields shown for this rule's holds (queue, review page, notifications, recording).")
@@ -285,8 +277,6 @@ class HoldSpec:
     summary: str | None = None
     #: The review page requires a comment to reject (``reject_comment: optional`` lifts it).
     reject_comment_required: bool = True
-    #: The review page requires a comment to reject (``reject_comment: optional`` lifts it).
-    reject_comment_required: bool = True
 
 
 def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec:
@@ -304,6 +294,5 @@ def hold_spec(rule: Rule | None, policy: Policy | None, reason: str) -> HoldSpec
         grant=ext.get("grant"),
         grant_unsafe_methods=ext.get("grant_unsafe_methods", False),
         summary=ext.get("summary"),
-        reject_comment_required=ext.get("reject_comment", True),
         reject_comment_required=ext.get("reject_comment", True),
     )
