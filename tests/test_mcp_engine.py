@@ -296,3 +296,13 @@ def test_review_description_and_earlier_calls():
     assert json.loads(described["arguments"]) == {"amount": 5}
     assert [c["tool"] for c in described["earlier"]] == ["read"]
     assert described["earlier"][0]["decision"] == "allowed"
+
+
+def test_a_batch_too_large_to_judge_element_by_element_is_refused():
+    with taddons.context():
+        addons = _addons(RULES)
+        flow = mcp_flow([call(i, "read") for i in range(101)])
+        state = _run(addons, flow)
+    assert state.decision == "blocked"
+    answers = json.loads(flow.response.content)
+    assert len(answers) == 101 and answers[0]["error"]["data"]["error"] == "mcp_batch_too_large"

@@ -141,7 +141,6 @@ def test_sdk_client_waits_through_a_hold_with_progress_and_gets_the_result(rig, 
                              json.dumps(steps), gateway=rig.gateway, timeout=90,
                              env={"PORTCULLIS_TEST_PROXY": rig.proxies("billing-agent")["http"]})
         hold = _hold_for(rig, note, timeout=40)
-        time.sleep(0.5)  # not a synchronisation: lets the client sit on the held stream a moment
         assert rig.approve("alice", hold["flow_id"]).status_code == 200
         report = future.result()
     held, after = report["steps"]

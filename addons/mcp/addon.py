@@ -52,6 +52,8 @@ log = logging.getLogger("portcullis.mcp")
 CALLS_PER_SESSION = 20
 SESSIONS_MAX = 1000
 SESSION_HEADER = "mcp-session-id"
+#: A batch with more messages than this is refused: each is judged alone (bounded work).
+MAX_BATCH = 100
 TOOLS_HIDDEN_HEADER = "X-Portcullis-Tools-Hidden"
 
 
@@ -74,9 +76,12 @@ def read_call(flow: http.HTTPFlow) -> McpCall | None:
     if flow.request.method.upper() != "POST":
         return None
     try:
-        document = jsonrpc.parse(body_content(flow.request))
+        content = body_content(flow.request)
     except Exception:  # noqa: BLE001 - an unreadable body is the policy's to refuse
         return None
+    if b"jsonrpc" not in content.lower():  # cheap: most bodies are not JSON-RPC
+        return None
+    document = jsonrpc.parse(content)
     if not jsonrpc.is_jsonrpc(document):
         return None
     try:
@@ -162,6 +167,11 @@ class McpAddon:
         if call is None:
             return
         self._calls[flow] = call
+        if call.batch and len(call.document) > MAX_BATCH:
+            refuse(flow, state, 413, "mcp_batch_too_large",
+                   f"a JSON-RPC batch may have at most {MAX_BATCH} messages (this one has "
+                   f"{len(call.document)}); send fewer at once", limit=MAX_BATCH)
+            return
         mismatch = header_mismatch(flow.request.headers, call)
         if mismatch is not None:
             refuse(flow, state, 400, "mcp_header_mismatch",
@@ -281,10 +291,11 @@ class BatchVerdicts:
         if call is None or not call.batch or state.verdict is None or policy is None:
             return
         strongest: Verdict = state.verdict
+        view = RequestView(flow, state.identity, state.groups)  # the body is read once
         for i in range(len(call.messages)):
             with focused(flow, i):
                 try:
-                    verdict = policy.evaluate(RequestView(flow, state.identity, state.groups))
+                    verdict = policy.evaluate(view)
                 except Exception as exc:  # noqa: BLE001 - whole-batch evaluation succeeded; be safe
                     refuse(flow, state, 403, "policy_error", f"batch element {i}: {exc}")
                     return
