@@ -9,6 +9,7 @@ the admin is in every group the rules name. A second run prints no secret, and
 
 from __future__ import annotations
 
+import argparse
 import os
 import pty
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from gateway.commands.bootstrap import bootstrap, rule_groups
 from review_ui.reviewers import parse_reviewers
 from tests.support.gateway import READY_LINE, free_port
 from tests.support.review_login import post_login
@@ -61,7 +63,7 @@ class Run:
             self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True)
 
-    def wait_ready(self, timeout: float = 30) -> str:
+    def wait_ready(self, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
         while READY_LINE not in self.output or "Agent environment" not in self.output:
             assert time.monotonic() < deadline and self.process.poll() is None, self.output
@@ -125,10 +127,8 @@ def test_a_first_run_in_a_terminal_creates_an_admin_whose_password_is_shown_once
         again.stop()
 
 
-@pytest.mark.parametrize("how", ["--no-bootstrap-reviewer", "not a terminal", "--ui off"])
-def test_no_admin_is_created_when_turned_off_or_nobody_reads_the_terminal(tmp_path: Path, confdir, how: str):
-    extra = {"--no-bootstrap-reviewer": ["--no-bootstrap-reviewer"], "--ui off": ["--ui", "off"]}.get(how, [])
-    run = Run(tmp_path, confdir, *extra, tty=how != "not a terminal")
+def test_no_bootstrap_reviewer_turns_it_off(tmp_path: Path, confdir):
+    run = Run(tmp_path, confdir, "--no-bootstrap-reviewer")
     try:
         banner = run.wait_ready()
         assert "created reviewer" not in banner and "password" not in banner
@@ -136,3 +136,38 @@ def test_no_admin_is_created_when_turned_off_or_nobody_reads_the_terminal(tmp_pa
         assert not (tmp_path / "reviewers.yaml").exists()
     finally:
         run.stop()
+
+
+class _Out:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(("how", "args", "tty"), [
+    ("not a terminal", {}, False),
+    ("--ui off", {"ui": "off"}, True),
+    ("--no-bootstrap-reviewer", {"no_bootstrap_reviewer": True}, True),
+    ("--reviewers given", {"reviewers": "elsewhere.yaml"}, True),
+])
+def test_no_admin_is_created_when_off_given_or_nobody_reads_the_terminal(tmp_path: Path, how, args, tty):
+    namespace = argparse.Namespace(**{"ui": "127.0.0.1:8081", "no_bootstrap_reviewer": False, "reviewers": None,
+                                      **args})
+    assert bootstrap(namespace, tmp_path / "reviewers.yaml", None, _Out(tty)) == []
+    assert not (tmp_path / "reviewers.yaml").exists()
+
+
+def test_the_admin_is_in_every_group_the_rules_name_and_a_present_file_is_kept(tmp_path: Path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(textwrap.dedent(RULES))
+    namespace = argparse.Namespace(ui="127.0.0.1:8081", no_bootstrap_reviewer=False, reviewers=None)
+    notice = bootstrap(namespace, tmp_path / "reviewers.yaml", str(rules), _Out(True))
+    assert notice[0].startswith("first run: created reviewer admin (finance-leads, security-oncall)")
+    assert namespace.reviewers == str((tmp_path / "reviewers.yaml").resolve())
+    before = (tmp_path / "reviewers.yaml").read_text()
+    again = argparse.Namespace(ui="127.0.0.1:8081", no_bootstrap_reviewer=False, reviewers=None)
+    assert bootstrap(again, tmp_path / "reviewers.yaml", str(rules), _Out(True)) == []
+    assert (tmp_path / "reviewers.yaml").read_text() == before
+    assert rule_groups(str(tmp_path / "missing.yaml")) == []
