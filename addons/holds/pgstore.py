@@ -266,6 +266,9 @@ class PgHoldStore(MemoryHoldStore):
             for stale in [k for k in self._owner if k not in self._holds]:
                 self._owner.pop(stale, None)
                 self._collected.pop(stale, None)
+        if len(self._seen) > 4 * self.history_max:
+            for stale in [k for k in self._seen if k not in self._holds and k[2:] not in self._grants]:
+                self._seen.pop(stale, None)
 
     # --- applying PostgreSQL's rows (on the loop) ----------------------------------------
 
