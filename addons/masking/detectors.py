@@ -53,6 +53,10 @@ class Detector:
     #: masker holds back this many characters of text that arrives in pieces
     #: (addons.masking.streaming), so a value split across events is still seen whole.
     window: int | None = 256
+    #: Whether a match may contain whitespace. One that cannot lies within a single run
+    #: of non-space characters, so a stream masker needs to hold back only the run the
+    #: text ends with (an e-mail address being typed), not the whole window.
+    spaces: bool = True
 
     def find(self, text: str) -> Iterator[tuple[int, int]]:
         for match in self.pattern.finditer(text):
@@ -128,7 +132,7 @@ _LABEL = f"{_LETTER_OR_DIGIT}(?:(?:{_LETTER_OR_DIGIT}|-){{0,61}}{_LETTER_OR_DIGI
 register(Detector("email", re.compile(
     f"(?<![\\w.%+'{_MARKS}-]){_LETTER_OR_DIGIT}(?:[\\w.%+'{_MARKS}-]{{0,63}}[\\w%+{_MARKS}-])?@"
     f"(?:{_LABEL}\\.)+(?:(?:[^\\W\\d_]|[{_MARKS}]){{2,24}}|xn--[a-z0-9-]{{1,59}})(?![\\w{_MARKS}-])"
-), hint=contains_any("@"), window=254))
+), hint=contains_any("@"), window=254, spaces=False))
 
 # --- phone numbers ---------------------------------------------------------------------
 # E.164 with optional separators ("+1 415-555-2671", "+44 (0)20 7946 0958"), North
@@ -383,6 +387,7 @@ register(Detector(
     _valid_jwt,
     hint=contains_any("eyJ"),
     window=None,
+    spaces=False,
 ))
 register(Detector(
     "bearer", re.compile(r"\b[Bb]earer[ ]+([A-Za-z0-9._~+/\-]{16,}=*)(?![A-Za-z0-9._~+/=\-])"), real_secret,
@@ -397,6 +402,7 @@ register(Detector(
     group=1,
     hint=contains_any("://"),
     window=420,
+    spaces=False,
 ))
 
 # --- IP addresses ----------------------------------------------------------------------------
@@ -426,7 +432,8 @@ register(_IpDetector("ip", re.compile(
     r"(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)"  # a port may follow: 203.0.113.7:443
     r"|(?=[0-9A-Fa-f:]*:[0-9A-Fa-f]*:)(?:[0-9A-Fa-f]{1,4}|:)?(?::[0-9A-Fa-f]{0,4}){1,7}(?::?(?:\d{1,3}\.){3}\d{1,3})?"
     r"(?![\w:]|\.\d))"
-), hint=re.compile(r"\d\.\d|[0-9A-Fa-f]?:[0-9A-Fa-f]*:"), window=45))
+), hint=re.compile(r"\d\.\d|[0-9A-Fa-f]?:[0-9A-Fa-f]*:"), window=45,
+                     spaces=False))
 
 # --- crypto wallet addresses -----------------------------------------------------------------
 # Bitcoin P2PKH/P2SH (base58check: a double-SHA-256 checksum), SegWit/Taproot (bech32 and
@@ -490,7 +497,8 @@ def _valid_wallet(text: str) -> bool:
 
 register(Detector("wallet", re.compile(
     r"(?<![\w])(?:0x[0-9a-fA-F]{40}|[13][1-9A-HJ-NP-Za-km-z]{25,34}|(?:bc1|BC1)[02-9ac-hj-np-zAC-HJ-NP-Z]{11,87})(?![\w])"
-), _valid_wallet, hint=re.compile(r"0x|[13][1-9A-HJ-NP-Za-km-z]{25}|bc1|BC1"), window=90))
+), _valid_wallet, hint=re.compile(r"0x|[13][1-9A-HJ-NP-Za-km-z]{25}|bc1|BC1"), window=90,
+                          spaces=False))
 
 #: Detector names that stand for a family of detectors in rules.
 FAMILIES: dict[str, tuple[str, ...]] = {"secret": ("secret", "jwt", "bearer", "url_credentials")}

@@ -12,7 +12,8 @@ Text that arrives in pieces. A model's answer streams as deltas (``"123"``, ``"-
 *channel* -- the concatenated deltas of one choice / content block / output item --
 through :class:`TextChannel`, which holds back only the last characters a detector
 could still need (its :attr:`~addons.masking.detectors.Detector.window`) and releases
-the rest, masked, in the event that brought it. Held text goes out with the channel's
+the rest, masked, in the event that brought it (for detectors whose matches
+cannot contain spaces, such as e-mail addresses, only the word the text ends with). Held text goes out with the channel's
 next delta, or, when the channel ends (finish_reason, ``content_block_stop``,
 ``response.output_text.done``, ``[DONE]``, the end of the body), in one extra delta
 event made from the channel's last one. :func:`recognise` knows the common shapes:
@@ -182,17 +183,26 @@ class TextChannel:
     masks: dict[str, tuple[str, Mask]] = field(default_factory=dict)  # detector -> (rule, mask)
     context: str = ""
     pending: str = ""
+    #: Characters always held: the longest window of a detector whose matches may hold spaces.
     hold: int = 0
+    #: Longest trailing run of non-space characters held for the detectors whose matches
+    #: cannot contain spaces (an e-mail address still being written), 0 if none.
+    run_hold: int = 0
+    #: A detector with spaces and no bounded length: hold its trailing token whole too.
     unbounded: bool = False
 
     def add_masks(self, masks: list[tuple[str, Mask]]) -> None:
         for rule, mask in masks:
             for name in mask.detect:
-                if name not in self.masks:
-                    self.masks[name] = (rule, mask)
-                    window = DETECTORS[name].window
-                    self.unbounded |= window is None
-                    self.hold = max(self.hold, (window or UNBOUNDED_HOLD) + LOOKAHEAD)
+                if name in self.masks:
+                    continue
+                self.masks[name] = (rule, mask)
+                detector = DETECTORS[name]
+                if not detector.spaces:
+                    self.run_hold = max(self.run_hold, (detector.window or MAX_HOLD) + LOOKAHEAD)
+                    continue
+                self.unbounded |= detector.window is None
+                self.hold = max(self.hold, (detector.window or UNBOUNDED_HOLD) + LOOKAHEAD)
 
     def feed(self, text: str, final: bool = False) -> str:
         """Add ``text``; return what can be released now, masked (everything if final)."""
@@ -219,10 +229,11 @@ class TextChannel:
         return "".join(out)
 
     def _cut(self, full: str, spans: list[tuple[int, int, str]]) -> int:
-        cut = len(full) - self.hold
-        if self.unbounded:  # a token still growing at the end stays whole
-            run = len(full) - len(_TRAILING_TOKEN.search(full).group())  # type: ignore[union-attr]
-            cut = min(cut, max(run, len(full) - MAX_HOLD))
+        hold = self.hold
+        if self.run_hold or self.unbounded:  # a token still growing at the end stays whole
+            run = len(_TRAILING_TOKEN.search(full).group())  # type: ignore[union-attr]
+            hold = max(hold, min(run, self.run_hold), min(run, MAX_HOLD) if self.unbounded else 0)
+        cut = len(full) - hold
         for start, end, _ in spans:
             if start < cut < end:
                 return start
