@@ -162,15 +162,20 @@ def test_a_masked_stream_still_streams_event_by_event(gw):
     assert _text_of("anthropic", list(_events(iter([first, *rest])))) == MASKED_TEXT
 
 
-def test_an_event_that_cannot_be_masked_ends_the_stream_with_an_error_event(gw):
+def test_an_event_that_cannot_be_masked_ends_the_stream_with_an_error_event(gw, gateway):
     with requests.get(gw.url("/strict/sse?events=6&size=50&bad=2"), stream=True, timeout=10) as response:
         assert response.status_code == 200
         events = list(_events(response.iter_lines(decode_unicode=True)))
+        flow_id = response.headers["X-Portcullis-Flow-Id"]
     assert [json.loads(d)["n"] for _, d in events[:2]] == [0, 1]
     name, data = events[-1]
     assert name == "error" and json.loads(data)["error"] == "response_not_maskable"
     assert len(events) == 3  # nothing after the refusal
     assert "123-45-6789" not in json.dumps(events)
+    body, _, _ = _recorded_body(gateway, flow_id)
+    assert "response_not_maskable" in body and "123-45-6789" not in body
+    rows = ask(gateway.db, "/query", {"sql": f"SELECT error FROM flows WHERE id = '{flow_id}'"})["rows"]
+    assert rows == [["response_not_maskable"]]
 
 
 def test_echoed_credentials_are_scrubbed_from_an_unmasked_stream(gw):
