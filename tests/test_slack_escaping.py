@@ -42,6 +42,17 @@ def test_every_agent_controlled_field_is_escaped():
     assert payload(type("Hook", (), {"format": "json"})(), "held", hold, None)["url"] == hold["url"]
 
 
+def test_secret_looking_query_values_never_leave_for_slack():
+    from addons.holds.notify import redacted_url
+    url = "https://api.example/v1/charges?api_key=sk_live_abcdefgh12345678&amount=5&token=xoxb-1234567890-abc"
+    assert redacted_url(url) == "https://api.example/v1/charges?api_key=[redacted]&amount=5&token=[redacted]"
+    hold = {"flow_id": "f1", "status": "pending", "method": "POST", "url": url, "identity": "a", "rule": "r",
+            "reason": "why", "approvals_required": 1, "deadline": 1_900_000_000}
+    text, blocks = slack_message(hold, None)
+    assert "sk_live_" not in json.dumps(blocks) + text and "xoxb-" not in json.dumps(blocks) + text
+    assert "api_key=[redacted]&amp;amount=5" in json.dumps(blocks)
+
+
 def test_the_block_kit_message_is_inert_too():
     hold = {"flow_id": "f1", "status": "pending", "method": "POST", "url": f"https://api.example/v1?x={LINK}",
             "identity": "agent<!here>", "rule": "r<@U1>", "reason": "R&D <refunds>",

@@ -173,15 +173,13 @@ class HoldRecord:
     collected: bool = False
     #: The rule's ``summary`` line, rendered from the shown body when the hold opens.
     summary_line: str | None = None
-    #: One line on what the body asks for: the rule's ``summary`` template when it has
-    #: one (filled in by whoever opens the hold); None: :func:`auto_summary` of the body.
-    body_summary: str | None = None
     #: An MCP call as the reviewer sees it (addons.mcp.addon.McpAddon.describe): server,
     #: tool, arguments pretty-printed, the session's earlier tool calls; None otherwise.
     mcp: dict[str, Any] | None = None
 
     def shown_summary(self) -> str | None:
-        return self.body_summary if self.body_summary is not None else auto_summary(self.body)
+        """One line on what the body asks for: the rule's ``summary`` line, else :func:`auto_summary`."""
+        return self.summary_line or auto_summary(self.body)
 
     def grant_unavailable(self) -> str | None:
         """Why no grant may be given for this hold, or None when one may."""

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from addons.core.events import Event
 from addons.core.flowstate import FlowStates
+from addons.core.secretforms import REDACTED, is_secret_param
 from addons.holds.desk import HoldDesk
 from addons.holds.spec import NOTIFY_EVENTS, SlackSettings, Webhook
 
@@ -60,6 +61,23 @@ MESSAGES_KEPT = 5000
 SLACK_RESPONSE_HOSTS = ("hooks.slack.com",)
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with the values of secret-looking query parameters (``api_key=sk_live_...``)
+    replaced by the redaction marker, as the review UI shows it: a message leaves the
+    gateway for Slack's servers."""
+    base, sep, query = str(url).partition("?")
+    if not sep:
+        return base
+    pieces = []
+    for piece in query.split("&"):
+        name, eq, value = piece.partition("=")
+        plain = urllib.parse.unquote_plus(name)
+        if eq and value and is_secret_param(plain, urllib.parse.unquote_plus(value)):
+            piece = f"{name}={REDACTED}"
+        pieces.append(piece)
+    return base + sep + "&".join(pieces)
+
+
 def slack_escape(value: Any) -> str:
     """``value`` as inert Slack text: ``&``, ``<``, ``>`` escaped as Slack requires
     (https://api.slack.com/reference/surfaces/formatting#escaping), so an agent's URL
@@ -75,7 +93,7 @@ def message(kind: str, hold: dict[str, Any], link: str | None) -> str:
     e = slack_escape
     who = {"approved": f" by {e(hold.get('decided_by'))}",
            "rejected": f" by {e(hold.get('decided_by'))}"}.get(kind, "")
-    text = (f"[Portcullis] {kind}{who}: {e(hold['method'])} {e(hold['url'])} from {e(hold['identity'])}"
+    text = (f"[Portcullis] {kind}{who}: {e(hold['method'])} {e(redacted_url(hold['url']))} from {e(hold['identity'])}"
             f" — {e(hold.get('reason') or hold.get('rule'))}")
     if hold.get("justification"):
         text += f" (justification: {e(hold['justification'])})"
@@ -130,7 +148,8 @@ def slack_message(hold: dict[str, Any], link: str | None) -> tuple[str, list[dic
     e = slack_escape
     status = hold["status"]
     summary = hold.get("body_summary") or hold.get("query_summary")
-    head = f"*{e(hold['method'])}* {e(hold['url'])}" + (f"\n{e(summary)}" if summary else "")
+    url = redacted_url(hold["url"])
+    head = f"*{e(hold['method'])}* {e(url)}" + (f"\n{e(summary)}" if summary else "")
     approvals = hold.get("approvals") or []
     approvers = ", ".join(hold.get("approvers") or []) or "any reviewer"
     votes = f"{len(approvals)} of {hold.get('approvals_required', 1)}" + (
@@ -149,7 +168,7 @@ def slack_message(hold: dict[str, Any], link: str | None) -> tuple[str, list[dic
     ]
     buttons: list[dict[str, Any]] = []
     if status == "pending":
-        request = _clip(f"{e(hold['method'])} {e(hold['url'])}", CONFIRM_MAX)
+        request = _clip(f"{e(hold['method'])} {e(url)}", CONFIRM_MAX)
         for action, label, style in ((APPROVE_ACTION, "Approve", "primary"), (REJECT_ACTION, "Reject", "danger")):
             buttons.append({"type": "button", "action_id": action, "text": _plain(label), "style": style,
                             "value": hold["flow_id"],
@@ -172,7 +191,7 @@ def reject_view(hold: dict[str, Any], comment_max: int = 2000) -> dict[str, Any]
         "type": "modal", "callback_id": REJECT_VIEW, "private_metadata": hold["flow_id"],
         "title": _plain("Reject request", 24), "submit": _plain("Reject", 24), "close": _plain("Cancel", 24),
         "blocks": [
-            {"type": "section", "text": _mrkdwn(f"*{e(hold['method'])}* {e(hold['url'])}\n"
+            {"type": "section", "text": _mrkdwn(f"*{e(hold['method'])}* {e(redacted_url(hold['url']))}\n"
                                                 f"{e(hold.get('reason') or '')}", SECTION_MAX)},
             {"type": "input", "block_id": COMMENT_BLOCK, "label": _plain("Why? The agent reads this.", 2000),
              "element": {"type": "plain_text_input", "action_id": COMMENT_INPUT, "multiline": True,

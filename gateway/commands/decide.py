@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from addons.holds.notify import redacted_url
 from gateway.commands.replay import DEFAULT_UI, TOKEN_ENV, UI_ENV
 
 TOKEN_FILE_ENV = "PORTCULLIS_TOKEN_FILE"
@@ -178,7 +179,7 @@ def pending_lines(holds: list[dict[str, Any]]) -> list[str]:
     for h in holds:
         approvals = f"{len(h.get('approvals') or [])}/{h.get('approvals_required', 1)}"
         lines.append(f"{h['flow_id']}  {_ago(h.get('time_left_s') or 0):>7} left  {approvals} approvals  "
-                     f"{inert(h['identity'])}  {inert(h['method'])} {inert(h['url'])}")
+                     f"{inert(h['identity'])}  {inert(h['method'])} {inert(redacted_url(h['url']))}")
         about = h.get("body_summary") or h.get("query_summary")
         lines.append(f"    {inert(h.get('rule') or 'default')}: {inert(h.get('reason') or '')}"
                      + (f" — {inert(about)}" if about else ""))
@@ -206,7 +207,7 @@ def show_lines(flow: dict[str, Any]) -> list[str]:
             state += f": {flow['comment']}"
     approvals = ", ".join(a["reviewer"] for a in flow.get("approvals") or []) or "none yet"
     lines = [
-        f"{inert(flow['method'])} {inert(flow['url'])}",
+        f"{inert(flow['method'])} {inert(redacted_url(flow['url']))}",
         f"  status:        {inert(state)}",
         f"  identity:      {inert(flow['identity'])}" + (f" (session {inert(flow['session_id'])})"
                                                           if flow.get("session_id") else ""),
@@ -255,7 +256,8 @@ def handle_approve(args: argparse.Namespace) -> int:
             after = ("the agent receives it when it re-sends" if hold.get("mode") == "async"
                      else "the request is forwarded now")
             grant = f"; grant {hold['grant_id']} allows identical requests" if hold.get("grant_id") else ""
-            print(f"approved {hold['flow_id']} ({inert(hold['method'])} {inert(hold['url'])}): {after}{grant}")
+            print(f"approved {hold['flow_id']} ({inert(hold['method'])} {inert(redacted_url(hold['url']))}): "
+                  f"{after}{grant}")
         else:
             left = hold["approvals_required"] - len(hold["approvals"])
             print(f"your approval of {hold['flow_id']} is recorded; {left} more needed")
@@ -269,7 +271,7 @@ def handle_reject(args: argparse.Namespace) -> int:
         if not args.comment.strip():
             raise Failure(400, "a rejection needs a --comment (the agent receives it)")
         hold = api.call("POST", api.flow_path(args.flow_id, "reject"), {"comment": args.comment})
-        print(f"rejected {hold['flow_id']} ({inert(hold['method'])} {inert(hold['url'])}); "
+        print(f"rejected {hold['flow_id']} ({inert(hold['method'])} {inert(redacted_url(hold['url']))}); "
               "the agent receives a 403 with your comment")
         return 0
 
