@@ -115,6 +115,20 @@ def test_held_call_is_kept_alive_on_sse_then_gets_the_servers_real_response(rig,
     assert row["status"] == "approved"
     assert row["mcp"]["tool"] == "delete_note"  # what the review page shows (_mcp_call.html)
     assert json.loads(row["mcp"]["arguments"]) == {"name": "sse-approved"}
+    # recorded: the held flow as the agent called it and received it, and the approved
+    # call that went upstream as a replay of it
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+
+    def recorded():
+        rows = rig.api("alice", "GET", "/api/audit/flows?limit=50").json()["flows"]
+        held = next((r for r in rows if r["id"] == hold["flow_id"]), None)
+        carrier = next((r for r in rows if r["replay_of"] == hold["flow_id"]), None)
+        return (held, carrier) if held and carrier else None
+
+    held, carrier = rig.wait_for(recorded, what="both flows recorded")
+    assert (held["host"], held["port"], held["path"], held["decision"]) == ("127.0.0.1", port, "/mcp", "approved")
+    assert held["status_code"] == 200, held
+    assert (carrier["path"], carrier["decision"], carrier["status_code"]) == ("/mcp", "approved", 200)
 
 
 def test_rejected_held_stream_ends_with_the_json_rpc_denial(rig, servers):
