@@ -51,6 +51,8 @@ def test_secret_looking_query_values_never_leave_for_slack():
     text, blocks = slack_message(hold, None)
     assert "sk_live_" not in json.dumps(blocks) + text and "xoxb-" not in json.dumps(blocks) + text
     assert "api_key=[redacted]&amp;amount=5" in json.dumps(blocks)
+    hook = type("Hook", (), {"format": "json"})()
+    assert payload(hook, "held", hold, None)["url"] == redacted_url(url)
 
 
 def test_the_block_kit_message_is_inert_too():

@@ -336,7 +336,10 @@ def payload(hook: Webhook, kind: str, hold: dict[str, Any], link: str | None) ->
         return {"text": message(kind, hold, link)}
     fields = ("flow_id", "identity", "rule", "reason", "justification", "method", "url",
               "approvers", "escalate_to", "decided_by", "comment", "deadline", "summary_line")
-    return {"event": kind, "at": time.time(), "review_url": link, **{f: hold.get(f) for f in fields}}
+    body = {"event": kind, "at": time.time(), "review_url": link, **{f: hold.get(f) for f in fields}}
+    if body.get("url"):
+        body["url"] = redacted_url(body["url"])  # a webhook leaves the gateway too
+    return body
 
 
 class NotifyAddon:
