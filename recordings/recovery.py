@@ -50,7 +50,7 @@ def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[di
         if request and flow_id not in have_event:
             events.append({"seq": seq + len(events), "flow_id": flow_id, "at": micros(request["at"]),
                            "actor": "gateway", "kind": "received",
-                           "detail": json.dumps({k: request.get(k) for k in REQUEST_FIELDS})})
+                           "detail": json.dumps(_received_detail(request, store.scope))})
         if flow_id in held and flow_id not in have_held:
             events.append({"seq": seq + len(events), "flow_id": flow_id, "at": micros(held[flow_id]["at"]),
                            "actor": "gateway", "kind": "held", "detail": json.dumps({"from": "journal"})})
@@ -63,6 +63,13 @@ def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[di
                                                          "session_id", "status_code", "error")}})
     store.insert(cur, flows, events)
     return len({row["id"] for row in flows} | {row["flow_id"] for row in events})
+
+
+def _received_detail(request: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    detail = {k: request.get(k) for k in REQUEST_FIELDS}
+    if scope is not None:  # in a lake: this gateway's flow (Store.scope_filter)
+        detail["gateway"] = scope
+    return detail
 
 
 def _close_unfinished(store: Store, cur: duckdb.DuckDBPyConnection) -> int:

@@ -40,7 +40,8 @@ RULES = """
 #: The analyst: a plain duckdb, the printed ATTACH, a count every 50 ms until told to stop.
 ANALYST = """
 import duckdb, json, sys, time
-con = duckdb.connect()  # DuckDB's default extension directory (~/.duckdb/extensions)
+con = duckdb.connect()  # DuckDB's default extension directory: ~/.duckdb/extensions
+con.execute("SET enable_progress_bar = false")
 con.execute(sys.argv[1])
 samples = []
 while True:
@@ -116,7 +117,7 @@ def test_an_analyst_process_attaches_the_live_lake_with_one_statement(gateway, u
         thread.join(120)
     out, err = analyst.communicate(timeout=60)
     assert analyst.returncode == 0, err
-    seen = json.loads(out)
+    seen = json.loads(out.strip().splitlines()[-1])
     counts = [count for count, _ in seen["samples"]]
     # It read while the gateway wrote: it saw the recording grow, never a flow twice.
     assert len(set(counts)) > 2, counts

@@ -1,0 +1,227 @@
+"""One audit lake for two gateways: DuckLake with its catalog in a real PostgreSQL.
+
+Gateways A and B (real processes) record into the same lake (catalog in PostgreSQL,
+data files in one directory) while an analyst's separate DuckDB process queries it:
+every flow is there exactly once, either gateway's ``portcullis sql`` sees both, a
+SIGKILLed gateway loses no completed flow and its restart closes only its own open
+flows, and maintenance runs in one process at a time and compacts the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from recordings import maintenance
+from recordings.control import ask
+from recordings.lake import Lake
+from recordings.store import Store, micros
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Canned, UpstreamServer
+
+RULES = """
+    version: 1
+    default: allow
+    rules:
+      - name: no-deletes
+        match: {method: DELETE}
+        action: block
+        reason: Agents may not delete
+"""
+#: Requests per gateway (bench/lake.py sends 2 x 2,000).
+PER_GATEWAY = int(os.environ.get("PORTCULLIS_LAKE_TEST_REQUESTS", "300"))
+
+ANALYST = """
+import duckdb, json, sys, time
+sys.path.insert(0, sys.argv[4])
+from recordings import extensions
+con = duckdb.connect(config={"extension_directory": str(extensions.install(sys.argv[5], ("ducklake", "postgres")))})
+con.execute("SET enable_progress_bar = false")
+con.execute(sys.argv[1])
+samples = []
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    samples.append(con.execute("SELECT count(*), count(DISTINCT id) FROM rec.flows WHERE session_id LIKE ?",
+                               [sys.argv[2] + '%']).fetchone())
+    if samples[-1][0] >= int(sys.argv[3]):
+        break
+    time.sleep(0.05)
+print(json.dumps(samples))
+"""
+
+
+@dataclass
+class Pair:
+    lake: Lake
+    a: GatewayProcess
+    b: GatewayProcess
+    rules: Path
+    confdir: Path
+
+    def args(self, name: str) -> list[str]:
+        return ["--lake", self.lake.catalog, "--lake-data", self.lake.data, "--lake-maintenance", "0",
+                "--db", str(self.rules.parent / f"{name}.duckdb")]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, confdir, postgres_dsn) -> Iterator[Pair]:
+    tmp = tmp_path_factory.mktemp("lake")
+    rules = tmp / "rules.yaml"
+    rules.write_text(textwrap.dedent(RULES))
+    lake = Lake.parse(postgres_dsn, str(tmp / "data"))
+    p = Pair(lake, None, None, rules, confdir)  # type: ignore[arg-type]
+    p.a = GatewayProcess(rules, confdir, p.args("a")).start()
+    p.b = GatewayProcess(rules, confdir, p.args("b")).start()
+    yield p
+    p.a.stop()
+    p.b.stop()
+
+
+def agent(gateway: GatewayProcess, url: str, session: str, count: int, out: list[str],
+          stop: threading.Event | None = None) -> None:
+    with requests.Session() as http:
+        http.trust_env = False
+        http.proxies = {"http": gateway.proxy_url}
+        for _ in range(count):
+            if stop is not None and stop.is_set():
+                return
+            try:
+                response = http.get(url, timeout=30, headers={"X-Portcullis-Session": session})
+            except requests.RequestException:
+                return  # the gateway was killed
+            assert response.status_code == 200, response.text
+            out.append(response.headers["X-Portcullis-Flow-Id"])
+
+
+def test_two_gateways_one_lake_every_flow_exactly_once_while_an_analyst_queries(pair, upstream, tmp_path):
+    tag = f"pair-{uuid.uuid4().hex[:8]}"
+    total = 2 * PER_GATEWAY
+    analyst = subprocess.Popen(
+        [sys.executable, "-c", ANALYST, pair.lake.attach_statement(), tag, str(total),
+         str(Path(__file__).resolve().parent.parent), str(tmp_path / "ext")],
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent: dict[str, list[str]] = {"a": [], "b": []}
+    clients = []
+    for name, gateway in (("a", pair.a), ("b", pair.b)):
+        for index in range(4):
+            clients.append(threading.Thread(target=agent, args=(
+                gateway, upstream.url(f"/{name}/{index}"), f"{tag}-{name}", PER_GATEWAY // 4, sent[name])))
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(180)
+    out, err = analyst.communicate(timeout=150)
+    assert analyst.returncode == 0, err
+    samples = json.loads(out.strip().splitlines()[-1])
+    assert all(count == distinct for count, distinct in samples)
+    assert [c for c, _ in samples] == sorted(c for c, _ in samples)
+    assert samples[-1][0] == total, samples[-5:]
+    assert len(set(sent["a"])) == len(set(sent["b"])) == PER_GATEWAY
+    # Through either gateway's socket (portcullis sql, the SQL page): the whole lake.
+    for gateway in (pair.a, pair.b):
+        rows = ask(gateway.db, "/query", {"sql": "SELECT session_id, count(*), count(DISTINCT id) FROM flows "
+                                                  "WHERE session_id LIKE ? GROUP BY ALL ORDER BY 1",
+                                          "params": [f"{tag}%"]})["rows"]
+        assert rows == [[f"{tag}-a", PER_GATEWAY, PER_GATEWAY], [f"{tag}-b", PER_GATEWAY, PER_GATEWAY]]
+    ids = ask(pair.a.db, "/query", {"sql": "SELECT id FROM flows WHERE session_id LIKE ?",
+                                    "params": [f"{tag}%"]})["rows"]
+    assert {row[0] for row in ids} == set(sent["a"]) | set(sent["b"])
+    # The flows page's own store call works on the lake too (a flow and its events).
+    flow = ask(pair.b.db, "/query", {"sql": "SELECT count(*) FROM events WHERE flow_id = ?",
+                                                   "params": [sent["a"][0]]})
+    assert flow["rows"][0][0] >= 3
+
+
+def test_a_killed_gateway_loses_no_completed_flow_and_recovers_only_its_own(pair, upstream):
+    upstream.routes["/slow"] = lambda seen: (time.sleep(2.0), Canned(200, b"slow"))[1]
+    tag = f"kill-{uuid.uuid4().hex[:8]}"
+    done_a: list[str] = []
+    stop = threading.Event()
+    agents = [threading.Thread(target=agent, args=(pair.a, upstream.url("/fast"), f"{tag}-a", 10_000, done_a, stop))
+              for _ in range(4)]
+    slow_b: list[str] = []
+    slow = threading.Thread(target=agent, args=(pair.b, upstream.url("/slow"), f"{tag}-b", 1, slow_b))
+    for thread in agents:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(done_a) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    slow.start()
+    time.sleep(0.3)  # B's slow flow is in flight (received) while A dies and restarts
+    pair.a.stop(signal.SIGKILL)
+    completed = set(done_a)
+    stop.set()
+    for thread in agents:
+        thread.join(30)
+    pair.a = GatewayProcess(pair.rules, pair.confdir, pair.args("a")).start()
+    slow.join(30)
+    assert len(completed) >= 60 and len(slow_b) == 1
+    recorded = {row[0]: (row[1], row[2]) for row in ask(pair.a.db, "/query", {
+        "sql": "SELECT id, decision, reason FROM flows WHERE session_id = ?", "params": [f"{tag}-a"]})["rows"]}
+    assert completed - set(recorded) == set()
+    counts = ask(pair.a.db, "/query", {"sql": "SELECT count(*) - count(DISTINCT id) FROM flows "
+                                              "WHERE session_id LIKE ?", "params": [f"{tag}%"]})["rows"]
+    assert counts == [[0]]
+    # A's restart closed A's open flows; B's flow, in flight meanwhile, finished normally.
+    b_flow = ask(pair.b.db, "/query", {"sql": "SELECT decision, reason FROM flows WHERE id = ?",
+                                       "params": [slow_b[0]]})["rows"]
+    assert b_flow == [["allowed", None]]
+    open_a = ask(pair.a.db, "/query", {"sql": """
+        SELECT count(*) FROM events r WHERE r.kind = 'received'
+        AND json_extract_string(r.detail, '$.gateway') LIKE '%a.duckdb'
+        AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = r.flow_id)"""})["rows"]
+    assert open_a == [[0]]
+
+
+def test_maintenance_runs_in_one_process_at_a_time_and_compacts(pair, tmp_path):
+    store = Store(tmp_path / "maint.duckdb", lake=pair.lake)
+    cur = store.cursor()
+    try:
+        old = datetime.utcnow() - timedelta(days=40)
+        store.insert(cur, [{"id": f"old-{uuid.uuid4().hex}", "started_at": micros(old.timestamp()),
+                            "decision": "allowed", "rules": []}], [])
+        for batch in range(5):  # commits past the inlining limit each leave a Parquet file
+            store.insert(cur, [{"id": f"m{batch}-{i}", "started_at": micros(time.time()),
+                                "decision": "allowed", "rules": [], "session_id": "maint"}
+                               for i in range(2500)], [])
+        files_before = data_files(pair.lake)
+        with maintenance.exclusive(pair.lake) as first:
+            assert first
+            with maintenance.exclusive(pair.lake) as second:
+                assert not second  # a second gateway skips the round
+            assert maintenance.Maintenance(store, 1, retain_days=30).run(cur) is None
+        done = maintenance.Maintenance(store, 1, retain_days=30).run(cur, keep_s=0)
+        assert done is not None and done["deleted_flows"] >= 1
+        assert data_files(pair.lake) < files_before
+        remaining = cur.execute("SELECT count(*) FROM flows WHERE session_id = 'maint'").fetchone()
+        assert remaining == (12_500,)
+        assert cur.execute("SELECT count(*) FROM flows WHERE started_at < now()::TIMESTAMP - INTERVAL 30 DAY"
+                           ).fetchone() == (0,)
+    finally:
+        cur.close()
+        store.close()
+
+
+def data_files(lake: Lake) -> int:
+    return sum(len([f for f in files if f.endswith(".parquet")]) for _, _, files in os.walk(lake.data))
