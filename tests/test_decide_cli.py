@@ -25,11 +25,19 @@ from tests.support.review import ReviewRig
 
 PORTCULLIS = Path(sys.executable).with_name("portcullis")
 REFUND = {"amount": 250, "order": "A-7"}
+OPTIONAL_COMMENT = """
+# (column 0 keeps the rule in the rig's rules list)
+  - name: notes
+    match: {method: POST, path: /v1/notes}
+    action: hold
+    reason: "Notes are reviewed"
+    reject_comment: optional
+"""
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
-    rig = ReviewRig(tmp_path_factory.mktemp("decide-cli"), confdir)
+    rig = ReviewRig(tmp_path_factory.mktemp("decide-cli"), confdir, extra_rules=OPTIONAL_COMMENT)
     yield rig
     rig.stop()
 
@@ -162,6 +170,15 @@ def test_the_same_rules_apply_and_failures_say_why(rig: ReviewRig):
     flag = cli(rig, "pending", "--token", rig.tokens["alice"], reviewer=None)
     assert flag.returncode == 2 and "unrecognized arguments" in flag.stderr
     assert rig.tokens["alice"].split("_")[2] not in flag.stderr.split("unrecognized arguments")[0]
-    assert main(rig, "reject", hold["flow_id"]).returncode == 2  # --comment is required
+    no_comment = main(rig, "reject", hold["flow_id"])  # the rule does not say reject_comment: optional
+    assert no_comment.returncode == 1 and "needs a --comment" in no_comment.stderr
     down = main(rig, "pending", env={"PORTCULLIS_UI": "127.0.0.1:1"})
     assert down.returncode == 2 and "cannot reach the review UI" in down.stderr
+
+
+def test_a_rule_that_makes_the_comment_optional_lets_reject_go_without_one(rig: ReviewRig):
+    call = rig.agent("POST", "/v1/notes?t=cli-optional", json={"text": "hi"})
+    hold = rig.wait_held("/v1/notes?t=cli-optional")
+    done = main(rig, "reject", hold["flow_id"], reviewer="dave")
+    assert done.returncode == 0, done.stderr
+    assert call.result(timeout=10).status_code == 403

@@ -10,6 +10,7 @@ stale, tampered or replayed ones decide nothing.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -44,13 +45,20 @@ def link_slack_users(reviewers_file: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, confdir, slack: FakeSlack) -> Iterator[ReviewRig]:
-    settings = f"""
+    settings = """
+# (column 0 keeps the rule in the rig's rules list)
+  - name: notes
+    match: {method: POST, path: /v1/notes}
+    action: hold
+    reason: "Notes are reviewed"
+    reject_comment: optional
+""" + textwrap.dedent(f"""
         slack:
           channel: {slack.channel}
           bot_token: ${{env:TEST_SLACK_BOT_TOKEN}}
           signing_secret: ${{env:TEST_SLACK_SIGNING_SECRET}}
           api_url: {slack.api_url}
-    """
+    """)
     rig = ReviewRig(tmp_path_factory.mktemp("slack-decide"), confdir, extra_rules=settings,
                     env={"TEST_SLACK_BOT_TOKEN": BOT_TOKEN, "TEST_SLACK_SIGNING_SECRET": SIGNING_SECRET})
     link_slack_users(rig.reviewers_file)
@@ -254,3 +262,13 @@ def test_a_gateway_without_slack_settings_refuses_the_endpoint(tmp_path):
         assert (answer.status_code, answer.json["error"]) == (404, "slack_not_configured")
     finally:
         close_app(app)
+
+
+def test_where_the_rule_makes_the_comment_optional_the_modal_may_be_left_empty(rig, slack):
+    call, hold, message = held_message(rig, slack, "/v1/notes?t=slack-optional", json={"text": "hi"})
+    assert click(rig, slack, message, "dave", "portcullis_reject").json()["status"] == "asking_for_a_comment"
+    trigger = slack.view_for(hold["flow_id"])
+    field = slack.views[trigger]["blocks"][1]
+    assert field["optional"] is True and "min_length" not in field["element"]
+    assert slack.submit(request_url(rig), trigger, SLACK_USERS["dave"], None).json() == {"response_action": "clear"}
+    assert call.result(timeout=10).status_code == 403

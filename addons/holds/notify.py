@@ -187,15 +187,17 @@ def slack_message(hold: dict[str, Any], link: str | None) -> tuple[str, list[dic
 def reject_view(hold: dict[str, Any], comment_max: int = 2000) -> dict[str, Any]:
     """The modal a Reject click opens: the request, and the comment the agent will read."""
     e = slack_escape
+    required = hold.get("reject_comment_required", True)
+    label = "Why? The agent reads this." + ("" if required else " (optional)")
     return {
         "type": "modal", "callback_id": REJECT_VIEW, "private_metadata": hold["flow_id"],
         "title": _plain("Reject request", 24), "submit": _plain("Reject", 24), "close": _plain("Cancel", 24),
         "blocks": [
             {"type": "section", "text": _mrkdwn(f"*{e(hold['method'])}* {e(redacted_url(hold['url']))}\n"
                                                 f"{e(hold.get('reason') or '')}", SECTION_MAX)},
-            {"type": "input", "block_id": COMMENT_BLOCK, "label": _plain("Why? The agent reads this.", 2000),
+            {"type": "input", "block_id": COMMENT_BLOCK, "label": _plain(label, 2000), "optional": not required,
              "element": {"type": "plain_text_input", "action_id": COMMENT_INPUT, "multiline": True,
-                         "min_length": 1, "max_length": comment_max}},
+                         "max_length": comment_max, **({"min_length": 1} if required else {})}},
         ],
     }
 

@@ -98,7 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     reject = sub.add_parser("reject", help="reject a held request", description=__doc__, formatter_class=fmt,
                             allow_abbrev=False)
     reject.add_argument("flow_id", help="the held request's id")
-    reject.add_argument("--comment", required=True, help="why (sent to the agent and recorded)")
+    reject.add_argument("--comment", default="",
+                        help="why (sent to the agent and recorded; needed unless the rule says reject_comment: optional)")
     _common(reject)
     reject.set_defaults(handler=handle_reject)
 
@@ -268,8 +269,9 @@ def handle_approve(args: argparse.Namespace) -> int:
 
 def handle_reject(args: argparse.Namespace) -> int:
     def work(api: Api) -> int:
-        if not args.comment.strip():
-            raise Failure(400, "a rejection needs a --comment (the agent receives it)")
+        if not args.comment.strip() and api.call("GET", api.flow_path(args.flow_id)).get(
+                "reject_comment_required", True):
+            raise Failure(400, "a rejection needs a --comment: the agent reads it")
         hold = api.call("POST", api.flow_path(args.flow_id, "reject"), {"comment": args.comment})
         print(f"rejected {hold['flow_id']} ({inert(hold['method'])} {inert(redacted_url(hold['url']))}); "
               "the agent receives a 403 with your comment")

@@ -135,7 +135,9 @@ def _submitted(payload: dict[str, Any], reviewer: Any) -> Any:
         comment = view["state"]["values"][COMMENT_BLOCK][COMMENT_INPUT]["value"] or ""
     except (KeyError, TypeError):
         comment = ""
-    if not isinstance(comment, str) or not comment.strip():
+    comment = comment if isinstance(comment, str) else ""
+    hold = services().holds.find(view["private_metadata"])
+    if not comment.strip() and (hold is None or hold.get("reject_comment_required", True)):
         return jsonify({"response_action": "errors",
                         "errors": {COMMENT_BLOCK: "A rejection needs a comment: the agent reads it."}})
     try:
