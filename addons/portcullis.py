@@ -11,6 +11,7 @@ that it stores what the agent actually received.
 
 from __future__ import annotations
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.events import EventBus
 from addons.core.flowstate import FlowStates
 from addons.core.loopbridge import LoopBridge

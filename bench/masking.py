@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 from mitmproxy import http
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.flowstate import FlowStates
 from addons.masking.addon import MaskingAddon
 from addons.masking.redaction import Tally

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.flowstate import FlowStates
 from addons.core.synthetic import make_flow
 from addons.guards.requestguard import RequestGuardAddon

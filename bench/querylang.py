@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.synthetic import make_flow
 from addons.policy.conditions import RequestView
 from addons.policy.engine import compile_policy

@@ -56,9 +56,9 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 
 def _schema() -> tuple[dict, dict, dict]:
+    import addons.schema  # noqa: F401  (registers every package's rules keys)
     from addons.policy import conditions, engine
 
-    engine.load_extensions()
     return engine.TOP_LEVEL_FIELDS, engine.RULE_FIELDS, conditions.MATCH_KEYS
 
 
@@ -162,6 +162,11 @@ def _default(action: argparse.Action) -> str:
         return ""  # none, a switch, or the help says it (e.g. from an environment variable)
     if value == str(settings.DEFAULT_CONFDIR):
         return "`$PORTCULLIS_HOME` or `~/.portcullis`"
+    # Paths that depend on how Portcullis was installed: say both, not this machine's.
+    if value == str(settings.DEFAULT_DB):
+        return "`recordings/portcullis.duckdb` in a clone, else `~/.portcullis/portcullis.duckdb`"
+    if value == str(settings.DEFAULT_RULES):
+        return "`rules/default.yaml` as shipped"
     text = str(value)
     if text.startswith(str(PROJECT_ROOT)):  # the checkout-relative path, not this machine's
         text = text[len(str(PROJECT_ROOT)) + 1:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import addons.schema  # noqa: F401  (every package's rules keys, before any test compiles rules)
 from gateway.agent_env import ensure_ca
 from tests.support.certs import TestPki, make_pki
 from tests.support.gateway import GatewayProcess, reap

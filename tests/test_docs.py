@@ -35,7 +35,8 @@ SKIP = re.compile(r"<!-- portcullis check: skip \((?P<why>[^)]+)\) -->\n$")
 #: Blocks that name files on the reader's machine (a JWKS, a CA bundle, a secret file).
 MAX_SKIPPED = 3
 
-engine.load_extensions()
+import addons.schema  # noqa: E402,F401  (registers every package's rules keys)
+
 TOP = dict(engine.TOP_LEVEL_FIELDS)
 RULE = dict(engine.RULE_FIELDS)
 MATCH = dict(conditions.MATCH_KEYS)

@@ -11,13 +11,16 @@ through another of our modules; and the ``addons`` subpackages import each other
 cycles, apart from the known ones listed here (so none can be added).
 
 Imports inside ``if TYPE_CHECKING:`` do not count: they never run. Modules loaded by name
-(``importlib.import_module``: the policy's ``EXTENSION_MODULES``, the UI's blueprint list,
-the CLI's commands) are not seen here; docs/architecture.md says which they are.
+(``importlib.import_module``: the UI's blueprint list, the CLI's commands) are not seen
+here; docs/architecture.md says which they are. The rules schema is assembled in plain
+imports by ``addons/schema.py``, above the packages that extend it.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -243,3 +246,33 @@ def test_no_cycles_between_top_level_packages() -> None:
         if module != COMPOSITION_ROOT:
             tops[module.split(".")[0]] |= {t.split(".")[0] for t in targets} - {module.split(".")[0]}
     assert _cycles(tops) == set()
+
+
+def test_the_schema_module_imports_every_module_that_registers_rules_keys() -> None:
+    """addons.schema assembles the rules schema in plain imports (the policy engine below
+    the packages loads none of them): a package that registers a key but is not reached
+    from it would make valid rules files fail with "unknown key"."""
+    registering = sorted(
+        module_name(p) for p in (ROOT / "addons").rglob("*.py")
+        if not module_name(p).startswith("addons.policy.")
+        and any(f"@{decorator}(" in p.read_text(encoding="utf-8")
+                for decorator in ("rule_field", "top_level_field", "match_key")))
+    assert registering, "no module registers rules keys: the scan is broken"
+    missing = [m for m in registering if m not in _reachable("addons.schema")]
+    assert not missing, missing
+
+
+def test_the_policy_package_imports_no_other_package_of_addons() -> None:
+    """The engine sits below every package that extends it (they import it, not the reverse)."""
+    wrong = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() if m.startswith("addons.policy")
+                   for t in targets if t.startswith("addons.")
+                   and not t.startswith(("addons.policy", "addons.core")) and t != "addons")
+    assert not wrong, wrong
+
+
+def test_compiling_rules_without_the_assembled_schema_is_refused() -> None:
+    code = ("from addons.policy.engine import compile_policy\n"
+            "try:\n    compile_policy('version: 1\\nrules: []\\n')\n"
+            "except RuntimeError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "import addons.schema first" in out

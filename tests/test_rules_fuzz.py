@@ -3,7 +3,6 @@ RuleFileError, and every problem carries a usable line number. Nothing else esca
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import string
@@ -18,7 +17,6 @@ from addons.policy.engine import (
     ACTIONS,
     CORE_RULE_KEYS,
     CORE_TOP_KEYS,
-    EXTENSION_MODULES,
     RULE_FIELDS,
     TOP_LEVEL_FIELDS,
     compile_policy,
@@ -41,9 +39,7 @@ rules:
     action: hold
 """
 
-# Extensions register their keys on import; load them so the fuzzer knows their names.
-for _module in EXTENSION_MODULES:
-    importlib.import_module(_module)
+# Extensions register their keys on import (tests/conftest.py imports addons.schema).
 
 #: PORTCULLIS_FUZZ_EXAMPLES=20000 for a long run; CI keeps it short.
 FUZZ = settings(max_examples=int(os.environ.get("PORTCULLIS_FUZZ_EXAMPLES", "100")), deadline=None, suppress_health_check=list(HealthCheck))

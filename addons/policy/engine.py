@@ -20,14 +20,13 @@ silently ignored.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from addons.core.rulefile import Invalid, Problem, RuleFileError, SourceMap, Where, parse
-from addons.policy.conditions import EvaluationError, Match, RequestView, compile_match
+from addons.policy.conditions import MATCH_KEYS, EvaluationError, Match, RequestView, compile_match
 
 ACTIONS = ("allow", "hold", "block")
 STRENGTH = {action: rank for rank, action in enumerate(ACTIONS)}
@@ -77,10 +76,8 @@ TOP_LEVEL_FIELDS: dict[str, SchemaField] = {f.name: f for f in (
 CORE_RULE_KEYS = tuple(RULE_FIELDS)
 CORE_TOP_KEYS = tuple(TOP_LEVEL_FIELDS)
 
-#: Modules that register extension fields; imported before any file is loaded.
-EXTENSION_MODULES: list[str] = ["addons.upstreams.addon", "addons.identity.addon", "addons.credentials.addon",
-                                 "addons.holds.spec", "addons.masking.spec", "addons.querylang.rules",
-                                 "addons.mcp.rules"]
+#: Whether addons.schema has imported every package that registers rules keys.
+_assembled = False
 
 
 def _registrar(table: dict[str, SchemaField], name: str, type: str, summary: str, example: str,
@@ -111,13 +108,33 @@ def top_level_field(name: str, *, type: str, summary: str, example: str,
     return _registrar(TOP_LEVEL_FIELDS, name, type, summary, example, see)
 
 
-def load_extensions() -> None:
-    """Import every module that registers rules keys (the schema is complete after this)."""
-    for module in EXTENSION_MODULES:
-        importlib.import_module(module)
+def schema_assembled(modules: Sequence[str]) -> None:
+    """Called by addons.schema once every package's rules keys are registered.
+
+    Each table is put in one order, whatever order the imports happened to run in: the
+    core keys, then each package's keys in the order of ``modules``, a package's own in
+    the order it registered them (docs, ``explain`` and error messages list keys so)."""
+    global _assembled
+    packages = [module.rpartition(".")[0] + "." for module in modules]  # addons.holds.spec -> addons.holds.
+
+    def position(item: tuple[str, Any]) -> int:
+        module = getattr(item[1].compile, "__module__", None) or ""
+        if not module or module.startswith("addons.policy."):
+            return -1  # a core key
+        return next((index for index, package in enumerate(packages) if module.startswith(package)), len(packages))
+
+    for table in (TOP_LEVEL_FIELDS, RULE_FIELDS, MATCH_KEYS):
+        ordered = sorted(table.items(), key=position)
+        table.clear()
+        table.update(ordered)
+    _assembled = True
 
 
-_load_extensions = load_extensions  # the name bench/scenarios.py uses
+def require_schema() -> None:
+    """Refuse to compile rules against a schema that lacks the packages' keys."""
+    if not _assembled:
+        raise RuntimeError("the rules schema is incomplete: import addons.schema first "
+                           "(it registers every package's rules keys)")
 
 
 @dataclass
@@ -315,7 +332,7 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def compile_policy(text: str, filename: str = "<rules>", base_dir: Path | None = None) -> Policy:
-    load_extensions()
+    require_schema()
     data, source = parse(text, filename)
     context = LoadContext(base_dir or Path.cwd(), filename)
     problems: list[Problem] = []

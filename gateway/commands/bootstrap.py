@@ -29,6 +29,7 @@ def rule_groups(rules_path: str | None) -> list[str]:
     """Every reviewer group the rules file names (approvers, escalate_to); [] if it cannot load."""
     if not rules_path:
         return []
+    import addons.schema  # noqa: F401  (registers every package's rules keys)
     from addons.policy.engine import load_policy  # the gateway reports a broken file itself
 
     try:

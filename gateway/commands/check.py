@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.rulefile import RuleFileError
 from addons.policy.engine import load_policy
 

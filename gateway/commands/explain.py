@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.flowstate import FlowState
 from addons.core.rulefile import RuleFileError
 from addons.core.synthetic import make_flow

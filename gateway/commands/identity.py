@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.rulefile import RuleFileError, compose_without_aliases
 from addons.identity.addon import NAME, compile_identities_file
 from addons.policy.engine import compile_policy
