@@ -237,6 +237,15 @@ def test_an_event_that_cannot_be_masked_ends_the_stream():
     assert passed.endswith(b'data: ssn 123-45-6789\n\ndata: {"ssn": "1"}\n\n')
 
 
+def test_passing_unmasked_releases_the_text_still_held_first():
+    pii = PLAN + [(POLICY.rules[2], POLICY.rules[2].extensions["mask"])]  # lenient: needs JSON
+    deltas = list(openai_chat(["SSN 123", "-45-6789 held"]))[:-2]  # no finish chunk, no [DONE]
+    stream = b"".join(deltas) + b"data: not json\n\n"
+    body = run(stream, Kind.SSE, [], plan=pii, need_json=True, passing=True)
+    assert text_of("chat", body.replace(b"data: not json", b"")) == "SSN [masked:ssn] held"
+    assert body.endswith(b"data: not json\n\n")
+
+
 def test_json_inside_mcp_tool_results_and_structured_content_is_masked():
     record = {"name": "Zoë", "ssn": "123-45-6789"}
     message = {"jsonrpc": "2.0", "id": 3, "result": {

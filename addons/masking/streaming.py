@@ -467,7 +467,11 @@ class EventStreamMasker:
         self.framer.buffer = ""
         if self.problem(reason):
             self.state = "passing"  # on_unmaskable: pass -- the rest goes out as it comes
-            return unsent
+            try:
+                held = self.editor.finish()  # text the channels still hold goes first
+            except Exception:  # noqa: BLE001 - it cannot be masked either: it is dropped
+                held = ""
+            return held + unsent
         self.state = "refused"
         return self.refusal(reason)
 
