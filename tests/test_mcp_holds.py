@@ -22,7 +22,8 @@ import requests
 
 from tests.support import sdk_venv
 from tests.support.gateway import free_port
-from tests.support.review import ReviewRig
+from tests.support.review import PASSWORD_SUFFIX, ReviewRig
+from tests.support.review_login import sign_in
 from tests.test_mcp_sdk import _wait_ready
 
 EXTRA_RULES = """
@@ -128,6 +129,11 @@ def test_held_call_is_kept_alive_on_sse_then_gets_the_servers_real_response(rig,
     held, carrier = rig.wait_for(recorded, what="both flows recorded")
     assert (held["host"], held["port"], held["path"], held["decision"]) == ("127.0.0.1", port, "/mcp", "approved")
     assert held["status_code"] == 200, held
+    cookie, _ = sign_in(rig.ui_url, "alice", "alice" + PASSWORD_SUFFIX)
+    document = rig.http.get(f"{rig.ui_url}/audit/flows/{hold['flow_id']}.json", headers={"Cookie": cookie},
+                            timeout=10).json()
+    recorded_body = json.dumps(document)
+    assert "held for approval" in recorded_body and "deleted sse-approved" in recorded_body  # as sent
     assert (carrier["path"], carrier["decision"], carrier["status_code"]) == ("/mcp", "approved", 200)
 
 

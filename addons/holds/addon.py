@@ -65,6 +65,7 @@ from addons.holds.spec import (
     hold_spec,
 )
 from addons.holds.store import HoldStore
+from addons.masking import streamhooks
 from addons.mcp import jsonrpc
 from addons.mcp.heldstream import HeldStream, HeldStreams
 from addons.querylang.rules import reviewer_view
@@ -469,10 +470,10 @@ class ApprovalsAddon:
         original = self._streamed.pop(flow.id, None)
         if original is None or flow.response is None:
             return
-        flow.response.stream = True
         flow.request = original  # the record shows the call the agent made, not our stream's URL
-        flow.response.headers[DECISION_HEADER] = "held"
-        flow.response.headers[FLOW_ID_HEADER] = flow.id
+        # Streamed as it is written, and kept for the recorder as the agent received it;
+        # the masks ran on the approved call's own flow (masking leaves this one alone).
+        streamhooks.start(flow, self.states.of(flow), None, changes_length=False)
 
     async def _follow(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
                       stream: HeldStream, original: http.Request) -> None:
