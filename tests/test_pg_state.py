@@ -304,3 +304,15 @@ def test_the_live_feed_on_one_gateway_shows_the_other_gateways_holds(cluster):
         assert "rejected" not in b.kinds("f-feed")  # not on B's main bus: B records and notifies nothing
     finally:
         unwatch()
+
+
+def test_a_gateway_started_later_loads_the_holds_and_their_events_once(cluster):
+    a = cluster()
+    hold_on(a, "f-late")
+    a.desk.approve("f-late", FIN1, "before B started")
+    wait_for(lambda: "approved" in a.kinds("f-late"), what="A's decision")
+    b = cluster()
+    time.sleep(3 * b.store.poll_s)  # a few polls over the same rows
+    kinds = [e["kind"] for e in b.desk.events_of("f-late")]
+    assert kinds.count("held") == 1 and kinds.count("approved") == 1, kinds
+    assert b.desk.find("f-late")["status"] == "approved"

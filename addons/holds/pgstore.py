@@ -145,6 +145,7 @@ class PgHoldStore(MemoryHoldStore):
         self._seen: dict[str, int] = {}  # row id -> rev applied
         self._last_rev = 0
         self._last_event = 0
+        self._events_seen: set[int] = set()  # seqs read within the lookback window
         self._queue: queue.Queue[Any] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -499,9 +500,22 @@ class PgHoldStore(MemoryHoldStore):
                 (ids,)).fetchall()
             top = conn.execute("SELECT coalesce(max(seq), 0) FROM portcullis_hold_events").fetchone()
             self._last_event = top[0] if top else 0
+            self._events_seen = {r[2] for r in events if r[2] > self._last_event - REV_LOOKBACK}
             rev = conn.execute("SELECT last_value FROM portcullis_rev").fetchone()
             self._last_rev = rev[0] if rev else 0
             return [tuple(r) for r in holds], [tuple(r) for r in grants], [(r[0], r[1]) for r in events]
+        # Events first: a hold's row commits with (or before) its events, so every event
+        # read here has its hold among the rows read next.
+        # (With the same lookback as revisions, for a transaction that took its seq earlier.)
+        floor = max(0, self._last_event - REV_LOOKBACK)
+        rows = [r for r in conn.execute(
+            "SELECT hold_id, event, seq FROM portcullis_hold_events WHERE seq > %s AND gateway <> %s ORDER BY seq",
+            (floor, self.gateway_id)).fetchall() if r[2] not in self._events_seen]
+        if rows:
+            self._last_event = max(self._last_event, rows[-1][2])
+            self._events_seen.update(r[2] for r in rows)
+            if len(self._events_seen) > 4 * REV_LOOKBACK:
+                self._events_seen = {seq for seq in self._events_seen if seq > floor}
         since = max(0, self._last_rev - REV_LOOKBACK)
         holds = conn.execute(
             "SELECT id, gateway, record, rev, extract(epoch FROM committed_at) FROM portcullis_holds "
@@ -514,11 +528,6 @@ class PgHoldStore(MemoryHoldStore):
             self._last_rev = max(self._last_rev, top[0])
         holds = [tuple(r) for r in holds if self._seen.get(r[0], -1) < r[3]]
         grants = [tuple(r) for r in grants if self._seen.get("g:" + r[0], -1) < r[3]]
-        rows = conn.execute(
-            "SELECT hold_id, event, seq FROM portcullis_hold_events WHERE seq > %s AND gateway <> %s ORDER BY seq",
-            (self._last_event, self.gateway_id)).fetchall()
-        if rows:
-            self._last_event = rows[-1][2]
         return holds, grants, [(r[0], r[1]) for r in rows]
 
     def _sweep(self, conn: psycopg.Connection) -> None:
