@@ -19,10 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import requests
 
 from gateway import workers
+from recordings.lake import Lake, attach, extension_directory
 from review_ui.reviewers import add_reviewer
 from tests.support.gateway import GatewayProcess, free_port
 from tests.support.upstream import UpstreamServer
@@ -113,8 +115,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory, confdir: Path, postgres_dsn: s
     reviewers = directory / "reviewers.yaml"
     _, token = add_reviewer(reviewers, "wanda", [], "wanda-password-1")
     ui_port = free_port()
-    gateway = GatewayProcess(rules, confdir, ["--workers", "2", "--state", postgres_dsn, "--db", "",
+    gateway = GatewayProcess(rules, confdir, ["--workers", "2", "--state", postgres_dsn,
+                                              "--lake", str(directory / "lake"), "--db", str(directory / "gw.duckdb"),
                                               "--ui", f"127.0.0.1:{ui_port}", "--reviewers", str(reviewers)])
+    gateway.lake = directory / "lake"  # type: ignore[attr-defined]
     gateway.ui_port, gateway.token = ui_port, token  # type: ignore[attr-defined]
     gateway.start(timeout=60)
     yield gateway
@@ -154,6 +158,39 @@ def test_both_workers_serve_the_one_address(rig: GatewayProcess, upstream: Upstr
             connection.close()
     # The kernel spreads connections by a hash: 24 on one worker has odds of 2**-23.
     assert set(by_pid) == set(pids), by_pid
+
+
+def test_both_workers_record_into_the_one_lake_each_flow_once(rig: GatewayProcess,
+                                                               upstream: UpstreamServer) -> None:
+    pids = worker_pids(rig)
+    seen: dict[str, int] = {}
+    connections = _connections(rig, 16)
+    try:
+        for connection in connections:
+            for _ in range(3):
+                connection.request("GET", upstream.url("/recorded"))
+                response = connection.getresponse()
+                response.read()
+                seen[response.getheader("X-Portcullis-Flow-Id")] = serving_pid(
+                    pids, rig.port, connection.sock.getsockname()[1])
+    finally:
+        for connection in connections:
+            connection.close()
+    assert set(seen.values()) == set(pids)  # both workers wrote some of them
+    # Each worker keeps its own journal and analyst socket beside its own --db path.
+    assert rig.db.with_name("gw.worker1.duckdb.sock").exists() and Path(f"{rig.db}.sock").exists()
+    lake = Lake.parse(str(rig.lake))  # type: ignore[attr-defined]
+    deadline, counts = time.monotonic() + 20, {}
+    while time.monotonic() < deadline:
+        # An analyst's own DuckDB, read-only, with the pinned extension wheels (offline).
+        with duckdb.connect(config={"extension_directory": str(extension_directory(rig.lake)),  # type: ignore[attr-defined]
+                                    "autoinstall_known_extensions": "false"}) as con:
+            attach(con, lake, read_only=True)
+            counts = dict(con.execute("SELECT id, count(*) FROM flows WHERE path = '/recorded' GROUP BY id").fetchall())
+        if set(counts) >= set(seen):
+            break
+        time.sleep(0.2)
+    assert set(counts) == set(seen) and set(counts.values()) == {1}, (len(counts), len(seen))
 
 
 def test_the_review_ui_is_bound_once_and_guarded_by_every_worker(rig: GatewayProcess,
@@ -267,25 +304,22 @@ def _children(gateway: GatewayProcess) -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
-def test_sigterm_stops_every_worker_cleanly(tmp_path: Path, confdir: Path, upstream: UpstreamServer,
-                                            postgres_dsn: str) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    gateway = GatewayProcess(rules, confdir, ["--workers", "2", "--state", postgres_dsn, "--db", "",
-                                              "--ui", "off"]).start(timeout=60)
-    pids = worker_pids(gateway)
+def test_sigterm_stops_every_worker_cleanly(rig: GatewayProcess, upstream: UpstreamServer) -> None:
+    """The module's last use of the rig: it is stopped here."""
+    pids = _children(rig)
+    assert len(pids) == 2
     session = requests.Session()
     session.trust_env = False
-    session.proxies = {"http": gateway.proxy_url}
+    session.proxies = {"http": rig.proxy_url}
     assert session.get(upstream.url("/hello"), timeout=10).status_code == 200  # a kept-alive connection
-    assert gateway.stop(signal.SIGTERM) == 0
+    assert rig.stop(signal.SIGTERM) == 0
     for pid in pids:  # the supervisor waited for (reaped) each worker before it exited
         assert not os.path.exists(f"/proc/{pid}")
-    assert "Traceback" not in gateway.output, gateway.output
-    assert "2 workers stopped" in gateway.output
+    assert "Traceback" not in rig.output, rig.output
+    assert "2 workers stopped" in rig.output
     with socket.socket() as sock:  # the address is free again
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", gateway.port))
+        sock.bind(("127.0.0.1", rig.port))
 
 
 def test_workers_need_shared_state(tmp_path: Path, confdir: Path) -> None:
