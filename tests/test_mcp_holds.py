@@ -32,6 +32,11 @@ EXTRA_RULES = """
     match: {mcp: {tool: delete_note}}
     action: hold
     reason: "Deleting a note needs a reviewer"
+  - name: mcp-drops-expire
+    match: {mcp: {tool: drop_database}}
+    action: hold
+    reason: "Drops wait briefly"
+    timeout: 2s
 """
 
 
@@ -189,3 +194,18 @@ def test_approved_call_whose_client_gave_up_admits_one_identical_resend(rig, ser
     again = _hold_for(rig, "gave-up")
     assert again["flow_id"] != hold["flow_id"]
     rig.reject("alice", again["flow_id"])
+
+
+def test_expired_held_stream_ends_with_the_json_rpc_expiry(rig, servers):
+    body = {"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+            "params": {"name": "drop_database", "arguments": {"name": "x"}}}
+    started = time.monotonic()
+    with _post(rig, servers["stateless-sse"], body, "application/json, text/event-stream",
+               stream=True, timeout=30) as response:
+        events = [event for _, event in _events(response)]
+    waited = time.monotonic() - started
+    assert events[0].startswith(": held for approval")
+    expiry = json.loads(events[-1].split("data: ", 1)[1])
+    assert (expiry["id"], expiry["error"]["code"], expiry["error"]["data"]["error"]) == (
+        77, -32003, "approval_expired")
+    assert 1.5 < waited < 10
