@@ -14,7 +14,10 @@ found on PATH (python3.12) or under pyenv. Each is reinstalled when pyproject.to
 `dev.py test` runs both lines at once, one pytest each: the running interpreter's line
 the whole suite (printed live), the other line the modules that drive mitmproxy (a real
 gateway or mitmdump, or mitmproxy in-process) except the browser tests (printed when it
-is done). The last line printed is "N passed, N failed" over both lines (failed counts
+is done). Each line's pytest spreads its modules over pytest-xdist workers (pyproject's
+addopts: ``-n auto --dist loadfile``; tests/conftest.py picks 2 workers for a run of many
+modules and none for a few; PORTCULLIS_TEST_WORKERS=N overrides). A module stays on one
+worker, so the gateway its tests share is started once. The last line printed is "N passed, N failed" over both lines (failed counts
 failed tests, errors, and a failed ruff); the exit code is non-zero if anything failed.
 Pytest args that name tests (paths, node ids) replace the default selection on every
 line; other options are added to it. If the other line's

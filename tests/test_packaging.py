@@ -30,10 +30,13 @@ import signal
 import site
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 
 from recordings.control import ask
@@ -102,13 +105,23 @@ class Output:
         raise AssertionError(f"{text!r} not printed:\n" + "\n".join(self.lines))
 
 
-def test_a_wheel_install_runs_with_no_flags_from_anywhere(tmp_path: Path, upstream: UpstreamServer):
+@pytest.fixture
+def short_home() -> Iterator[Path]:
+    """An empty HOME with a short path: the recording's control socket lives beside the
+    database in it, and AF_UNIX paths stop at 107 bytes (tmp_path under pytest-xdist is
+    /tmp/pytest-of-USER/pytest-N/popen-gwN/NAME/, too long for .portcullis/portcullis.duckdb.sock)."""
+    home = Path(tempfile.mkdtemp(prefix="pc-home-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_wheel_install_runs_with_no_flags_from_anywhere(tmp_path: Path, short_home: Path,
+                                                          upstream: UpstreamServer):
     started = time.monotonic()
     source = copy_sources(tmp_path / "src")
     venv = tmp_path / "venv"
     python = fresh_venv(venv)
-    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
-    home.mkdir()
+    home, elsewhere = short_home, tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = clean_env(home)
     install = subprocess.run(
