@@ -12,8 +12,8 @@ maintenance), and serves ``<db>.sock`` (:mod:`recordings.control`), through whic
 
 Messages are pickled tuples (both ends are this code, over a private socket pair):
     gateway -> sink: ("config", dict), ("items", [item, ...]), ("configure", dict), ("stop",)
-        an item is a flows row maker, ("e", maker) for an event (its seq is given here,
-        in arrival order) or ("b", n) for a barrier;
+        an item is a flows row maker, ("e", maker) or ("p", function, args) for an event
+        (its seq is given here, in arrival order) or ("b", n) for a barrier;
     sink -> gateway: ("ready", dict) | ("error", text), ("status", dict), ("barrier", n, ok),
         ("stopped", lost).
 When the gateway's end closes (it exited, even by SIGKILL) the sink writes everything it
@@ -153,7 +153,9 @@ class Sink:
         w = self.writer
         assert w is not None
         for item in items:
-            if isinstance(item, tuple) and item and item[0] == "e":
+            if isinstance(item, tuple) and item and item[0] == "p":
+                w.put_event(partial(item[1], *item[2]))
+            elif isinstance(item, tuple) and item and item[0] == "e":
                 w.put_event(item[1])
             elif isinstance(item, tuple) and item and item[0] == "b":
                 w.barrier(partial(self._answer_barrier, item[1]))

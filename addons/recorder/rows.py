@@ -206,6 +206,11 @@ class FlowRow:
     cap: int
     sent_incomplete_size: int | None  # a stream longer than its capture: its full size
 
+    def __reduce__(self) -> tuple[type, tuple]:
+        # A plain tuple of the fields: pickles ~10x faster than a frozen dataclass's state.
+        return (FlowRow, (self.snapshot, self.path, self.query, self.hidden, self.secrets,
+                          self.request_parts, self.response_parts, self.cap, self.sent_incomplete_size))
+
     def __call__(self) -> dict[str, Any]:
         request_parts, response_parts, hidden = self.request_parts, self.response_parts, self.hidden
         # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
