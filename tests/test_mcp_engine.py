@@ -306,3 +306,33 @@ def test_a_batch_too_large_to_judge_element_by_element_is_refused():
     assert state.decision == "blocked"
     answers = json.loads(flow.response.content)
     assert len(answers) == 101 and answers[0]["error"]["data"]["error"] == "mcp_batch_too_large"
+
+
+# --- the shipped pack (rules/examples/mcp.yaml) ------------------------------------------
+
+
+def test_the_example_pack_decides_as_its_comments_say():
+    from addons.policy.engine import load_policy
+    from gateway.settings import PROJECT_ROOT
+    pack = load_policy(PROJECT_ROOT / "rules" / "examples" / "mcp.yaml")
+
+    def decide(body):
+        flow = mcp_flow(body)
+        flow.request.host, flow.request.port, flow.request.scheme = "mcp.internal.example.com", 443, "https"
+        found = pack.evaluate(RequestView(flow))
+        return found.action, found.rule.name if found.rule else None, flow
+
+    assert decide({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})[:2] == ("allow", "mcp-handshake")
+    assert decide(call(2, "read_note", name="a"))[:2] == ("allow", "read-only-tools")
+    assert decide(call(3, "delete_note", id=7))[:2] == ("hold", "destructive-tools-need-an-owner")
+    assert decide(call(4, "delete_note", ids=[1, 2], all=True))[:2] == ("block", "no-mass-deletes")
+    assert decide(call(5, "drop_table", name="t"))[:2] == ("block", "never-drop")
+    assert decide(call(6, "exec_shell", cmd="ls"))[:2] == ("block", None)  # default
+    flow = decide(call(7, "get_service_account"))[2]
+    masked = pack.evaluate(RequestView(flow))
+    assert masked.action == "allow" and "secrets-tool-masked" in masked.rule_names  # its mask applies
+    _, _, flow = decide({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
+    state = FlowStates().of(flow)
+    hidden = [t for t in ("read_note", "delete_note", "drop_table", "exec_shell", "get_service_account")
+              if always_blocked(pack, flow, state, t)]
+    assert hidden == ["drop_table", "exec_shell"]
