@@ -14,10 +14,12 @@ found on PATH (python3.12) or under pyenv. Each is reinstalled when pyproject.to
 `dev.py test` runs both lines at once, one pytest each: the running interpreter's line
 the whole suite (printed live), the other line the modules that drive mitmproxy (a real
 gateway or mitmdump, or mitmproxy in-process) except the browser tests (printed when it
-is done). Each line's pytest spreads its modules over pytest-xdist workers (pyproject's
+is done). The first line's pytest spreads the suite over 2 pytest-xdist workers (pyproject's
 addopts: ``-n auto --dist loadfile``; tests/conftest.py picks 2 workers for a run of many
-modules and none for a few; PORTCULLIS_TEST_WORKERS=N overrides). A module stays on one
-worker, so the gateway its tests share is started once. The last line printed is "N passed, N failed" over both lines (failed counts
+modules and none for a few; PORTCULLIS_TEST_WORKERS=N overrides); a module stays on one
+worker, so the gateway its tests share is started once. The second line runs in one
+process beside them: the machine's cores are then busy, and more processes would only
+make the timing-sensitive tests (timeouts, expiries) wait for a core. The last line printed is "N passed, N failed" over both lines (failed counts
 failed tests, errors, and a failed ruff); the exit code is non-zero if anything failed.
 Pytest args that name tests (paths, node ids) replace the default selection on every
 line; other options are added to it. If the other line's
@@ -186,8 +188,9 @@ def run_tests(rest: list[str]) -> int:
               f" in the background; output in {log_path.relative_to(ROOT)}", flush=True)
         log = log_path.open("w")
         command = [str(leg.bin / "python"), "-m", "pytest", "-p", "no:cacheprovider", *KEEP_GOING, *selection]
+        environment = {"PORTCULLIS_TEST_WORKERS": "0", **os.environ}  # see the module docstring
         background.append((leg, log_path, log, subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
+            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)))
     print(f"dev.py: ===== Python {legs[0].line} =====", flush=True)
     outputs = [(legs[0], _run_live(legs[0], rest))]
     for leg, log_path, log, process in background:
