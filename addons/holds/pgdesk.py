@@ -119,6 +119,8 @@ class ClusterDesk(HoldDesk):
         assert self.store.pool is not None
         events: list[Event] = []
         refused: DecisionError | None = None
+        # A hold this gateway took a moment ago may still be in its writer's queue.
+        self.store.flush()
         try:
             with self.store.pool.connection() as conn, conn.transaction():
                 row = conn.execute("SELECT record FROM portcullis_holds WHERE id = %s FOR UPDATE",

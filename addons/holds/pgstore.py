@@ -147,6 +147,9 @@ class PgHoldStore(MemoryHoldStore):
         self._last_event = 0
         self._events_seen: set[int] = set()  # seqs read within the lookback window
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._queued = 0  # ops handed to the writer ...
+        self._done = 0  # ... and committed (or given up) by it
+        self._flushed = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -230,9 +233,20 @@ class PgHoldStore(MemoryHoldStore):
         if self.shared:
             claim = hold.collected and not self._was_collected(hold.id)
             self._owner.setdefault(hold.id, self.gateway_id)
-            self._queue.put(("hold", hold_row(hold, self._owner[hold.id], self.gateway_id), claim))
+            self._enqueue(("hold", hold_row(hold, self._owner[hold.id], self.gateway_id), claim))
         super().put(hold)
         self._collected[hold.id] = hold.collected
+
+    def _enqueue(self, op: tuple[Any, ...]) -> None:
+        with self._flushed:
+            self._queued += 1
+        self._queue.put(op)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until what was queued so far is committed (any thread but the loop's)."""
+        with self._flushed:
+            target = self._queued
+            return self._flushed.wait_for(lambda: self._done >= target, timeout)
 
     def pending(self) -> list[HoldRecord]:
         holds = super().pending()
@@ -243,12 +257,12 @@ class PgHoldStore(MemoryHoldStore):
     def put_grant(self, grant: Grant) -> None:
         super().put_grant(grant)
         if self.shared:
-            self._queue.put(("grant", grant.id, grant.flow_id, encode(grant), grant.expires_at, False))
+            self._enqueue(("grant", grant.id, grant.flow_id, encode(grant), grant.expires_at, False))
 
     def remove_grant(self, grant_id: str) -> Grant | None:
         grant = super().remove_grant(grant_id)
         if grant is not None and self.shared:
-            self._queue.put(("grant", grant.id, grant.flow_id, encode(grant), grant.expires_at, True))
+            self._enqueue(("grant", grant.id, grant.flow_id, encode(grant), grant.expires_at, True))
         return grant
 
     def add_event(self, hold_id: str, event: dict[str, Any]) -> None:
@@ -256,7 +270,7 @@ class PgHoldStore(MemoryHoldStore):
             return
         super().add_event(hold_id, event)
         if self.shared and self._quiet is None and hold_id in self._holds:
-            self._queue.put(("event", hold_id, encode(event)))
+            self._enqueue(("event", hold_id, encode(event)))
 
     def _was_collected(self, hold_id: str) -> bool:
         return self._collected.get(hold_id, False)
@@ -398,6 +412,9 @@ class PgHoldStore(MemoryHoldStore):
                 self._writer_failing = False
                 backoff = 0.05
                 batch = []
+                with self._flushed:
+                    self._done += len(ops)
+                    self._flushed.notify_all()
             except psycopg.Error as exc:
                 if not self._writer_failing:
                     log.warning("shared state: cannot commit (%s); retrying until PostgreSQL answers", exc)
