@@ -187,7 +187,7 @@ def test_latency_new_hold_visible_and_click_to_upstream(rig, login):
     arrived: list[float] = []
     rig.upstream.routes["/v1/latency"] = lambda seen: (arrived.append(time.time()), Canned(200, {"ok": True}))[1]
     visible, forwarded = [], []
-    for i in range(5):
+    for i in range(7):  # the first round warms up connections and caches: not counted
         sent = time.time()
         call = rig.agent("POST", f"/v1/latency?t=desk-lat-{i}", json={"n": i},
                          headers={"X-Portcullis-Justification": "latency"})
@@ -207,6 +207,7 @@ def test_latency_new_hold_visible_and_click_to_upstream(rig, login):
         assert len(arrived) == before + 1
         forwarded.append(arrived[-1] - int(review.evaluate("sessionStorage.getItem('clickedAt')")) / 1000)
         review.close()
+    visible, forwarded = visible[1:], forwarded[1:]
     print(f"\nnew hold visible: median {statistics.median(visible) * 1000:.0f} ms, max {max(visible) * 1000:.0f} ms;"
           f" click to upstream: median {statistics.median(forwarded) * 1000:.0f} ms")
     assert max(visible) <= 0.5
