@@ -36,7 +36,6 @@ def add_db_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"the recording (default: {settings.DEFAULT_DB})")
     parser.add_argument("--lake", metavar="DIR|URL", default="",
                         help="read this lake (as given to portcullis run --lake) instead of --db")
-    parser.add_argument("--lake-data", metavar="DIR|S3URL", default="", help=argparse.SUPPRESS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +57,7 @@ def lake_argument(args: argparse.Namespace, command: str) -> Lake | None | bool:
         return None
     try:
         # Readers find the data files in the catalog; --lake-data only matters to writers.
-        return Lake.parse(args.lake, args.lake_data, reading=True)
+        return Lake.parse(args.lake, reading=True)
     except LakeError as exc:
         print(f"portcullis {command}: --lake: {exc}", file=sys.stderr)
         return False
