@@ -25,6 +25,8 @@ What the workers share, and how:
     gets its own sibling path (worker_db: ``portcullis.worker1.duckdb``); a worker that
     dies recovers its own journal when the supervisor restarts it.
 
+Worker 0 starts first and alone: it creates or migrates the shared schemas (state, lake),
+which two fresh processes must not race to do; then the others start together.
 The supervisor prints worker 0's banner once every worker listens, prefixes every other
 line of a worker's output with ``[worker i]``, restarts a worker that dies (at most
 RESTART_BUDGET times a minute; the kernel meanwhile sends new connections to the others),
