@@ -316,3 +316,16 @@ def test_a_gateway_started_later_loads_the_holds_and_their_events_once(cluster):
     kinds = [e["kind"] for e in b.desk.events_of("f-late")]
     assert kinds.count("held") == 1 and kinds.count("approved") == 1, kinds
     assert b.desk.find("f-late")["status"] == "approved"
+
+
+def test_ended_state_is_pruned_after_the_retention(cluster, postgres_dsn):
+    a = cluster()
+    hold_on(a, "f-old")
+    hold_on(a, "f-open")
+    a.desk.reject("f-old", FIN1)
+    a.store.flush()
+    with connect(postgres_dsn, autocommit=True) as conn:
+        PgHoldStore._prune(conn, retention_s=-60)  # everything ended counts as old
+        left = {r[0] for r in conn.execute("SELECT id FROM portcullis_holds WHERE id IN ('f-old', 'f-open')")}
+        events = conn.execute("SELECT count(*) FROM portcullis_hold_events WHERE hold_id = 'f-old'").fetchone()
+    assert left == {"f-open"} and events == (0,)

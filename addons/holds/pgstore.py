@@ -69,6 +69,11 @@ EXPIRY_GRACE_S = 2.0
 #: may commit later); a row already seen at that rev is skipped.
 REV_LOOKBACK = 500
 SWEEP_LOCK = 0x70727467  # "prtg"
+#: Decided holds (and their events), expired or revoked grants and stopped or lost
+#: gateways are deleted from PostgreSQL this long after they ended; the recording keeps
+#: the audit trail. Checked every PRUNE_EVERY_S by the sweeping gateway.
+RETENTION_S = 7 * 86400.0
+PRUNE_EVERY_S = 600.0
 _STOP = object()
 
 _HOLD_UPSERT = """
@@ -155,6 +160,7 @@ class PgHoldStore(MemoryHoldStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bus: EventBus | None = None
         self._last_ok = 0.0
+        self._next_prune = 0.0
         self._writer_failing = False
         self._sync_failing = False
         #: While republishing events already in PostgreSQL: "here" (written by this gateway,
@@ -553,6 +559,9 @@ class PgHoldStore(MemoryHoldStore):
             locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SWEEP_LOCK,)).fetchone()
             if not locked or not locked[0]:
                 return
+            if time.monotonic() >= self._next_prune:
+                self._prune(conn)
+                self._next_prune = time.monotonic() + PRUNE_EVERY_S
             rows = conn.execute(_SWEEP, {"lost_after": self.lost_after_s, "me": self.gateway_id,
                                          "grace": EXPIRY_GRACE_S}).fetchall()
             if not rows:
@@ -569,6 +578,16 @@ class PgHoldStore(MemoryHoldStore):
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.gateway_id))
         log.warning("shared state: closed %d holds of lost gateways or past their deadline", len(rows))
         self._to_loop(self._swept, [(r[0], r[1], r[2], r[3], time.time()) for r in rows], events)
+
+    @staticmethod
+    def _prune(conn: psycopg.Connection, retention_s: float = RETENTION_S) -> None:
+        before = time.time() - retention_s
+        conn.execute("DELETE FROM portcullis_hold_events e USING portcullis_holds h "
+                     "WHERE e.hold_id = h.id AND h.decision IS NOT NULL AND h.decided_at < %s", (before,))
+        conn.execute("DELETE FROM portcullis_holds WHERE decision IS NOT NULL AND decided_at < %s", (before,))
+        conn.execute("DELETE FROM portcullis_grants WHERE expires_at < %s", (before,))
+        conn.execute("DELETE FROM portcullis_gateways WHERE state <> 'up' AND heartbeat_at < to_timestamp(%s)",
+                     (before,))
 
     def _swept(self, rows: list[Any], events: list[Event]) -> None:
         """This gateway's sweep closed these holds: mirror them and put them on record here."""
