@@ -209,3 +209,25 @@ def test_expired_held_stream_ends_with_the_json_rpc_expiry(rig, servers):
     assert (expiry["id"], expiry["error"]["code"], expiry["error"]["data"]["error"]) == (
         77, -32003, "approval_expired")
     assert 1.5 < waited < 10
+
+
+def test_client_that_leaves_a_held_stream_collects_the_approval_with_a_plain_retry(rig, servers):
+    url = servers["stateless-sse"]
+    with _post(rig, url, _call(1, "left-stream"), "application/json, text/event-stream",
+               stream=True, timeout=30) as response:
+        next(_events(response))  # on the held stream ... then the client gives up
+    hold = _hold_for(rig, "left-stream")
+    # the gateway saw the client go (the held flow ended and was recorded) ...
+    rig.wait_for(lambda: any(r["id"] == hold["flow_id"] for r in
+                             rig.api("alice", "GET", "/api/audit/flows?limit=50").json()["flows"]),
+                 what="the held flow's end recorded")
+    assert rig.flow(hold["flow_id"])["status"] == "pending"  # ... and left the hold to its reviewer
+    assert rig.approve("alice", hold["flow_id"]).status_code == 200
+    rig.wait_for(lambda: any(g["flow_id"] == hold["flow_id"]
+                             for g in rig.api("alice", "GET", "/api/grants").json().get("grants", [])),
+                 what="the re-send grant")
+    with _post(rig, url, _call(2, "left-stream"), "application/json, text/event-stream",
+               stream=True, timeout=10) as retry:
+        events = [event for _, event in _events(retry)]
+    assert retry.headers["X-Portcullis-Decision"] == "approved"
+    assert "deleted left-stream" in events[-1]

@@ -147,20 +147,21 @@ def provider_of(host: str) -> str | None:
     return next((p for pattern, p in _PROVIDER_PATTERNS if pattern.match(host)), None)
 
 
-#: flow -> chooser of its shape (addons register them; gone with the flow).
-_choosers: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[], DenialShape | None]] = (
+#: flow -> chooser of its shape (addons register them; gone with the flow: a chooser
+#: is called with the flow and must not hold on to it, or the entry would never die).
+_choosers: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[http.HTTPFlow], DenialShape | None]] = (
     weakref.WeakKeyDictionary())
 
 
-def choose_shape(flow: http.HTTPFlow, chooser: Callable[[], DenialShape | None]) -> None:
-    """Let ``chooser`` pick the denial shape of ``flow`` when it is answered (None: the
-    default for its host)."""
+def choose_shape(flow: http.HTTPFlow, chooser: Callable[[http.HTTPFlow], DenialShape | None]) -> None:
+    """Let ``chooser(flow)`` pick the denial shape of ``flow`` when it is answered (None:
+    the default for its host)."""
     _choosers[flow] = chooser
 
 
 def shape_for(flow: http.HTTPFlow) -> DenialShape:
     chooser = _choosers.get(flow)
-    chosen = chooser() if chooser is not None else None
+    chosen = chooser(flow) if chooser is not None else None
     if chosen is not None:
         return chosen
     provider = provider_of(flow.request.host)

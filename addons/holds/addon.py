@@ -172,6 +172,8 @@ class ApprovalsAddon:
             for timer in self._timers.pop(event.flow_id, ()):
                 timer.cancel()
             self._held.pop(event.flow_id, None)
+            if event.kind != EventKind("approved"):  # an approval may still admit a re-send
+                self._mcp_prints.pop(event.flow_id, None)
             decided = self._decided.get(event.flow_id)
             if decided is not None:
                 decided.set()
@@ -226,6 +228,9 @@ class ApprovalsAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """A flow that died while held (client gone, killed) is abandoned, never forwarded."""
+        self._streamed.pop(flow.id, None)
+        if flow.id in self._mcp_prints:
+            return  # an MCP call stays for its reviewer; approved, its re-send is admitted
         if self.book.abandon(flow.id):
             self.states.of(flow).decision = "abandoned"
 
@@ -338,6 +343,7 @@ class ApprovalsAddon:
             return
         if hold.decision == "approved":
             self.book.mark_collected(hold)
+            self._mcp_prints.pop(hold.id, None)
             self._forward_approved(flow, state, hold)
         else:
             self._deny(flow, state, hold)
@@ -496,6 +502,8 @@ class ApprovalsAddon:
         except Exception:  # noqa: BLE001 - the stream must end whatever happened
             log.exception("held stream of %s failed", hold.id)
         finally:
+            self._mcp_prints.pop(hold.id, None)
+            self.held_streams.streams.pop(stream.token, None)  # never connected: forget it
             stream.close()
 
     async def _await_decision(self, flow: http.HTTPFlow, hold: HoldRecord) -> None:

@@ -162,7 +162,7 @@ class McpAddon:
         if flow.response is not None or flow.error is not None:
             return
         state = self.states.of(flow)
-        choose_shape(flow, lambda: self._shape(flow, state))
+        choose_shape(flow, self._shape)
         call = read_call(flow)
         if call is None:
             return
@@ -177,7 +177,8 @@ class McpAddon:
             refuse(flow, state, 400, "mcp_header_mismatch",
                    f"{mismatch}; the gateway judges the body, so the headers must mirror it")
 
-    def _shape(self, flow: http.HTTPFlow, state: FlowState) -> DenialShape | None:
+    def _shape(self, flow: http.HTTPFlow) -> DenialShape | None:
+        state = self.states.of(flow)
         rule = state.verdict.rule if state.verdict is not None else None
         option = rule.extensions.get("deny_as") if rule is not None else None
         if option == "json":
