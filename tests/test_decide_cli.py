@@ -116,7 +116,7 @@ def test_approve_with_the_token_from_the_environment_forwards_the_request(rig: R
     path = "/v1/refunds?t=cli-approve"
     call = rig.agent("POST", path, json=REFUND)
     hold = rig.wait_held(path)
-    done = cli(rig, "approve", hold["flow_id"], "--comment", "checked with the customer", reviewer="bob")
+    done = main(rig, "approve", hold["flow_id"], "--comment", "checked with the customer", reviewer="bob")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"approved {hold['flow_id']}") and "forwarded now" in done.stdout
     response = call.result(timeout=10)

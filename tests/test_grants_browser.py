@@ -76,8 +76,8 @@ def width(page) -> int:
     return page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
 
 
-@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
-@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize(("viewport", "scheme"), [(DESKTOP, "light"), (PHONE, "dark")],
+                         ids=["desktop-light", "phone-dark"])
 def test_two_grants_for_one_url_are_told_apart_on_any_screen(browser, server, viewport, scheme, tmp_path: Path):
     first, first_grant = granted(server["desk"], next(_n), day=1, uses=2)
     second, second_grant = granted(server["desk"], next(_n), day=2)
