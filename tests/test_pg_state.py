@@ -329,3 +329,15 @@ def test_ended_state_is_pruned_after_the_retention(cluster, postgres_dsn):
         left = {r[0] for r in conn.execute("SELECT id FROM portcullis_holds WHERE id IN ('f-old', 'f-open')")}
         events = conn.execute("SELECT count(*) FROM portcullis_hold_events WHERE hold_id = 'f-old'").fetchone()
     assert left == {"f-open"} and events == (0,)
+
+
+def test_a_write_that_loses_to_a_decision_takes_it_and_wakes_the_holder(cluster, postgres_dsn):
+    a, b = cluster(), cluster()
+    hold_on(a, "f-lose", escalate_after=60.0, escalate_to=frozenset({"security-oncall"}))
+    wait_for(lambda: b.on_loop(b.book.find, "f-lose") is not None, what="B mirrors the hold")
+    a.store._stopping.set()  # A's listener stops: it will not hear of B's decision
+    a.store._threads[1].join(5)
+    b.desk.approve("f-lose", FIN1)
+    assert a.on_loop(a.book.escalate, "f-lose")  # A still sees it pending; its write loses
+    wait_for(lambda: "approved" in a.kinds("f-lose"), what="A to take PostgreSQL's decision and announce it")
+    assert committed(postgres_dsn, "f-lose")[0] == "approved"

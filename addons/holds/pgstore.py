@@ -414,7 +414,7 @@ class PgHoldStore(MemoryHoldStore):
                         conn = connect(self.dsn or "", autocommit=True)
                     lost = self._commit(conn, ops)
                     if lost:
-                        self._to_loop(self._apply, *lost, False)
+                        self._to_loop(self._apply, *lost)  # PostgreSQL decided first: wake our waiter
                 self._writer_failing = False
                 backoff = 0.05
                 batch = []
