@@ -22,6 +22,7 @@ from flask import Flask, g, redirect, request, url_for
 from review_ui import display, errors
 from review_ui.errors import api_error
 from review_ui.highlight import highlight_sql
+from review_ui.holds.api import public
 from review_ui.holds.live import Broker
 from review_ui.reviewers import ReviewerStore
 from review_ui.services import Services
@@ -83,7 +84,7 @@ def create_app(
     )
     broker = Broker()
     app.extensions["portcullis"] = Services(holds, reviewers, broker, recorder, sse_lifetime, replayer,
-                                            unwatch=holds.watch(broker.publish))
+                                            unwatch=holds.watch(lambda kind, data: broker.publish(kind, public(data))))
     # Reviewer sessions live on the server (logout revokes them); in memory unless given one.
     app.extensions["portcullis_sessions"] = session_store if session_store is not None else MemorySessionStore()
     hosts = {h.lower() for h in allowed_hosts}

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
-from addons.core.secretforms import REDACTED, is_secret_param
+from addons.core.secretforms import REDACTED, is_secret_param, redact_url
 
 SUMMARY_MAX = 120
 #: Scalar fields a summary names first (money and who it is for), then the others in order.
@@ -45,26 +45,9 @@ def _decode_pair(piece: str) -> str:
     return name + eq + _decode(value).replace("&", "%26")
 
 
-def redact_query(query: str) -> str:
-    """``query`` with the values of secret-looking parameters replaced by ``[redacted]``
-    (the rest byte for byte)."""
-    if not query:
-        return query
-    out = []
-    for piece in query.split("&"):
-        name, eq, value = piece.partition("=")
-        decoded = dict(parse_qsl(piece, keep_blank_values=True))
-        plain_name = next(iter(decoded), name)
-        if eq and is_secret_param(plain_name, decoded.get(plain_name, value)) and value:
-            piece = f"{name}={REDACTED}"
-        out.append(piece)
-    return "&".join(out)
-
-
 def url_exact(url: str) -> str:
     """The URL as sent, secret query values redacted."""
-    base, sep, query = url.partition("?")
-    return base + sep + redact_query(query) if sep else url
+    return redact_url(url)
 
 
 def url_shown(url: str) -> str:

@@ -25,7 +25,7 @@ from addons.holds.desk import HoldDesk
 from addons.holds.notify import payload
 from addons.holds.spec import Webhook, hold_spec
 from addons.policy.engine import compile_policy
-from addons.recorder.rows import flow_row
+from addons.recorder.rows import event_row, flow_row
 from review_ui import close_app, create_app
 from review_ui.display import (
     body_summary,
@@ -136,6 +136,12 @@ def test_values_masked_without_a_marker_are_marked_by_the_paths_masking_recorded
     assert "masked" not in str(highlight_json(body))
 
 
+def test_a_held_events_url_is_recorded_without_its_query_secrets():
+    row = event_row("f1", "held", time.time(), "gateway",
+                    {"url": f"https://api.example/v1/refunds?api_key={SECRET}&t=1", "rule": "refunds"}, (), 1)
+    assert SECRET not in row["detail"] and json.loads(row["detail"])["url"].endswith(f"api_key={REDACTED}&t=1")
+
+
 def test_the_audit_trail_is_in_the_order_things_happened():
     events = [{"kind": "approved", "at": 3.0, "actor": "bob", "detail": {}},
               {"kind": "held", "at": 1.0, "actor": "gateway", "detail": {}},
@@ -154,6 +160,11 @@ def test_the_review_page_leads_with_the_evidence_and_never_shows_a_query_secret(
     alice = signed_in(app, "alice")
     page = alice.get(f"/flows/{flow_id}").text
     assert SECRET not in page and SECRET not in alice.get("/").text
+    for path in ("/api/pending", f"/api/flows/{flow_id}", "/queue/rows"):
+        assert SECRET not in alice.get(path).text, path
+    backlog = app.extensions["portcullis"].broker._backlog
+    assert any(flow_id in payload for _, _, payload in backlog)
+    assert not any(SECRET in payload for _, _, payload in backlog)  # the live feed
     assert page.index('id="body-summary"') < page.index('id="body"') < page.index('id="decide-form"')
     assert "amount 250 · currency EUR · customer cus_8841" in page
     assert "order=A-7" in page  # decoded for reading

@@ -292,3 +292,30 @@ def query_secrets(query: str) -> set[str]:
         if len(value) >= MIN_QUERY_SECRET and is_secret_param(name, value):
             found.add(value)
     return found
+
+
+def url_query_secrets(url: Any) -> set[str]:
+    """:func:`query_secrets` of a URL (anything not a string has none)."""
+    if not isinstance(url, str) or "?" not in url:
+        return set()
+    return query_secrets(url.partition("?")[2].partition("#")[0])
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the values of its secret-looking query parameters replaced by
+    ``[redacted]``, everything else byte for byte (for events, notifications, the UI)."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    query, hash_sep, fragment = query.partition("#")
+    from urllib.parse import parse_qsl
+
+    out = []
+    for piece in query.split("&"):
+        name, eq, value = piece.partition("=")
+        decoded = parse_qsl(piece, keep_blank_values=True)
+        plain_name, plain_value = decoded[0] if decoded else (name, value)
+        if eq and value and is_secret_param(plain_name, plain_value):
+            piece = f"{name}={REDACTED}"
+        out.append(piece)
+    return base + sep + "&".join(out) + hash_sep + fragment

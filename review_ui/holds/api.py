@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
+from addons.core.secretforms import redact_url
 from addons.holds.book import DecisionError
 from addons.holds.spec import parse_duration
 from review_ui.auth import api_auth_required, current_actor
@@ -26,6 +27,16 @@ from review_ui.services import services
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 COMMENT_MAX = 2000
+
+
+def public(hold: dict[str, Any]) -> dict[str, Any]:
+    """A hold, grant or decision as the API shows it: query secrets in its URL redacted
+    (``?api_key=[redacted]``), as its headers already are."""
+    shown = {**hold, "url": redact_url(hold["url"])} if isinstance(hold.get("url"), str) else dict(hold)
+    if isinstance(shown.get("events"), list):  # the held event repeats the URL
+        shown["events"] = [{**e, "detail": public(e["detail"])} if isinstance(e.get("detail"), dict) else e
+                           for e in shown["events"]]
+    return shown
 
 
 def decision_error(exc: DecisionError) -> Any:
@@ -61,7 +72,7 @@ def may_decide(flow_id: str) -> tuple[bool, str | None]:
 @bp.get("/pending")
 @api_auth_required
 def pending() -> Any:
-    return jsonify({"pending": services().holds.queue()})
+    return jsonify({"pending": [public(h) for h in services().holds.queue()]})
 
 
 @bp.get("/flows/<flow_id>")
@@ -72,7 +83,7 @@ def flow(flow_id: str) -> Any:
         allowed, why = may_decide(flow_id)
     except DecisionError as exc:
         return decision_error(exc)
-    return jsonify({**details, "you_may_decide": allowed, "why_not": why})
+    return jsonify({**public(details), "you_may_decide": allowed, "why_not": why})
 
 
 @bp.get("/flows/<flow_id>/body")
@@ -122,13 +133,13 @@ def _decide(action: Any, flow_id: str, *args: Any) -> Any:
         summary = action(flow_id, current_actor(), *args)
     except DecisionError as exc:
         return decision_error(exc)
-    return jsonify(summary)
+    return jsonify(public(summary))
 
 
 @bp.get("/grants")
 @api_auth_required
 def grants() -> Any:
-    return jsonify({"grants": services().holds.grants()})
+    return jsonify({"grants": [public(g) for g in services().holds.grants()]})
 
 
 @bp.delete("/grants/<grant_id>")
@@ -138,13 +149,13 @@ def revoke(grant_id: str) -> Any:
         grant = services().holds.revoke(grant_id, current_actor())
     except DecisionError as exc:
         return decision_error(exc)
-    return jsonify({"revoked": grant})
+    return jsonify({"revoked": public(grant)})
 
 
 @bp.get("/decisions")
 @api_auth_required
 def decisions() -> Any:
-    return jsonify({"decisions": services().holds.history()})
+    return jsonify({"decisions": [public(d) for d in services().holds.history()]})
 
 
 def still_signed_in() -> bool:
