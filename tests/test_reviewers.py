@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from gateway.settings import PROJECT_ROOT
+from gateway.cli import main
 from review_ui.reviewers import ReviewersError, ReviewerStore, add_reviewer, verify_secret
 
 
@@ -51,24 +47,19 @@ def test_verify_secret_rejects_malformed_hashes():
     assert not verify_secret("x", "scrypt$notanumber$8$1$AA==$AA==")
 
 
-def test_cli_generates_password_and_token_once(tmp_path):
+def test_cli_generates_password_and_token_once(tmp_path, capsys):
+    # In process (the command's start-up costs a second of CPU): the same main() the
+    # console script calls, its stdin not a terminal (pytest's), as with stdin=/dev/null.
     path = tmp_path / "reviewers.yaml"
-    run = subprocess.run(
-        [sys.executable, "-m", "gateway", "reviewer", "add", "carol", "--groups", "oncall, security",
-         "--file", str(path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
-        env={**os.environ},
-    )
-    assert run.returncode == 0, run.stderr
-    lines = dict(line.split(": ", 1) for line in run.stdout.splitlines())
+    code = main(["reviewer", "add", "carol", "--groups", "oncall, security", "--file", str(path)])
+    run = capsys.readouterr()
+    assert code == 0, run.err
+    lines = dict(line.split(": ", 1) for line in run.out.splitlines())
     store = ReviewerStore(path)
     assert store.authenticate("carol", lines["password"]).groups == frozenset({"oncall", "security"})
     assert store.by_token(lines["api token"]).name == "carol"
-    again = subprocess.run(
-        [sys.executable, "-m", "gateway", "reviewer", "add", "carol", "--file", str(path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
-    )
-    assert again.returncode == 1 and "already exists" in again.stderr
+    again = main(["reviewer", "add", "carol", "--file", str(path)])
+    assert again == 1 and "already exists" in capsys.readouterr().err
 
 
 def test_anchors_and_aliases_are_refused_with_their_position():
