@@ -336,3 +336,20 @@ def test_the_example_pack_decides_as_its_comments_say():
     hidden = [t for t in ("read_note", "delete_note", "drop_table", "exec_shell", "get_service_account")
               if always_blocked(pack, flow, state, t)]
     assert hidden == ["drop_table", "exec_shell"]
+
+
+def test_injected_secrets_never_reach_the_review_description():
+    with taddons.context():
+        states, policy, mcp = _addons(RULES)
+        flow = mcp_flow(call(1, "refund", amount=5, token="sk-live-123"), [("Mcp-Session-Id", "s9")])
+        _run((states, policy, mcp), flow)
+        states.of(flow).secrets.add("sk-live-123")
+        flow.response = tflow.tresp()
+        mcp.response(flow)
+        later = mcp_flow(call(2, "refund", amount=6), [("Mcp-Session-Id", "s9")])
+        _run((states, policy, mcp), later)
+        states.of(later).secrets.add("sk-live-123")
+        described = mcp.describe(flow, states.of(flow))
+        earlier = mcp.describe(later, states.of(later))["earlier"]
+    assert "sk-live-123" not in json.dumps(described) and "[redacted]" in described["arguments"]
+    assert "sk-live-123" not in json.dumps(earlier) and "[redacted]" in earlier[0]["arguments"]

@@ -40,6 +40,7 @@ from addons.core.replies import (
     provider_of,
     refuse,
 )
+from addons.core.secretforms import REDACTED
 from addons.mcp import jsonrpc, toolslist
 from addons.mcp.rules import ListProbe, focused
 from addons.mcp.toolslist import SseFilter
@@ -150,8 +151,8 @@ class McpAddon:
             "server": flow.request.pretty_url,
             "method": message.method,
             "tool": message.target if isinstance(message.target, str) else None,
-            "arguments": json.dumps(arguments, indent=2, ensure_ascii=False, sort_keys=True)
-            if arguments is not None else None,
+            "arguments": _scrub(json.dumps(arguments, indent=2, ensure_ascii=False, sort_keys=True),
+                                state.secrets) if arguments is not None else None,
             "session": flow.request.headers.get(SESSION_HEADER),
             "earlier": self.earlier_calls(flow, state),
         }
@@ -218,7 +219,7 @@ class McpAddon:
             self._sessions.popitem(last=False)
         for message in calls:
             seen.append({"flow_id": flow.id, "at": time.time(), "tool": message.name,
-                         "arguments": jsonrpc.canonical(message.arguments)[:500],
+                         "arguments": _scrub(jsonrpc.canonical(message.arguments), state.secrets)[:500],
                          "decision": state.decision})
 
     def hidden_tools(self, flow: http.HTTPFlow, state: FlowState) -> Callable[[str], bool] | None:
@@ -251,6 +252,13 @@ class McpAddon:
             flow.response.headers[TOOLS_HIDDEN_HEADER] = str(len(removed))
             log.info("hid %d tools from %s for %s: %s", len(removed), flow.request.pretty_url,
                      state.identity, ", ".join(removed)[:500])
+
+
+def _scrub(text: str, secrets: set[str]) -> str:
+    """Values the gateway injected never reach a reviewer (as in the shown body)."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def always_blocked(policy: Any, flow: http.HTTPFlow, state: FlowState, tool: str) -> bool:
