@@ -122,6 +122,11 @@ def test_the_approved_page_and_the_grants_page_show_the_full_scope_and_each_use(
     assert "day=2" in two and "day=2" not in one and print1.body_sha256 not in two
     assert re.search(r'data-deadline="([\d.]+)"', one).group(1) != re.search(r'data-deadline="([\d.]+)"', two).group(1)
     assert "Not used yet." in two
+    # The Decisions page's short list tells them apart too, and links to the full scope.
+    decisions = bob.get("/decisions").text
+    for grant_id, summary in ((grant1, "day=1, format="), (grant2, "day=2, format=")):
+        row = re.search(rf'<tr data-grant-id="{grant_id}">.*?</tr>', decisions, re.S).group(0)
+        assert f'href="/grants#grant-{grant_id}"' in row and summary in row
 
 
 def test_revoke_from_the_approved_page_returns_there_and_from_the_grants_page_to_it(app, desk, tokens_and_file):
