@@ -341,3 +341,14 @@ def test_a_write_that_loses_to_a_decision_takes_it_and_wakes_the_holder(cluster,
     assert a.on_loop(a.book.escalate, "f-lose")  # A still sees it pending; its write loses
     wait_for(lambda: "approved" in a.kinds("f-lose"), what="A to take PostgreSQL's decision and announce it")
     assert committed(postgres_dsn, "f-lose")[0] == "approved"
+
+
+def test_without_a_dsn_the_store_is_the_memory_store_and_keeps_nothing_else():
+    store = PgHoldStore(history_max=5)
+    book = HoldBook(store, EventBus())
+    for n in range(50):
+        book.hold(hold_record(f"m-{n}", time.time()))
+        book.reject(f"m-{n}", FIN1)
+    assert not store.shared and store.healthy and len(store._holds) == 5
+    assert store._collected == {} and store._owner == {} and store._seen == {}
+    assert store._queue.empty()

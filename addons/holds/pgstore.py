@@ -240,8 +240,8 @@ class PgHoldStore(MemoryHoldStore):
             claim = hold.collected and not self._was_collected(hold.id)
             self._owner.setdefault(hold.id, self.gateway_id)
             self._enqueue(("hold", hold_row(hold, self._owner[hold.id], self.gateway_id), claim))
-        super().put(hold)
-        self._collected[hold.id] = hold.collected
+            self._collected[hold.id] = hold.collected
+        super().put(hold)  # memory mode: exactly the MemoryHoldStore, nothing else kept
 
     def _enqueue(self, op: tuple[Any, ...]) -> None:
         with self._flushed:
@@ -283,8 +283,8 @@ class PgHoldStore(MemoryHoldStore):
 
     def _trim(self) -> None:
         super()._trim()
-        if len(self._owner) > 2 * self.history_max:
-            for stale in [k for k in self._owner if k not in self._holds]:
+        if len(self._owner) > 2 * self.history_max or len(self._collected) > 2 * self.history_max:
+            for stale in [k for k in {**self._owner, **self._collected} if k not in self._holds]:
                 self._owner.pop(stale, None)
                 self._collected.pop(stale, None)
         if len(self._seen) > 4 * self.history_max:
