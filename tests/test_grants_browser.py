@@ -92,6 +92,10 @@ def test_two_grants_for_one_url_are_told_apart_on_any_screen(browser, server, vi
         assert one.locator(".g-request").inner_text().startswith("GET https://api.example/v1/reports/daily")
         assert width(page) <= viewport["width"], f"/grants scrolls sideways: {width(page)} px"
         assert axe.serious(page) == [], axe.serious(page)
+        page.goto(server["url"] + "/decisions")
+        assert page.locator(f'tr[data-grant-id="{second_grant}"] .g-scope-link').inner_text().startswith("day=2")
+        assert width(page) <= viewport["width"], f"/decisions scrolls sideways: {width(page)} px"
+        assert axe.serious(page) == [], axe.serious(page)
         page.goto(server["url"] + f"/flows/{first}")
         assert page.locator(f"#grant-{first_grant} .g-identity").inner_text() == "billing-agent"
         assert width(page) <= viewport["width"], f"the approved page scrolls sideways: {width(page)} px"
