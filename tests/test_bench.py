@@ -44,3 +44,27 @@ def test_python_m_bench_runs_a_tiny_side_by_side(tmp_path: Path) -> None:
     markdown = (out / "latest.md").read_text()
     assert "| portcullis-10 | 16 |" in markdown
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_python_m_bench_workers_runs_a_tiny_scaling_table(tmp_path: Path, postgres_dsn: str) -> None:
+    """bench/workers.py at toy size: every scenario went through what it claims (a sample
+    request through each gateway is masked), 2 workers really are 2 processes, and the
+    ratios the issue's targets name are computed."""
+    out = tmp_path / "workers.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.workers", "--workers", "1,2", "--recording", "off", "--state", postgres_dsn,
+         "--duration", "0.5", "--warmup", "0.3", "--repetitions", "1", "--json", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["scenarios"]) == {"direct", "bare", "gw1", "gw1-off", "gw2-off"}
+    assert result["notes"] == [] and result["problems"] == []
+    for entry in result["scenarios"].values():
+        cell = entry["clients"]["16"]
+        assert cell["rps"] > 0 and cell["errors"] == {} and set(cell["statuses"]) == {"200"}
+        assert cell["cpu_ms_per_request"] > 0  # the gateway's own CPU (all its workers' for gw2)
+    assert "2 workers" in result["scenarios"]["gw2-off"]["label"]
+    assert set(result["ratios"]["16"]) == {"gw1_over_bare", "gw1_over_bare_best", "gw2-off_over_gw1-off",
+                                           "gw2-off_over_gw1-off_best"}
+    assert "| gw2-off: Portcullis, 2 workers, recording off |" in done.stdout
