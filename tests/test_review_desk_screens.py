@@ -179,6 +179,31 @@ def test_values_masked_with_keep_last_or_null_are_marked_and_removed_ones_named(
         context.close()
 
 
+def test_a_query_secret_is_redacted_in_the_recording_the_queue_and_the_pages(browser, rig, seeded):
+    secret = "sk_live_" + "Q" * 24
+    allowed = rig.call("GET", f"/v1/orders/A-9?api_key={secret}&t=screens-secret")
+    assert allowed.status_code == 200 and secret in allowed.json()["path"]  # the upstream got it as sent
+    call = rig.agent("POST", f"/v1/refunds?api_key={secret}&t=screens-secret", json=REFUND)
+    hold = rig.wait_held("/v1/refunds?api_key=[redacted]&t=screens-secret")  # the API shows it redacted
+    flows = rig.wait_for(lambda: rig.api("alice", "GET", "/api/audit/flows", params={"path": "/v1/orders/A-9"})
+                         .json().get("flows"), what="the flow to be recorded")
+    assert flows[0]["query"] == "api_key=[redacted]&t=screens-secret"
+    context, page = signed_in(browser, rig, DESKTOP, "light")
+    try:
+        for path in ("/", f"/flows/{hold['flow_id']}", f"/audit/flows/{flows[0]['id']}", "/audit/flows"):
+            page.goto(rig.ui_url + path)
+            assert secret not in page.content(), path
+        rig.reject("bob", hold["flow_id"], "test over")
+        call.result(timeout=10)
+        rig.wait_for(lambda: rig.api("alice", "GET", "/api/audit/flows", params={"path": "/v1/refunds"})
+                     .json().get("flows"), what="the rejected hold to be recorded")
+        page.goto(rig.ui_url + "/audit/sql?" + urlencode({"q": "SELECT detail FROM events WHERE kind = 'held'"}))
+        expect(page.locator("#sql-results")).to_contain_text("screens-secret")
+        assert secret not in page.content()  # the held event's URL, in the recording
+    finally:
+        context.close()
+
+
 def test_there_is_a_favicon(rig):
     response = rig.http.get(rig.ui_url + "/favicon.ico", timeout=5, allow_redirects=True)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("image/")

@@ -301,6 +301,17 @@ def url_query_secrets(url: Any) -> set[str]:
     return query_secrets(url.partition("?")[2].partition("#")[0])
 
 
+def detail_query_secrets(detail: Any) -> set[str]:
+    """Query secrets in an event's details: any top-level text that is a URL, a request
+    target or a query string (``url``, ``target``, ``query``, ...)."""
+    found: set[str] = set()
+    if isinstance(detail, dict):
+        for value in detail.values():
+            if isinstance(value, str) and "=" in value:
+                found |= url_query_secrets(value) if "?" in value else query_secrets(value)
+    return found
+
+
 def redact_url(url: str) -> str:
     """``url`` with the values of its secret-looking query parameters replaced by
     ``[redacted]``, everything else byte for byte (for events, notifications, the UI)."""

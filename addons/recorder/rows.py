@@ -25,7 +25,7 @@ from mitmproxy import http
 from mitmproxy.net import encoding
 
 from addons.core.flowstate import FlowState
-from addons.core.secretforms import REDACTED, query_secrets, url_query_secrets
+from addons.core.secretforms import REDACTED, detail_query_secrets, query_secrets
 from recordings.store import micros
 
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -238,8 +238,8 @@ class FlowRow:
 
 def event_row(flow_id: str, kind: str, at: float, actor: str, detail: dict[str, Any],
               secrets: Iterable[str], seq: int) -> dict[str, Any]:
-    # A held request's URL in the event may carry ?api_key=...: redacted like the flow's query.
-    redactor = redactor_for(frozenset(secrets) | url_query_secrets(detail.get("url")))
+    # An event's URL or query may carry ?api_key=...: redacted like the flow's query.
+    redactor = redactor_for(frozenset(secrets) | detail_query_secrets(detail))
     text = json.dumps(detail, ensure_ascii=False, default=str)
     if redactor.forms:
         # Redact the decoded values, not the JSON text, so the result stays valid JSON.
