@@ -231,3 +231,27 @@ def test_client_that_leaves_a_held_stream_collects_the_approval_with_a_plain_ret
         events = [event for _, event in _events(retry)]
     assert retry.headers["X-Portcullis-Decision"] == "approved"
     assert "deleted left-stream" in events[-1]
+
+
+def test_retry_while_the_given_up_call_still_waits_joins_its_hold(rig, servers):
+    url = servers["stateless-json"]
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _post(rig, url, _call(1, "joined"), "application/json", timeout=1.0)
+    hold = _hold_for(rig, "joined")
+    with ThreadPoolExecutor(1) as pool:  # the retry, before anyone decided
+        retry = pool.submit(_post, rig, url, _call(2, "joined"), "application/json", timeout=20)
+        rig.wait_for(lambda: f"waits for the pending hold {hold['flow_id']}" in rig.gateway.output,
+                     what="the retry to join the hold")
+        pending = [h for h in rig.api("alice", "GET", "/api/pending").json()["pending"]
+                   if '"joined"' in rig.flow(h["flow_id"]).get("body", "")]
+        assert [h["flow_id"] for h in pending] == [hold["flow_id"]]  # no second hold
+        assert rig.approve("alice", hold["flow_id"]).status_code == 200
+        answer = retry.result()
+    assert answer.json()["result"]["content"][0]["text"] == "deleted joined"
+    assert answer.headers["X-Portcullis-Decision"] == "approved"
+    # the approval was used by the retry: no re-send grant is left for a third call
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _post(rig, url, _call(3, "joined"), "application/json", timeout=1.0)
+    again = _hold_for(rig, "joined")
+    assert again["flow_id"] != hold["flow_id"]
+    rig.reject("alice", again["flow_id"])

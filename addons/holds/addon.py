@@ -211,6 +211,10 @@ class ApprovalsAddon:
             state.decision = "approved"
             state.actor = grant.created_by
             return
+        pending = self._pending_resend(state.identity, mcp_print, verdict_print) if mcp_print else None
+        if pending is not None:  # a retry while the call its client gave up on still waits
+            await self._join(flow, state, pending, mcp_print, verdict_print)
+            return
         body = self._holdable(flow, state)
         if body is None:
             return
@@ -442,6 +446,51 @@ class ApprovalsAddon:
         return RequestPrint(method="MCP tools/call", url=flow.request.pretty_url, headers=(),
                             body_sha256=sha256(jsonrpc.canonical(
                                 {"tool": message.name, "arguments": message.arguments})))
+
+    def _pending_resend(self, identity: str, mcp_print: RequestPrint,
+                        verdict: VerdictPrint) -> HoldRecord | None:
+        """A pending hold of the identical MCP call whose client is gone, if there is one."""
+        for hold_id, held_print in list(self._mcp_prints.items()):
+            if held_print != mcp_print:
+                continue
+            hold = self.book.find(hold_id)
+            waiter = self.waiting.get(hold_id)
+            if hold is not None and hold.decision is None and hold.identity == identity \
+                    and hold.verdict == verdict and (waiter is None or client_gone(waiter)):
+                return hold
+        return None
+
+    async def _join(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
+                    mcp_print: RequestPrint, verdict: VerdictPrint) -> None:
+        """Wait for the decision of ``hold`` in this (re-sent) flow: no second hold."""
+        log.info("re-sent MCP call %s waits for the pending hold %s", flow.id, hold.id)
+        state.decision = "held"
+        decided = self._decided.setdefault(hold.id, asyncio.Event())
+        self.waiting[hold.id] = flow
+        try:
+            await asyncio.wait_for(decided.wait(), timeout=max(0.0, hold.deadline - time.time()))
+        except TimeoutError:
+            self.book.expire(hold.id)
+        finally:
+            if self.waiting.get(hold.id) is flow:
+                self.waiting.pop(hold.id, None)
+        hold = self.book.get(hold.id)
+        if hold.decision == "approved" and not client_gone(flow):
+            # The first waiter may have turned the approval into a re-send grant already.
+            grant = self.book.use_grant(flow.id, state.identity, mcp_print, verdict)
+            if grant is None and hold.collected:
+                refuse(flow, state, 409, "approval_already_used", "this approval was already used once",
+                       approval=hold.id)
+                return
+            if grant is None:
+                self.book.mark_collected(hold)
+            state.decision, state.actor, state.reason = "approved", hold.decided_by, hold.spec.reason
+        elif hold.decision == "approved" or hold.decision == "abandoned":
+            state.decision = "abandoned"
+            if flow.killable:
+                flow.kill()
+        else:
+            self._deny(flow, state, hold)
 
     def _admit_resend(self, hold: HoldRecord) -> None:
         mcp_print = self._mcp_prints.pop(hold.id, None)
