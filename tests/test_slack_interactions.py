@@ -272,3 +272,15 @@ def test_where_the_rule_makes_the_comment_optional_the_modal_may_be_left_empty(r
     assert field["optional"] is True and "min_length" not in field["element"]
     assert slack.submit(request_url(rig), trigger, SLACK_USERS["dave"], None).json() == {"response_action": "clear"}
     assert call.result(timeout=10).status_code == 403
+
+
+def test_last_a_stopping_gateway_says_so_in_the_messages_of_its_pending_holds(rig, slack):
+    """Stops the module's gateway: keep this test last in the module."""
+    path = "/v1/refunds?t=slack-shutdown"
+    pending = rig.call("POST", path, json=REFUND, headers={"X-Portcullis-Wait": "async"})
+    assert pending.status_code == 202
+    message = slack.message_for(pending.json()["flow_id"])
+    assert "Waiting for a decision" in message.status
+    rig.gateway.stop()
+    status = updated(slack, message, "Expired")
+    assert "the gateway stopped" in status and message.button("portcullis_approve") is None

@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,6 +57,8 @@ SLACK_EVENTS = frozenset({"held", "approval", "escalated", "approved", "rejected
 SECTION_MAX, FIELD_MAX, CONFIRM_MAX = 3000, 2000, 300
 #: Holds whose Slack message is remembered (channel, ts) for updates.
 MESSAGES_KEPT = 5000
+#: How long a stopping gateway waits for queued Slack updates (its expired holds).
+STOP_DRAIN_S = 3.0
 #: Where Slack's ``response_url`` (for ephemeral answers) may point besides the Web API's host.
 SLACK_RESPONSE_HOSTS = ("hooks.slack.com",)
 
@@ -217,16 +219,23 @@ class SlackPoster:
         #: flow id -> (channel, ts) of its message, for chat.update.
         self.messages: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._queued: set[Future] = set()
 
     def start(self) -> None:
         if self.pool is None:
             # One thread: a hold's chat.postMessage always happens before its chat.update.
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portcullis-slack")
 
-    def stop(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+    def stop(self, drain_s: float = STOP_DRAIN_S) -> None:
+        """Stop, after up to ``drain_s`` for the queued deliveries: the gateway expires its
+        pending holds as it stops, and their messages should say so, not "waiting"."""
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        with self._lock:
+            queued = list(self._queued)
+        wait(queued, timeout=drain_s)
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def signing_secret(self) -> str | None:
         settings = self.settings()
@@ -238,7 +247,11 @@ class SlackPoster:
         if settings is None or pool is None or kind not in SLACK_EVENTS:
             return
         work = self._post if kind == "held" else self._update
-        pool.submit(self._guarded, work, settings, hold)
+        self._track(pool.submit(self._guarded, work, settings, hold))
+
+    def _track(self, future: Future) -> None:
+        with self._lock:
+            self._queued = {f for f in self._queued if not f.done()} | {future}
 
     def _guarded(self, work: Callable[..., None], *args: Any) -> None:
         try:
