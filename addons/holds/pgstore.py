@@ -540,18 +540,22 @@ class PgHoldStore(MemoryHoldStore):
             if len(self._events_seen) > 4 * REV_LOOKBACK:
                 self._events_seen = {seq for seq in self._events_seen if seq > floor}
         since = max(0, self._last_rev - REV_LOOKBACK)
+        top = conn.execute("SELECT last_value FROM portcullis_rev").fetchone()
+        # Which rows moved (ids and revs only: the window is re-read every time), then the
+        # records of those not applied yet.
+        moved = conn.execute("SELECT id, rev FROM portcullis_holds WHERE rev > %s AND writer <> %s",
+                             (since, self.gateway_id)).fetchall()
+        wanted = [hold_id for hold_id, rev in moved if self._seen.get(hold_id, -1) < rev]
         holds = conn.execute(
             "SELECT id, gateway, record, rev, extract(epoch FROM committed_at) FROM portcullis_holds "
-            "WHERE rev > %s AND writer <> %s ORDER BY rev", (since, self.gateway_id)).fetchall()
+            "WHERE id = ANY(%s) AND writer <> %s ORDER BY rev", (wanted, self.gateway_id)).fetchall() if wanted else []
         grants = conn.execute(
             "SELECT id, record, removed, rev FROM portcullis_grants WHERE rev > %s AND writer <> %s ORDER BY rev",
             (since, self.gateway_id)).fetchall()
-        top = conn.execute("SELECT last_value FROM portcullis_rev").fetchone()
         if top:
             self._last_rev = max(self._last_rev, top[0])
-        holds = [tuple(r) for r in holds if self._seen.get(r[0], -1) < r[3]]
         grants = [tuple(r) for r in grants if self._seen.get("g:" + r[0], -1) < r[3]]
-        return holds, grants, [(r[0], r[1]) for r in rows]
+        return [tuple(r) for r in holds], grants, [(r[0], r[1]) for r in rows]
 
     def _sweep(self, conn: psycopg.Connection) -> None:
         """Close what dead gateways left (one gateway at a time: an advisory lock)."""
