@@ -12,6 +12,7 @@ the paths the masking event recorded (``$.items[*].email``): pass them as ``mask
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from markupsafe import Markup, escape
@@ -82,6 +83,56 @@ def _render(value: Any, depth: int, out: list[str], path: tuple[Any, ...] = (),
         out.append(f"{pad}]")
     else:
         out.append(_scalar(value, bool(masked) and render_path(path) in masked))
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null|[{}\[\],:]|\s+|.',
+                         re.DOTALL)
+
+
+def highlight_json_prefix(text: str | None) -> Markup | None:
+    """A JSON document cut short (the first 64 KiB of a held body) laid out and coloured
+    token by token: the same indentation and classes as :func:`highlight_json`, every
+    character kept (escaped), an unterminated last string or object shown as it ends.
+    None when the text does not start like JSON."""
+    if not text or len(text) > HIGHLIGHT_MAX or text.lstrip()[:1] not in ("{", "["):
+        return None
+    out: list[str] = []
+    depth, expect_key, after_open = 0, False, False
+    stack: list[str] = []
+    for token in _JSON_TOKEN.findall(text):
+        if token.isspace():
+            continue
+        if after_open and token not in ("}", "]"):
+            out.append("\n" + INDENT * depth)
+        after_open = False
+        if token in ("{", "["):
+            stack.append(token)
+            depth += 1
+            expect_key = token == "{"
+            out.append(token)
+            after_open = True
+        elif token in ("}", "]"):
+            depth = max(0, depth - 1)
+            if stack:
+                stack.pop()
+            out.append(("\n" + INDENT * depth if out and out[-1] not in ("{", "[") else "") + token)
+            expect_key = False
+        elif token == ",":
+            out.append(",\n" + INDENT * depth)
+            expect_key = bool(stack) and stack[-1] == "{"
+        elif token == ":":
+            out.append(": ")
+            expect_key = False
+        elif token.startswith('"'):
+            css = "j-key" if expect_key else ("j-str masked" if is_masked(token) else "j-str")
+            out.append(f'<span class="{css}">{escape(token)}</span>')
+        elif token in ("true", "false", "null"):
+            out.append(f'<span class="j-lit">{token}</span>')
+        elif token[0] in "-0123456789":
+            out.append(f'<span class="j-num">{escape(token)}</span>')
+        else:
+            out.append(str(escape(token)))
+    return Markup("".join(out))
 
 
 #: sqlglot token types shown as string literals and as quoted names.

@@ -181,6 +181,23 @@ def test_the_review_page_works_on_a_phone(rig, login):
     assert call.result(timeout=10).status_code == 200
 
 
+def test_a_long_body_is_folded_and_unfolds(rig, login):
+    page = login("bob")
+    body = {"items": [{"sku": f"A-{i}", "qty": i} for i in range(200)]}
+    call = rig.agent("POST", "/v1/refunds?t=desk-fold", json=body)
+    hold = rig.wait_held("/v1/refunds?t=desk-fold")
+    page.goto(f"{rig.ui_url}/flows/{hold['flow_id']}")
+    pre = page.locator("#body")
+    folded = pre.bounding_box()["height"]
+    assert folded < 500  # about a screen's worth, then the decision
+    assert page.locator("#approve").bounding_box()["y"] < 1400
+    page.click("#body-unfold")
+    expect(page.locator("#body-unfold")).to_have_attribute("aria-expanded", "true")
+    assert pre.bounding_box()["height"] > folded
+    rig.reject("bob", hold["flow_id"], "test over")
+    call.result(timeout=10)
+
+
 def test_latency_new_hold_visible_and_click_to_upstream(rig, login):
     page = login("alice")
     page.evaluate(ROW_WATCH)

@@ -199,6 +199,18 @@ def test_a_bad_summary_template_is_refused_with_file_and_line(template, message)
     assert "rules.yaml:6:5: rules[0].summary:" in str(caught.value) and message in str(caught.value)
 
 
+def test_a_body_cut_at_64_kib_is_still_laid_out_coloured_and_folded(app, desk):
+    items = [{"sku": f"A-{i}", "qty": i} for i in range(3000)]
+    cut = json.dumps({"items": items})[:64 * 1024]
+    flow_id = held(desk, body=cut.encode())
+    page = signed_in(app, "alice").get(f"/flows/{flow_id}").text
+    body = page[page.index('class="fold'):page.index('id="decide"')]
+    assert 'class="fold folded"' in body and "body-unfold" in body  # longer than a screen: folded
+    assert body.count('<span class="j-key">&#34;sku&#34;</span>') > 1000
+    assert '\n      <span class="j-key">&#34;qty&#34;</span>: <span class="j-num">1</span>\n' in body
+    decide(signed_in(app, "bob"), flow_id, "reject", "test over")
+
+
 def test_a_rejection_needs_a_comment(app, desk):
     flow_id = held(desk)
     alice = signed_in(app, "alice")

@@ -21,7 +21,7 @@ from addons.holds.spec import format_duration, parse_duration
 from review_ui.audit.sessions import identity_flows
 from review_ui.auth import current_actor, login_required
 from review_ui.display import body_summary, query_params
-from review_ui.highlight import highlight_json
+from review_ui.highlight import highlight_json, highlight_json_prefix
 from review_ui.holds.api import COMMENT_MAX, flow_details, held_body_response, may_decide
 from review_ui.services import services
 
@@ -182,7 +182,10 @@ def render_review(flow_id: str, error: str | None = None, status: int = 200, com
     except DecisionError as exc:
         abort(exc.status, exc.message)
     body, is_json = pretty_body(flow["body"])
-    highlighted = highlight_json(flow["body"]) if is_json else None
+    # A body cut at 64 KiB (or with a repeated key) is not a document: laid out token by token.
+    highlighted = highlight_json(flow["body"]) if is_json else highlight_json_prefix(flow["body"])
+    if highlighted is not None:
+        body = str(highlighted)  # only its line count is used below
     return render_template(
         "review.html", flow=flow, body=body, body_is_json=is_json, body_html=highlighted,
         body_lines=body.count("\n") + 1 if body else 0, fold_lines=FOLD_LINES,
