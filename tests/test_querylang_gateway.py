@@ -168,9 +168,9 @@ def test_graphql_operations(post, upstream, body, status):
     assert reached(upstream, json.dumps(body)) == (status == 200)
 
 
-def test_classification_is_recorded_and_queryable(start_gateway, upstream):
-    # Its own gateway: reading the recording means stopping the gateway that wrote it.
-    gateway = start_gateway(RULES_OK, "--ui", "off")
+def test_classification_is_recorded_and_queryable(gateway, upstream):
+    # The last test of the shared gateway: reading the recording means stopping the
+    # gateway that wrote it (the tests below have a rig or no gateway of their own).
     upstream.routes["/api/v2/statements"] = lambda seen: Canned(200, {"data": []})
     proxies = {"http": gateway.proxy_url}
     for path, body in (("/api/v2/statements", {"statement": "DELETE FROM analytics.events"}),
