@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add.add_argument("--no-token", action="store_true", help="do not create an API token")
     add.add_argument("--replace", action="store_true", help="replace an existing reviewer")
+    add.add_argument("--slack-user", metavar="MEMBER_ID",
+                     help="the reviewer's Slack member id, for decisions from Slack (docs/review.md)")
     add.set_defaults(handler=handle_add)
 
 
@@ -52,7 +54,8 @@ def handle_add(args: argparse.Namespace) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     try:
         clear_password, token = add_reviewer(args.file, args.name, groups, password or None,
-                                             token=not args.no_token, replace=args.replace)
+                                             token=not args.no_token, replace=args.replace,
+                                             slack_user=args.slack_user)
     except (ReviewersError, OSError) as exc:
         print(f"portcullis: {exc}", file=sys.stderr)
         return 1
