@@ -232,25 +232,34 @@ def test_latency_new_hold_visible_and_click_to_upstream(rig, login):
 
 
 def test_signing_out_in_another_tab_shows_a_banner_and_stops_claiming_live(rig, login):
-    page = login("dave")
-    other = login("dave", context=page.context)
+    queue = login("dave")
+    waiting = rig.agent("POST", "/v1/anyone?t=desk-signed-out-open", json={})
+    open_hold = rig.wait_held("/v1/anyone?t=desk-signed-out-open")
+    review = queue.context.new_page()
+    review.goto(f"{rig.ui_url}/flows/{open_hold['flow_id']}")
+    expect(review.locator("#live-status.on")).to_be_attached()
+    other = login("dave", context=queue.context)
     other.locator("button", has_text="Sign out").click()
     expect(other).to_have_url(re.compile(r"/login"))
-    banner = page.locator("#live-banner")
-    expect(banner).to_be_visible(timeout=5000)
-    expect(banner).to_contain_text("session has ended")
-    expect(page.locator("#live-banner-signin")).to_be_visible()
-    expect(page.locator("#live-status")).not_to_have_class(re.compile(r"\bon\b"))
-    expect(page.locator("#live-status")).to_contain_text("Signed out")
+    for page in (queue, review):
+        banner = page.locator("#live-banner")
+        expect(banner).to_be_visible(timeout=5000)
+        expect(banner).to_contain_text("session has ended")
+        expect(page.locator("#live-banner-signin")).to_be_visible()
+        expect(page.locator("#live-status")).not_to_have_class(re.compile(r"\bon\b"))
+        expect(page.locator("#live-status")).to_contain_text("Signed out")
+        assert page.evaluate("window.portcullisLive.readyState") == 2  # the stream is closed
+    expect(review.locator("#approve")).to_be_disabled()  # the review page does not pretend either
     call = rig.agent("POST", "/v1/anyone?t=desk-signed-out", json={})
     hold = rig.wait_held("/v1/anyone?t=desk-signed-out")
-    assert page.evaluate("window.portcullisLive.readyState") == 2  # the stream is closed: no live updates
-    expect(page.locator("#queue-rows input[name=password]")).to_have_count(0)  # no login page inside the table
-    assert hold["flow_id"] not in page.content()
-    page.click("#live-banner-signin")
-    expect(page).to_have_url(re.compile(r"/login\?next=/"))
+    expect(queue.locator("#queue-rows input[name=password]")).to_have_count(0)  # no login page in the table
+    assert hold["flow_id"] not in queue.content()
+    queue.click("#live-banner-signin")
+    expect(queue).to_have_url(re.compile(r"/login\?next=/"))
     rig.reject("bob", hold["flow_id"], "test over")
+    rig.reject("bob", open_hold["flow_id"], "test over")
     call.result(timeout=10)
+    waiting.result(timeout=10)
 
 
 def test_a_gateway_restart_is_shown_and_then_asks_to_sign_in_again(rig, login):

@@ -214,6 +214,8 @@ def test_a_body_cut_at_64_kib_is_still_laid_out_coloured_and_folded(app, desk):
 def test_a_rejection_needs_a_comment(app, desk):
     flow_id = held(desk)
     alice = signed_in(app, "alice")
+    # Signing in again after a stale decision lands on the decide URL: it shows the page.
+    assert alice.get(f"/flows/{flow_id}/decide").headers["Location"].endswith(f"/flows/{flow_id}")
     refused = decide(alice, flow_id, "reject", "   ")
     assert refused.status_code == 400 and "A rejection needs a comment" in refused.text
     assert desk.get(flow_id)["status"] == "pending"

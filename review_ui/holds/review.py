@@ -210,6 +210,13 @@ def body(flow_id: str) -> Any:
     return held_body_response(flow_id)
 
 
+@bp.get("/flows/<flow_id>/decide")
+@login_required
+def decide_page(flow_id: str) -> Any:
+    """Where signing in again after a stale decision lands: the review page, to decide anew."""
+    return redirect(url_for("review.show", flow_id=flow_id))
+
+
 @bp.post("/flows/<flow_id>/decide")
 @login_required
 def decide(flow_id: str) -> Any:

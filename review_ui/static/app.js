@@ -49,6 +49,8 @@
 
   function signedOut() {
     if (window.portcullisLive) window.portcullisLive.close();
+    // Deciding from here would only bounce to the sign-in page: say so on the buttons too.
+    document.querySelectorAll("#decide-form button, #confirm button").forEach((b) => { b.disabled = true; });
     setState("signed-out", "Your session has ended (signed out, expired or the gateway restarted). " +
       "This page no longer updates and decisions from it will not be accepted.");
   }
