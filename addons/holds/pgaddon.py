@@ -60,6 +60,7 @@ class SharedStateAddon:
         self.store = store
         self.guard = StateGuard(states, store)
         self.closer = StateCloser(store)
+        self._ui_key: bytes | None = None
 
     def load(self, loader: Any) -> None:
         register_options(loader, OPTIONS)
@@ -81,6 +82,8 @@ class SharedStateAddon:
             return
         try:
             self.store.open(value)
+            assert self.store.pool is not None
+            self._ui_key = shared_secret(self.store.pool, UI_COOKIE_KEY)  # once: UI rebuilds need no query
         except (psycopg.Error, SchemaTooNew) as exc:
             raise exceptions.OptionsError(
                 f"portcullis_state: cannot use PostgreSQL at {describe_dsn(value)}: {exc}".strip()) from None
@@ -98,9 +101,7 @@ class SharedStateAddon:
 
     def ui_secret_key(self) -> bytes | None:
         """The cookie signing key every gateway's UI shares (None: in memory, per process)."""
-        if not self.store.shared or self.store.pool is None:
-            return None
-        return shared_secret(self.store.pool, UI_COOKIE_KEY)
+        return self._ui_key if self.store.shared else None
 
 
 class StateGuard:
