@@ -7,8 +7,10 @@ tests run them from environments of their own, exactly as an agent on another ma
 would.
 
 Each environment lives under ~/.cache/portcullis-tests/sdk-venvs/<name>-<hash>, the hash
-covering its requirements and the interpreter's version: a warm cache costs one stat, a
-clean CI machine installs from PyPI once. Two pytest processes creating the same
+covering its requirements: a warm cache costs two stats, a clean CI machine installs from
+PyPI once. It is built from whichever interpreter asks first (the SDKs run in their own
+process, so the 3.11 and 3.12 lines of the suite share it); one whose interpreter is gone
+is rebuilt. Two pytest processes creating the same
 environment at once serialise on a file lock (fcntl.flock) and the environment only counts
 once its "complete" marker is written, so a build killed half-way is rebuilt, never used.
 
@@ -56,8 +58,7 @@ def _base_python() -> str:
 
 def env_dir(name: str) -> Path:
     requirements = ENVIRONMENTS[name]
-    digest = hashlib.sha256(
-        json.dumps([sys.version_info[:3], sorted(requirements)]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(sorted(requirements)).encode()).hexdigest()[:12]
     return CACHE_ROOT / f"{name}-{digest}"
 
 
@@ -65,17 +66,22 @@ def _python_in(directory: Path) -> Path:
     return directory / "bin" / "python"
 
 
+def _usable(directory: Path) -> bool:
+    # exists() follows the bin/python symlink: False when its interpreter is gone
+    return (directory / _COMPLETE).exists() and _python_in(directory).exists()
+
+
 def ensure(name: str, timeout: float = 600) -> Path:
     """Create the environment `name` if needed (once, under a lock); return its python."""
     directory = env_dir(name)
     python = _python_in(directory)
-    if (directory / _COMPLETE).exists():
+    if _usable(directory):
         return python
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     with open(CACHE_ROOT / f"{directory.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if (directory / _COMPLETE).exists():   # another process built it meanwhile
+            if _usable(directory):   # another process built it meanwhile
                 return python
             shutil.rmtree(directory, ignore_errors=True)
             subprocess.run([_base_python(), "-m", "venv", str(directory)], check=True,
