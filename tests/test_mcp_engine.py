@@ -353,3 +353,13 @@ def test_injected_secrets_never_reach_the_review_description():
         earlier = mcp.describe(later, states.of(later))["earlier"]
     assert "sk-live-123" not in json.dumps(described) and "[redacted]" in described["arguments"]
     assert "sk-live-123" not in json.dumps(earlier) and "[redacted]" in earlier[0]["arguments"]
+
+
+def test_only_posts_carry_mcp_messages(policy):
+    flow = mcp_flow(call(1, "drop_x"))
+    flow.request.method = "PUT"
+    assert policy.evaluate(RequestView(flow)).action == "allow"
+    get = tflow.tflow()
+    get.request.headers["content-type"] = "application/octet-stream"
+    get.request.content = b"\x00\x01binary"
+    assert policy.evaluate(RequestView(get)).action == "allow"  # a GET: no message, no refusal

@@ -20,8 +20,8 @@ The messages are read from the request's fields the way every field condition re
 them (addons.policy.fields: keys case-folded, each ambiguous reading judged and required
 to agree). A body that is JSON-RPC but cannot be judged (a method or tool name that is
 not a string, arguments that are not an object, a batch element that is not a request)
-is an EvaluationError: the request is refused. A request that is not JSON-RPC does not
-match.
+is an EvaluationError: the request is refused (so is a POST body the policy cannot
+read at all, as for ``json:``). A request that is not a JSON-RPC POST does not match.
 
 ``deny_as`` picks the denial shape of a rule's refusals (addons.core.replies):
 ``jsonrpc`` (the default for JSON-RPC requests), ``tool_result`` (a ``tools/call`` is
@@ -101,6 +101,8 @@ class McpCondition:
     def holds(self, req: RequestView) -> bool:
         focus = _focus.get(req.flow)
         if isinstance(focus, ListProbe) and self.listed:
+            return False
+        if req.method != "POST":  # Streamable HTTP sends every message as a POST body
             return False
         outcomes = set()
         for document in req.fields:
