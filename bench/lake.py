@@ -181,6 +181,8 @@ def gateways(per_gateway: int, clients: int = 8) -> dict:
             recorded = dict(check.execute("SELECT id, count(*) FROM rec.flows WHERE session_id LIKE ? GROUP BY id",
                                           [f"{tag}%"]).fetchall())
             check.close()
+            logs = [line for gw in started for line in gw.lines
+                    if "rror" in line or "fail" in line or "Traceback" in line][:20]
         finally:
             for gw in started:
                 gw.stop()
@@ -194,7 +196,7 @@ def gateways(per_gateway: int, clients: int = 8) -> dict:
             "analyst_never_saw_a_duplicate": all(c == d for c, d, _ in samples),
             "analyst_final_count": samples[-1][0] if samples else None,
             "analyst_query_ms_max": max((ms for _, _, ms in samples), default=None),
-            "analyst_error": err.strip()[-300:] or None}
+            "analyst_error": err.strip()[-300:] or None, "error_samples": errors[:3], "gateway_log": logs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,8 +130,8 @@ class Feed:
 
     def put_flow(self, make_row: Any) -> None:
         self._queue.append(make_row)
-        if len(self._queue) >= self.batch_rows:
-            self._wake.set()
+        if len(self._queue) >= self.batch_rows and not self._wake.is_set():
+            self._wake.set()  # once: setting an Event takes a lock and wakes the sender
 
     def put_event(self, make_row: Any) -> None:
         # A partial travels as (function, args): pickling a partial object costs 4x more.
@@ -139,7 +139,7 @@ class Feed:
             self._queue.append(("p", make_row.func, make_row.args))
         else:
             self._queue.append(("e", make_row))
-        if len(self._queue) >= self.batch_rows:
+        if len(self._queue) >= self.batch_rows and not self._wake.is_set():
             self._wake.set()
 
     def barrier(self, callback: Callable[[bool], None]) -> None:

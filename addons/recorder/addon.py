@@ -122,6 +122,7 @@ class RecorderAddon:
         self._held: set[str] = set()
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._known: tuple[str, ...] = ()
+        self._known_set: frozenset[str] = frozenset()
         self._subscribed = False
         self._duckdb = DuckDBSettings()
         self._limits = DEFAULT_LIMITS
@@ -326,7 +327,7 @@ class RecorderAddon:
         self._inflight[flow.id] = flow
         request = flow.request
         path, _, query = request.path.partition("?")
-        redactor = rows.redactor_for(frozenset(self._known))
+        redactor = rows.redactor_for(self._known_set)
         detail = {"method": request.method, "scheme": request.scheme, "host": request.host,
                   "port": request.port, "path": redactor.text(path),
                   "query": redactor.text(query) if query else None,
@@ -439,6 +440,7 @@ class RecorderAddon:
         while len(self._secrets) > MAX_KNOWN_SECRETS:
             self._secrets.popitem(last=False)
         self._known = tuple(self._secrets)  # an immutable snapshot other threads can read
+        self._known_set = frozenset(self._known)
 
     def _on_event(self, event: Event) -> None:
         """An audit event from any addon (any thread): redact, then queue."""
@@ -448,7 +450,8 @@ class RecorderAddon:
             self._held.add(event.flow_id)
             self._journal("held", event.flow_id, {})  # so a crash cannot make it look unheld
         flow = self._inflight.get(event.flow_id)
-        secrets = self._known + tuple(self.states.of(flow).secrets if flow is not None and self.states.has(flow) else ())
+        own = self.states.of(flow).secrets if flow is not None and self.states.has(flow) else ()
+        secrets = self._known + tuple(own) if own else self._known  # shared: pickled once per batch
         # Encoding and redaction happen on the writer thread, not on the event loop.
         self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
                                       event.detail, secrets))
