@@ -52,7 +52,7 @@ def make_addons() -> list[object]:
     identity = IdentityAddon(states)
     mcp = McpAddon(states, policy)
     store = PgHoldStore()  # memory (the default) until --state names a PostgreSQL server
-    shared = SharedStateAddon(states, store)
+    shared = SharedStateAddon(states, store, policy)
     approvals = ApprovalsAddon(states, policy, store=store, bridge=bridge, mcp=mcp)
     # Decisions commit in PostgreSQL first when the state is shared (addons.holds.pgdesk).
     approvals.desk = ClusterDesk(approvals.book, bridge, store, approvals.secrets_of)

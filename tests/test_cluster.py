@@ -263,6 +263,9 @@ def test_async_holds_survive_a_restart_and_are_collected_on_b_after_their_gatewa
     print(f"\nfailover: SIGKILLed gateway's wait-mode hold abandoned by a survivor after {failover:.2f} s "
           f"(lost after {LOST_AFTER_S} s without a heartbeat)")
     assert b.api("alice", "POST", f"/api/flows/{flow_id}/approve", json={}).status_code == 200
+    other = b.call("POST", "/v1/refunds?t=async-kill", json={**REFUND, "amount": 9999},
+                   headers={"X-Portcullis-Approval": flow_id})
+    assert other.status_code == 403 and other.json()["error"] == "approval_mismatch"  # and nothing is used up
     collected = b.call("POST", "/v1/refunds?t=async-kill", json=REFUND, headers={"X-Portcullis-Approval": flow_id})
     assert collected.status_code == 200, collected.text
     assert collected.json()["path"] == "/v1/refunds?t=async-kill"

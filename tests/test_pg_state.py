@@ -11,6 +11,7 @@ versioned; reviewer sessions and login throttling live in PostgreSQL too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -352,3 +353,34 @@ def test_without_a_dsn_the_store_is_the_memory_store_and_keeps_nothing_else():
     assert not store.shared and store.healthy and len(store._holds) == 5
     assert store._collected == {} and store._owner == {} and store._seen == {}
     assert store._queue.empty()
+
+
+def test_two_gateways_collecting_one_approval_at_once_forward_it_once(cluster, postgres_dsn):
+    a, b = cluster(), cluster()
+    held = hold_on(a, "f-claim", mode="async")
+    wait_for(lambda: b.on_loop(b.book.find, "f-claim") is not None, what="B mirrors the hold")
+    binding, verdict = encode(held.binding), encode(held.verdict)
+    assert b.store.claim_collection("f-claim", held.identity, binding, verdict)[0] is False  # pending
+    a.desk.approve("f-claim", FIN1)
+    # A different request, or another identity, claims nothing (and burns nothing).
+    other = encode(dataclasses.replace(held.binding, body_sha256="ef" * 32))
+    assert a.store.claim_collection("f-claim", held.identity, other, verdict)[0] is False
+    assert a.store.claim_collection("f-claim", "someone-else", binding, verdict)[0] is False
+    results: list[tuple[Gateway, bool, Any]] = []
+    threads = [threading.Thread(target=lambda g=g: results.append(
+        (g, *g.store.claim_collection("f-claim", held.identity, binding, verdict)))) for g in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed for _, claimed, _ in results) == [False, False, False, True]
+    # What each gateway's guard then does before its approvals addon collects:
+    outcomes = []
+    for gateway, claimed, row in results:
+        gateway.on_loop(gateway.store.take_claim, claimed, row)
+        outcomes.append(gateway.on_loop(gateway.book.collect, "c", "f-claim", held.identity, held.binding,
+                                        held.verdict).outcome)
+    assert sorted(outcomes) == ["approved", "used", "used", "used"]
+    for gateway in (a, b):
+        gateway.store.flush()
+    assert committed(postgres_dsn, "f-claim")[3] is True

@@ -15,7 +15,10 @@ Three small addons, placed in the chain where their hook must run:
   While PostgreSQL is unreachable, a request that needs approval is refused at once
   with JSON 503 ``shared_state_unavailable`` (addons.core.replies.refuse) instead of
   becoming a hold nobody else can see; other requests pass. It recovers by itself when
-  the store's threads reach PostgreSQL again;
+  the store's threads reach PostgreSQL again. An async agent's collection
+  (``X-Portcullis-Approval``) is first claimed in PostgreSQL, in a worker thread, with
+  the identity, request print and verdict it must match, so that of two gateways
+  collecting one approval at once exactly one forwards;
 * :attr:`SharedStateAddon.closer` (after approvals): commits what is queued, marks this
   gateway stopped and stops the threads.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import psycopg
@@ -33,8 +37,12 @@ from addons.core.events import EventBus
 from addons.core.flowstate import FlowStates
 from addons.core.options import Option, register_options
 from addons.core.replies import refuse
+from addons.holds.addon import APPROVAL_HEADER
+from addons.holds.binding import RequestPrint, VerdictPrint
+from addons.holds.pgcodec import encode
 from addons.holds.pgschema import SchemaTooNew, describe_dsn, shared_secret
 from addons.holds.pgstore import PgHoldStore
+from addons.holds.spec import hold_spec
 
 log = logging.getLogger("portcullis.state")
 
@@ -55,10 +63,12 @@ def is_postgres(value: str) -> bool:
 class SharedStateAddon:
     name = "portcullis_state"
 
-    def __init__(self, states: FlowStates, store: PgHoldStore) -> None:
+    def __init__(self, states: FlowStates, store: PgHoldStore, policy: Any = None) -> None:
+        """``policy``: the policy addon (its ``policy`` attribute), for the verdict an async
+        collection is checked against; None: collections are not claimed ahead."""
         self.states = states
         self.store = store
-        self.guard = StateGuard(states, store)
+        self.guard = StateGuard(states, store, policy)
         self.closer = StateCloser(store)
         self._ui_key: bytes | None = None
 
@@ -105,24 +115,49 @@ class SharedStateAddon:
 
 
 class StateGuard:
-    """Refuses requests that need approval while the shared state is unavailable."""
+    """Refuses requests that need approval while the shared state is unavailable, and
+    claims an async approval in PostgreSQL before the approvals addon collects it."""
 
     name = "portcullis_state_guard"
 
-    def __init__(self, states: FlowStates, store: PgHoldStore) -> None:
-        self.states, self.store = states, store
+    def __init__(self, states: FlowStates, store: PgHoldStore, policy: Any = None) -> None:
+        self.states, self.store, self.policy = states, store, policy
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync on the common path; a coroutine (awaited by mitmproxy) only for a collection."""
         if not self.store.shared or flow.response is not None or flow.error is not None:
-            return
-        try:
-            if self.store.healthy:
-                return
-        except Exception:  # noqa: BLE001 - cannot tell: refuse, never hold unseen
-            log.exception("shared state health check failed")
+            return None
         state = self.states.of(flow)
         if state.verdict is None or state.verdict.action != "hold":
+            return None
+        try:
+            healthy = self.store.healthy
+        except Exception:  # noqa: BLE001 - cannot tell: refuse, never hold unseen
+            log.exception("shared state health check failed")
+            healthy = False
+        if not healthy:
+            self._unavailable(flow, state)
+            return None
+        hold_id = state.control.get(APPROVAL_HEADER, "").strip()
+        if hold_id and self.policy is not None:
+            return self._claim(flow, state, hold_id[:200])
+        return None
+
+    async def _claim(self, flow: http.HTTPFlow, state: Any, hold_id: str) -> None:
+        """Single use across gateways: the first collection to commit wins."""
+        verdict = state.verdict
+        spec = hold_spec(verdict.rule, self.policy.policy, verdict.reason)
+        binding, printed = encode(RequestPrint.of(flow.request)), encode(VerdictPrint.of(verdict, spec))
+        try:
+            claimed, row = await asyncio.to_thread(self.store.claim_collection, hold_id, state.identity,
+                                                   binding, printed)
+        except psycopg.Error:
+            self._unavailable(flow, state)
             return
+        self.store.take_claim(claimed, row)
+
+    @staticmethod
+    def _unavailable(flow: http.HTTPFlow, state: Any) -> None:
         refuse(flow, state, 503, "shared_state_unavailable",
                "this request needs a reviewer's approval and the shared approval queue (PostgreSQL) cannot "
                "be reached; nothing was forwarded, retry shortly", headers={"Retry-After": "5"})

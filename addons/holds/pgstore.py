@@ -147,6 +147,7 @@ class PgHoldStore(MemoryHoldStore):
         self.closing = False
         self._owner: dict[str, str] = {}  # hold id -> gateway that took it
         self._collected: dict[str, bool] = {}  # hold id -> collected, as last written
+        self._claimed: set[str] = set()  # collections already claimed in PostgreSQL (take_claim)
         self._seen: dict[str, int] = {}  # row id -> rev applied
         self._last_rev = 0
         self._last_event = 0
@@ -237,7 +238,8 @@ class PgHoldStore(MemoryHoldStore):
 
     def put(self, hold: HoldRecord) -> None:
         if self.shared:
-            claim = hold.collected and not self._was_collected(hold.id)
+            claim = hold.collected and not self._was_collected(hold.id) and hold.id not in self._claimed
+            self._claimed.discard(hold.id)
             self._owner.setdefault(hold.id, self.gateway_id)
             self._enqueue(("hold", hold_row(hold, self._owner[hold.id], self.gateway_id), claim))
             self._collected[hold.id] = hold.collected
@@ -290,6 +292,42 @@ class PgHoldStore(MemoryHoldStore):
         if len(self._seen) > 4 * self.history_max:
             for stale in [k for k in self._seen if k not in self._holds and k[2:] not in self._grants]:
                 self._seen.pop(stale, None)
+
+    # --- collecting an async approval: single use across gateways ------------------------
+
+    def claim_collection(self, hold_id: str, identity: str, binding: Any, verdict: Any) -> tuple[bool, Any]:
+        """Mark an approved hold collected in PostgreSQL, if it is approved, not yet
+        collected and held for this identity, request and verdict (worker thread, not the
+        loop). Returns (claimed, the hold's row as PostgreSQL has it now, or None)."""
+        assert self.pool is not None
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "UPDATE portcullis_holds SET collected = true, record = jsonb_set(record, '{collected}', 'true'), "
+                "writer = %s, rev = nextval('portcullis_rev'), committed_at = clock_timestamp() "
+                "WHERE id = %s AND decision = 'approved' AND NOT collected AND identity = %s "
+                "AND record->'binding' = %s AND record->'verdict' = %s "
+                "RETURNING id, gateway, record, rev, extract(epoch FROM committed_at)",
+                (self.gateway_id, hold_id, identity, Jsonb(binding), Jsonb(verdict))).fetchone()
+            if row is not None:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.gateway_id))
+                return True, tuple(row)
+            row = conn.execute("SELECT id, gateway, record, rev, extract(epoch FROM committed_at) "
+                               "FROM portcullis_holds WHERE id = %s", (hold_id,)).fetchone()
+            return False, tuple(row) if row is not None else None
+
+    def take_claim(self, claimed: bool, row: Any) -> None:
+        """On the loop, before the approvals addon collects: mirror PostgreSQL's row. A
+        claim this gateway won is mirrored as not yet collected, for the book to collect
+        (its own write then carries no second claim); a lost one shows what PostgreSQL has
+        (collected: the book answers "already used")."""
+        if row is None:
+            return
+        hold_id, gateway, record, rev, committed = row
+        if claimed:
+            record = {**record, "collected": False}
+            self._claimed.add(hold_id)
+        self._seen.pop(hold_id, None)
+        self._apply([(hold_id, gateway, record, rev, committed)], [], [])
 
     # --- applying PostgreSQL's rows (on the loop) ----------------------------------------
 
