@@ -156,10 +156,12 @@
     const html = await fetchPage(window.location.pathname);
     if (html === null || submitting) return;
     const fresh = new DOMParser().parseFromString(html, "text/html");
+    const focusedId = document.activeElement ? document.activeElement.id : "";
     document.querySelectorAll("[data-live][id]").forEach((el) => {
       const twin = fresh.getElementById(el.id);
       if (twin) el.replaceWith(document.importNode(twin, true));
     });
+    if (focusedId && document.activeElement === document.body && byId(focusedId)) byId(focusedId).focus({ preventScroll: true });
     const review = byId("review");
     const freshReview = fresh.getElementById("review");
     if (review && freshReview) review.dataset.status = freshReview.dataset.status;
