@@ -363,3 +363,19 @@ def test_only_posts_carry_mcp_messages(policy):
     get.request.headers["content-type"] = "application/octet-stream"
     get.request.content = b"\x00\x01binary"
     assert policy.evaluate(RequestView(get)).action == "allow"  # a GET: no message, no refusal
+
+
+def test_tools_are_hidden_per_identity():
+    policy = compile_policy("""
+version: 1
+default: allow
+rules:
+  - name: interns-may-not-refund
+    match: {identity: intern, mcp: {tool: refund}}
+    action: block
+""")
+    flow = mcp_flow({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    intern, lead = FlowStates().of(flow), FlowStates().of(flow)
+    intern.identity, lead.identity = "intern", "lead"
+    assert always_blocked(policy, flow, intern, "refund") is True
+    assert always_blocked(policy, flow, lead, "refund") is False
