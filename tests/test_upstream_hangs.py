@@ -23,6 +23,9 @@ TIMEOUT_S = 2
 #: How late past the timeout a stream that waited for a connection slot may be answered.
 SLOT_SLACK_S = 1.0
 SEEN: dict[str, str] = {}  # flow id -> error kind, checked against the recording at the end
+STALLED: set[str] = set()  # streams cut mid-way, recorded as timed out
+#: A streamed response's events: together longer than the timeout, each gap well inside it.
+TRICKLE_EVENTS, TRICKLE_GAP_S = 5, TIMEOUT_S * 0.35
 TIMED_OUT_H2: set[str] = set()  # flow ids the HTTP/2 agent was told timed out
 
 
@@ -34,6 +37,31 @@ def _never_answers(conn: socket.socket) -> None:
 def _resets(conn: socket.socket) -> None:
     conn.recv(65536)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+
+
+def _stream_head(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                 b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n")
+
+
+def _event(conn: socket.socket, data: str) -> None:
+    payload = f"data: {data}\n\n".encode()
+    conn.sendall(b"%x\r\n%s\r\n" % (len(payload), payload))
+
+
+def _trickles(conn: socket.socket) -> None:
+    _stream_head(conn)
+    for index in range(TRICKLE_EVENTS):
+        _event(conn, str(index))
+        time.sleep(TRICKLE_GAP_S)
+    conn.sendall(b"0\r\n\r\n")
+
+
+def _stalls_mid_stream(conn: socket.socket) -> None:
+    _stream_head(conn)
+    _event(conn, "first")
+    time.sleep(TIMEOUT_S * 4)
 
 
 class NoAccept:
@@ -69,7 +97,8 @@ def servers(pki):
     context.load_cert_chain(pki.server_cert, pki.server_key)
     made = {"silent": FaultServer(_never_answers), "reset": FaultServer(_resets),
             "no-accept": NoAccept(), "healthy": UpstreamServer().start(),
-            "tls-silent": FaultServer(_tls_never_answers(context))}
+            "tls-silent": FaultServer(_tls_never_answers(context)),
+            "trickle": FaultServer(_trickles), "stalls": FaultServer(_stalls_mid_stream)}
     yield made
     for server in made.values():
         server.stop()
@@ -160,6 +189,30 @@ def test_http2_streams_waiting_for_a_connection_slot_still_time_out(gateway, ser
     assert len(TIMED_OUT_H2) == 7  # each stream's answer names its own flow
 
 
+def test_a_stream_that_keeps_sending_outlives_the_timeout(session, servers):
+    # An LLM generating for longer than the upstream timeout is not hung: a streamed
+    # response has the timeout between chunks, not for the whole body.
+    started = time.monotonic()
+    with session.get(url(servers, "trickle"), stream=True, timeout=TIMEOUT_S * 5) as response:
+        assert response.status_code == 200
+        events = [line for line in response.iter_lines() if line]
+    assert events == [f"data: {i}".encode() for i in range(TRICKLE_EVENTS)]
+    assert time.monotonic() - started > TIMEOUT_S  # it did run past the timeout
+
+
+def test_a_stream_that_stops_sending_is_cut_after_the_timeout(session, servers):
+    started = time.monotonic()
+    with session.get(url(servers, "stalls"), stream=True, timeout=TIMEOUT_S * 5) as response:
+        assert response.status_code == 200
+        flow_id = response.headers["x-portcullis-flow-id"]
+        lines = response.iter_lines()
+        assert next(lines) == b"data: first"
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            list(lines)
+    assert TIMEOUT_S <= time.monotonic() - started < TIMEOUT_S * 2.5
+    STALLED.add(flow_id)
+
+
 def test_every_failed_request_was_recorded_with_its_error(gateway):
     gateway.stop()
     assert "cannot cut" not in gateway.output and "Traceback" not in gateway.output
@@ -169,3 +222,6 @@ def test_every_failed_request_was_recorded_with_its_error(gateway):
     rows = {row["id"]: row for row in recorded_flows(gateway.db)}
     for flow_id, kind in SEEN.items():
         assert rows[flow_id]["error"] == kind, rows[flow_id]
+    assert len(STALLED) == 1
+    for flow_id in STALLED:
+        assert rows[flow_id]["error"] == "upstream_timeout", rows[flow_id]

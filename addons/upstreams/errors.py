@@ -3,7 +3,10 @@
 Options:
     portcullis_upstream_timeout: seconds from forwarding a request to its complete
         response (default 60; 0 disables). When it passes, the upstream connection is
-        cut and the agent gets ``504 {"error": "upstream_timeout", ...}``.
+        cut and the agent gets ``504 {"error": "upstream_timeout", ...}``. A response that
+        streams through (SSE, NDJSON, large unmasked bodies) has it to its headers and
+        then between any two chunks; one cut mid-stream ends the agent's stream there
+        and is recorded with the error.
 
 Every other upstream failure (refused, unresolvable, TLS failure, connection reset
 before the response was complete, malformed response) reaches the agent as a JSON
@@ -64,7 +67,7 @@ class Connecting:
 
 OPTIONS = (
     Option("portcullis_upstream_timeout", float, DEFAULT_TIMEOUT_S,
-           "Seconds an upstream has to deliver a complete response (0: no limit).",
+           "Seconds an upstream has to deliver a complete response; for one that streams, to its headers and between chunks (0: no limit).",
            flag="--upstream-timeout"),
 )
 
@@ -105,8 +108,23 @@ class UpstreamErrorsAddon:
         # Runs after the policy and approvals: only flows about to be forwarded are timed.
         if flow.response is not None or flow.error is not None or not self.timeout:
             return
-        loop = asyncio.get_running_loop()
-        self._timers[flow.id] = loop.call_later(self.timeout, self._expire, flow)
+        self._arm(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # A streamed response (masking lets it through as it arrives) lasts as long as the
+        # upstream keeps sending: from its headers on, the timeout is the longest silence
+        # between two chunks, not the whole body, so a model generating for minutes is
+        # not cut while one that stops sending still is. Runs after masking chose to stream.
+        if flow.response is None or not flow.response.stream or flow.id not in self._timers:
+            return
+        inner = flow.response.stream
+
+        def timed(chunk: bytes):
+            self._arm(flow)
+            return inner(chunk) if callable(inner) else chunk
+
+        self._arm(flow)
+        flow.response.stream = timed
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
@@ -152,6 +170,13 @@ class UpstreamErrorsAddon:
 
     # --- the timeout ---------------------------------------------------------------
 
+    def _arm(self, flow: http.HTTPFlow) -> None:
+        """(Re)start the flow's timer: ``timeout`` seconds from now."""
+        earlier = self._timers.pop(flow.id, None)
+        if earlier is not None:
+            earlier.cancel()
+        self._timers[flow.id] = asyncio.get_running_loop().call_later(self.timeout, self._expire, flow)
+
     def _cancel(self, flow: http.HTTPFlow) -> None:
         self._slot_waiters.discard(flow.id)
         timer = self._timers.pop(flow.id, None)
@@ -160,8 +185,8 @@ class UpstreamErrorsAddon:
 
     def _expire(self, flow: http.HTTPFlow) -> None:
         self._timers.pop(flow.id, None)
-        if flow.response is not None or flow.error is not None:
-            return
+        if flow.error is not None or (flow.response is not None and flow.response.timestamp_end is not None):
+            return  # failed already, or answered in full (a streamed response is still open)
         address = (flow.request.host, flow.request.port)
         task = None
         if flow.server_conn.connected and flow.server_conn.address == address:
