@@ -69,11 +69,16 @@ def seeded(rig: ReviewRig) -> dict[str, str]:
                              headers={**session, "X-Portcullis-Justification": "Customer was charged twice "
                                       "and asked for the money back by phone"})
     pending = rig.wait_held("/v1/refunds?t=screens-pending&customer=cus_8841")
+    granted_call = rig.agent("POST", "/v1/refunds?t=screens-granted", json=REFUND)
+    granted = rig.wait_held("/v1/refunds?t=screens-granted")
+    assert rig.approve("bob", granted["flow_id"], "Known customer", grant="5m").status_code == 200
+    assert granted_call.result(timeout=10).status_code == 200
     allowed_id = allowed.headers["X-Portcullis-Flow-Id"]
     rig.wait_for(lambda: {allowed_id, rejected["flow_id"]} <= {f["id"] for f in rig.api(
         "alice", "GET", "/api/audit/session", params={"id": session["X-Portcullis-Session"]}).json().get("flows", [])},
         what="the flows to be recorded")
     yield {"pending": pending["flow_id"], "rejected": rejected["flow_id"], "allowed": allowed_id,
+           "granted": granted["flow_id"],
            "session": session["X-Portcullis-Session"]}
     rig.reject("bob", pending["flow_id"], "test over")
     pending_call.result(timeout=10)
@@ -84,6 +89,7 @@ def pages(seeded: dict[str, str]) -> dict[str, str]:
         "queue": "/",
         "review": f"/flows/{seeded['pending']}",
         "review-decided": f"/flows/{seeded['rejected']}",
+        "review-granted": f"/flows/{seeded['granted']}",
         "decisions": "/decisions",
         "grants": "/grants",
         "flows": "/audit/flows",
