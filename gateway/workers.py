@@ -63,6 +63,8 @@ RESTART_BUDGET = 5
 STOP_GRACE_S = 20.0
 #: Seconds every worker has to start listening.
 START_TIMEOUT_S = 60.0
+#: The longest line of a worker's output passed on whole.
+LINE_LIMIT = 1 << 20
 #: The first line of a gateway's banner (what scripts and tests wait for).
 READY_LINE = "Portcullis gateway ready"
 #: Environment of each worker: its index and the number of workers.
@@ -171,7 +173,7 @@ class Supervisor:
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.workers", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env=self.environment(worker))
+            env=self.environment(worker), limit=LINE_LIMIT)
         assert worker.process.stdin is not None
         worker.process.stdin.write(json.dumps(self.config(worker)).encode())
         await worker.process.stdin.drain()
@@ -182,7 +184,13 @@ class Supervisor:
         """Pass the worker's output on; keep worker 0's banner; notice readiness and exit."""
         assert process.stdout is not None
         in_banner = False
-        while line_bytes := await process.stdout.readline():
+        while True:
+            try:
+                line_bytes = await process.stdout.readline()
+            except ValueError:  # a line longer than LINE_LIMIT: pass on what there is
+                line_bytes = await process.stdout.read(LINE_LIMIT)
+            if not line_bytes:
+                break
             line = line_bytes.decode(errors="replace").rstrip("\n")
             if line.startswith(READY_LINE) and not worker.ready.is_set():
                 in_banner = True
