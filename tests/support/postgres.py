@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ci import in_ci
+
 _SERVER_USER = "postgres"
 
 
@@ -57,10 +59,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 class PostgresServer:
@@ -153,7 +151,7 @@ def postgres() -> Iterator[PostgresServer]:
     bindir = find_bindir()
     if bindir is None:
         message = "no PostgreSQL server binaries (install Debian's postgresql or set PORTCULLIS_PG_BIN)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     # Not under pytest's basetemp: every pytest session (of any parallel run) resets
