@@ -23,6 +23,7 @@ has received and exits: a flow the gateway handed over is not lost with the gate
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import pickle
@@ -68,6 +69,10 @@ class Sink:
     def open(self, config: dict[str, Any]) -> dict[str, Any]:
         path = Path(config["db"])
         deadline = time.monotonic() + OPEN_WAIT_S
+        # One recording process per --db: a killed gateway's may still be writing what it
+        # was handed. Recovering the journal before that is committed would close those
+        # flows as unfinished (a lake has no file lock to make us wait, so this does).
+        self._lock_fd = _exclusive(path.parent / f"{path.name}.sink.lock", deadline)
         while True:
             try:
                 store = Store(path, settings=config["settings"], limits=config["limits"],
@@ -182,6 +187,22 @@ class Sink:
             self.control.stop()
         if self.store is not None:
             self.store.close()
+
+
+def _exclusive(path: Path, deadline: float) -> int:
+    """An flock held for this process's life; waits until ``deadline`` for a previous owner."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise StoreError(f"{path.parent / path.name[:-len('.sink.lock')]} is in use by another "
+                                 "gateway's recording process") from None
+            time.sleep(0.05)
 
 
 def _die_with_parent() -> None:

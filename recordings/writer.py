@@ -235,7 +235,11 @@ class Writer:
         self.failure = str(exc).splitlines()[0]
         self._retry_at = time.monotonic() + self.retry_seconds
         self._answer_waiters(False)
-        if "invalidated" in str(exc).lower() or isinstance(exc, duckdb.FatalException):
+        # A lake's catalog connection can be left in an aborted transaction (PostgreSQL
+        # refuses every later statement until a rollback DuckLake does not send): start
+        # afresh, as for a file DuckDB invalidated.
+        if "invalidated" in str(exc).lower() or isinstance(exc, duckdb.FatalException) \
+                or getattr(self.store, "lake", None) is not None:
             try:
                 cur.close()
                 self.store.reopen()
