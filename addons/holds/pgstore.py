@@ -62,7 +62,7 @@ POLL_S = 0.5
 #: PORTCULLIS_STATE_LOST_AFTER_S overrides it (the tests shorten it).
 LOST_AFTER_S = float(os.environ.get("PORTCULLIS_STATE_LOST_AFTER_S", "5"))
 #: No successful round trip for this long (or the writer failing): the state is unavailable.
-UNHEALTHY_AFTER_S = 2.0
+UNHEALTHY_AFTER_S = 5.0
 #: Pending holds this far past their deadline are expired by any gateway's sweep.
 EXPIRY_GRACE_S = 2.0
 #: Rows read again below the highest rev seen (a transaction that took its rev earlier
