@@ -255,3 +255,64 @@ def test_retry_while_the_given_up_call_still_waits_joins_its_hold(rig, servers):
     again = _hold_for(rig, "joined")
     assert again["flow_id"] != hold["flow_id"]
     rig.reject("alice", again["flow_id"])
+
+
+def _progress_call(request_id, name: str, token) -> dict:
+    body = _call(request_id, name)
+    body["params"]["_meta"] = {"progressToken": token}
+    return body
+
+
+def _give_up_then_join(rig, url: str, note: str, retry: dict):
+    """A first call that gives up (JSON, 1 s), then the retry on SSE: (hold, response, events)."""
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _post(rig, url, _call(1, note), "application/json", timeout=1.0)
+    hold = _hold_for(rig, note)
+    # read timeout 5 s: a retry kept in the request hook sends nothing until the decision
+    response = _post(rig, url, retry, "application/json, text/event-stream", stream=True, timeout=5)
+    return hold, response, _events(response)
+
+
+def test_retry_that_joins_a_pending_hold_gets_the_kept_alive_stream_then_the_result(rig, servers):
+    url = servers["stateless-sse"]
+    hold, response, events = _give_up_then_join(rig, url, "joined-sse", _progress_call(2, "joined-sse", "tok-7"))
+    with response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["X-Portcullis-Decision"] == "held"
+        first_at, first = next(events)
+        progress = json.loads(first.split("data: ", 1)[1])
+        assert progress["method"] == "notifications/progress"
+        assert progress["params"]["progressToken"] == "tok-7"
+        assert "Deleting a note needs a reviewer" in progress["params"]["message"]
+        assert first_at < 2.0
+        assert f"waits for the pending hold {hold['flow_id']}" in rig.gateway.output
+        pending = [h for h in rig.api("alice", "GET", "/api/pending").json()["pending"]
+                   if '"joined-sse"' in rig.flow(h["flow_id"]).get("body", "")]
+        assert [h["flow_id"] for h in pending] == [hold["flow_id"]]  # joined: no second hold
+        assert rig.approve("alice", hold["flow_id"]).status_code == 200
+        rest = [event for _, event in events]
+    messages = [json.loads(e.split("data: ", 1)[1]) for e in rest if "data: " in e]
+    assert messages[-1]["id"] == 2
+    assert messages[-1]["result"]["content"][0]["text"] == "deleted joined-sse"
+    # the approval went to this retry: a third identical call is held again
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _post(rig, url, _call(3, "joined-sse"), "application/json", timeout=1.0)
+    again = _hold_for(rig, "joined-sse")
+    assert again["flow_id"] != hold["flow_id"]
+    rig.reject("alice", again["flow_id"])
+
+
+def test_retry_that_joins_a_pending_hold_on_sse_gets_comments_then_the_denial(rig, servers):
+    url = servers["stateless-sse"]
+    hold, response, events = _give_up_then_join(rig, url, "joined-rejected", _call("j2", "joined-rejected"))
+    with response:
+        _, first = next(events)
+        assert first.startswith(": held for approval"), first  # no progressToken: a comment
+        assert rig.reject("alice", hold["flow_id"], "not this one").status_code == 200
+        rest = [event for _, event in events]
+    denial = json.loads(rest[-1].split("data: ", 1)[1])
+    assert denial["id"] == "j2"  # the retry's own id
+    assert denial["error"]["code"] == -32002
+    assert "not this one" in denial["error"]["message"]
+    assert denial["error"]["data"]["error"] == "rejected_by_reviewer"

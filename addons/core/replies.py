@@ -21,7 +21,10 @@ that the agent's SDK can read it and the model sees the reason:
 The shape of a flow is picked when the answer is made: an addon that knows more about
 the flow registers a chooser with :func:`choose_shape` (addons.mcp does, for every flow);
 without one, or when it returns None, the host decides (provider hosts) or JSON.
-``refuse()`` stays the one entry point for refusals; ``reply()`` renders them.
+``refuse()`` stays the one entry point for refusals; ``reply()`` renders them. Answers
+written where only the flow id is known — mitmproxy's error pages for a failed upstream
+(addons.upstreams.errorpages) — ask :func:`error_shape`: JSON-RPC errors (code -32006)
+for a JSON-RPC request, the gateway's JSON otherwise.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ JSONRPC_CODES: dict[str, int] = {
     "mcp_header_mismatch": -32004,
     "policy_error": -32005,
     "unsupported_charset": -32005,
+    # the upstream failed (mitmproxy's error pages, addons.upstreams.errorpages)
+    "upstream_unreachable": -32006,
+    "upstream_timeout": -32006,
+    "upstream_closed": -32006,
+    "upstream_tls_error": -32006,
+    "upstream_protocol_error": -32006,
+    "upstream_error": -32006,
+    "tools_list_too_large": -32007,  # a streamed tools/list the gateway could not filter
+    "tools_list_unfilterable": -32007,
 }
 JSONRPC_GATEWAY_REFUSAL = -32000
 
@@ -153,10 +165,16 @@ _choosers: weakref.WeakKeyDictionary[http.HTTPFlow, Callable[[http.HTTPFlow], De
     weakref.WeakKeyDictionary())
 
 
+#: flow id -> flow, for answers written where only the id is known (mitmproxy's error
+#: pages, addons.upstreams.errorpages); weak: gone with the flow.
+_flows: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
+
+
 def choose_shape(flow: http.HTTPFlow, chooser: Callable[[http.HTTPFlow], DenialShape | None]) -> None:
     """Let ``chooser(flow)`` pick the denial shape of ``flow`` when it is answered (None:
     the default for its host)."""
     _choosers[flow] = chooser
+    _flows[flow.id] = flow
 
 
 def shape_for(flow: http.HTTPFlow) -> DenialShape:
@@ -166,6 +184,19 @@ def shape_for(flow: http.HTTPFlow) -> DenialShape:
         return chosen
     provider = provider_of(flow.request.host)
     return ProviderShape(provider) if provider else JSON
+
+
+def error_shape(flow_id: str | None) -> JsonRpcShape | None:
+    """The shape of an upstream-failure answer (mitmproxy's error page) for the flow
+    ``flow_id``: JSON-RPC errors for a JSON-RPC request (an MCP client reads them as the
+    call's error, and its session goes on), always as errors (never ``deny_as:
+    tool_result``: the tool did not fail, the server could not be reached); None: the
+    gateway's JSON, as for every other flow."""
+    flow = _flows.get(flow_id) if flow_id else None
+    chosen = shape_for(flow) if flow is not None else None
+    if not isinstance(chosen, JsonRpcShape) or not chosen.ids:
+        return None  # not JSON-RPC, or only notifications: nobody reads the answer's body
+    return JsonRpcShape(chosen.ids, chosen.batch)
 
 
 def reply(

@@ -44,7 +44,7 @@ from mitmproxy.connection import ConnectionState
 from addons.core.events import Event, EventKind
 from addons.core.flowstate import FlowState, FlowStates
 from addons.core.loopbridge import LoopBridge
-from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER, refuse, reply
+from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER, JSONRPC_CODES, refuse, reply
 from addons.core.secretforms import REDACTED
 from addons.holds.binding import (
     DecodedBody,
@@ -213,7 +213,10 @@ class ApprovalsAddon:
             return
         pending = self._pending_resend(state.identity, mcp_print, verdict_print) if mcp_print else None
         if pending is not None:  # a retry while the call its client gave up on still waits
-            await self._join(flow, state, pending, mcp_print, verdict_print)
+            if self._streamable(flow):  # kept alive like the first call, not in this hook
+                self._join_on_stream(flow, state, pending, mcp_print, verdict_print)
+            else:
+                await self._join(flow, state, pending, mcp_print, verdict_print)
             return
         body = self._holdable(flow, state)
         if body is None:
@@ -465,6 +468,19 @@ class ApprovalsAddon:
         """Wait for the decision of ``hold`` in this (re-sent) flow: no second hold."""
         log.info("re-sent MCP call %s waits for the pending hold %s", flow.id, hold.id)
         state.decision = "held"
+        hold = await self._wait_joined(flow, hold)
+        if hold.decision == "approved" and not client_gone(flow):
+            if self._claim_joined(flow, state, hold, mcp_print, verdict):
+                state.decision, state.actor, state.reason = "approved", hold.decided_by, hold.spec.reason
+        elif hold.decision == "approved" or hold.decision == "abandoned":
+            state.decision = "abandoned"
+            if flow.killable:
+                flow.kill()
+        else:
+            self._deny(flow, state, hold)
+
+    async def _wait_joined(self, flow: http.HTTPFlow, hold: HoldRecord) -> HoldRecord:
+        """Wait (as its waiter now) for the decision of a hold another flow opened."""
         decided = self._decided.setdefault(hold.id, asyncio.Event())
         self.waiting[hold.id] = flow
         try:
@@ -474,23 +490,54 @@ class ApprovalsAddon:
         finally:
             if self.waiting.get(hold.id) is flow:
                 self.waiting.pop(hold.id, None)
-        hold = self.book.get(hold.id)
-        if hold.decision == "approved" and not client_gone(flow):
-            # The first waiter may have turned the approval into a re-send grant already.
-            grant = self.book.use_grant(flow.id, state.identity, mcp_print, verdict)
-            if grant is None and hold.collected:
-                refuse(flow, state, 409, "approval_already_used", "this approval was already used once",
-                       approval=hold.id)
-                return
-            if grant is None:
-                self.book.mark_collected(hold)
-            state.decision, state.actor, state.reason = "approved", hold.decided_by, hold.spec.reason
-        elif hold.decision == "approved" or hold.decision == "abandoned":
-            state.decision = "abandoned"
-            if flow.killable:
-                flow.kill()
-        else:
-            self._deny(flow, state, hold)
+        return self.book.get(hold.id)
+
+    def _claim_joined(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
+                      mcp_print: RequestPrint, verdict: VerdictPrint) -> bool:
+        """Take the approval of a joined hold for this flow (True), or refuse it (False):
+        the first waiter may have turned the approval into a re-send grant already, or
+        another retry used it."""
+        grant = self.book.use_grant(flow.id, state.identity, mcp_print, verdict)
+        if grant is None and hold.collected:
+            refuse(flow, state, 409, "approval_already_used", "this approval was already used once",
+                   approval=hold.id)
+            return False
+        if grant is None:
+            self.book.mark_collected(hold)
+        return True
+
+    def _join_on_stream(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
+                        mcp_print: RequestPrint, verdict: VerdictPrint) -> None:
+        """A retry that joins a pending hold and accepts SSE gets the same kept-alive
+        stream as a first held call; the decision is followed in a task."""
+        log.info("re-sent MCP call %s waits for the pending hold %s (on a held stream)", flow.id, hold.id)
+        stream, original = self._redirect_to_stream(flow, state, hold)
+        self._spawn(self._follow_joined(flow, state, hold, stream, original, mcp_print, verdict))
+
+    async def _follow_joined(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord,
+                             stream: HeldStream, original: http.Request, mcp_print: RequestPrint,
+                             verdict: VerdictPrint) -> None:
+        try:
+            hold = await self._wait_joined(flow, hold)
+            log.info("joined held stream %s of %s: %s%s", flow.id, hold.id, hold.decision,
+                     " (client gone)" if client_gone(flow) else "")
+            if hold.decision == "approved" and not client_gone(flow):
+                kept = flow.response
+                if self._claim_joined(flow, state, hold, mcp_print, verdict):
+                    await self._send_approved(flow, state, hold, stream, original)
+                else:  # refused in the flow's shape: sent on the stream, the flow left as it was
+                    assert flow.response is not None
+                    stream.send(jsonrpc.sse_event(json.loads(flow.response.content or b"{}")))
+                    flow.response = kept
+            elif hold.decision == "approved" or hold.decision == "abandoned":
+                state.decision = "abandoned"
+            else:
+                stream.send(jsonrpc.sse_event(self._denial(flow, state, hold)))
+        except Exception:  # noqa: BLE001 - the stream must end whatever happened
+            log.exception("joined held stream %s of %s failed", flow.id, hold.id)
+        finally:
+            self.held_streams.streams.pop(stream.token, None)  # never connected: forget it
+            stream.close()
 
     def _admit_resend(self, hold: HoldRecord) -> None:
         mcp_print = self._mcp_prints.pop(hold.id, None)
@@ -506,6 +553,14 @@ class ApprovalsAddon:
         """Answer the held call with an SSE stream kept alive until the decision: the flow
         goes to the local held-stream server (addons.mcp.heldstream), which mitmproxy
         streams; the decision is followed in a task, not in this hook."""
+        stream, original = self._redirect_to_stream(flow, state, hold)
+        self._spawn(self._follow(flow, state, hold, stream, original))
+
+    def _redirect_to_stream(self, flow: http.HTTPFlow, state: FlowState,
+                            hold: HoldRecord) -> tuple[HeldStream, http.Request]:
+        """Point ``flow`` at a new held stream (keepalives: progress notifications for the
+        call's own progressToken, comments otherwise); returns it and the request the
+        agent made."""
         call = self.mcp.call_of(flow)
         message = call.single if call is not None else None
         params = message.params if message is not None and isinstance(message.params, dict) else {}
@@ -519,7 +574,7 @@ class ApprovalsAddon:
         request.path = self.held_streams.path_of(stream)
         request.headers["host"] = f"127.0.0.1:{request.port}"
         state.decision = "held"
-        self._spawn(self._follow(flow, state, hold, stream, original))
+        return stream, original
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         original = self._streamed.pop(flow.id, None)
@@ -568,8 +623,14 @@ class ApprovalsAddon:
 
     def _denial(self, flow: http.HTTPFlow, state: FlowState, hold: HoldRecord) -> Any:
         """The JSON-RPC denial of a rejected or expired held call (the flow's own shape)."""
+        return self._answer_of(flow, lambda: self._deny(flow, state, hold))
+
+    @staticmethod
+    def _answer_of(flow: http.HTTPFlow, answer: Callable[[], Any]) -> Any:
+        """The JSON document ``answer()`` would set as the flow's response (a refusal in the
+        flow's own shape), for a held stream to send; the flow itself is left as it was."""
         kept = flow.response
-        self._deny(flow, state, hold)
+        answer()
         assert flow.response is not None
         document = json.loads(flow.response.content or b"{}")
         flow.response = kept
@@ -613,7 +674,7 @@ class Continuation:
 def _relay_error(flow: http.HTTPFlow, hold: HoldRecord, reason: str) -> dict[str, Any]:
     ids = jsonrpc.request_ids(jsonrpc.parse(flow.request.raw_content or b""))
     return {"jsonrpc": "2.0", "id": ids[0] if ids else None, "error": {
-        "code": -32000, "message": f"{reason} (Portcullis upstream_error: flow {flow.id})",
+        "code": JSONRPC_CODES["upstream_error"], "message": f"{reason} (Portcullis upstream_error: flow {flow.id})",
         "data": {"error": "upstream_error", "reason": reason, "flow_id": flow.id, "approval": hold.id}}}
 
 
