@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.net import encoding as codecs
 
 from addons.core.flowstate import FlowState, FlowStates
 from addons.core.jsonbody import body_content
@@ -315,8 +316,10 @@ class BatchVerdicts:
 
 
 class ToolsListStreams:
-    """After masking (which decides what streams): a streamed SSE ``tools/list`` result
-    is filtered event by event, before the capture the recorder stores."""
+    """After masking (which decides what streams): a streamed ``tools/list`` result is
+    filtered before the capture the recorder stores — SSE event by event, JSON (chunked,
+    or large enough to stream) buffered whole up to ``toolslist.MAX_TOOLS_LIST_BYTES``,
+    a longer one refused with a JSON-RPC error naming the limit."""
 
     name = "portcullis_mcp_streams"
 
@@ -328,14 +331,49 @@ class ToolsListStreams:
         if response is None or not response.stream or not self.mcp._lists_tools(flow):
             return
         state = self.mcp.states.of(flow)
-        if not state.forwarded or "text/event-stream" not in response.headers.get("content-type", "").lower():
+        if not state.forwarded:
             return
         hidden = self.mcp.hidden_tools(flow, state)
         if hidden is None:
             return
         stream = response.stream
-        if hasattr(stream, "inner"):  # the masking addon's capture: filter before it keeps a copy
-            stream.inner = SseFilter(hidden, stream.inner)
+        inner = stream.inner if hasattr(stream, "inner") else stream if callable(stream) else None
+        if "text/event-stream" in response.headers.get("content-type", "").lower():
+            wrapped: Callable[[bytes], Any] = SseFilter(hidden, inner)
         else:
-            response.stream = SseFilter(hidden, stream if callable(stream) else None)
-        response.headers.pop("content-length", None)
+            wrapped = self._json_buffer(flow, state, hidden, inner)
+        if hasattr(stream, "inner"):  # the masking addon's capture: filter before it keeps a copy
+            stream.inner = wrapped
+        else:
+            response.stream = wrapped
+        if response.headers.pop("content-length", None) is not None and flow.request.http_version == "HTTP/1.1":
+            response.headers["transfer-encoding"] = "chunked"
+
+    def _json_buffer(self, flow: http.HTTPFlow, state: FlowState, hidden: Callable[[str], bool],
+                     inner: Callable[[bytes], Any] | None) -> toolslist.JsonBuffer:
+        assert flow.response is not None
+        call = self.mcp.call_of(flow)
+        assert call is not None
+        encoding = flow.response.headers.pop("content-encoding", "").strip().lower()
+        decode = (lambda data: encoding_decode(data, encoding)) if encoding not in ("", "identity") else None
+
+        def refusal(reason: str) -> bytes:
+            """The JSON-RPC error that replaces a tools/list result the gateway cannot filter
+            (the denial shape of replies, for the request's ids); recorded as a refusal."""
+            limit = toolslist.MAX_TOOLS_LIST_BYTES
+            body = {"error": "tools_list_too_large" if "longer than" in reason else "tools_list_unfilterable",
+                    "reason": reason, "limit": limit, "flow_id": flow.id}
+            state.decision, state.reason = "blocked", reason
+            state.emit("decided", action="block", error=body["error"], reason=reason)
+            log.warning("refused the tools/list response of %s for %s: %s", flow.request.pretty_url,
+                        state.identity, reason)
+            return JsonRpcShape(call.ids, call.batch).render(502, body)[1].encode()
+
+        return toolslist.JsonBuffer(hidden, refusal, inner, limit=toolslist.MAX_TOOLS_LIST_BYTES, decode=decode)
+
+
+def encoding_decode(data: bytes, encoding: str) -> bytes:
+    """Undo a Content-Encoding (gzip, deflate, br, zstd) as mitmproxy does."""
+    decoded = codecs.decode(data, encoding)
+    assert isinstance(decoded, bytes)
+    return decoded

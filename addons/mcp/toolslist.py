@@ -6,6 +6,12 @@ tools go is the addon's question to the policy (addons.mcp.addon); this module o
 rewrites bodies. A body it cannot read is returned unchanged (the policy still refuses
 each call of a hidden tool: filtering is a courtesy, the refusal is the control).
 
+A ``tools/list`` result that streams (chunked JSON, or a JSON body large enough that
+the gateway streams it) is buffered whole by :class:`JsonBuffer` — one JSON document,
+up to :data:`MAX_TOOLS_LIST_BYTES` — and filtered at its end; a longer one is replaced
+by a JSON-RPC error naming the limit (fail closed: the gateway cannot filter what it
+cannot hold, and must not pass what it could not filter).
+
 Plain data in and out: no mitmproxy here.
 """
 
@@ -16,6 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 from addons.mcp import jsonrpc
+
+#: The longest streamed JSON ``tools/list`` response buffered to be filtered; a longer
+#: one is refused with a JSON-RPC error naming this limit (tools_list_too_large).
+MAX_TOOLS_LIST_BYTES = 4 * 1024 * 1024
 
 
 def _filter_message(message: Any, hidden: Callable[[str], bool], removed: list[str]) -> bool:
@@ -125,3 +135,61 @@ def _event_end(buffer: bytes) -> int | None:
     """The offset just after the first complete event (blank line) in ``buffer``."""
     ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r") if (i := buffer.find(sep)) >= 0]
     return min(ends) if ends else None
+
+
+class JsonBuffer:
+    """A response stream callback for a streamed JSON ``tools/list`` response: keeps the
+    chunks (nothing goes out before the end), filters the whole document at its end and
+    passes the result to ``inner`` (another stream callback, or None), then ends it.
+
+    Past ``limit`` bytes the rest of the upstream body is dropped and ``refusal(reason)``
+    (the bytes of a JSON-RPC error) is sent instead; so is it when ``decode`` (the body's
+    Content-Encoding undone) fails. ``refused`` says why, once it happened."""
+
+    def __init__(self, hidden: Callable[[str], bool], refusal: Callable[[str], bytes],
+                 inner: Callable[[bytes], Any] | None = None, limit: int = MAX_TOOLS_LIST_BYTES,
+                 decode: Callable[[bytes], bytes] | None = None) -> None:
+        self.hidden = hidden
+        self.refusal = refusal
+        self.inner = inner
+        self.limit = limit
+        self.decode = decode
+        self.removed: list[str] = []
+        self.refused: str | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if chunk != b"":
+            if self.refused is None:
+                self._size += len(chunk)
+                if self._size > self.limit:
+                    self._parts = []
+                    self.refused = (f"the tools/list response is longer than the {self.limit:,} bytes "
+                                    "the gateway buffers to remove the tools this identity may not "
+                                    "call (MAX_TOOLS_LIST_BYTES)")
+                else:
+                    self._parts.append(chunk)
+            return []
+        return self._pass(self._finish()) + self._pass(b"", end=True)
+
+    def _finish(self) -> bytes:
+        if self.refused is None:
+            body = b"".join(self._parts)
+            self._parts = []
+            try:
+                body = self.decode(body) if self.decode is not None else body
+            except Exception:  # noqa: BLE001 - cannot read it: cannot filter it, so refuse
+                self.refused = "the tools/list response could not be decoded (Content-Encoding) to be filtered"
+            else:
+                filtered, self.removed = filter_body(body, "application/json", self.hidden)
+                return filtered if filtered is not None else body
+        return self.refusal(self.refused)
+
+    def _pass(self, data: bytes, end: bool = False) -> list[bytes]:
+        if self.inner is None:
+            return [] if end or not data else [data]
+        produced = self.inner(data)
+        if isinstance(produced, bytes):
+            return [produced] if produced else []
+        return [p for p in produced if p]
