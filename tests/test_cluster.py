@@ -249,7 +249,7 @@ def test_async_holds_survive_a_restart_and_are_collected_on_b_after_their_gatewa
     assert c.api("bob", "POST", f"/api/flows/{kept_id}/approve", json={}).status_code == 200
     collected = c.call("POST", "/v1/refunds?t=async-restart", json=REFUND, headers={"X-Portcullis-Approval": kept_id})
     assert collected.status_code == 200, collected.text
-    assert b.api("bob", "POST", f"/api/flows/{bs_own['flow_id']}/reject", json={}).status_code == 200
+    assert b.api("bob", "POST", f"/api/flows/{bs_own['flow_id']}/reject", json={"comment": "not now"}).status_code == 200
     assert others.result(timeout=10).status_code == 403
 
     # SIGKILL: no shutdown at all. B closes the dead gateway's wait-mode hold, and its
