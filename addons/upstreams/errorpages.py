@@ -8,7 +8,10 @@ machine-readable errors, so :func:`install` wraps the three places that write th
 pages (``_http1.make_error_response``, ``Http1Server.send`` and
 ``Http2Server._handle_event`` for ``ResponseProtocolError``) to write
 ``{"error": <kind>, "reason": <mitmproxy's message>, "detail": <the same>, "flow_id": ...}``
-instead.
+instead. A JSON-RPC request (an MCP call) gets that body as the ``data`` of a JSON-RPC
+error per request id instead (code -32006, HTTP 200; addons.core.replies.error_shape,
+the same denial-shape seam as every refusal), so an MCP SDK surfaces the failure as the
+call's error and its session goes on (docs/mcp.md).
 
 This reaches into mitmproxy internals, so it is written for the mitmproxy majors in
 :data:`SUPPORTED_MAJORS` (CI runs the suite on both: Python 3.11 + mitmproxy 11 and
@@ -33,7 +36,7 @@ from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1, _http2
 
-from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER
+from addons.core.replies import DECISION_HEADER, FLOW_ID_HEADER, error_shape
 
 log = logging.getLogger("portcullis.errorpages")
 
@@ -115,9 +118,15 @@ def render(status: int, message: str, kind: str | None = None,
     body: dict[str, Any] = {"error": kind, "reason": message, "detail": message}
     if flow_id:
         body["flow_id"] = flow_id
-    payload = json.dumps(body, ensure_ascii=False).encode()
+    content_type = "application/json"
+    shape = error_shape(flow_id) if status >= 500 else None
+    if shape is not None:  # a JSON-RPC request (MCP): one JSON-RPC error per id, HTTP 200
+        status, text, content_type = shape.render(status, body)
+        payload = text.encode()
+    else:
+        payload = json.dumps(body, ensure_ascii=False).encode()
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type.encode()),
         (b"cache-control", b"no-store"),
         (DECISION_HEADER.lower().encode(), b"error"),
     ]
