@@ -152,7 +152,7 @@ def test_two_reviewers_on_two_gateways_at_once_one_decision_wins(cluster):
 
     def decide(desk: ClusterDesk, how: str, flow_id: str) -> None:
         try:
-            (desk.approve(flow_id, FIN1) if how == "approve" else desk.reject(flow_id, FIN2))
+            (desk.approve(flow_id, FIN1) if how == "approve" else desk.reject(flow_id, FIN2, "no"))
             outcomes.append(how)
         except DecisionError as exc:
             outcomes.append(exc.code)
@@ -300,7 +300,7 @@ def test_the_live_feed_on_one_gateway_shows_the_other_gateways_holds(cluster):
     try:
         hold_on(a, "f-feed")
         wait_for(lambda: ("held", "f-feed") in seen, what="B's feed to show A's hold")
-        a.desk.reject("f-feed", FIN1)  # decided on A, about A's hold: B only reads it
+        a.desk.reject("f-feed", FIN1, "no")  # decided on A, about A's hold: B only reads it
         wait_for(lambda: ("decided", "f-feed") in seen, what="B's feed to show the decision")
         assert "rejected" not in b.kinds("f-feed")  # not on B's main bus: B records and notifies nothing
     finally:
@@ -323,7 +323,7 @@ def test_ended_state_is_pruned_after_the_retention(cluster, postgres_dsn):
     a = cluster()
     hold_on(a, "f-old")
     hold_on(a, "f-open")
-    a.desk.reject("f-old", FIN1)
+    a.desk.reject("f-old", FIN1, "no")
     a.store.flush()
     with connect(postgres_dsn, autocommit=True) as conn:
         PgHoldStore._prune(conn, retention_s=-60)  # everything ended counts as old
@@ -349,7 +349,7 @@ def test_without_a_dsn_the_store_is_the_memory_store_and_keeps_nothing_else():
     book = HoldBook(store, EventBus())
     for n in range(50):
         book.hold(hold_record(f"m-{n}", time.time()))
-        book.reject(f"m-{n}", FIN1)
+        book.reject(f"m-{n}", FIN1, "no")
     assert not store.shared and store.healthy and len(store._holds) == 5
     assert store._collected == {} and store._owner == {} and store._seen == {}
     assert store._queue.empty()
