@@ -176,16 +176,17 @@ def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
         "error": state.error or (flow.error.msg if flow.error else None),
         "replay_of": state.replay_of, "masked": state.masked,
     }
-    # Credentials in the query string (?api_key=...) are redacted like headers' (issue 16).
-    secret_list = set(secrets) | set(state.secrets) | query_secrets(query)
     request_parts = (request.headers.fields, request.raw_content)
     # A streamed response has no body here: record what the stream sent the agent.
     sent = state.sent if response is not None and response.raw_content is None else None
     response_parts = (response.headers.fields, bytes(sent.data) if sent else response.raw_content) \
         if response else None
 
-    return FlowRow(snapshot, path, query, hidden, frozenset(secret_list), request_parts, response_parts,
-                   cap, sent.size if sent is not None and not sent.complete else None)
+    # The known secrets' tuple is shared by every flow (pickled once per batch); the union
+    # with this flow's own, and the query's, is made where the row is built.
+    known = secrets if isinstance(secrets, tuple) else tuple(secrets)
+    return FlowRow(snapshot, path, query, hidden, known, tuple(state.secrets), request_parts,
+                   response_parts, cap, sent.size if sent is not None and not sent.complete else None)
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ class FlowRow:
     path: str
     query: str
     hidden: frozenset[str]
-    secrets: frozenset[str]
+    known: tuple[str, ...]  # secrets seen in any flow
+    own: tuple[str, ...]  # this flow's (injected credentials)
     request_parts: tuple[HeaderFields, bytes | None]
     response_parts: tuple[HeaderFields, bytes | None] | None
     cap: int
@@ -208,14 +210,16 @@ class FlowRow:
 
     def __reduce__(self) -> tuple[type, tuple]:
         # A plain tuple of the fields: pickles ~10x faster than a frozen dataclass's state.
-        return (FlowRow, (self.snapshot, self.path, self.query, self.hidden, self.secrets,
+        return (FlowRow, (self.snapshot, self.path, self.query, self.hidden, self.known, self.own,
                           self.request_parts, self.response_parts, self.cap, self.sent_incomplete_size))
 
     def __call__(self) -> dict[str, Any]:
         request_parts, response_parts, hidden = self.request_parts, self.response_parts, self.hidden
+        # Credentials in the query string (?api_key=...) are redacted like headers' (issue 16).
+        secrets = {*self.known, *self.own} | query_secrets(self.query)
         # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
         redactor = redactor_for(frozenset(
-            self.secrets | hidden_values(request_parts[0], hidden)
+            secrets | hidden_values(request_parts[0], hidden)
             | (hidden_values(response_parts[0], hidden) if response_parts else set())))
         row = dict(self.snapshot)
         row["path"] = redactor.text(self.path)
