@@ -157,7 +157,10 @@ def test_the_same_rules_apply_and_failures_say_why(rig: ReviewRig):
     assert first.returncode == 0 and "1 more needed" in first.stdout
     twice = main(rig, "approve", hold["flow_id"], reviewer="alice")
     assert twice.returncode == 1 and "already_approved" in twice.stderr
-    assert main(rig, "reject", hold["flow_id"], "--comment", " ", reviewer="bob").returncode == 1
+    blank = main(rig, "reject", hold["flow_id"], "--comment", " ", reviewer="bob")
+    assert blank.returncode == 1 and "comment_required" in blank.stderr  # the gateway's book refuses it
+    no_comment = main(rig, "reject", hold["flow_id"], reviewer="bob")  # the rule does not say optional
+    assert no_comment.returncode == 1 and "comment_required" in no_comment.stderr
     assert main(rig, "reject", hold["flow_id"], "--comment", "not today", reviewer="bob").returncode == 0
     assert call.result(timeout=10).status_code == 403
 
@@ -170,8 +173,6 @@ def test_the_same_rules_apply_and_failures_say_why(rig: ReviewRig):
     flag = cli(rig, "pending", "--token", rig.tokens["alice"], reviewer=None)
     assert flag.returncode == 2 and "unrecognized arguments" in flag.stderr
     assert rig.tokens["alice"].split("_")[2] not in flag.stderr.split("unrecognized arguments")[0]
-    no_comment = main(rig, "reject", hold["flow_id"])  # the rule does not say reject_comment: optional
-    assert no_comment.returncode == 1 and "needs a --comment" in no_comment.stderr
     down = main(rig, "pending", env={"PORTCULLIS_UI": "127.0.0.1:1"})
     assert down.returncode == 2 and "cannot reach the review UI" in down.stderr
 

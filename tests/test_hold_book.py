@@ -102,7 +102,7 @@ def test_n_approvals_need_n_distinct_reviewers_and_one_rejection_rejects():
 def test_a_decided_hold_cannot_be_decided_again():
     rig = Rig()
     hold = rig.hold()
-    rig.book.reject(hold.id, FIN1)
+    rig.book.reject(hold.id, FIN1, "no")
     for action in (rig.book.approve, rig.book.reject):
         error = refused(action, hold.id, FIN2)
         assert (error.status, error.code) == (409, "already_decided")
@@ -338,6 +338,25 @@ def test_decisions_name_where_they_came_from():
     assert (rig.events[-1].kind, rig.events[-1].detail["via"]) == ("approval", "cli")
     rig.book.approve(second.id, FIN2, "")
     assert rig.events[-1].kind == "approved" and "via" not in rig.events[-1].detail
+    third = rig.hold()
+    with pytest.raises(ValueError, match="unknown decision origin"):
+        rig.book.approve(third.id, FIN1, "", via="slack-ish")  # only the four origins exist
+    assert rig.book.get(third.id).decision is None and rig.book.get(third.id).votes == []
+
+
+def test_a_rejection_needs_a_comment_unless_the_rule_says_optional():
+    """The one place (every path decides through the book): nothing is decided or recorded."""
+    rig = Rig()
+    hold = rig.hold()
+    for empty in ("", "  \n "):
+        error = refused(rig.book.reject, hold.id, FIN1, empty)
+        assert (error.status, error.code) == (400, "comment_required")
+        assert "A rejection needs a comment" in error.message
+    assert rig.book.get(hold.id).decision is None and rig.kinds(hold.id) == ["held"]
+    assert refused(rig.book.reject, hold.id, SUPPORT, "").code == "not_an_approver"  # who may decide: first
+    assert rig.book.reject(hold.id, FIN1, "not this customer").decision == "rejected"
+    lenient = rig.hold(reject_comment_required=False)
+    assert rig.book.reject(lenient.id, FIN1, "").decision == "rejected"
 
 
 def test_a_grant_is_made_only_when_the_last_approval_decides():
@@ -391,7 +410,7 @@ def test_an_approval_is_collected_once_by_the_identical_request_of_the_same_iden
 def test_a_rejected_or_expired_hold_is_denied_to_its_collector():
     rig = Rig()
     rejected, expired = rig.hold(), rig.hold()
-    rig.book.reject(rejected.id, FIN1)
+    rig.book.reject(rejected.id, FIN1, "no")
     rig.book.expire(expired.id)
     for hold in (rejected, expired):
         assert rig.book.collect("c", hold.id, "billing-agent", PRINT, VERDICT).outcome == "denied"
@@ -417,7 +436,7 @@ def test_the_store_forgets_the_oldest_decided_holds_never_pending_ones():
     decided = []
     for _ in range(4):
         hold = rig.hold()
-        rig.book.reject(hold.id, FIN1)
+        rig.book.reject(hold.id, FIN1, "no")
         decided.append(hold)
     assert rig.book.find(pending.id) is pending
     assert [rig.book.find(h.id) is not None for h in decided] == [False, False, True, True]

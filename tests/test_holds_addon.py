@@ -322,7 +322,7 @@ def test_reviewers_see_no_secret_header_or_injected_value_and_the_download_refus
         await rig.send(plain, "other", x_portcullis_wait="async")
         raw, digest = await asyncio.to_thread(rig.addon.desk.held_body, plain.id)
         assert raw == b'{"amount": 900}' and len(digest) == 64
-        rig.addon.book.reject(plain.id, FIN)
+        rig.addon.book.reject(plain.id, FIN, "no")
         with pytest.raises(DecisionError) as released:
             await asyncio.to_thread(rig.addon.desk.held_body, plain.id)
         assert released.value.code == "body_released"

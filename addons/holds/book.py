@@ -54,9 +54,21 @@ DECISIONS = ("approved", "rejected", "expired", "abandoned")
 #: Methods whose repetition has no further effect (RFC 9110 9.2.2): the ones a grant may
 #: cover without the rule's ``grant_unsafe_methods: true``.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: Where a decision came from (``via`` in its audit event): the review UI's pages, the
+#: JSON API with a token, the terminal commands (``portcullis approve``), a Slack button.
+#: The review UI derives it from how the caller authenticated, never from what it claims.
+ORIGINS = ("ui", "api", "cli", "slack")
+#: The header ``portcullis approve/reject`` send with their token (review_ui.holds.api):
+#: a token client may say it is the terminal, nothing else.
+CLIENT_HEADER = "X-Portcullis-Client"
 #: Uses of a grant remembered with it (each is also a ``grant_used`` event in the recording).
 GRANT_USES_KEPT = 100
 SUMMARY_MAX = 160
+
+
+def _check_origin(via: str | None) -> None:
+    if via is not None and via not in ORIGINS:
+        raise ValueError(f"unknown decision origin {via!r} (one of {', '.join(ORIGINS)})")
 
 
 class DecisionError(Exception):
@@ -176,6 +188,9 @@ class HoldRecord:
     #: An MCP call as the reviewer sees it (addons.mcp.addon.McpAddon.describe): server,
     #: tool, arguments pretty-printed, the session's earlier tool calls; None otherwise.
     mcp: dict[str, Any] | None = None
+    #: The hold's Slack message once posted, ``{"channel", "ts"}``: plain data on the
+    #: record, so that with shared state whichever gateway decides can rewrite it.
+    slack_message: dict[str, str] | None = None
 
     def shown_summary(self) -> str | None:
         """One line on what the body asks for: the rule's ``summary`` line, else :func:`auto_summary`."""
@@ -406,6 +421,15 @@ class HoldBook:
                       approvals_required=spec.approvals_required, mode=hold.mode)
         return hold
 
+    def note_slack_message(self, hold_id: str, channel: str, ts: str) -> HoldRecord | None:
+        """Keep where ``hold_id``'s Slack message is (addons.holds.notify posted it)."""
+        hold = self.store.get(hold_id)
+        if hold is None:
+            return None
+        hold.slack_message = {"channel": channel, "ts": ts}
+        self.store.put(hold)
+        return hold
+
     # --- the rules of deciding -------------------------------------------------------
 
     def refusal(self, hold: HoldRecord, actor: Actor, voting: bool = False) -> DecisionError | None:
@@ -450,7 +474,8 @@ class HoldBook:
     def approve(self, hold_id: str, actor: Actor, comment: str = "", grant_s: float | None = None,
                 via: str | None = None) -> HoldRecord:
         """One reviewer's approval (the last one needed approves). ``via`` names where it
-        came from when not the review UI (``slack``, ``cli``), for the audit trail."""
+        came from (one of :data:`ORIGINS`), for the audit trail and the recording."""
+        _check_origin(via)
         hold = self.get(hold_id)
         self._check(hold, actor, voting=True)
         if grant_s is not None:
@@ -475,8 +500,15 @@ class HoldBook:
         return hold
 
     def reject(self, hold_id: str, actor: Actor, comment: str = "", via: str | None = None) -> HoldRecord:
+        """One reviewer's rejection. It needs a comment (the agent reads it) unless the rule
+        says ``reject_comment: optional``: checked here, so the review page, the API, the
+        terminal and Slack all refuse an empty one alike (``400 comment_required``)."""
+        _check_origin(via)
         hold = self.get(hold_id)
         self._check(hold, actor, voting=False)
+        if not comment.strip() and hold.spec.reject_comment_required:
+            raise DecisionError(400, "comment_required",
+                                "A rejection needs a comment: the agent reads it to know what to do instead.")
         self._finish(hold, "rejected", actor.name, comment, via=via)
         return hold
 

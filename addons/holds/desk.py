@@ -122,12 +122,31 @@ class HoldDesk:
                                 "the body holds an injected credential and is not offered")
         return raw, digest
 
+    def slack_message(self, flow_id: str) -> dict[str, str] | None:
+        """Where the hold's Slack message is (``{"channel", "ts"}``), or None if not posted."""
+
+        def read() -> dict[str, str] | None:
+            hold = self.book.find(flow_id)
+            return dict(hold.slack_message) if hold is not None and hold.slack_message else None
+
+        return self._call(read)
+
+    def note_slack_message(self, flow_id: str, channel: str, ts: str) -> dict[str, Any] | None:
+        """Keep the posted message's place on the hold record (shared with the cluster
+        through the store); the hold's summary now, or None when it is gone."""
+
+        def note() -> dict[str, Any] | None:
+            hold = self.book.note_slack_message(flow_id, channel, ts)
+            return hold.summary() if hold is not None else None
+
+        return self._call(note)
+
     # --- deciding --------------------------------------------------------------------
 
     def approve(self, flow_id: str, actor: Actor, comment: str = "",
                 grant_s: float | None = None, via: str | None = None) -> dict[str, Any]:
         """Approve (with a grant of ``grant_s`` seconds, if given); the hold's summary after.
-        ``via``: where the decision came from, when not the review UI (``slack``)."""
+        ``via``: where the decision came from (``ui``, ``api``, ``cli``, ``slack``)."""
         return self._call(lambda: self.book.approve(flow_id, actor, comment, grant_s, via).summary())
 
     def reject(self, flow_id: str, actor: Actor, comment: str = "", via: str | None = None) -> dict[str, Any]:

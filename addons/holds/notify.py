@@ -10,7 +10,10 @@ Block Kit message (summary, rule, reason, justification, review link, Approve/Re
 buttons, each behind a confirm dialog) with ``chat.postMessage``, and rewrites it with
 ``chat.update`` on every change: an approval of N, an escalation, and the outcome, from
 wherever it was decided (Slack, the review UI, the terminal, a timeout). Its deliveries
-run on one thread, so a hold's message is posted before it is updated. The buttons'
+run on one thread, so a hold's message is posted before it is updated. Where the
+message is (channel, ts) is kept on the hold record itself (``slack_message``), so with
+shared state (``--state``) the gateway that took the hold posts it, once for the
+cluster, and whichever gateway records a change rewrites it. The buttons'
 callbacks are verified and decided by the review UI (review_ui.slack), which answers
 a refused click with an ephemeral message through :meth:`SlackPoster.tell`.
 
@@ -37,6 +40,7 @@ from urllib.parse import urlsplit
 from addons.core.events import Event
 from addons.core.flowstate import FlowStates
 from addons.core.secretforms import REDACTED, is_secret_param
+from addons.holds.book import DecisionError
 from addons.holds.desk import HoldDesk
 from addons.holds.spec import NOTIFY_EVENTS, SlackSettings, Webhook
 
@@ -55,7 +59,8 @@ COMMENT_BLOCK, COMMENT_INPUT = "reason", "comment"
 SLACK_EVENTS = frozenset({"held", "approval", "escalated", "approved", "rejected", "expired", "abandoned"})
 #: Slack's limits: section text 3000 characters, a field 2000, a confirm dialog's text 300.
 SECTION_MAX, FIELD_MAX, CONFIRM_MAX = 3000, 2000, 300
-#: Holds whose Slack message is remembered (channel, ts) for updates.
+#: Holds whose Slack message this gateway posted, remembered (channel, ts) besides the
+#: record: for a decision another gateway committed before the record knew the message.
 MESSAGES_KEPT = 5000
 #: How long a stopping gateway waits for queued Slack updates (its expired holds).
 STOP_DRAIN_S = 3.0
@@ -212,11 +217,15 @@ class SlackPoster:
     """
 
     def __init__(self, settings: Callable[[], SlackSettings | None],
-                 link: Callable[[str], str | None] = lambda _flow_id: None) -> None:
+                 link: Callable[[str], str | None] = lambda _flow_id: None,
+                 remember: Callable[[str, str, str], dict[str, Any] | None] = lambda *_: None) -> None:
         self.settings = settings
         self.link = link
+        #: Keeps a posted message's (channel, ts) on the hold record; returns the hold's
+        #: summary now (it may have changed while the post was on its way), or None.
+        self.remember = remember
         self.pool: ThreadPoolExecutor | None = None
-        #: flow id -> (channel, ts) of its message, for chat.update.
+        #: flow id -> (channel, ts) of the messages this gateway posted.
         self.messages: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._queued: set[Future] = set()
@@ -241,8 +250,13 @@ class SlackPoster:
         settings = self.settings()
         return settings.signing_secret.value if settings is not None else None
 
+    def posted_here(self, flow_id: str) -> bool:
+        with self._lock:
+            return flow_id in self.messages
+
     def on_hold(self, kind: str, hold: dict[str, Any]) -> None:
-        """Queue the post (``held``) or update (anything else) of ``hold``'s message."""
+        """Queue the post (``held``) or update (anything else) of ``hold``'s message;
+        ``hold["slack_message"]`` (from the record) says where it is, if known."""
         settings, pool = self.settings(), self.pool
         if settings is None or pool is None or kind not in SLACK_EVENTS:
             return
@@ -269,15 +283,21 @@ class SlackPoster:
         answer = self._api(settings, "chat.postMessage", {
             "channel": settings.channel, "text": text, "blocks": blocks,
             "unfurl_links": False, "unfurl_media": False})
-        if answer is not None and answer.get("ts"):
-            with self._lock:
-                self.messages[hold["flow_id"]] = (str(answer.get("channel") or settings.channel), str(answer["ts"]))
-                while len(self.messages) > MESSAGES_KEPT:
-                    self.messages.popitem(last=False)
+        if answer is None or not answer.get("ts"):
+            return
+        where = (str(answer.get("channel") or settings.channel), str(answer["ts"]))
+        with self._lock:
+            self.messages[hold["flow_id"]] = where
+            while len(self.messages) > MESSAGES_KEPT:
+                self.messages.popitem(last=False)
+        now = self.remember(hold["flow_id"], *where)
+        if now is not None and _state(now) != _state(hold):
+            self._update(settings, now)  # decided (or voted on) while the post was on its way
 
     def _update(self, settings: SlackSettings, hold: dict[str, Any]) -> None:
+        ref = hold.get("slack_message")
         with self._lock:
-            where = self.messages.get(hold["flow_id"])
+            where = (ref["channel"], ref["ts"]) if ref else self.messages.get(hold["flow_id"])
         if where is None:
             return  # never posted (Slack configured since, or the post failed): nothing to update
         text, blocks = slack_message(hold, self._link(settings, hold["flow_id"]))
@@ -333,6 +353,11 @@ class SlackPoster:
         pool.submit(self._guarded, _post_json, response_url, body, headers)
 
 
+def _state(hold: dict[str, Any]) -> tuple[Any, ...]:
+    """What a hold's message shows that can change."""
+    return hold["status"], len(hold.get("approvals") or []), hold.get("escalated")
+
+
 def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     # No proxy: Slack must not be reached back through the gateway itself.
@@ -367,7 +392,7 @@ class NotifyAddon:
         self.policy_source = policy
         #: The review UI addon: ``.url`` is its base URL, or None when it is off.
         self.ui = ui
-        self.slack = SlackPoster(self.slack_settings, self.review_link)
+        self.slack = SlackPoster(self.slack_settings, self.review_link, self.remember_message)
         holds.slack = self.slack  # the review UI's Slack endpoint verifies and answers with it
         self.pool: ThreadPoolExecutor | None = None
         self._backlog = 0
@@ -408,7 +433,8 @@ class NotifyAddon:
         if self.pool is None or (event.kind not in NOTIFY_EVENTS and event.kind not in SLACK_EVENTS):
             return
         if event.detail.get("decided_elsewhere"):
-            return  # --state: the gateway where the reviewer decided has notified already
+            self._slack_catch_up(event)  # --state: the deciding gateway has notified already
+            return
         hooks = [h for h in self.webhooks() if event.kind in h.events]
         slack = event.kind in SLACK_EVENTS and self.slack_settings() is not None
         if not hooks and not slack:
@@ -417,7 +443,7 @@ class NotifyAddon:
         if summary is None:
             return
         if slack:
-            self.slack.on_hold(event.kind, summary)
+            self.slack.on_hold(event.kind, {**summary, "slack_message": self.holds.slack_message(event.flow_id)})
         link = self.review_link(event.flow_id)
         for hook in hooks:
             with self._lock:
@@ -426,6 +452,26 @@ class NotifyAddon:
                     continue
                 self._backlog += 1
             self.pool.submit(self._deliver, hook, payload(hook, event.kind, summary, link))
+
+    def remember_message(self, flow_id: str, channel: str, ts: str) -> dict[str, Any] | None:
+        """(The Slack thread.) Keep a posted message on its hold's record."""
+        try:
+            summary = self.holds.note_slack_message(flow_id, channel, ts)
+        except DecisionError as exc:  # the gateway is stopping: this message is not updated
+            log.warning("could not keep the Slack message of %s: %s", flow_id, exc.message)
+            return None
+        return {**summary, "slack_message": {"channel": channel, "ts": ts}} if summary is not None else None
+
+    def _slack_catch_up(self, event: Event) -> None:
+        """Another gateway decided a hold whose message this one posted. It rewrote the
+        message if the record it decided on knew it; if not (it decided before this
+        gateway's note of the message was committed), this gateway does."""
+        if (event.kind not in SLACK_EVENTS or self.slack_settings() is None
+                or not self.slack.posted_here(event.flow_id) or self.holds.slack_message(event.flow_id)):
+            return
+        summary = self.holds.find(event.flow_id)
+        if summary is not None:
+            self.slack.on_hold(event.kind, summary)
 
     def _deliver(self, hook: Webhook, body: dict[str, Any], attempt: int = 1) -> None:
         """One attempt (on a pool thread). A retry is scheduled, not slept on, so one

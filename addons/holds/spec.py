@@ -275,7 +275,7 @@ class HoldSpec:
     grant_unsafe_methods: bool = False
     #: The rule's one-line ``summary`` template over body fields (addons.holds.summary).
     summary: str | None = None
-    #: The review page requires a comment to reject (``reject_comment: optional`` lifts it).
+    #: A rejection needs a comment, wherever it is made (HoldBook.reject; ``reject_comment: optional`` lifts it).
     reject_comment_required: bool = True
 
 

@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from addons.holds.book import CLIENT_HEADER
 from addons.holds.notify import redacted_url
 from gateway.commands.replay import DEFAULT_UI, TOKEN_ENV, UI_ENV
 
@@ -137,6 +138,7 @@ class Api:
         data = json.dumps(payload).encode() if payload is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Accept": "application/json",
+            CLIENT_HEADER: "cli",  # the audit trail says the decision came from the terminal
             **({"Content-Type": "application/json"} if data is not None else {}),
         })
         try:
@@ -269,9 +271,6 @@ def handle_approve(args: argparse.Namespace) -> int:
 
 def handle_reject(args: argparse.Namespace) -> int:
     def work(api: Api) -> int:
-        if not args.comment.strip() and api.call("GET", api.flow_path(args.flow_id)).get(
-                "reject_comment_required", True):
-            raise Failure(400, "a rejection needs a --comment: the agent reads it")
         hold = api.call("POST", api.flow_path(args.flow_id, "reject"), {"comment": args.comment})
         print(f"rejected {hold['flow_id']} ({inert(hold['method'])} {inert(redacted_url(hold['url']))}); "
               "the agent receives a 403 with your comment")

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from addons.core.secretforms import redact_url
-from addons.holds.book import DecisionError
+from addons.holds.book import CLIENT_HEADER, DecisionError
 from addons.holds.spec import parse_duration
 from review_ui.auth import api_auth_required, current_actor
 from review_ui.errors import api_error
@@ -128,9 +128,19 @@ def reject(flow_id: str) -> Any:
     return _decide(services().holds.reject, flow_id, comment)
 
 
+def decision_origin() -> str:
+    """Where an API decision comes from, by how its caller authenticated: a browser
+    session (with its CSRF token) is the review UI; a token is the API, or the terminal
+    when ``portcullis approve/reject`` say so. Nothing a client sends makes it ``slack``
+    (only the signed Slack callback, review_ui.slack, decides with that)."""
+    if not g.get("via_token"):
+        return "ui"
+    return "cli" if request.headers.get(CLIENT_HEADER, "").strip().lower() == "cli" else "api"
+
+
 def _decide(action: Any, flow_id: str, *args: Any) -> Any:
     try:
-        summary = action(flow_id, current_actor(), *args)
+        summary = action(flow_id, current_actor(), *args, via=decision_origin())
     except DecisionError as exc:
         return decision_error(exc)
     return jsonify(public(summary))

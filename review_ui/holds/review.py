@@ -153,7 +153,12 @@ def event_label(event: dict[str, Any], mode: str) -> str:
         return f"answered the agent {detail.get('status_code', 202)} (pending; it re-sends to collect)"
     if kind == "completed":
         return f"the agent received its response ({detail.get('status_code', '?')})"
-    return kind.replace("_", " ")
+    return kind.replace("_", " ") + VIA_LABELS.get(detail.get("via"), "")
+
+
+#: Where a decision came from (its event's ``via``), as the audit trail says it.
+VIA_LABELS = {"ui": " in the review UI", "api": " through the API", "cli": " from the terminal",
+              "slack": " from Slack"}
 
 
 def approved_message(hold: dict[str, Any]) -> str:
@@ -165,14 +170,6 @@ def approved_message(hold: dict[str, Any]) -> str:
         return ("Approved. Nothing is forwarded yet: the agent receives the upstream's answer when it "
                 "re-sends the request with its approval id.")
     return "Approved; the gateway forwarded the request to the upstream."
-
-
-def comment_required(flow_id: str) -> bool:
-    """Whether rejecting this hold needs a comment (the rule's ``reject_comment``)."""
-    try:
-        return flow_details(flow_id).get("reject_comment_required", True)
-    except DecisionError:
-        return True  # the decision itself will say what is wrong
 
 
 def render_review(flow_id: str, error: str | None = None, status: int = 200, comment: str = "") -> Any:
@@ -225,15 +222,12 @@ def decide(flow_id: str) -> Any:
     comment = request.form.get("comment", "")[:COMMENT_MAX]
     try:
         if action == "reject":
-            if not comment.strip() and comment_required(flow_id):
-                return render_review(flow_id, error="A rejection needs a comment: the agent reads it to "
-                                     "know what to do instead.", status=400)
-            hold = holds.reject(flow_id, current_actor(), comment)
+            hold = holds.reject(flow_id, current_actor(), comment, via="ui")
             flash("Rejected. The agent " + ("receives a 403 with your comment when it re-sends the request."
                                             if hold.get("mode") == "async" else "received a 403 with your comment."))
         elif action in ("approve", "grant"):
             grant = parse_duration(request.form.get("grant", "")) if action == "grant" else None
-            flash(approved_message(holds.approve(flow_id, current_actor(), comment, grant)))
+            flash(approved_message(holds.approve(flow_id, current_actor(), comment, grant, via="ui")))
         else:
             abort(400, "unknown action")
     except DecisionError as exc:

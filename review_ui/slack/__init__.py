@@ -136,10 +136,6 @@ def _submitted(payload: dict[str, Any], reviewer: Any) -> Any:
     except (KeyError, TypeError):
         comment = ""
     comment = comment if isinstance(comment, str) else ""
-    hold = services().holds.find(view["private_metadata"])
-    if not comment.strip() and (hold is None or hold.get("reject_comment_required", True)):
-        return jsonify({"response_action": "errors",
-                        "errors": {COMMENT_BLOCK: "A rejection needs a comment: the agent reads it."}})
     try:
         services().holds.reject(view["private_metadata"], Actor(reviewer.name, reviewer.groups),
                                 comment.strip()[:COMMENT_MAX], via="slack")

@@ -123,7 +123,7 @@ class ReviewRig:
     def approve(self, reviewer: str, flow_id: str, comment: str = "", **extra: Any) -> requests.Response:
         return self.api(reviewer, "POST", f"/api/flows/{flow_id}/approve", json={"comment": comment, **extra})
 
-    def reject(self, reviewer: str, flow_id: str, comment: str = "") -> requests.Response:
+    def reject(self, reviewer: str, flow_id: str, comment: str = "not this one") -> requests.Response:
         return self.api(reviewer, "POST", f"/api/flows/{flow_id}/reject", json={"comment": comment})
 
     def sign_in(self, page: Any, name: str, start: str = "/") -> Any:
