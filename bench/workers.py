@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -83,6 +84,17 @@ class Proxy:
 class WorkerProcess(procs.Process):
     """A gateway whose CPU is its supervisor's and all its workers' (children of the supervisor)."""
 
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        """Started once every worker listens (the supervisor's banner), not when the first does."""
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        while "Portcullis gateway ready" not in self.output():
+            if not self.alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name}: not every worker started; its output:\n{self.output()}")
+            time.sleep(0.05)
+        return self
+
     def usage(self) -> procs.Usage:
         own = procs.usage(self.pid)
         cpu, rss, peak = own.cpu, own.rss, own.peak_rss
@@ -96,11 +108,19 @@ class WorkerProcess(procs.Process):
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+    """The processes whose parent is ``pid`` (from /proc: any of its threads may have forked them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # after the ")" of comm: state, then ppid
+            found.append(int(entry))
+    return found
 
 
 class Postgres:
@@ -115,8 +135,6 @@ class Postgres:
     def start(self) -> str | None:
         if self.server is None:
             return None
-        import os
-
         if os.geteuid() == 0:  # the postgres user must reach its directory
             for parent in [self.server.root, *self.server.root.parents]:
                 if parent == Path("/"):
