@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from werkzeug.serving import make_server
 
 from addons.holds.binding import RequestPrint
@@ -121,5 +122,46 @@ def test_revoke_from_the_approved_page_and_from_the_grants_page(browser, server)
         page.wait_for_url(server["url"] + "/grants")
         assert page.locator(f"#grant-{second_grant}").count() == 0
         assert [g["id"] for g in server["desk"].grants() if g["id"] in (first_grant, second_grant)] == []
+    finally:
+        context.close()
+
+
+def test_the_grants_page_updates_in_place_and_keeps_keyboard_focus(browser, server):
+    """A grant made, used or revoked elsewhere shows on an open /grants page without a
+    reload, and the reviewer's keyboard focus stays on the control it was on."""
+    desk = server["desk"]
+    first, first_grant = granted(desk, next(_n), day=1)
+    context, page = sign_in(browser, server, DESKTOP)
+    try:
+        page.goto(server["url"] + "/grants")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        page.evaluate("window.notReloaded = true")
+        revoke = page.locator(f"#grant-{first_grant} button", has_text="Revoke")
+        revoke.focus()
+        _, second_grant = granted(desk, next(_n), day=2)  # another reviewer grants
+        page.wait_for_selector(f"#grant-{second_grant}")
+        binding = RequestPrint("GET", URL, f"{int(first.removeprefix('gb-')):064x}", PRINT.headers)
+        for u in range(2):  # the agent uses the first grant twice
+            desk.bridge.call(desk.book.use_grant, f"{first}-live-{u}", "billing-agent", binding, VERDICT)
+        expect(page.locator(f"#grant-{first_grant} .g-uses")).to_have_text("2")
+        assert page.locator(f"#grant-uses-{first_grant} li").count() == 2
+        assert page.evaluate("window.notReloaded") is True  # in place, not a reload
+        focused = page.evaluate("[document.activeElement.closest('[data-grant-id]')?.dataset.grantId,"
+                                " document.activeElement.textContent]")
+        assert focused == [first_grant, f"Revoke grant {first_grant}"]
+        # Focus on a use's link stays on that link when another use arrives above it.
+        link = page.locator(f"#grant-uses-{first_grant} a", has_text=f"{first}-live-0")
+        link.focus()
+        desk.bridge.call(desk.book.use_grant, f"{first}-live-2", "billing-agent", binding, VERDICT)
+        expect(page.locator(f"#grant-{first_grant} .g-uses")).to_have_text("3")
+        assert page.evaluate("document.activeElement.textContent") == f"{first}-live-0"
+        from addons.holds.book import Actor
+        bob = Actor("bob", frozenset({"finance-leads"}))
+        for grant_id in (first_grant, second_grant):  # revoked elsewhere: gone from the page
+            desk.revoke(grant_id, bob)
+            page.wait_for_selector(f"#grant-{grant_id}", state="detached")
+        if not desk.grants():
+            page.wait_for_selector("#no-grants")
+        assert page.evaluate("window.notReloaded") is True
     finally:
         context.close()

@@ -275,6 +275,7 @@
       else if (review) refreshNext();
     }
     if (page === "decisions" && event.type !== "held") refreshLive();
+    if (page === "grants" && event.type === "grants") refreshLive(); // made, used or revoked
   }
 
   // Replaces the page's [data-live] parts with the server's, keeping keyboard focus where
@@ -290,8 +291,13 @@
       const twin = fresh.getElementById(el.id);
       if (twin) el.replaceWith(document.importNode(twin, true));
     });
-    if (rowId) {
-      const again = document.querySelector(`[data-grant-id="${CSS.escape(rowId)}"] button`);
+    if (rowId && document.activeElement !== active) {
+      // The same control of the same grant (a use's link, Revoke), else the grant's button.
+      const freshRow = document.querySelector(`[data-grant-id="${CSS.escape(rowId)}"]`);
+      const same = (el) => el.tagName === active.tagName && el.getAttribute("href") === active.getAttribute("href") &&
+        el.textContent === active.textContent;
+      const again = freshRow && (Array.from(freshRow.querySelectorAll("a[href], button")).find(same) ||
+        freshRow.querySelector("button"));
       if (again) again.focus({ preventScroll: true });
     }
     tick();
