@@ -191,6 +191,55 @@ def throughput(rounds: int, seconds: float, clients: int) -> dict:
                                                    / max(thread_health["rows_written"], 1), 3)}
 
 
+# --- 1b. the data path's share, without the network ------------------------------------
+
+def data_path(flows: int = 3000) -> dict:
+    """CPU of the gateway process per flow for the recorder's hooks (and, for recording
+    on, the feed's thread or the writer thread), driven directly on mitmproxy test flows:
+    the recording's cost to the data path without the load generator's noise."""
+    from mitmproxy.test import taddons, tflow
+
+    from addons.core.flowstate import FlowStates
+    from addons.recorder.addon import IN_PROCESS_ENV, RecorderAddon
+
+    def run(mode: str) -> tuple[float, float]:
+        os.environ.pop(IN_PROCESS_ENV, None)
+        if mode == "thread":
+            os.environ[IN_PROCESS_ENV] = "thread"
+        states = FlowStates()
+        recorder = RecorderAddon(states)
+        with tempfile.TemporaryDirectory() as tmp, taddons.context(recorder) as tctx:
+            tctx.configure(recorder, portcullis_db=str(Path(tmp) / "r.duckdb") if mode != "off" else "")
+            batch = [tflow.tflow(resp=True) for _ in range(flows)]
+            for flow in batch:
+                flow.request.headers["authorization"] = "Bearer abcdefghijklmnop"
+                flow.response.content = b'{"ok": true, "items": [1, 2, 3, 4, 5, 6, 7, 8]}' * 3
+            time.sleep(0.5)
+            began = time.process_time()
+            for flow in batch:
+                recorder.requestheaders(flow)
+                state = states.of(flow)
+                state.decision = "allowed"
+                state.emit("decided", decision="allowed", rules=[])
+                recorder.request(flow)
+                recorder.response(flow)
+            hooks = time.process_time() - began
+            if recorder.writer is not None:
+                deadline = time.monotonic() + 120
+                while recorder.writer.written < flows * 5 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            total = time.process_time() - began
+            recorder.done()
+        os.environ.pop(IN_PROCESS_ENV, None)
+        return round(hooks * 1000 / flows, 3), round(total * 1000 / flows, 3)
+
+    result = {mode: run(mode) for mode in MODES}
+    return {"flows": flows, **{f"{mode}_hooks_ms": result[mode][0] for mode in MODES},
+            **{f"{mode}_process_ms": result[mode][1] for mode in MODES},
+            "recording_ms_per_flow": round(result["on"][1] - result["off"][1], 3),
+            "recording_ms_per_flow_thread": round(result["thread"][1] - result["off"][1], 3)}
+
+
 # --- 2. a million flows ------------------------------------------------------------------
 
 HOSTS = [f"api{i}.example.com" for i in range(40)]
@@ -298,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
               f"path {t['recording_cpu_ms_per_request']} ms (thread: "
               f"{t['recording_cpu_ms_per_request_thread']} ms); recording process "
               f"{t['sink_cpu_ms_per_row']} ms per row", flush=True)
+    report["data_path"] = d = data_path()
+    print(f"data path, {d['flows']} flows through the recorder's hooks: recording costs the gateway "
+          f"process {d['recording_ms_per_flow']} ms per flow (recording process), "
+          f"{d['recording_ms_per_flow_thread']} ms (writer thread); target <= 0.1", flush=True)
     if not args.skip_million:
         report["million"] = m = million(100_000 if args.quick else 1_000_000)
         print(f"{m['flows']} flows + {m['events']} events: {m['db_mib']} MiB, "
