@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recording", nargs="+", choices=("lake", "off"), default=["lake"],
                         help="how the N-worker gateways (and their 1-worker baselines) record")
     parser.add_argument("--state", help="a PostgreSQL URL to use for the shared state (default: start one)")
+    parser.add_argument("--priority", action="store_true",
+                        help="on a machine shared with other work (Linux, root): give this session's "
+                             "scheduler group (/proc/self/autogroup) nice -20 for the run, as docs/deploy.md did")
     parser.add_argument("--quick", action="store_true", help="2 s windows, 2 repetitions")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
@@ -356,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             n *= 2
     if args.quick:
         args.duration, args.repetitions = 2.0, 2
+    if args.priority:
+        # Linux groups each session's processes for scheduling, so plain nice does not lift a
+        # benchmark above other sessions' work; the group's own nice does (root only).
+        Path("/proc/self/autogroup").write_text("-20")
     with tempfile.TemporaryDirectory(prefix="portcullis-workers-") as directory:
         result = asyncio.run(run(counts, args.clients, args.duration, args.warmup, args.repetitions,
                                  Path(directory), tuple(args.recording), args.state))
