@@ -123,6 +123,34 @@ def test_masking_capture_keeps_what_the_filter_sent():
     assert b"drop_db" not in sent.data and b'"refund"' in sent.data
 
 
+def test_an_sse_tools_list_event_over_the_limit_fails_closed_and_the_rest_is_dropped(monkeypatch):
+    monkeypatch.setattr(toolslist, "MAX_TOOLS_LIST_BYTES", 60)
+    from addons.mcp import jsonrpc
+    with taddons.context():
+        addons = _addons(RULES)
+        flow, state = _streaming_list(addons, {"content-type": "text/event-stream"})
+        body = _streamed(flow, b": ping\n\n" + jsonrpc.sse_event(TOOLS) + b": after\n\n", chunk=7)
+    text = body.decode()
+    assert "drop_db" not in text and '"read"' not in text  # the long event is gone, whole
+    assert text.startswith(": ping\n\n") and text.endswith(": after\n\n")
+    events = [e for e in jsonrpc.sse_events(text) if e.data]
+    answer = json.loads(events[0].data)
+    assert answer["id"] == 2 and answer["error"]["code"] == -32007
+    assert answer["error"]["data"]["limit"] == 60
+    assert state.decision == "blocked"
+
+
+def test_compressed_sse_tools_list_is_buffered_decoded_and_filtered():
+    from addons.mcp import jsonrpc
+    with taddons.context():
+        addons = _addons(RULES)
+        flow, _ = _streaming_list(addons, {"content-type": "text/event-stream", "content-encoding": "gzip"})
+        assert "content-encoding" not in flow.response.headers
+        body = _streamed(flow, gzip.compress(b": ping\n\n" + jsonrpc.sse_event(TOOLS)))
+    events = [e for e in jsonrpc.sse_events(body.decode()) if e.data]
+    assert [t["name"] for t in json.loads(events[0].data)["result"]["tools"]] == ["read", "refund", "legacy_tool"]
+
+
 # --- through a real gateway ----------------------------------------------------------
 
 

@@ -338,10 +338,13 @@ class ToolsListStreams:
             return
         stream = response.stream
         inner = stream.inner if hasattr(stream, "inner") else stream if callable(stream) else None
-        if "text/event-stream" in response.headers.get("content-type", "").lower():
-            wrapped: Callable[[bytes], Any] = SseFilter(hidden, inner)
-        else:
-            wrapped = self._json_buffer(flow, state, hidden, inner)
+        sse = "text/event-stream" in response.headers.get("content-type", "").lower()
+        encoded = response.headers.get("content-encoding", "").strip().lower() not in ("", "identity")
+        if sse and not encoded:
+            wrapped: Callable[[bytes], Any] = SseFilter(hidden, inner, self._refusal(flow, state),
+                                                        toolslist.MAX_TOOLS_LIST_BYTES)
+        else:  # JSON, or compressed SSE: buffered whole, decoded, filtered, sent plain
+            wrapped = self._buffer(flow, state, hidden, inner, "text/event-stream" if sse else "application/json")
         if hasattr(stream, "inner"):  # the masking addon's capture: filter before it keeps a copy
             stream.inner = wrapped
         else:
@@ -349,13 +352,17 @@ class ToolsListStreams:
         if response.headers.pop("content-length", None) is not None and flow.request.http_version == "HTTP/1.1":
             response.headers["transfer-encoding"] = "chunked"
 
-    def _json_buffer(self, flow: http.HTTPFlow, state: FlowState, hidden: Callable[[str], bool],
-                     inner: Callable[[bytes], Any] | None) -> toolslist.JsonBuffer:
+    def _buffer(self, flow: http.HTTPFlow, state: FlowState, hidden: Callable[[str], bool],
+                inner: Callable[[bytes], Any] | None, media: str) -> toolslist.JsonBuffer:
         assert flow.response is not None
-        call = self.mcp.call_of(flow)
-        assert call is not None
         encoding = flow.response.headers.pop("content-encoding", "").strip().lower()
         decode = (lambda data: encoding_decode(data, encoding)) if encoding not in ("", "identity") else None
+        return toolslist.JsonBuffer(hidden, self._refusal(flow, state), inner,
+                                    limit=toolslist.MAX_TOOLS_LIST_BYTES, decode=decode, media=media)
+
+    def _refusal(self, flow: http.HTTPFlow, state: FlowState) -> Callable[[str], bytes]:
+        call = self.mcp.call_of(flow)
+        assert call is not None
 
         def refusal(reason: str) -> bytes:
             """The JSON-RPC error that replaces a tools/list result the gateway cannot filter
@@ -369,7 +376,7 @@ class ToolsListStreams:
                         state.identity, reason)
             return JsonRpcShape(call.ids, call.batch).render(502, body)[1].encode()
 
-        return toolslist.JsonBuffer(hidden, refusal, inner, limit=toolslist.MAX_TOOLS_LIST_BYTES, decode=decode)
+        return refusal
 
 
 def encoding_decode(data: bytes, encoding: str) -> bytes:

@@ -7,10 +7,11 @@ rewrites bodies. A body it cannot read is returned unchanged (the policy still r
 each call of a hidden tool: filtering is a courtesy, the refusal is the control).
 
 A ``tools/list`` result that streams (chunked JSON, or a JSON body large enough that
-the gateway streams it) is buffered whole by :class:`JsonBuffer` — one JSON document,
-up to :data:`MAX_TOOLS_LIST_BYTES` — and filtered at its end; a longer one is replaced
-by a JSON-RPC error naming the limit (fail closed: the gateway cannot filter what it
-cannot hold, and must not pass what it could not filter).
+the gateway streams it, or a compressed one) is buffered whole by :class:`JsonBuffer` —
+one document, up to :data:`MAX_TOOLS_LIST_BYTES` — and filtered at its end; a longer one
+is replaced by a JSON-RPC error naming the limit (fail closed: the gateway cannot filter
+what it cannot hold, and must not pass what it could not filter). Streamed SSE is
+filtered event by event (:class:`SseFilter`), with the same bound per event.
 
 Plain data in and out: no mitmproxy here.
 """
@@ -90,20 +91,30 @@ def _loads(text: str) -> Any | None:
 class SseFilter:
     """A response stream callback (mitmproxy ``flow.response.stream``) that filters each
     complete SSE event of a streamed ``tools/list`` response, passing others on as they
-    are; ``inner`` (another stream callback, or None) sees what this one produces."""
+    are; ``inner`` (another stream callback, or None) sees what this one produces.
 
-    #: An event longer than this without its end is passed on unfiltered (bounded memory).
+    An event longer than ``max_event`` without its end is not passed on unfiltered: with
+    ``refusal`` (reason -> the bytes of a JSON-RPC error) it is replaced by that error as
+    one event and the rest of it is dropped (fail closed, bounded memory); without one it
+    is passed on as it is."""
+
+    #: The default ``max_event``.
     MAX_EVENT = 1024 * 1024
 
-    def __init__(self, hidden: Callable[[str], bool], inner: Callable[[bytes], Any] | None = None) -> None:
+    def __init__(self, hidden: Callable[[str], bool], inner: Callable[[bytes], Any] | None = None,
+                 refusal: Callable[[str], bytes] | None = None, max_event: int | None = None) -> None:
         self.hidden = hidden
         self.inner = inner
+        self.refusal = refusal
+        self.max_event = max_event if max_event is not None else self.MAX_EVENT
         self.removed: list[str] = []
+        self.refused: str | None = None
         self._buffer = b""
+        self._skipping = False  # dropping the rest of an over-long event
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if chunk == b"":  # end of the body: what is left, then the inner end
-            out, self._buffer = self._buffer, b""
+            out, self._buffer = (b"" if self._skipping else self._buffer), b""
             return self._pass(self._edit(out)) + self._pass(b"", end=True) if out else self._pass(b"", end=True)
         self._buffer += chunk
         out = b""
@@ -112,9 +123,21 @@ class SseFilter:
             if cut is None:
                 break
             event, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            if self._skipping:  # the end of the over-long event: dropped
+                self._skipping = False
+                continue
             out += self._edit(event)
-        if len(self._buffer) > self.MAX_EVENT:
-            out, self._buffer = out + self._buffer, b""
+        if self._skipping:
+            self._buffer = self._buffer[-3:]  # an event end may straddle two chunks
+        elif len(self._buffer) > self.max_event:
+            if self.refusal is None:
+                out, self._buffer = out + self._buffer, b""
+            else:
+                self.refused = (f"an event of the tools/list response is longer than the {self.max_event:,} "
+                                "bytes the gateway buffers to remove the tools this identity may not call "
+                                "(MAX_TOOLS_LIST_BYTES)")
+                out += b"event: message\ndata: " + self.refusal(self.refused) + b"\n\n"
+                self._buffer, self._skipping = self._buffer[-3:], True
         return self._pass(out) if out else []
 
     def _edit(self, event: bytes) -> bytes:
@@ -138,9 +161,10 @@ def _event_end(buffer: bytes) -> int | None:
 
 
 class JsonBuffer:
-    """A response stream callback for a streamed JSON ``tools/list`` response: keeps the
-    chunks (nothing goes out before the end), filters the whole document at its end and
-    passes the result to ``inner`` (another stream callback, or None), then ends it.
+    """A response stream callback for a streamed JSON ``tools/list`` response (or a
+    compressed SSE one: ``media``): keeps the chunks (nothing goes out before the end),
+    filters the whole body at its end and passes the result to ``inner`` (another
+    stream callback, or None), then ends it.
 
     Past ``limit`` bytes the rest of the upstream body is dropped and ``refusal(reason)``
     (the bytes of a JSON-RPC error) is sent instead; so is it when ``decode`` (the body's
@@ -148,8 +172,9 @@ class JsonBuffer:
 
     def __init__(self, hidden: Callable[[str], bool], refusal: Callable[[str], bytes],
                  inner: Callable[[bytes], Any] | None = None, limit: int = MAX_TOOLS_LIST_BYTES,
-                 decode: Callable[[bytes], bytes] | None = None) -> None:
+                 decode: Callable[[bytes], bytes] | None = None, media: str = "application/json") -> None:
         self.hidden = hidden
+        self.media = media
         self.refusal = refusal
         self.inner = inner
         self.limit = limit
@@ -182,7 +207,7 @@ class JsonBuffer:
             except Exception:  # noqa: BLE001 - cannot read it: cannot filter it, so refuse
                 self.refused = "the tools/list response could not be decoded (Content-Encoding) to be filtered"
             else:
-                filtered, self.removed = filter_body(body, "application/json", self.hidden)
+                filtered, self.removed = filter_body(body, self.media, self.hidden)
                 return filtered if filtered is not None else body
         return self.refusal(self.refused)
 
