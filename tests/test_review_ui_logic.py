@@ -138,7 +138,7 @@ def test_the_body_download_serves_the_exact_bytes_until_the_hold_is_decided(app,
     assert download.status_code == 200 and download.data == b'{"amount": 901}'
     assert download.headers["Content-Disposition"] == f'attachment; filename="{flow_id}.body"'
     assert len(download.headers["X-Body-SHA256"]) == 64
-    api(app, tokens, "bob", "POST", f"/api/flows/{flow_id}/reject", json={})
+    api(app, tokens, "bob", "POST", f"/api/flows/{flow_id}/reject", json={"comment": "no"})
     gone = api(app, tokens, "alice", "GET", f"/api/flows/{flow_id}/body")
     assert (gone.status_code, gone.json["error"]) == (410, "body_released")
 
