@@ -75,19 +75,30 @@ class Feed:
 
     # --- lifecycle ----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the sink and wait until it has opened the recording and recovered it."""
+    @staticmethod
+    def spawn() -> tuple[subprocess.Popen[bytes], Connection]:
+        """Start a recording process that waits for its config. The gateway does this as
+        it loads, so the process's imports (DuckDB) overlap with mitmproxy's start."""
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "recordings.sink", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=env, cwd=str(Path(__file__).resolve().parent.parent),
                 stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
-        self._conn.send_bytes(pickle.dumps(("config", self.config)))
+        return process, Connection(ours.detach())
+
+    def start(self, spawned: tuple[subprocess.Popen[bytes], Connection] | None = None) -> None:
+        """Start the sink (or use ``spawned``) and wait until it has opened the recording
+        and recovered it."""
+        self.process, self._conn = spawned if spawned is not None else self.spawn()
+        try:
+            self._conn.send_bytes(pickle.dumps(("config", self.config)))
+        except OSError:
+            self._kill()
+            raise StoreError("the recording process exited before it was configured") from None
         if not self._conn.poll(READY_TIMEOUT_S):
             self._kill()
             raise StoreError("the recording process did not start in time")

@@ -40,7 +40,7 @@ from recordings import control, writer
 from recordings.journal import Journal
 from recordings.maintenance import Maintenance
 from recordings.recovery import recover
-from recordings.store import Store, StoreError
+from recordings.store import PRIVATE_UMASK, Store, StoreError
 
 log = logging.getLogger("portcullis.recorder")
 
@@ -217,6 +217,8 @@ def _die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="[recording %(asctime)s] %(message)s")
+    # Everything this process creates holds recorded bodies: private from the first byte.
+    os.umask(PRIVATE_UMASK)
     # Ctrl-C in the gateway's terminal reaches this process too: the gateway says when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM (the gateway died): finish like an EOF, writing what arrived.

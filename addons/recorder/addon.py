@@ -34,6 +34,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -123,6 +124,7 @@ class RecorderAddon:
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._known: tuple[str, ...] = ()
         self._known_set: frozenset[str] = frozenset()
+        self._spare: tuple | None = None  # a recording process started in load(), not yet used
         self._subscribed = False
         self._duckdb = DuckDBSettings()
         self._limits = DEFAULT_LIMITS
@@ -132,6 +134,11 @@ class RecorderAddon:
     def load(self, loader) -> None:
         native_heap.limit_arenas()  # before the writer, DuckDB and the UI start threads
         register_options(loader, OPTIONS)
+        if os.environ.get(IN_PROCESS_ENV) != "thread" and self._spare is None:
+            try:
+                self._spare = Feed.spawn()  # its imports overlap with mitmproxy's start
+            except OSError as exc:
+                log.warning("recording: cannot start the recording process early: %s", exc)
 
     def configure(self, updated: set[str]) -> None:
         if "portcullis_max_body_record" in updated:
@@ -182,8 +189,9 @@ class RecorderAddon:
         feed = Feed({"db": str(path), "lake": lake, "scope": scope, "settings": self._duckdb,
                      "limits": self._limits, "retain_days": days,
                      "maintenance_s": ctx.options.portcullis_lake_maintenance})
+        spare, self._spare = self._spare, None
         try:
-            feed.start()
+            feed.start(spare)
         except StoreError as exc:
             raise exceptions.OptionsError(f"cannot record to {target}: {exc}") from None
         ready = feed.ready
@@ -245,6 +253,7 @@ class RecorderAddon:
 
     def running(self) -> None:
         if self.store is None:
+            self._drop_spare()
             log.warning("recording is OFF (no portcullis_db): flows are not recorded")
             return
         if self._rotator is None:
@@ -267,9 +276,21 @@ class RecorderAddon:
             state.reason = state.reason or "gateway_shutdown"
             self._write_flow(flow, decision)
         self._close()
+        self._drop_spare()
         if self._subscribed:
             self.states.bus.unsubscribe(self._on_event)
             self._subscribed = False
+
+    def _drop_spare(self) -> None:
+        """The early recording process, unused (recording off): closing its end ends it."""
+        if self._spare is not None:
+            process, conn = self._spare
+            self._spare = None
+            conn.close()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
     def _close(self) -> None:
         if self._rotator is not None:
