@@ -222,6 +222,7 @@ def test_reject_asks_for_the_comment_the_agent_reads_and_the_modal_decides(rig, 
 
     empty = slack.submit(request_url(rig), trigger, SLACK_USERS["bob"], "  ")
     assert empty.json()["response_action"] == "errors" and "needs a comment" in empty.json()["errors"]["reason"]
+    assert empty.json()["errors"]["reason"].startswith("A rejection needs a comment")  # the book's answer
     forged = slack.submit(request_url(rig), trigger, SLACK_USERS["bob"], "x", secret="wrong")
     assert forged.status_code == 401 and rig.flow(hold["flow_id"])["status"] == "pending"
     outsider = slack.submit(request_url(rig), trigger, SLACK_USERS["dave"], "not mine to decide")

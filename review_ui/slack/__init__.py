@@ -139,6 +139,7 @@ def _submitted(payload: dict[str, Any], reviewer: Any) -> Any:
     try:
         services().holds.reject(view["private_metadata"], Actor(reviewer.name, reviewer.groups),
                                 comment.strip()[:COMMENT_MAX], via="slack")
-    except DecisionError as exc:
-        return jsonify({"response_action": "errors", "errors": {COMMENT_BLOCK: f"Not decided: {exc.message}"}})
+    except DecisionError as exc:  # comment_required too: the hold book's rule, as everywhere
+        why = exc.message if exc.code == "comment_required" else f"Not decided: {exc.message}"
+        return jsonify({"response_action": "errors", "errors": {COMMENT_BLOCK: why}})
     return jsonify({"response_action": "clear"})
