@@ -119,6 +119,7 @@ def test_the_terminal_api_and_review_page_are_named_in_the_audit_trail_and_the_r
     for how, (kind, actor, via) in expected.items():
         event = decided_event(rig, flows[how][1], kind)
         assert (event["actor"], event["detail"].get("via")) == (actor, via), how
+        assert rig.flow(flows[how][1])["decided_via"] == via  # kept with the decision (the record)
     # The review page's audit trail says it in words.
     shown = browser.get(f"{rig.ui_url}/flows/{flows['cli'][1]}", timeout=10).text
     trail = shown[shown.index('id="timeline"'):]

@@ -191,6 +191,8 @@ class HoldRecord:
     #: The hold's Slack message once posted, ``{"channel", "ts"}``: plain data on the
     #: record, so that with shared state whichever gateway decides can rewrite it.
     slack_message: dict[str, str] | None = None
+    #: Where the deciding reviewer decided (one of :data:`ORIGINS`), kept with the decision.
+    decided_via: str | None = None
 
     def shown_summary(self) -> str | None:
         """One line on what the body asks for: the rule's ``summary`` line, else :func:`auto_summary`."""
@@ -251,6 +253,7 @@ class HoldRecord:
             "decided_by": self.decided_by,
             "comment": self.comment,
             "decided_at": self.decided_at,
+            "decided_via": self.decided_via,
             "detail": self.detail,
             "grant_id": self.grant_id,
             "replay_of": self.replay_of,
@@ -549,6 +552,7 @@ class HoldBook:
         hold.raw = None  # decided: the bytes are no longer offered for review
         hold.comment = comment
         hold.detail = detail
+        hold.decided_via = via
         if decision == "approved":
             hold.decided_by = ", ".join(v.reviewer for v in hold.votes)
         elif decision == "rejected":
