@@ -44,6 +44,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -118,6 +119,23 @@ def worker_options(options: dict[str, Any], index: int) -> dict[str, Any]:
     if not options.get("portcullis_lake"):
         return options
     return {**options, "portcullis_db": worker_db(str(options.get("portcullis_db") or ""), index)}
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """Hold the address for the workers while they start (seconds, for a Python process):
+    a socket bound with SO_REUSEPORT but not listening takes no connections (only listening
+    sockets join the kernel's reuse-port group), yet no other process can bind the port, and
+    no outgoing connection is given it as its ephemeral port, which would make the workers'
+    bind fail with EADDRINUSE. Kept for the whole run, so a restarted worker finds it free."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass
@@ -211,6 +229,10 @@ class Supervisor:
     async def run(self) -> int:
         host, port = self.listen
         check_port_free(host, port)
+        with reserve(host, port):
+            return await self._run()
+
+    async def _run(self) -> int:
         if confdir := self.options.get("confdir"):
             ensure_ca(confdir)  # once, before any worker could race to create it
         loop = asyncio.get_running_loop()

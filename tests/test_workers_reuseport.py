@@ -130,3 +130,23 @@ def test_port_zero_still_listens_and_uninstall_restores_mitmproxys_listener(inst
     assert not reuseport.installed()
     assert "listen" not in mode_servers.RegularInstance.__dict__
     reuseport.install()  # the fixture undoes it again
+
+
+def test_the_supervisors_reservation_takes_no_connections_and_keeps_the_port(installed: None) -> None:
+    """gateway/workers.reserve: bound with SO_REUSEPORT, never listening."""
+    from gateway.workers import reserve
+
+    async def scenario() -> None:
+        port, seen = free_port(), Counter()
+        with reserve("127.0.0.1", port):
+            with socket.socket() as other, pytest.raises(OSError) as raised:
+                other.bind(("127.0.0.1", port))  # nobody else gets the port
+            assert raised.value.errno == errno.EADDRINUSE
+            servers = await _instance("a", seen).listen("127.0.0.1", port)  # the workers do
+            try:
+                assert await _connect(port, 30) == Counter({"a": 30})  # none left unanswered
+            finally:
+                for server in servers:
+                    server.close()
+
+    asyncio.run(scenario())
