@@ -159,6 +159,8 @@ def test_a_hold_on_a_approved_through_bs_api_completes_the_call_on_a(cluster, a,
         assert flow["decided_by"] == "bob"
     events = a.api("alice", "GET", f"/api/flows/{hold['flow_id']}").json()["events"]
     assert [e["kind"] for e in events].count("approved") == 1
+    # A's copy of B's decision says where B's reviewer decided (a token: the API).
+    assert [e["detail"].get("via") for e in events if e["kind"] == "approved"] == ["api"]
 
 
 def test_a_rejection_on_b_reaches_the_agent_on_a(cluster, a, b):

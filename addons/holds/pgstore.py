@@ -407,6 +407,8 @@ class PgHoldStore(MemoryHoldStore):
             detail.update(approvers=[v.reviewer for v in hold.votes], grant=hold.grant_id)
         if hold.detail:
             detail["reason"] = hold.detail
+        if hold.decided_via:
+            detail["via"] = hold.decided_via  # where the deciding gateway's reviewer decided
         actor = hold.decided_by if hold.decision in ("approved", "rejected") else "gateway"
         return Event(hold.id, EventKind(hold.decision or "expired"), hold.decided_at or time.time(),
                      actor or "gateway", detail)
