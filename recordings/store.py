@@ -237,7 +237,7 @@ class Store:
             if not self.read_only:
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 lakes.prepare(lake)
-            ext = lakes.extension_directory(_extension_home(self.path))
+            ext = lakes.extension_directory(_extension_home(self.path, self.read_only))
         except (OSError, lakes.LakeError) as exc:
             raise StoreError(f"cannot open the {lake.describe()}: {exc}") from None
         config = {**self.settings.config(), "extension_directory": str(ext),
@@ -571,11 +571,11 @@ def _retrying(action: Callable[[], Any]) -> Any:
     return None
 
 
-def _extension_home(db: Path) -> Path:
-    """Where the lake's DuckDB extensions are linked: beside the recording, or a temp dir
-    when that directory is not ours to write (an analyst reading another user's lake)."""
+def _extension_home(db: Path, read_only: bool) -> Path:
+    """Where the lake's DuckDB extensions are linked: beside the gateway's --db, or, for a
+    reader (portcullis sql --lake), a directory of this user's in the temp directory."""
     home = db.parent / f"{db.name}.ext"
-    if os.access(db.parent, os.W_OK) or home.exists():
+    if not read_only and (os.access(db.parent, os.W_OK) or home.exists()):
         return home
     return Path(tempfile.gettempdir()) / f"portcullis-ext-{os.getuid()}"
 
