@@ -149,7 +149,9 @@ def test_mcp_execute_sql_tool(post, upstream):
             "params": {"name": "execute_sql", "arguments": {"sql": "SELECT * FROM users LIMIT 5"}}}
     assert post("/mcp", call).status_code == 200
     call["params"]["arguments"]["sql"] = "WITH gone AS (DELETE FROM users RETURNING *) SELECT * FROM gone"
-    assert post("/mcp", call).status_code == 403  # not only a read: default block
+    denied = post("/mcp", call)  # not only a read: default block, as a JSON-RPC error (docs/mcp.md)
+    assert denied.headers["X-Portcullis-Decision"] == "blocked"
+    assert denied.json()["id"] == 1 and denied.json()["error"]["data"]["error"] == "blocked_by_policy", denied.text
     assert not reached(upstream, "DELETE FROM users")
 
 
