@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,12 +50,19 @@ rules:
 
 
 class Upstream(ThreadingHTTPServer):
+    """Answers every request with a small JSON body and notes when each path arrived,
+    by ``clock`` (bench/cluster.py compares wall-clock times with PostgreSQL's)."""
+
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.clock = clock
         self.arrivals: dict[str, float] = {}
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -65,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _serve(self) -> None:
-        self.server.arrivals[self.path] = time.perf_counter()
+        self.server.arrivals[self.path] = self.server.clock()
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)

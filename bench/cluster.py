@@ -37,61 +37,16 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
 import requests
 
+from bench.approvals import RULES, Upstream
 from gateway.settings import PROJECT_ROOT
 from review_ui.reviewers import add_reviewer
 from tests.support.gateway import free_port
 from tests.support.postgres import PostgresServer, find_bindir
-
-RULES = """
-version: 1
-default: allow
-hold_timeout: 10m
-rules:
-  - name: bench-hold
-    match: {path: "/held/**"}
-    action: hold
-    reason: benchmark hold
-"""
-
-
-class Upstream(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.arrivals: dict[str, float] = {}  # path -> wall-clock time (compared with PostgreSQL's)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Upstream
-
-    def log_message(self, *args) -> None:  # noqa: D401 - quiet
-        pass
-
-    def _serve(self) -> None:
-        self.server.arrivals[self.path] = time.time()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        body = b'{"ok": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _serve
 
 
 class Gateway:
@@ -248,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         assert token is not None
         pg_root = Path(tempfile.mkdtemp(prefix="portcullis-bench-pg-"))
         server = PostgresServer(find_bindir(), pg_root).init().start()
-        upstream = Upstream()
+        upstream = Upstream(clock=time.time)  # wall clock: compared with PostgreSQL's decided_at
         gateways: list[Gateway] = []
         try:
             dsn = server.new_database("bench")
