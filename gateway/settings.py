@@ -26,7 +26,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: rather than from an installed wheel, whose PROJECT_ROOT is site-packages.
 IN_SOURCE_TREE = (PROJECT_ROOT / "pyproject.toml").is_file()
 #: The gateway's CA, keys and (installed) recording: one directory per user.
-DEFAULT_CONFDIR = Path(os.environ.get("PORTCULLIS_HOME", "~/.portcullis")).expanduser()
+HOME_ENV = "PORTCULLIS_HOME"
+DEFAULT_CONFDIR = Path(os.environ.get(HOME_ENV, "~/.portcullis")).expanduser()
 
 
 def shipped_rules_dir() -> Path:
@@ -37,8 +38,16 @@ def shipped_rules_dir() -> Path:
 
 DEFAULT_RULES = shipped_rules_dir() / "default.yaml"
 #: A clone records into its recordings/ directory (git-ignored), as the README says; an
-#: installed gateway beside its CA and keys, never into site-packages.
-DEFAULT_DB = (PROJECT_ROOT / "recordings" if IN_SOURCE_TREE else DEFAULT_CONFDIR) / "portcullis.duckdb"
+#: installed gateway beside its CA and keys, never into site-packages; with
+#: $PORTCULLIS_HOME set, there in either case (the operator chose where state goes).
+DEFAULT_DATA = PROJECT_ROOT / "recordings" if IN_SOURCE_TREE and HOME_ENV not in os.environ else DEFAULT_CONFDIR
+DEFAULT_DB = DEFAULT_DATA / "portcullis.duckdb"
+#: With neither --db nor --lake, `portcullis run` records into this local lake (SQLite
+#: catalog, Parquet files; recordings/lake.py): unlike a DuckDB file, which one process
+#: locks, an analyst's own DuckDB attaches it read-only while the gateway writes. --db
+#: (DEFAULT_DB) then only places the journal and the analyst socket; an explicit
+#: ``--db FILE`` records into that one DuckDB file, as before.
+DEFAULT_LAKE = DEFAULT_DATA / "portcullis.lake"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 
@@ -54,6 +63,15 @@ OPTION_MODULES = [
 RUN_DEFAULTS: dict[str, Any] = {
     "portcullis_rules": str(DEFAULT_RULES),
     "portcullis_db": str(DEFAULT_DB),
+}
+
+
+#: What `portcullis run` adds to an option's help (its default differs from mitmdump's).
+RUN_NOTES: dict[str, str] = {
+    "portcullis_db": "With neither --db nor --lake, the recording is the local lake `portcullis.lake` "
+                     "beside this path, which analysts attach live; an explicit --db records into this file.",
+    "portcullis_lake": "Default of `portcullis run` with neither flag: `portcullis.lake` beside the "
+                       "default --db (docs/recording.md, \"Live queries from your own DuckDB\").",
 }
 
 
@@ -94,8 +112,9 @@ def setting_for(option: Option) -> Setting:
     assert option.flag is not None
     default = RUN_DEFAULTS.get(option.name, option.default)
     convert = (_absolute_or_off if option.empty_is_off else _absolute) if option.path else (lambda value: value)
+    note = RUN_NOTES.get(option.name)
     return Setting(
-        option.flag, option.name, option.help,
+        option.flag, option.name, f"{option.help} {note}" if note else option.help,
         # An empty default means "not given": the addon's own option default applies.
         default=None if default == "" else default,
         type=option.parse or (option.type if option.type in (int, float) else str),
@@ -130,13 +149,33 @@ def option_for_flag(flag: str) -> str | None:
     return next((s.option for s in SETTINGS if s.flag == flag), None)
 
 
+class Given(argparse.Action):
+    """``store``, and the flag's dest noted in ``args.given_flags``: whether a flag was given
+    at all, which its default cannot tell (``--db`` with the default path is still explicit)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
+
+
+def given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether the flag with this dest was on the command line."""
+    return dest in getattr(args, "given_flags", ())
+
+
+def default_recording(args: argparse.Namespace) -> bool:
+    """No recording flag: record into DEFAULT_LAKE (see there)."""
+    return not given(args, "db") and not given(args, "lake") and not getattr(args, "lake", None)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for setting in SETTINGS:
         parser.add_argument(
             setting.flag,
             type=setting.type,
             default=setting.default,
-            action="append" if setting.repeat else "store",
+            action="append" if setting.repeat else Given,
             metavar=setting.metavar,
             help=f"{setting.help} (default: {setting.default})" if setting.default not in (None, []) else setting.help,
         )
@@ -154,6 +193,8 @@ def mitmproxy_options(args: argparse.Namespace) -> dict[str, Any]:
         if value is None:
             continue  # not given: the addon's own option default applies
         values[setting.option] = setting.convert(value)
+    if default_recording(args) and values.get("portcullis_db"):
+        values["portcullis_lake"] = str(DEFAULT_LAKE)
     return values
 
 

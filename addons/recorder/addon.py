@@ -314,8 +314,9 @@ class RecorderAddon:
         if self.store is None:
             return ["recording: OFF"]
         where = self.store.lake.describe() if self.store.lake else self.store.path
+        beside = f"; journal and socket: {self.store.path}.*" if self.store.lake else ""
         return [f"recording: {where} (schema v{SCHEMA_VERSION}; "
-                f"on failure: {'block' if self.block_on_failure else 'allow'})"]
+                f"on failure: {'block' if self.block_on_failure else 'allow'}{beside})"]
 
     def _health(self) -> dict:
         return {"db": str(self.store.path) if self.store else None,

@@ -6,6 +6,9 @@ run in a terminal, with none, an `admin` reviewer is created there and its one-t
 password printed in the banner (--no-bootstrap-reviewer: not).
 With --workers N (or auto: one per core), N gateway processes share the proxy address;
 N > 1 needs shared state (--state), see docs/deploy.md.
+With neither --db nor --lake, the recording is the local lake settings.DEFAULT_LAKE, which
+an analyst's own DuckDB attaches read-only while the gateway writes (the banner prints the
+statement); --db FILE records into one DuckDB file instead.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def handle(args: argparse.Namespace) -> int:
         args.reviewers = str(DEFAULT_REVIEWERS)
     notice = bootstrap(args, DEFAULT_REVIEWERS, settings.mitmproxy_options(args).get("portcullis_rules"))
     options = settings.mitmproxy_options(args)
+    notice = [*notice, *default_lake_notice(args)]
     try:
         if args.workers > 1:
             if notice:
@@ -50,3 +54,18 @@ def handle(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"portcullis: cannot start: {exc}", file=sys.stderr)
         return 2
+
+
+def default_lake_notice(args: argparse.Namespace) -> list[str]:
+    """Banner lines for the default recording: the analyst's ATTACH, and where an earlier
+    default recording (a DuckDB file, before the default was the lake) still is."""
+    if not settings.default_recording(args):
+        return []
+    from recordings.lake import Lake
+
+    lines = [f"analysts (own DuckDB, read-only, live): {Lake.parse(str(settings.DEFAULT_LAKE)).attach_statement()};",
+             "  offline, run `portcullis sql --attach` once first (links the DuckDB extensions)"]
+    if settings.DEFAULT_DB.is_file():
+        lines.append(f"an earlier recording is kept as it was in {settings.DEFAULT_DB} "
+                     f"(portcullis sql --db {settings.DEFAULT_DB} \"...\"; --db FILE records into a file)")
+    return lines

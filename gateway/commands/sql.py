@@ -5,11 +5,12 @@
     portcullis sql --format parquet --output flows.parquet "FROM flows"
     portcullis sql --lake recordings/portcullis.lake "FROM flows LIMIT 5"
     portcullis sql --lake postgresql://reader@db/portcullis "SELECT count(*) FROM flows"
-    portcullis sql --attach --lake recordings/portcullis.lake   # your own DuckDB's ATTACH
+    portcullis sql --attach                                     # your own DuckDB's ATTACH
 
-A running gateway answers through its socket (<db>.sock); otherwise the file is opened
-read-only. A lake (--lake) is opened read-only in this process, whatever gateways write
-it. Statements that write are refused. See docs/recording.md for the schema.
+Without --db and --lake this reads the default recording: `portcullis run`'s default lake
+(recordings/portcullis.lake in a clone). A DuckDB file (--db): a running gateway answers
+through its socket (<db>.sock); otherwise the file is opened read-only. A lake is opened
+read-only in this process, whatever gateways write it. Statements that write are refused. See docs/recording.md for the schema.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ DUCKDB_HOME_EXTENSIONS = Path("~/.duckdb/extensions")
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=str(settings.DEFAULT_DB),
+    parser.add_argument("--db", default=str(settings.DEFAULT_DB), action=settings.Given,
                         help=f"the recording (default: {settings.DEFAULT_DB})")
     parser.add_argument("--lake", metavar="DIR|URL", default="",
-                        help="read this lake (as given to portcullis run --lake) instead of --db")
+                        help="read this lake (as given to portcullis run --lake) instead of --db; "
+                             "with neither, the default recording (portcullis run's default lake "
+                             "when it exists, else the --db file)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,16 +48,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
     parser.add_argument("--attach", action="store_true",
-                        help="print the one ATTACH statement for your own DuckDB (with --lake) and "
+                        help="print the one ATTACH statement for your own DuckDB (the default lake, or --lake) and "
                              "link the DuckDB extensions it needs into ~/.duckdb/extensions")
     parser.add_argument("query", metavar="SQL", nargs="?", help="one read-only SQL statement")
     parser.set_defaults(handler=handle)
 
 
-def lake_argument(args: argparse.Namespace, command: str) -> Lake | None | bool:
-    """The --lake, None without one, False (after printing why) when it is wrong."""
+def lake_argument(args: argparse.Namespace, command: str, attach: bool = False) -> Lake | None | bool:
+    """The --lake, None without one, False (after printing why) when it is wrong. With
+    neither --lake nor --db: the default lake (settings.DEFAULT_LAKE) once a gateway has
+    created it (for ``attach``, always: it is where the default gateway records)."""
     if not args.lake:
-        return None
+        default = Lake.parse(str(settings.DEFAULT_LAKE), reading=True)
+        if settings.given(args, "db") or not (attach or (default.catalog_file and default.catalog_file.is_file())):
+            return None
+        return default
     try:
         # Readers find the data files in the catalog; --lake-data only matters to writers.
         return Lake.parse(args.lake, reading=True)
@@ -64,7 +72,7 @@ def lake_argument(args: argparse.Namespace, command: str) -> Lake | None | bool:
 
 
 def handle(args: argparse.Namespace) -> int:
-    lake = lake_argument(args, "sql")
+    lake = lake_argument(args, "sql", attach=args.attach)
     if lake is False:
         return 2
     if args.attach:
