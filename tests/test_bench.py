@@ -18,7 +18,7 @@ def test_python_m_bench_runs_a_tiny_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--targets", "macro", "--only", "direct", "portcullis-10",
-         "portcullis-mix", "--clients", "1", "16", "--duration", "0.5", "--warmup", "0.5",
+         "portcullis-mix", "--clients", "1", "16", "--duration", "0.3", "--warmup", "0.1",
          "--repetitions", "1", "--out", str(out)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -53,7 +53,7 @@ def test_python_m_bench_workers_runs_a_tiny_scaling_table(tmp_path: Path, postgr
     out = tmp_path / "workers.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.workers", "--workers", "1,2", "--recording", "off", "--state", postgres_dsn,
-         "--duration", "0.5", "--warmup", "0.3", "--repetitions", "1", "--json", str(out)],
+         "--duration", "0.3", "--warmup", "0.1", "--repetitions", "1", "--json", str(out)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
