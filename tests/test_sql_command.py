@@ -5,6 +5,7 @@ The tests run in file order: the last one stops the module's gateway.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -22,6 +23,7 @@ import duckdb
 import pytest
 import requests
 
+from gateway import cli
 from gateway.settings import PROJECT_ROOT
 from recordings.control import RequestFailed, ask, socket_path
 from tests.support.gateway import GatewayProcess
@@ -46,6 +48,18 @@ DOC = PROJECT_ROOT / "docs" / "recording.md"
 def portcullis(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=60)
+
+
+def portcullis_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same command in this process (gateway.cli.main): no interpreter start per call.
+    Each behaviour keeps one call through the real ``python -m gateway`` (portcullis())."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +107,17 @@ def test_sql_while_running_goes_through_the_owner_only_socket(recording):
 
 def test_formats_table_csv_and_parquet(recording, tmp_path):
     db = str(recording.db)
-    table = portcullis("sql", "--db", db, "SELECT method, count(*) AS n FROM flows GROUP BY ALL ORDER BY 1")
+    table = portcullis_here("sql", "--db", db, "SELECT method, count(*) AS n FROM flows GROUP BY ALL ORDER BY 1")
     assert table.returncode == 0, table.stderr
     assert re.search(r"^method +\| n", table.stdout, re.MULTILINE) and "DELETE" in table.stdout
     out = tmp_path / "flows.csv"
-    as_csv = portcullis("sql", "--db", db, "--format", "csv", "--output", str(out),
+    as_csv = portcullis_here("sql", "--db", db, "--format", "csv", "--output", str(out),
                         "SELECT id, rules FROM flows WHERE decision = 'blocked' ORDER BY id")
     assert as_csv.returncode == 0, as_csv.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert sorted(json.loads(r["rules"])[0] for r in rows) == ["big-refunds", "no-deletes"]
     parquet = tmp_path / "all.parquet"
-    written = portcullis("sql", "--db", db, "--format", "parquet", "--output", str(parquet), "FROM flows")
+    written = portcullis_here("sql", "--db", db, "--format", "parquet", "--output", str(parquet), "FROM flows")
     assert written.returncode == 0, written.stderr
     assert duckdb.connect().execute(f"SELECT count(*) FROM '{parquet}'").fetchone() == (recorded_count(recording.db),)
 
@@ -125,7 +139,7 @@ def test_writes_are_refused_while_running(recording):
 def test_export_while_running_round_trips_through_duckdb(recording, tmp_path):
     for fmt, ext in (("parquet", "parquet"), ("jsonl", "jsonl")):
         out = tmp_path / fmt
-        result = portcullis("export", "--db", str(recording.db), "--since", "2020-01-01",
+        result = portcullis_here("export", "--db", str(recording.db), "--since", "2020-01-01",
                             "--format", fmt, "--output", str(out))
         assert result.returncode == 0, result.stderr
         exported = duckdb.connect()
@@ -135,7 +149,7 @@ def test_export_while_running_round_trips_through_duckdb(recording, tmp_path):
         assert [list(row) for row in flows] == live["rows"]
         events = exported.execute(f"SELECT count(*) FROM '{out}/events.{ext}'").fetchone()
         assert events == (ask(recording.db, "/query", {"sql": "SELECT count(*) FROM events"})["rows"][0][0],)
-    future = portcullis("export", "--db", str(recording.db), "--since", "2999-01-01",
+    future = portcullis_here("export", "--db", str(recording.db), "--since", "2999-01-01",
                         "--output", str(tmp_path / "none"))
     assert future.returncode == 0 and "exported 0 flows" in future.stdout
 
@@ -167,9 +181,9 @@ def test_after_the_gateway_stops_sql_opens_the_file_read_only(recording, tmp_pat
     result = portcullis("sql", "--db", str(recording.db), "--format", "csv", "SELECT count(*) AS n FROM flows")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["n", str(before)]
-    refused = portcullis("sql", "--db", str(recording.db), "DELETE FROM flows")
+    refused = portcullis_here("sql", "--db", str(recording.db), "DELETE FROM flows")
     assert refused.returncode == 1 and "read_only" in refused.stderr
-    exported = portcullis("export", "--db", str(recording.db), "--output", str(tmp_path / "x"))
+    exported = portcullis_here("export", "--db", str(recording.db), "--output", str(tmp_path / "x"))
     assert exported.returncode == 0, exported.stderr
     assert duckdb.connect().execute(f"SELECT count(*) FROM '{tmp_path}/x/flows.parquet'").fetchone() == (before,)
     con = duckdb.connect(str(recording.db), read_only=True)
