@@ -14,6 +14,11 @@ Option ``portcullis_resolve`` (``--resolve HOST=IP`` on the command line) pins a
 name to an address, like curl's ``--resolve``: the agent and the rules keep seeing the
 name, the connection goes to the address. Upstream certificates are verified by default.
 
+A ``ca_bundle`` vouches for its own entry's host only: ``tls_start_server`` gives that
+host's connections a context trusting certifi's roots plus that bundle. Bundles used to
+be merged into mitmproxy's global ``ssl_verify_upstream_trusted_ca``, so a private CA
+declared for one internal host was trusted for every upstream (issue 18/12).
+
 A pin works like an entry in /etc/hosts: the gateway's event loop resolves the pinned
 name to the address (:class:`PinnedResolver`), and mitmproxy's connection keeps the
 *name* as its address. It used to rewrite ``server.address`` in ``server_connect``
@@ -28,6 +33,7 @@ really went to the pinned address and cuts it before anything is sent if not.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -37,6 +43,8 @@ from typing import Any
 
 import certifi
 from mitmproxy import ctx, exceptions, tls
+from mitmproxy.addons import tlsconfig
+from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import server_hooks
 from OpenSSL import SSL
 
@@ -156,6 +164,7 @@ class UpstreamsAddon:
         self.resolve: dict[str, str] = {}  # from the command line; wins over the rules file
         self.pinned: dict[str, str] = {}  # from the rules file's upstreams[].address
         self.tls: list[Upstream] = []
+        self.trust: dict[Path, str] = {}  # bundle -> its trust file (certifi + that bundle)
         self.resolver = PinnedResolver(self.pinned_address)
 
     def load(self, loader) -> None:
@@ -169,15 +178,42 @@ class UpstreamsAddon:
         """Called by the policy addon on every (re)load."""
         self.tls = policy.settings.get("upstreams", [])
         self.pinned = {u.host.pattern: u.address for u in self.tls if u.address}
-        bundles = sorted({str(u.ca_bundle) for u in self.tls if u.ca_bundle})
-        if not bundles:
-            return
-        combined = Path(ctx.options.confdir).expanduser() / "portcullis-upstream-ca.pem"
-        combined.parent.mkdir(parents=True, exist_ok=True)
-        parts = [Path(certifi.where()).read_text()] + [Path(b).read_text() for b in bundles]
-        combined.write_text("\n".join(parts))
-        if ctx.options.ssl_verify_upstream_trusted_ca != str(combined):
-            ctx.options.update(ssl_verify_upstream_trusted_ca=str(combined))
+        self.trust = {}
+
+    def trust_file(self, bundle: Path) -> str:
+        """certifi's roots plus this one bundle, as a file only its own host's connections load."""
+        if bundle in self.trust:
+            return self.trust[bundle]
+        text = Path(bundle).read_text()
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = Path(ctx.options.confdir).expanduser() / f"portcullis-upstream-ca-{digest}.pem"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(Path(certifi.where()).read_text() + "\n" + text)
+        self.trust[bundle] = str(path)
+        return str(path)
+
+    def scoped_context(self, tls_start: tls.TlsData, bundle: Path) -> SSL.Context:
+        """The context mitmproxy's tlsconfig would build, trusting this host's bundle too.
+
+        Same arguments as mitmproxy 11/12's ``TlsConfig.tls_start_server`` (the
+        connection-level settings, SNI, host name check and ALPN, stay on the connection).
+        """
+        server = tls_start.conn
+        min_version = net_tls.Version[ctx.options.tls_version_server_min]
+        cipher_list = server.cipher_list or tlsconfig._default_ciphers(min_version)
+        return net_tls.create_proxy_server_context(
+            method=net_tls.Method.DTLS_CLIENT_METHOD if tls_start.is_dtls else net_tls.Method.TLS_CLIENT_METHOD,
+            min_version=min_version,
+            max_version=net_tls.Version[ctx.options.tls_version_server_max],
+            cipher_list=tuple(cipher_list),
+            ecdh_curve=ctx.options.tls_ecdh_curve_server,
+            verify=net_tls.Verify.VERIFY_NONE if ctx.options.ssl_insecure else net_tls.Verify.VERIFY_PEER,
+            ca_path=None,
+            ca_pemfile=self.trust_file(bundle),
+            client_cert=None,
+            legacy_server_connect=ctx.options.ssl_insecure,
+        )
 
     def pinned_address(self, host: str) -> str | None:
         """The address a host name is pinned to, if it is."""
@@ -207,12 +243,18 @@ class UpstreamsAddon:
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
         host = tls_start.conn.sni or (tls_start.conn.address or ("",))[0]
         rule = next((u for u in self.tls if u.host.matches(normalize_host(str(host)))), None)
-        if rule is None or rule.verify:
+        if rule is None or (rule.verify and rule.ca_bundle is None):
             return
         if tls_start.ssl_conn is None:
             # We may run before mitmproxy's tlsconfig (e.g. under `mitmdump -s`): let it
             # build the connection now; it leaves an existing one alone afterwards.
             ctx.master.addons.get("tlsconfig").tls_start_server(tls_start)
+        if tls_start.ssl_conn is None:
+            return
+        if rule.verify:
+            # This host's own CA bundle, for this connection only (issue 18/12).
+            tls_start.ssl_conn.set_context(self.scoped_context(tls_start, rule.ca_bundle))
+            return
         if tls_start.ssl_conn is not None:
             log.debug("upstream TLS verification disabled for %s by rules", host)
             tls_start.ssl_conn.set_verify(SSL.VERIFY_NONE, None)
