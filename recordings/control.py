@@ -19,6 +19,7 @@ result_too_large, 499 query_cancelled (the client closed the socket while it ran
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import logging
@@ -27,6 +28,7 @@ import pickle
 import select
 import socket
 import socketserver
+import stat
 import threading
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
@@ -56,7 +58,33 @@ MAX_SOCKET_PATH = 107
 
 
 def socket_path(db: str | Path) -> Path:
-    return Path(f"{db}.sock")
+    """Where the gateway serving ``db`` listens, and where ``portcullis sql`` looks.
+
+    ``<db>.sock`` next to the database when that fits AF_UNIX's 107 bytes; under a long
+    HOME or confdir, a short per-user directory (``$XDG_RUNTIME_DIR/portcullis`` or
+    ``/tmp/portcullis-<uid>``, mode 0700, ours alone) holding a name derived from a hash
+    of the database's absolute path, so both sides find the same socket.
+    """
+    beside = Path(f"{db}.sock")
+    if len(str(beside)) <= MAX_SOCKET_PATH:
+        return beside
+    digest = hashlib.sha256(str(Path(db).absolute()).encode()).hexdigest()[:24]
+    return _private_dir() / f"{digest}.sock"
+
+
+def _private_dir() -> Path:
+    """A 0700 directory owned by this user with a short path; OSError if there is none."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "portcullis" if runtime and Path(runtime).is_dir() else Path(f"/tmp/portcullis-{os.getuid()}")
+    try:
+        base.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(base)
+    except OSError as exc:
+        raise OSError(f"cannot create the short socket directory {base}: {exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise OSError(f"short socket directory {base} is not a private directory of this user "
+                      "(mode 0700, owned by us): refusing to put the analyst socket there")
+    return base
 
 
 class RequestFailed(Exception):
