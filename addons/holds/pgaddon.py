@@ -71,6 +71,7 @@ class SharedStateAddon:
         self.guard = StateGuard(states, store, policy)
         self.closer = StateCloser(store)
         self._ui_key: bytes | None = None
+        self.started = False  # ``running`` has run: from then on the state cannot change
 
     def load(self, loader: Any) -> None:
         register_options(loader, OPTIONS)
@@ -80,6 +81,12 @@ class SharedStateAddon:
             return
         value = (ctx.options.portcullis_state or "").strip()
         if value in ("", "memory"):
+            if self.store.shared and not self.started:
+                # mitmproxy rolling back a start that failed in another option: raising
+                # here would replace the real cause the operator must see; the start
+                # fails with it anyway.
+                log.debug("portcullis_state: start rolled back after PostgreSQL opened")
+                return
             if self.store.shared:
                 raise exceptions.OptionsError("portcullis_state cannot change while the gateway runs")
             return
@@ -100,6 +107,7 @@ class SharedStateAddon:
         log.info("shared state in PostgreSQL at %s (this gateway: %s)", describe_dsn(value), self.store.gateway_id)
 
     def running(self) -> None:
+        self.started = True
         if self.store.shared:
             bus: EventBus = self.states.bus
             self.store.start(asyncio.get_running_loop(), bus)
