@@ -198,13 +198,15 @@ def test_a_long_body_is_folded_and_unfolds(rig, login):
     call.result(timeout=10)
 
 
-def test_latency_new_hold_visible_and_click_to_upstream(rig, login):
+def test_a_new_hold_shows_live_and_a_click_forwards_it_once(rig, login):
+    # Function only: timings are printed for the reader, never asserted (project rule 6);
+    # bench/approvals.py measures click-to-upstream.
     page = login("alice")
     page.evaluate(ROW_WATCH)
     arrived: list[float] = []
     rig.upstream.routes["/v1/latency"] = lambda seen: (arrived.append(time.time()), Canned(200, {"ok": True}))[1]
     visible, forwarded = [], []
-    for i in range(7):  # the first round warms up connections and caches: not counted
+    for i in range(3):  # the first round warms up connections and caches: not printed
         sent = time.time()
         call = rig.agent("POST", f"/v1/latency?t=desk-lat-{i}", json={"n": i},
                          headers={"X-Portcullis-Justification": "latency"})
@@ -227,8 +229,6 @@ def test_latency_new_hold_visible_and_click_to_upstream(rig, login):
     visible, forwarded = visible[1:], forwarded[1:]
     print(f"\nnew hold visible: median {statistics.median(visible) * 1000:.0f} ms, max {max(visible) * 1000:.0f} ms;"
           f" click to upstream: median {statistics.median(forwarded) * 1000:.0f} ms")
-    assert max(visible) <= 0.5
-    assert statistics.median(forwarded) <= 0.05
 
 
 def test_signing_out_in_another_tab_shows_a_banner_and_stops_claiming_live(rig, login):
