@@ -255,9 +255,8 @@ class UpstreamsAddon:
             # This host's own CA bundle, for this connection only (issue 18/12).
             tls_start.ssl_conn.set_context(self.scoped_context(tls_start, rule.ca_bundle))
             return
-        if tls_start.ssl_conn is not None:
-            log.debug("upstream TLS verification disabled for %s by rules", host)
-            tls_start.ssl_conn.set_verify(SSL.VERIFY_NONE, None)
+        log.debug("upstream TLS verification disabled for %s by rules", host)
+        tls_start.ssl_conn.set_verify(SSL.VERIFY_NONE, None)
 
 
 def abort_transport(client_id: str, server: Any) -> bool:
