@@ -81,14 +81,13 @@ class SharedStateAddon:
             return
         value = (ctx.options.portcullis_state or "").strip()
         if value in ("", "memory"):
-            if self.store.shared and not self.started:
-                # mitmproxy rolling back a start that failed in another option: raising
-                # here would replace the real cause the operator must see; the start
-                # fails with it anyway.
-                log.debug("portcullis_state: start rolled back after PostgreSQL opened")
-                return
             if self.store.shared:
-                raise exceptions.OptionsError("portcullis_state cannot change while the gateway runs")
+                if self.started:
+                    raise exceptions.OptionsError("portcullis_state cannot change while the gateway runs")
+                # Before running(): mitmproxy rolling back a start that failed in another
+                # option. Raising here would replace the real cause the operator must see;
+                # the start fails with it anyway.
+                log.debug("portcullis_state: start rolled back after PostgreSQL opened")
             return
         if not is_postgres(value):
             raise exceptions.OptionsError(
