@@ -48,6 +48,8 @@ log = logging.getLogger("portcullis.upstream_errors")
 DEFAULT_TIMEOUT_S = 60.0
 #: How often a timed-out flow that waits for a connection slot is looked at again.
 SLOT_POLL_S = 0.02
+#: The error mitmproxy gives the flows waiting on a connect whose task was cancelled.
+CANCELLED_CONNECT = "connection cancelled"
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class UpstreamErrorsAddon:
         self._slot_waiters: set[str] = set()
         #: server connection id -> the connect in progress (a connect can hang too)
         self._connecting: dict[str, Connecting] = {}
+        #: client connection id -> connects cut for a timeout whose flow is not known yet
+        self._cut_connects: dict[str, int] = {}
 
     def load(self, loader) -> None:
         register_options(loader, OPTIONS)
@@ -133,7 +137,8 @@ class UpstreamErrorsAddon:
         self._cancel(flow)
         assert flow.error is not None
         message = flow.error.msg
-        if flow.id in self._timed_out:
+        claimed = self._claims_cut_connect(flow, message)  # counted even for its own cut
+        if flow.id in self._timed_out or claimed:
             self._timed_out.discard(flow.id)
             kind = "upstream_timeout"
         elif message == flow.error.KILLED_MESSAGE:
@@ -162,6 +167,7 @@ class UpstreamErrorsAddon:
 
     def client_disconnected(self, client: connection.Client) -> None:
         errorpages.forget_client(client.id)
+        self._cut_connects.pop(client.id, None)
 
     def done(self) -> None:
         for timer in self._timers.values():
@@ -209,6 +215,14 @@ class UpstreamErrorsAddon:
             if connecting:
                 self._connecting.pop(connecting[0].server.id, None)
                 task = connecting[0].task
+                if connecting[0].server is not flow.server_conn:
+                    # Not known to be this flow's connect (mitmproxy has not assigned it
+                    # yet): the earliest on its client and address, whose flow came first
+                    # and is past its deadline too. Whichever flow fails with it timed out;
+                    # this one is looked at again until its own answer is out.
+                    self._cut_connects[flow.client_conn.id] = self._cut_connects.get(flow.client_conn.id, 0) + 1
+                    self._timers[flow.id] = asyncio.get_running_loop().call_later(
+                        SLOT_POLL_S, self._expire, flow)
         log.warning("upstream %s did not answer %s %s within %g s",
                     flow.request.host, flow.request.method, flow.request.pretty_url, self.timeout)
         if task is None:
@@ -219,6 +233,14 @@ class UpstreamErrorsAddon:
         # looks like a peer close to the protocol layers, so mitmproxy fails the flow
         # through its normal error path (error hook, then the error answer).
         task.cancel()
+
+    def _claims_cut_connect(self, flow: http.HTTPFlow, message: str) -> bool:
+        """Whether the flow failed with a connect cut for another flow's timeout."""
+        client = flow.client_conn.id
+        if message != CANCELLED_CONNECT or not self._cut_connects.get(client):
+            return False
+        self._cut_connects[client] -= 1
+        return True
 
     def _connects_of(self, flow: http.HTTPFlow) -> list[Connecting]:
         """The connects in progress the flow may wait for: its own if known, else (not
