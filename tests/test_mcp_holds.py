@@ -286,7 +286,9 @@ def test_retry_that_joins_a_pending_hold_gets_the_kept_alive_stream_then_the_res
         assert progress["params"]["progressToken"] == "tok-7"
         assert "Deleting a note needs a reviewer" in progress["params"]["message"]
         assert first_at < 2.0
-        assert f"waits for the pending hold {hold['flow_id']}" in rig.gateway.output
+        # The log line is written before the stream opens, but read from the process's
+        # output by another thread: wait for it rather than race it.
+        rig.gateway.wait_for_output(f"waits for the pending hold {hold['flow_id']}")
         pending = [h for h in rig.api("alice", "GET", "/api/pending").json()["pending"]
                    if '"joined-sse"' in rig.flow(h["flow_id"]).get("body", "")]
         assert [h["flow_id"] for h in pending] == [hold["flow_id"]]  # joined: no second hold

@@ -137,3 +137,15 @@ def test_identity_add_refuses_a_file_with_aliases_instead_of_looping(tmp_path):
     assert result.returncode != 0
     assert "YAML anchors (&ids) are not allowed" in result.stderr
     assert path.read_text() == original
+
+
+def test_a_key_with_an_unknown_tag_is_a_problem_at_its_position():
+    # Found by tests/test_rules_fuzz.py: `{!gt: 1000}` raised PyYAML's ConstructorError
+    # out of the loader instead of naming the place.
+    text = 'version: 1\nrules:\n  - name: big\n    match: {json: {"$.amount": {!gt: 1000}}}\n    action: block\n'
+    with pytest.raises(RuleFileError) as caught:
+        parse(text, "rules.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line, problem.column) == ("rules.yaml", 4, 33)
+    assert problem.field == 'rules[0].match.json.$.amount'
+    assert "cannot read key" in problem.message and "!gt" in problem.message

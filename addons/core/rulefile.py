@@ -168,7 +168,13 @@ def _build(
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(source.at(path).problem("mapping keys must be plain strings"))
                 continue
-            key = str(constructor.construct_object(key_node))
+            try:
+                key = str(constructor.construct_object(key_node))
+            except yaml.constructor.ConstructorError as exc:  # e.g. an unknown !tag on the key
+                line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(Problem(source.filename, line, column, format_field(path),
+                                        f"cannot read key: {exc.problem}"))
+                continue
             child = (*path, key)
             source.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in result:
