@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
+from recordings import schema
 from recordings.store import Store
 
 FORMATS = {"parquet": "parquet", "jsonl": "jsonl"}
@@ -42,6 +43,6 @@ def export(store: Store, since: datetime | date, fmt: str, directory: str | Path
         f"SELECT * FROM flows WHERE started_at >= {literal} ORDER BY started_at", flows_file, fmt
     )
     events = store.copy_to(
-        f'SELECT * FROM events WHERE "at" >= {literal} ORDER BY "at", seq', events_file, fmt
+        f'SELECT * FROM events WHERE "at" >= {literal} ORDER BY {schema.EVENT_ORDER}', events_file, fmt
     )
     return {"flows": flows, "events": events, "files": [str(flows_file), str(events_file)]}

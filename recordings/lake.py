@@ -27,8 +27,12 @@ then ``SELECT ... FROM rec.flows`` (the views too: ``FROM rec.blocked_by_rule``)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,13 @@ POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 S3_ENV = {"KEY_ID": "AWS_ACCESS_KEY_ID", "SECRET": "AWS_SECRET_ACCESS_KEY",
           "SESSION_TOKEN": "AWS_SESSION_TOKEN", "REGION": "AWS_REGION", "ENDPOINT": "PORTCULLIS_S3_ENDPOINT",
           "URL_STYLE": "PORTCULLIS_S3_URL_STYLE", "USE_SSL": "PORTCULLIS_S3_USE_SSL"}
+
+
+#: The first-time setup's PostgreSQL advisory lock key (not maintenance's: a start must
+#: not wait for a compaction round). Advisory locks are per database, so per lake.
+SETUP_KEY = 7_318_201_119
+#: How long a starting gateway waits for another's setup before it gives up (fails closed).
+SETUP_WAIT_S = 120.0
 
 
 class LakeError(Exception):
@@ -123,14 +134,76 @@ def _data_path(value: str) -> str:
     return str(Path(value).expanduser().resolve()) + "/"
 
 
-def extension_directory(near: Path) -> Path:
-    """A private extension directory with the wheels' binaries (recordings.extensions)."""
+def extension_directory(near: Path, names: tuple[str, ...] = ("ducklake", "sqlite", "postgres")) -> Path:
+    """A private extension directory with the wheels' binaries (recordings.extensions):
+    ``names`` are those the lake loads (``Lake.extensions``: httpfs too for S3)."""
     try:
-        return extensions.install(near)
+        return extensions.install(near, tuple(dict.fromkeys(("ducklake", "sqlite", "postgres", *names))))
     except extensions.MissingExtension as exc:
         raise LakeError(str(exc)) from None
     except OSError as exc:
         raise LakeError(f"cannot prepare DuckDB's extensions in {near}: {exc}") from None
+
+
+@contextlib.contextmanager
+def setup_lock(lake: Lake, wait_s: float = SETUP_WAIT_S) -> Iterator[None]:
+    """Held while a writer attaches, creates and migrates the lake: one process at a time.
+
+    On the first ATTACH of an empty catalog DuckLake creates its ``ducklake_*`` tables,
+    and then the recording's migrations create theirs; two gateways starting together
+    did both at once and one failed (PostgreSQL: ``duplicate key value violates unique
+    constraint "pg_type_typname_nsp_index"``; SQLite: ``database is locked``). So a
+    writer's open runs under this lock. For a PostgreSQL catalog it is a session
+    advisory lock (``pg_advisory_lock(SETUP_KEY)`` on a psycopg connection of its own,
+    with ``lock_timeout``: a gateway killed while holding it ends its session and the
+    lock with it); for a local lake an ``flock`` on ``DIR/setup.lock`` (released by the
+    kernel when the process dies). Every start takes it, not only the first: whether
+    the catalog is new is only known after the ATTACH it must protect, and the later
+    starts wait only for one another's short open. Readers do not take it.
+    """
+    if lake.shared:
+        import psycopg
+
+        try:
+            session = psycopg.connect(lake.catalog, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise LakeError(f"cannot take the setup lock of the {lake.describe()}: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+        with session:
+            try:
+                session.execute(f"SET lock_timeout = '{int(wait_s * 1000)}ms'")
+                session.execute("SELECT pg_advisory_lock(%s)", [SETUP_KEY])
+            except psycopg.Error as exc:
+                raise LakeError(f"cannot take the setup lock of the {lake.describe()} (another gateway "
+                                f"still setting it up?): {str(exc).strip().splitlines()[0]}") from None
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    session.execute("SELECT pg_advisory_unlock(%s)", [SETUP_KEY])
+        return
+    try:
+        Path(lake.catalog).mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(Path(lake.catalog) / "setup.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise LakeError(f"cannot take the setup lock of the {lake.describe()}: {exc}") from None
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LakeError(f"cannot take the setup lock of the {lake.describe()}: another "
+                                    f"process held it for {wait_s:.0f} s") from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def prepare(lake: Lake) -> None:

@@ -4,6 +4,10 @@ The database carries its own version in ``schema_version``. Opening a file appli
 migration it has not seen yet (in one transaction each); a file written by a newer
 Portcullis is refused rather than guessed at.
 
+Events are ordered by ``"at", gateway, seq`` (:data:`EVENT_ORDER`): ``(gateway, seq)`` is
+an event's key, unique across the gateways writing one lake (recordings/store.py, "Event
+identity").
+
 Times are ``TIMESTAMP`` values in UTC. ``at`` is a reserved word in DuckDB 2, so the
 events' time column must be quoted in SQL: ``"at"`` or ``e.at``.
 """
@@ -63,9 +67,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE flows ADD COLUMN masked INTEGER DEFAULT 0",
         "ALTER TABLE flows ADD COLUMN actor VARCHAR",
     ]),
+    # An event's key is (gateway, seq): seq counts per gateway, so gateways writing one
+    # lake no longer hand out the same numbers (recordings/store.py, "Event identity").
+    # Rows from before have gateway NULL: in a file they are its one writer's, in a lake
+    # they keep the seq they had (possibly shared by two gateways).
+    (3, [
+        "ALTER TABLE events ADD COLUMN gateway VARCHAR",
+    ]),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+#: The one order of events: by time, ties by the writing gateway and its write order.
+EVENT_ORDER = '"at", gateway, seq'
 
 #: Views for the common questions; recreated on every open so they follow the code.
 VIEWS: dict[str, str] = {
@@ -90,8 +104,8 @@ VIEWS: dict[str, str] = {
         FROM flows WHERE decision = 'error' GROUP BY ALL ORDER BY flows DESC
     """,
     "flow_timeline": """
-        SELECT e.flow_id, e.seq, e.at, e.kind, e.actor, e.detail
-        FROM events e ORDER BY e.flow_id, e.at, e.seq
+        SELECT e.flow_id, e.gateway, e.seq, e.at, e.kind, e.actor, e.detail
+        FROM events e ORDER BY e.flow_id, e.at, e.gateway, e.seq
     """,
     # One row per SQL text a sql: rule classified (the `classified` events of
     # addons/querylang/rules.py), with who sent it and what the gateway decided:
@@ -110,7 +124,7 @@ VIEWS: dict[str, str] = {
                json_extract_string(e.detail, '$.classification.summary') AS summary
         FROM events e LEFT JOIN flows f ON f.id = e.flow_id
         WHERE e.kind = 'classified' AND json_extract_string(e.detail, '$.language') = 'sql'
-        ORDER BY e.at, e.seq
+        ORDER BY e.at, e.gateway, e.seq
     """,
     "graphql_operations": """
         SELECT e.flow_id, e.at AS "at", f.identity, f.host, f.path, f.decision,
@@ -121,7 +135,7 @@ VIEWS: dict[str, str] = {
                json_extract_string(e.detail, '$.classification.summary') AS summary
         FROM events e LEFT JOIN flows f ON f.id = e.flow_id
         WHERE e.kind = 'classified' AND json_extract_string(e.detail, '$.language') = 'graphql'
-        ORDER BY e.at, e.seq
+        ORDER BY e.at, e.gateway, e.seq
     """,
 }
 

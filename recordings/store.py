@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -61,7 +62,7 @@ FLOW_COLUMNS: dict[str, str] = {
 }
 EVENT_COLUMNS: dict[str, str] = {
     "seq": "BIGINT", "flow_id": "VARCHAR", "at": "TIMESTAMP", "actor": "VARCHAR",
-    "kind": "VARCHAR", "detail": "JSON",
+    "kind": "VARCHAR", "detail": "JSON", "gateway": "VARCHAR",
 }
 JSON_COLUMNS = ("request_headers", "response_headers", "detail")
 
@@ -146,12 +147,17 @@ _INSERT_FLOWS = _insert_sql("flows", FLOW_COLUMNS)
 _INSERT_EVENTS = _insert_sql("events", EVENT_COLUMNS)
 
 
-def _batch(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
-    """The rows as the JSON text _insert_sql reads (only known columns; blobs base64)."""
+def _batch(rows: Sequence[dict[str, Any]], columns: dict[str, str],
+           defaults: dict[str, Any] | None = None) -> str:
+    """The rows as the JSON text _insert_sql reads (only known columns; blobs base64;
+    ``defaults`` for columns a row leaves out or None)."""
     blobs = [name for name, kind in columns.items() if kind == "BLOB"]
     out = []
     for row in rows:
         item = {name: row.get(name) for name in columns}
+        for name, value in (defaults or {}).items():
+            if item[name] is None:
+                item[name] = value
         for name in blobs:
             if item[name] is not None:
                 item[name] = base64.b64encode(bytes(item[name])).decode()
@@ -177,6 +183,8 @@ class Store:
         self.lake = lake
         #: The gateway whose unfinished flows recovery may close (a lake has many writers).
         self.scope = scope
+        #: This writer's name in every event row it writes (see "Event identity" at next_seq).
+        self.gateway = scope if scope is not None else gateway_name(self.path)
         self.settings = settings or DuckDBSettings()
         self.limits = limits
         self._lock = threading.Lock()
@@ -232,14 +240,24 @@ class Store:
         return con
 
     def _connect_lake(self, lake: Lake) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB instance with the lake attached (and used) as ``lake``."""
+        """An in-memory DuckDB instance with the lake attached (and used) as ``lake``.
+
+        A writer attaches, creates and migrates under the lake's setup lock
+        (``lakes.setup_lock``): gateways starting together on an empty catalog would
+        otherwise create it twice, and one of them fail.
+        """
         try:
-            if not self.read_only:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ext = lakes.extension_directory(_extension_home(self.path, self.read_only), lake.extensions)
+            if self.read_only:
+                return self._attach_lake(lake, ext)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with lakes.setup_lock(lake):
                 lakes.prepare(lake)
-            ext = lakes.extension_directory(_extension_home(self.path, self.read_only))
+                return self._attach_lake(lake, ext)
         except (OSError, lakes.LakeError) as exc:
             raise StoreError(f"cannot open the {lake.describe()}: {exc}") from None
+
+    def _attach_lake(self, lake: Lake, ext: Path) -> duckdb.DuckDBPyConnection:
         config = {**self.settings.config(), "extension_directory": str(ext),
                   "autoinstall_known_extensions": "false", "temp_directory": str(self.temp_directory)}
         con = duckdb.connect(":memory:", config=config)
@@ -432,14 +450,33 @@ class Store:
 
     def events(self, flow_id: str) -> list[dict[str, Any]]:
         columns, rows = self.query(
-            'SELECT * FROM events WHERE flow_id = ? ORDER BY "at", seq', [flow_id]
+            f"SELECT * FROM events WHERE flow_id = ? ORDER BY {schema.EVENT_ORDER}", [flow_id]
         )
         return [_decode(dict(zip(columns, row, strict=True))) for row in rows]
 
     # --- writing (the writer thread only) -------------------------------------
 
     def next_seq(self, cur: duckdb.DuckDBPyConnection) -> int:
-        row = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        """The next ``seq`` of this writer's events.
+
+        Event identity: an event's key is ``(gateway, seq)``, and events are ordered by
+        ``"at", gateway, seq`` (``schema.EVENT_ORDER``). ``gateway`` names the writer
+        (``scope`` in a lake: host and ``--db`` path, the name recovery already goes by;
+        for a file the same form); ``seq`` counts that writer's events in the order they
+        reached it. One writer per name is guaranteed on a host (the recording process
+        holds ``<db>.sink.lock``), so a writer alone hands out its numbers: no catalog
+        round trip, no lock shared by the gateways, no wait on another gateway's commit.
+        The name must differ between hosts (the host name is part of it). The
+        alternatives were worse for an audit trail: ranges reserved in the catalog under
+        a lock put every gateway's start behind one shared lock and still order events by
+        reservation, not by time; a UUIDv7-style key would change ``seq``'s type (BIGINT,
+        in every reader's and export's hands) and carries only a clock and random bits,
+        while ``gateway`` says who wrote the row. A writer continues after its own highest seq
+        and after every row that names no gateway (written before schema version 3), so
+        a file's seq stays one increasing sequence across the upgrade.
+        """
+        row = cur.execute("SELECT coalesce(max(seq), 0) FROM events WHERE gateway = ? OR gateway IS NULL",
+                          [self.gateway]).fetchone()
         return int(row[0]) + 1 if row else 1
 
     def insert(self, cur: duckdb.DuckDBPyConnection, flows: Sequence[dict[str, Any]],
@@ -461,7 +498,7 @@ class Store:
             if flows:
                 cur.execute(_INSERT_FLOWS, [_batch(flows, FLOW_COLUMNS)])
             if events:
-                cur.execute(_INSERT_EVENTS, [_batch(events, EVENT_COLUMNS)])
+                cur.execute(_INSERT_EVENTS, [_batch(events, EVENT_COLUMNS, {"gateway": self.gateway})])
             cur.execute("COMMIT")
         except BaseException:
             try:
@@ -569,6 +606,11 @@ def _retrying(action: Callable[[], Any]) -> Any:
                 raise
             time.sleep(RETRY_PAUSE_S * (attempt + 1))
     return None
+
+
+def gateway_name(db: Path) -> str:
+    """A writer's name in its event rows: host and --db path (addons/recorder's scope)."""
+    return f"{socket.gethostname()}:{db.resolve()}"
 
 
 def _extension_home(db: Path, read_only: bool) -> Path:

@@ -10,6 +10,11 @@ When a commit fails, the batch is kept, barriers are answered ``False`` (so the
 gateway can stop forwarding) and the write is retried every ``retry_seconds`` until it
 works again. Rows are only ever lost if the process dies, or if more than
 ``max_pending`` pile up while writing is impossible (then the loss is logged).
+
+Each event gets its ``seq`` when it is queued, from this writer's own counter, which
+starts after the highest seq this writer (``store.gateway``) wrote before; the store adds
+``gateway`` to the row. ``(gateway, seq)`` is the event's key, unique across gateways on
+one lake (``Store.next_seq`` says why this and not a shared counter).
 """
 
 from __future__ import annotations
