@@ -220,6 +220,15 @@ def prepare(lake: Lake) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
     finally:
         connection.close()
+    # Made under umask 077 (the recording process's), so private from the first byte;
+    # a lake an older version or another umask left readable is tightened here.
+    catalog = lake.catalog_file
+    for path in (Path(lake.catalog), Path(lake.data), catalog,
+                 catalog.with_name(catalog.name + "-wal"), catalog.with_name(catalog.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(path, mode & (0o700 if path.is_dir() else 0o600))
 
 
 def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:

@@ -269,3 +269,79 @@ def test_the_test_gateways_keep_their_explicit_duckdb_file(tmp_path):
     command = GatewayProcess(tmp_path / "rules.yaml", tmp_path).command
     assert command[command.index("--db") + 1].endswith(".duckdb")
     assert "--lake" not in command
+
+
+def modes_under(root: Path) -> dict[str, int]:
+    """Every file and directory under ``root`` (``root`` too) -> its permission bits.
+    Symbolic links are left out: their own mode is always 0777 and means nothing (the
+    extension directory links DuckDB's extensions from the installed wheels)."""
+    found = {".": root.stat().st_mode & 0o777}
+    for path in sorted(root.rglob("*")):
+        if not path.is_symlink():
+            found[str(path.relative_to(root))] = path.lstat().st_mode & 0o777
+    return found
+
+
+def not_private(modes: dict[str, int], root: Path) -> list[str]:
+    wrong = []
+    for name, mode in modes.items():
+        path = root / name
+        wanted = 0o700 if path.is_dir() else 0o600
+        if mode != wanted:
+            wrong.append(f"{name}: {mode:o}, wanted {wanted:o}")
+    return wrong
+
+
+def test_every_file_and_directory_of_the_default_lake_is_owner_only(confdir, upstream, tmp_path):
+    """The catalog, its -wal/-shm, the data directory and its Parquet files: 0600/0700.
+
+    A gateway of its own, started the default way under a fresh $PORTCULLIS_HOME with
+    maintenance every second, so that inlined rows are flushed into Parquet files, and
+    with umask 022, so that the modes are the code's doing, not the test runner's.
+    """
+    home = Path(tempfile.mkdtemp(prefix="pc-modes-"))
+    try:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(textwrap.dedent(RULES))
+        before = os.umask(0o022)  # the gateway inherits a permissive umask: modes are the code's
+        try:
+            gw = DefaultGateway(rules, confdir, home, ["--lake-maintenance", "1"]).start()
+        finally:
+            os.umask(before)
+        try:
+            agents(gw, upstream, f"modes-{uuid.uuid4().hex[:8]}", 20, threads=2)
+            data = gw.lake / "data"
+            deadline = time.monotonic() + 30
+            while not list(data.rglob("*.parquet")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            parquet = list(data.rglob("*.parquet"))
+            assert parquet, "maintenance flushed no inlined rows into Parquet files"
+            running = modes_under(home)
+        finally:
+            gw.stop()
+        stopped = modes_under(home)
+        names = set(running)
+        # What the check covered: the lake's catalog (and SQLite's -wal/-shm while the
+        # gateway ran), its data directory and files, and the gateway's own files beside.
+        assert {"portcullis.lake", "portcullis.lake/catalog.sqlite", "portcullis.lake/data"} <= names
+        assert any(name.startswith("portcullis.lake/catalog.sqlite-") for name in names), sorted(names)
+        assert any(name.endswith(".parquet") for name in names)
+        print(f"owner-only: {len(running)} paths while running, {len(stopped)} after stop: {sorted(names)}")
+        assert not_private(running, home) == [] and not_private(stopped, home) == []
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_lake_left_readable_is_tightened_when_it_is_opened(tmp_path):
+    """A lake another umask (or an older version) left group/world-readable."""
+    from recordings.lake import Lake, prepare
+
+    lake = Lake.parse(str(tmp_path / "loose.lake"))
+    prepare(lake)
+    catalog = Path(lake.catalog) / "catalog.sqlite"
+    loose = {Path(lake.catalog): 0o755, Path(lake.data): 0o775, catalog: 0o644}
+    for path, mode in loose.items():
+        os.chmod(path, mode)
+    prepare(lake)
+    assert {path: path.stat().st_mode & 0o777 for path in loose} == {
+        Path(lake.catalog): 0o700, Path(lake.data): 0o700, catalog: 0o600}

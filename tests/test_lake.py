@@ -147,6 +147,18 @@ def test_two_gateways_one_lake_every_flow_exactly_once_while_an_analyst_queries(
     ids = ask(pair.a.db, "/query", {"sql": "SELECT id FROM flows WHERE session_id LIKE ?",
                                     "params": [f"{tag}%"]})["rows"]
     assert {row[0] for row in ids} == set(sent["a"]) | set(sent["b"])
+    # Every event of these flows has its own key across both gateways, (gateway, seq),
+    # and names the gateway that wrote it, though both gateways count seq from the same start.
+    keys = ask(pair.a.db, "/query", {"sql": """
+        SELECT count(*), count(DISTINCT (gateway, seq)), count(DISTINCT seq),
+               count(*) FILTER (WHERE gateway LIKE '%a.duckdb' AND flow_id IN (SELECT unnest($a::VARCHAR[]))),
+               count(*) FILTER (WHERE gateway LIKE '%b.duckdb' AND flow_id IN (SELECT unnest($b::VARCHAR[])))
+        FROM events WHERE flow_id IN (SELECT id FROM flows WHERE session_id LIKE $tag)""",
+        "params": {"tag": f"{tag}%", "a": sent["a"], "b": sent["b"]}})["rows"]
+    events, distinct_keys, distinct_seqs, of_a, of_b = keys[0]
+    assert events == distinct_keys == of_a + of_b >= 3 * total, keys
+    print(f"{events} events of {total} flows from two gateways: {distinct_keys} distinct (gateway, seq) keys, "
+          f"{distinct_seqs} distinct seq values")
     # The flows page's own store call works on the lake too (a flow and its events).
     flow = ask(pair.b.db, "/query", {"sql": "SELECT count(*) FROM events WHERE flow_id = ?",
                                                    "params": [sent["a"][0]]})
