@@ -111,8 +111,10 @@ class Lake:
         return f"ATTACH '{_sql(self.uri)}' AS {alias} (READ_ONLY)"
 
     def local_directories(self) -> list[str]:
-        """Directories this lake's own files are in (for allowed_directories)."""
-        found = [] if self.on_s3 or not self.data else [self.data]
+        """Where this lake's own files are (for allowed_directories): its data directory
+        or S3 prefix (a writer's commits write Parquet files there; with external access
+        off, DuckDB refuses any path not listed) and the catalog's directory."""
+        found = [self.data] if self.data else []
         if self.catalog_file is not None:
             found.append(str(self.catalog_file.parent) + "/")
         return found
@@ -231,8 +233,9 @@ def prepare(lake: Lake) -> None:
                 os.chmod(path, mode & (0o700 if path.is_dir() else 0o600))
 
 
-def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
-    """Load the extensions, set up S3 if needed, ATTACH the lake as ``lake`` and USE it."""
+def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool, uri: str | None = None) -> None:
+    """Load the extensions, set up S3 if needed, ATTACH the lake as ``lake`` and USE it
+    (``uri``: the ATTACH target if not ``lake.uri``, e.g. from :func:`without_password`)."""
     try:
         extensions.load(con, lake.extensions)
     except duckdb.Error as exc:
@@ -243,19 +246,58 @@ def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool) -> None:
     if read_only:
         options.append("READ_ONLY")
     try:
-        con.execute(f"ATTACH '{_sql(lake.uri)}' AS {ALIAS} ({', '.join(options)})")
+        con.execute(f"ATTACH '{_sql(uri or lake.uri)}' AS {ALIAS} ({', '.join(options)})")
         con.execute(f"USE {ALIAS}")
     except duckdb.Error as exc:
         raise LakeError(f"cannot attach {lake.describe()}: {str(exc).splitlines()[0]}") from None
 
 
+#: httpfs copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (and the
+#: region) from the environment into these settings when it loads, where any SELECT reads
+#: them (``current_setting('s3_secret_access_key')``, ``duckdb_settings()``): the SQL page
+#: would show the gateway's S3 key. The secret carries them instead; these are emptied.
+S3_CREDENTIAL_SETTINGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
+
+
+def without_password(lake: Lake, passfile: Path) -> str:
+    """The ATTACH target with the catalog URL's password moved into ``passfile`` (0600).
+
+    DuckDB shows every attached database's path to any SELECT (``duckdb_databases()``,
+    and ``duckdb_settings()``: the path is added to ``allowed_paths``), so a password in
+    the URL was one query away for every analyst on the SQL page. libpq reads it from a
+    password file named in the URL instead (``passfile=``; the path is shown, the file
+    is outside every directory the confined DuckDB may read). Returns ``lake.uri`` when
+    there is no password. The caller removes the file when it closes the lake.
+    """
+    from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+    if not lake.shared:
+        return lake.uri
+    parts = urlsplit(lake.catalog)
+    if parts.password is None:
+        return lake.uri
+    password = unquote(parts.password).replace("\\", "\\\\").replace(":", "\\:")
+    passfile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(passfile, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"*:*:*:*:{password}\n")
+    os.chmod(passfile, 0o600)
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    netloc = f"{user}@{host}" if user else host
+    query = urlencode([*[(k, v) for k, v in parse_qsl(parts.query) if k != "passfile"], ("passfile", str(passfile))])
+    return f"ducklake:postgres:{urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))}"
+
+
 def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
-    """An S3 secret from the environment (S3_ENV); without keys DuckDB's default chain applies."""
+    """An S3 secret from the environment (S3_ENV), in memory only (not PERSISTENT); the
+    credential settings httpfs filled from the same environment are emptied."""
     values = {key: os.environ[name] for key, name in S3_ENV.items() if os.environ.get(name)}
-    if not values:
-        return
-    body = ", ".join(f"{key} '{_sql(value)}'" for key, value in values.items())
-    con.execute(f"CREATE OR REPLACE SECRET portcullis_lake_s3 (TYPE s3, {body})")
+    if values:
+        body = ", ".join(f"{key} '{_sql(value)}'" for key, value in values.items())
+        con.execute(f"CREATE OR REPLACE SECRET portcullis_lake_s3 (TYPE s3, {body})")
+    for name in S3_CREDENTIAL_SETTINGS:
+        con.execute(f"SET GLOBAL {name} = ''")
 
 
 def _sql(value: str | Path) -> str:

@@ -262,7 +262,7 @@ class Store:
                   "autoinstall_known_extensions": "false", "temp_directory": str(self.temp_directory)}
         con = duckdb.connect(":memory:", config=config)
         try:
-            lakes.attach(con, lake, self.read_only)
+            lakes.attach(con, lake, self.read_only, lakes.without_password(lake, self.passfile))
             if self.read_only:
                 found = schema.current_version(con)
                 if found > schema.SCHEMA_VERSION or found == 0:
@@ -277,6 +277,12 @@ class Store:
         return con
 
     # --- connections -----------------------------------------------------------
+
+    @property
+    def passfile(self) -> Path:
+        """The lake catalog's password, out of the URL DuckDB shows (lakes.without_password):
+        in a private directory of its own, not one the confined DuckDB may read."""
+        return Path(tempfile.gettempdir()) / f"portcullis-{os.getuid()}-{os.getpid()}-{id(self):x}" / "pgpass"
 
     @property
     def wal(self) -> Path:
@@ -361,6 +367,8 @@ class Store:
                 except duckdb.Error:
                     pass  # the WAL is replayed on the next open
             self._con.close()
+        if self.lake is not None:
+            shutil.rmtree(self.passfile.parent, ignore_errors=True)
         self._release_umask()
 
     def _release_umask(self) -> None:
