@@ -13,16 +13,20 @@ virtualenvs (tests/support/sdk_venv.py); reviewers decide through the JSON API.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
+import select
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from tests.support import sdk_venv
 from tests.support.gateway import free_port
-from tests.support.review import PASSWORD_SUFFIX, ReviewRig
+from tests.support.review import AGENT_TOKENS, PASSWORD_SUFFIX, ReviewRig
 from tests.support.review_login import sign_in
 from tests.test_mcp_sdk import _wait_ready
 
@@ -36,7 +40,7 @@ EXTRA_RULES = """
     match: {mcp: {tool: drop_database}}
     action: hold
     reason: "Drops wait briefly"
-    timeout: 2s
+    timeout: 1s
 """
 
 
@@ -83,6 +87,25 @@ def _hold_for(rig, note: str, timeout: float = 15) -> dict:
         pending = rig.api("alice", "GET", "/api/pending").json()["pending"]
         return next((h for h in pending if f'"{note}"' in rig.flow(h["flow_id"]).get("body", "")), None)
     return rig.wait_for(find, timeout, f"a hold of delete_note {note}")
+
+
+def _leave_once_held(rig, url: str, body: dict, note: str) -> dict:
+    """The client that gives up: a JSON call (held, it gets nothing until the decision) on a
+    connection of its own, closed once the call's hold is pending; that hold. Nothing
+    may have been answered by then."""
+    identity = "billing-agent"
+    credentials = base64.b64encode(f"{identity}:{AGENT_TOKENS[identity]}".encode()).decode()
+    connection = http.client.HTTPConnection("127.0.0.1", rig.gateway.port, timeout=10)
+    try:
+        connection.request("POST", url, body=json.dumps(body), headers={
+            "Host": urlsplit(url).netloc, "Content-Type": "application/json", "Accept": "application/json",
+            "Proxy-Authorization": f"Basic {credentials}"})
+        hold = _hold_for(rig, note)
+        answered, _, _ = select.select([connection.sock], [], [], 0)
+        assert not answered, "a held call was answered before its decision"
+    finally:
+        connection.close()
+    return hold
 
 
 def _events(response: requests.Response):
@@ -177,9 +200,9 @@ def test_sdk_client_waits_through_a_hold_with_progress_and_gets_the_result(rig, 
 
 def test_approved_call_whose_client_gave_up_admits_one_identical_resend(rig, servers):
     url = servers["stateless-json"]
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        _post(rig, url, _call(1, "gave-up"), "application/json", timeout=1.0)
-    hold = _hold_for(rig, "gave-up")  # still pending: the client left, the reviewer decides
+    hold = _leave_once_held(rig, url, _call(1, "gave-up"), "gave-up")
+    # still pending: the client left, the reviewer decides
+    assert rig.flow(hold["flow_id"])["status"] == "pending"
     assert rig.approve("alice", hold["flow_id"]).status_code == 200
     rig.wait_for(lambda: any(g["flow_id"] == hold["flow_id"]
                              for g in rig.api("alice", "GET", "/api/grants").json().get("grants", [])),
@@ -189,9 +212,7 @@ def test_approved_call_whose_client_gave_up_admits_one_identical_resend(rig, ser
     assert retry.json()["result"]["content"][0]["text"] == "deleted gave-up"
     assert retry.headers["X-Portcullis-Decision"] == "approved"
     # once: the next identical call is held again
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        _post(rig, url, _call(3, "gave-up"), "application/json", timeout=1.0)
-    again = _hold_for(rig, "gave-up")
+    again = _leave_once_held(rig, url, _call(3, "gave-up"), "gave-up")
     assert again["flow_id"] != hold["flow_id"]
     rig.reject("alice", again["flow_id"])
 
@@ -208,7 +229,7 @@ def test_expired_held_stream_ends_with_the_json_rpc_expiry(rig, servers):
     expiry = json.loads(events[-1].split("data: ", 1)[1])
     assert (expiry["id"], expiry["error"]["code"], expiry["error"]["data"]["error"]) == (
         77, -32003, "approval_expired")
-    assert 1.5 < waited < 10
+    assert 0.8 < waited < 10  # kept open until the rule's 1 s expiry
 
 
 def test_client_that_leaves_a_held_stream_collects_the_approval_with_a_plain_retry(rig, servers):
@@ -235,9 +256,7 @@ def test_client_that_leaves_a_held_stream_collects_the_approval_with_a_plain_ret
 
 def test_retry_while_the_given_up_call_still_waits_joins_its_hold(rig, servers):
     url = servers["stateless-json"]
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        _post(rig, url, _call(1, "joined"), "application/json", timeout=1.0)
-    hold = _hold_for(rig, "joined")
+    hold = _leave_once_held(rig, url, _call(1, "joined"), "joined")
     with ThreadPoolExecutor(1) as pool:  # the retry, before anyone decided
         retry = pool.submit(_post, rig, url, _call(2, "joined"), "application/json", timeout=20)
         rig.wait_for(lambda: f"waits for the pending hold {hold['flow_id']}" in rig.gateway.output,
@@ -250,9 +269,7 @@ def test_retry_while_the_given_up_call_still_waits_joins_its_hold(rig, servers):
     assert answer.json()["result"]["content"][0]["text"] == "deleted joined"
     assert answer.headers["X-Portcullis-Decision"] == "approved"
     # the approval was used by the retry: no re-send grant is left for a third call
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        _post(rig, url, _call(3, "joined"), "application/json", timeout=1.0)
-    again = _hold_for(rig, "joined")
+    again = _leave_once_held(rig, url, _call(3, "joined"), "joined")
     assert again["flow_id"] != hold["flow_id"]
     rig.reject("alice", again["flow_id"])
 
@@ -264,10 +281,8 @@ def _progress_call(request_id, name: str, token) -> dict:
 
 
 def _give_up_then_join(rig, url: str, note: str, retry: dict):
-    """A first call that gives up (JSON, 1 s), then the retry on SSE: (hold, response, events)."""
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        _post(rig, url, _call(1, note), "application/json", timeout=1.0)
-    hold = _hold_for(rig, note)
+    """A first call that gives up once held (JSON), then the retry on SSE: (hold, response, events)."""
+    hold = _leave_once_held(rig, url, _call(1, note), note)
     # read timeout 5 s: a retry kept in the request hook sends nothing until the decision
     response = _post(rig, url, retry, "application/json, text/event-stream", stream=True, timeout=5)
     return hold, response, _events(response)
@@ -298,9 +313,7 @@ def test_retry_that_joins_a_pending_hold_gets_the_kept_alive_stream_then_the_res
     assert messages[-1]["id"] == 2
     assert messages[-1]["result"]["content"][0]["text"] == "deleted joined-sse"
     # the approval went to this retry: a third identical call is held again
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        _post(rig, url, _call(3, "joined-sse"), "application/json", timeout=1.0)
-    again = _hold_for(rig, "joined-sse")
+    again = _leave_once_held(rig, url, _call(3, "joined-sse"), "joined-sse")
     assert again["flow_id"] != hold["flow_id"]
     rig.reject("alice", again["flow_id"])
 
