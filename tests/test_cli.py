@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import socket
@@ -11,6 +13,7 @@ import textwrap
 
 import pytest
 
+from gateway import cli
 from gateway.settings import DEFAULT_RULES, PROJECT_ROOT
 from tests.support.gateway import GatewayProcess
 
@@ -20,6 +23,18 @@ def portcullis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
         [sys.executable, "-m", "gateway", *args],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def portcullis_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same command in this process (gateway.cli.main): no interpreter start per call.
+    Each command keeps one call through the real ``python -m gateway`` (portcullis())."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def write(tmp_path, text: str, name: str = "rules.yaml"):
@@ -45,7 +60,7 @@ def test_check_rejects_with_file_line_column_and_field(tmp_path):
             match: {json: {"$.a": {between: 3}}}
             action: maybe
     """)
-    result = portcullis("check", str(path))
+    result = portcullis_here("check", str(path))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert f"{path}:4:25: rules[0].match.colour: unknown match key 'colour'" in lines[0]
@@ -63,7 +78,7 @@ def test_explain_shows_matches_and_decision_without_sending():
     assert report["decision"] == "block"
     assert report["rule"] == "no-destructive-sql"
     assert report["normalized"] == {"host": "api.demo.test", "path": "/v1/query", "method": "POST"}
-    text = portcullis("explain", "--rules", str(DEFAULT_RULES), "GET", "http://api.demo.test/v1/customers")
+    text = portcullis_here("explain", "--rules", str(DEFAULT_RULES), "GET", "http://api.demo.test/v1/customers")
     assert "matches allow-reads" in text.stdout
     assert "decision: allow by allow-reads" in text.stdout
 
@@ -87,7 +102,7 @@ def test_env_prints_proxy_and_ca_trust_for_every_client(tmp_path):
     assert notes and all(line.startswith("# ") for line in notes)
     assert any("trust_env=True" in line for line in notes)
     assert any("EnvHttpProxyAgent" in line for line in notes)
-    quiet = portcullis("env", "--no-notes", "--listen", "127.0.0.1:9999", "--confdir", str(tmp_path / "conf"))
+    quiet = portcullis_here("env", "--no-notes", "--listen", "127.0.0.1:9999", "--confdir", str(tmp_path / "conf"))
     assert all(line.startswith("export ") for line in quiet.stdout.strip().splitlines())
     # eval "$(portcullis env)" in a real shell sets them.
     shell = subprocess.run(["sh", "-c", 'eval "$(cat)"; echo "$WSS_PROXY|$SSL_CERT_FILE"'],
