@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from gateway.settings import PROJECT_ROOT
+from recordings.control import ask
 from review_ui.reviewers import add_reviewer
 from review_ui.server_addon import literal_ip, parse_ui_address
 from tests.support.gateway import GatewayProcess, free_port
@@ -99,7 +100,12 @@ def test_a_hold_pending_at_a_crash_is_recorded_as_expired_after_restart(tmp_path
 
     threading.Thread(target=agent, daemon=True).start()
     first.wait_for_output("held POST")
-    time.sleep(1.5)  # the recorder commits in the background; this test is about the restart
+    # The recorder commits in the background; this test is about the restart: kill once
+    # the hold's event is committed (the gateway's own answer to a query says so).
+    deadline = time.monotonic() + 15
+    while ask(db, "/query", {"sql": "SELECT count(*) FROM events WHERE kind = 'held'"})["rows"] != [[1]]:
+        assert time.monotonic() < deadline, first.output[-2000:]
+        time.sleep(0.05)
     first.stop(signal.SIGKILL)
     GatewayProcess(rules, confdir, ["--db", str(db), "--ui", "off"]).start().stop()
     with duckdb.connect(str(db), read_only=True) as con:
