@@ -11,25 +11,32 @@ in .venv; the other supported line's (Python 3.12 + mitmproxy 12 when dev.py run
 3.11, and the other way round) in .venv312 or .venv311, created with an interpreter
 found on PATH (python3.12) or under pyenv. Each is reinstalled when pyproject.toml changes.
 
-`dev.py test` runs both lines at once, one pytest each: the running interpreter's line
-the whole suite (printed live), the other line the modules that drive mitmproxy (a real
-gateway or mitmdump, or mitmproxy in-process) except the browser tests (printed when it
-is done). The first line's pytest spreads the suite over 2 pytest-xdist workers (pyproject's
+`dev.py test` runs both lines at once: the running interpreter's line the whole suite
+(printed live), the other line the modules that drive mitmproxy (a real gateway or
+mitmdump, or mitmproxy in-process) except the browser tests (printed when it is done).
+The first line's pytest spreads the suite over 2 pytest-xdist workers (pyproject's
 addopts: ``-n auto --dist loadfile``; tests/conftest.py picks 2 workers for a run of many
 modules and none for a few; PORTCULLIS_TEST_WORKERS=N overrides); a module stays on one
 worker, so the gateway its tests share is started once. The second line runs in one
 process beside them: the machine's cores are then busy, and more processes would only
-make the timing-sensitive tests (timeouts, expiries) wait for a core. The last line printed is "N passed, N failed" over both lines (failed counts
-failed tests, errors, and a failed ruff); the exit code is non-zero if anything failed.
-Pytest args that name tests (paths, node ids) replace the default selection on every
-line; other options are added to it. If the other line's
-interpreter is missing the run fails under CI (CI set) and warns otherwise.
+make the timing-sensitive tests (timeouts, expiries) wait for a core. When the first
+line is done, a second process of the second line takes the modules set aside for it,
+so the freed core is used: which ones comes from the seconds each module took in the
+last full run (build/module-durations.json, else the seed tests/module-durations.json),
+sized so that both processes end together.
+
+The last line printed is "N passed, N failed" over both lines (failed counts failed
+tests, errors, and a failed ruff); the exit code is non-zero if anything failed. Pytest
+args that name tests (paths, node ids) replace the default selection on every line;
+other options are added to it. If the other line's interpreter is missing the run fails
+under CI (CI set) and warns otherwise.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -37,6 +44,7 @@ import subprocess
 import sys
 import time
 import venv
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,17 +143,75 @@ def names_tests(args: list[str]) -> bool:
     return any(not arg.startswith("-") and (ROOT / arg.split("::", 1)[0]).exists() for arg in args)
 
 
+#: Seconds per second-line module and the first line's wall time, from a recent full run:
+#: the seed in the repository, then what each full run measured (build/, not committed).
+DURATIONS_SEED = ROOT / "tests" / "module-durations.json"
+DURATIONS = LOG_DIR / "module-durations.json"
+
+
+def load_durations() -> dict:
+    for path in (DURATIONS, DURATIONS_SEED):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def split_late(modules: list[str], durations: dict) -> tuple[list[str], list[str]]:
+    """The second line's modules as (early, late): early runs beside the first line from
+    the start, late once the first line is done and its core is free, sized so that both
+    end together. Modules without a measured time go early; no data, no split."""
+    seconds = durations.get("modules", {})
+    first_line = durations.get("first_line_s", 0.0)
+    total = sum(seconds.get(module, 0.0) for module in modules)
+    share = (total - first_line) / 2  # after the first line ends, two processes share the rest
+    late: list[str] = []
+    late_total = 0.0
+    for module in sorted((m for m in modules if m in seconds), key=seconds.get, reverse=True):
+        if late_total + seconds[module] <= share:
+            late.append(module)
+            late_total += seconds[module]
+    return [m for m in modules if m not in late], [m for m in modules if m in late]
+
+
+def module_seconds(junit_files: list[Path]) -> dict[str, float]:
+    """Seconds per test module (setup, call and teardown) from pytest's JUnit XML files."""
+    totals: dict[str, float] = {}
+    for path in junit_files:
+        try:
+            root = ElementTree.parse(path).getroot()
+        except (OSError, ElementTree.ParseError):
+            continue
+        for case in root.iter("testcase"):
+            parts = case.get("classname", "").split(".")
+            # "tests.test_x" or "tests.test_x.TestClass": the module is the test_* part
+            index = next((i for i, part in enumerate(parts) if part.startswith("test_")), None)
+            if index is None:
+                continue
+            module = "/".join(parts[:index + 1]) + ".py"
+            totals[module] = round(totals.get(module, 0.0) + float(case.get("time") or 0), 2)
+    return totals
+
+
 #: A module that fails to import is one error in the tally, not the end of that line's run.
 KEEP_GOING = ["--continue-on-collection-errors"]
 
 SUMMARY = re.compile(r"(\d+) (passed|failed|errors?)\b")
 
 
+#: pytest's closing line when a filter (-k, -m) left it nothing to run: nothing failed.
+NOTHING_RAN = re.compile(r"(\d+ deselected|no tests ran)\b.* in [\d.]+s")
+#: Options that narrow the selection: a run with one does not measure whole modules.
+NARROWING = ("-k", "-m", "--lf", "--last-failed", "--deselect", "-x", "--exitfirst", "--maxfail", "--sw")
+
+
 def tally(output: str) -> tuple[int, int] | None:
     """(passed, failed + errors) from pytest's closing summary line, None if it has none."""
     lines = [line for line in output.splitlines() if " in " in line and SUMMARY.search(line)]
     if not lines:
-        return None
+        closing = [line for line in output.splitlines() if NOTHING_RAN.search(line)]
+        return (0, 0) if closing else None
     counts = {kind.rstrip("s"): int(n) for n, kind in SUMMARY.findall(lines[-1])}
     return counts.get("passed", 0), counts.get("failed", 0) + counts.get("error", 0)
 
@@ -179,20 +245,32 @@ def run_tests(rest: list[str]) -> int:
         failures += 1
 
     # Background legs write a log each and are shown when done; the first runs in the terminal.
+    # The second line's default selection is split in two processes: one beside the first
+    # line from the start, one once the first line is done (see split_late).
     LOG_DIR.mkdir(exist_ok=True)
-    background = []
+    for stale in LOG_DIR.glob("junit-py*.xml"):
+        stale.unlink()
+    durations = load_durations()
+    background, late = [], []
     for leg in legs[1:]:
-        selection = rest if names_tests(rest) else ["-m", "not browser", *mitmproxy_modules(), *rest]
-        log_path = LOG_DIR / f"test-py{leg.line}.log"
+        if names_tests(rest):
+            early_modules, late_modules = [], []
+            selection = rest
+        else:
+            early_modules, late_modules = split_late(mitmproxy_modules(), durations)
+            selection = ["-m", "not browser", *early_modules, *rest]
         print(f"dev.py: Python {leg.line} runs {'the given tests' if names_tests(rest) else 'the mitmproxy modules'}"
-              f" in the background; output in {log_path.relative_to(ROOT)}", flush=True)
-        log = log_path.open("w")
-        command = [str(leg.bin / "python"), "-m", "pytest", "-p", "no:cacheprovider", *KEEP_GOING, *selection]
-        environment = {"PORTCULLIS_TEST_WORKERS": "0", **os.environ}  # see the module docstring
-        background.append((leg, log_path, log, subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)))
+              f" in the background; output in {(LOG_DIR / f'test-py{leg.line}.log').relative_to(ROOT)}"
+              + (f" (and {len(late_modules)} modules once Python {legs[0].line} is done)" if late_modules else ""),
+              flush=True)
+        background.append(_start_background(leg, "", selection))
+        if late_modules:
+            late.append((leg, ["-m", "not browser", *late_modules, *rest]))
     print(f"dev.py: ===== Python {legs[0].line} =====", flush=True)
+    started = time.monotonic()
     outputs = [(legs[0], _run_live(legs[0], rest))]
+    first_line_s = time.monotonic() - started
+    background += [_start_background(leg, "-late", selection) for leg, selection in late]
     for leg, log_path, log, process in background:
         process.wait()
         log.close()
@@ -200,6 +278,10 @@ def run_tests(rest: list[str]) -> int:
         print(f"\ndev.py: ===== Python {leg.line} (from {log_path.relative_to(ROOT)}) =====", flush=True)
         print(text, end="" if text.endswith("\n") else "\n", flush=True)
         outputs.append((leg, (process.returncode, text)))
+    if legs[1:] and not names_tests(rest) and not any(arg.split("=", 1)[0] in NARROWING for arg in rest):
+        measured = module_seconds(sorted(LOG_DIR.glob(f"junit-py{legs[1].line}*.xml")))
+        DURATIONS.write_text(json.dumps({"first_line_s": round(first_line_s, 1),
+                                         "modules": dict(sorted(measured.items()))}, indent=1) + "\n")
     passed = 0
     for leg, (code, text) in outputs:
         counts = tally(text)
@@ -209,11 +291,24 @@ def run_tests(rest: list[str]) -> int:
             continue
         passed += counts[0]
         failures += counts[1]
-        if code and not counts[1]:
+        if code and code != 5 and not counts[1]:  # 5: a filter left this process nothing to run
             failures += 1  # e.g. a collection or usage error
         print(f"dev.py: Python {leg.line}: {counts[0]} passed, {counts[1]} failed (exit {code})", flush=True)
     print(f"{passed} passed, {failures} failed", flush=True)
     return 1 if failures else 0
+
+
+def _start_background(leg: Leg, suffix: str, selection: list[str]):
+    """Start one background pytest of a leg: (leg, log path, log file, process)."""
+    log_path = LOG_DIR / f"test-py{leg.line}{suffix}.log"
+    junit = LOG_DIR / f"junit-py{leg.line}{suffix}.xml"
+    junit.unlink(missing_ok=True)
+    log = log_path.open("w")
+    command = [str(leg.bin / "python"), "-m", "pytest", "-p", "no:cacheprovider", *KEEP_GOING,
+               f"--junitxml={junit}", *selection]
+    environment = {"PORTCULLIS_TEST_WORKERS": "0", **os.environ}  # see the module docstring
+    return leg, log_path, log, subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log,
+                                                stderr=subprocess.STDOUT)
 
 
 def _run_live(leg: Leg, rest: list[str]) -> tuple[int, str]:
