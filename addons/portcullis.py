@@ -12,6 +12,7 @@ that it stores what the agent actually received.
 from __future__ import annotations
 
 import addons.schema  # noqa: F401  (registers every package's rules keys)
+from addons.core.dispatch import Dispatcher
 from addons.core.events import EventBus
 from addons.core.flowstate import FlowStates
 from addons.core.loopbridge import LoopBridge
@@ -41,6 +42,16 @@ from review_ui.session_store import PgSessionStore
 
 
 def make_addons() -> list[object]:
+    """What mitmproxy loads: one :class:`Dispatcher` that calls :func:`members` in order.
+
+    One addon in mitmproxy's chain instead of two dozen: mitmproxy's per-addon cost of
+    every event (about 1.3 us per addon per event, ~0.2 ms per request) is paid once
+    (addons/core/dispatch.py). Each member is still registered under its own name.
+    """
+    return [Dispatcher(members())]
+
+
+def members() -> list[object]:
     """A fresh set of Portcullis addons, wired together, in hook order.
 
     All of them share one :class:`FlowStates` registry (and through it one event bus);
