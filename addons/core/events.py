@@ -61,6 +61,10 @@ class EventKind(StrEnum):
     ERROR = "error", "The flow ended in an error before a response was complete."
 
 
+#: kind name -> member: ``EventKind(name)`` costs a few times more than this lookup.
+KINDS: dict[str, EventKind] = {kind.value: kind for kind in EventKind}
+
+
 @dataclass(frozen=True)
 class Event:
     flow_id: str
@@ -81,16 +85,18 @@ class EventBus:
     """
 
     def __init__(self) -> None:
-        self._listeners: list[EventListener] = []
+        # A tuple, replaced on (un)subscribe: publishing (several times per request) needs
+        # no copy, and a listener that unsubscribes mid-publish does not disturb the loop.
+        self._listeners: tuple[EventListener, ...] = ()
 
     def subscribe(self, listener: EventListener) -> None:
         if listener not in self._listeners:
-            self._listeners.append(listener)
+            self._listeners = (*self._listeners, listener)
 
     def unsubscribe(self, listener: EventListener) -> None:
         if listener in self._listeners:
-            self._listeners.remove(listener)
+            self._listeners = tuple(item for item in self._listeners if item != listener)
 
     def publish(self, event: Event) -> None:
-        for listener in list(self._listeners):
+        for listener in self._listeners:
             listener(event)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from addons.core.events import Event, EventBus, EventKind
+from addons.core.events import KINDS, Event, EventBus, EventKind
 
 if TYPE_CHECKING:  # typing only: core imports nothing of ours at run time
     from addons.policy.engine import Verdict
@@ -125,7 +125,7 @@ class FlowState:
 
     def emit(self, kind: EventKind | str, actor: str = "gateway", **detail: Any) -> Event:
         """Publish an event about this flow. An undeclared kind raises ValueError."""
-        event = Event(self.flow_id, EventKind(kind), time.time(), actor, detail)
+        event = Event(self.flow_id, KINDS.get(kind) or EventKind(kind), time.time(), actor, detail)
         if self.bus is not None:
             self.bus.publish(event)
         return event
