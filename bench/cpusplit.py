@@ -61,7 +61,7 @@ async def batch(target: loadgen.Target, pid: int | None, clients: int, count: in
 
 
 async def run(workdir: Path, clients: int, count: int, repetitions: int, profile: Path | None,
-              log=print) -> dict[str, Any]:
+              log=print, variants: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     confdir = workdir / "conf"
     ensure_ca(confdir)
     rules = rulegen.write(workdir / "rules.yaml", policy())
@@ -74,6 +74,11 @@ async def run(workdir: Path, clients: int, count: int, repetitions: int, profile
                                                   "--db", "").start(timeout=120)
         proxies["gw-rec"] = procs.gateway_process("gw-rec", workdir, rules, confdir, "--ui", "off", "--db",
                                                   str(workdir / "rec.duckdb")).start(timeout=120)
+        for name, env in (variants or {}).items():  # A/B: gw-rec with other environment variables
+            process = procs.gateway_process(name, workdir, rules, confdir, "--ui", "off", "--db",
+                                            str(workdir / f"{name}.duckdb"))
+            process.env = env
+            proxies[name] = process.start(timeout=120)
         for name, process in proxies.items():
             if name != "bare" and (problem := await sample_problem(upstream.port, process.port)):
                 raise RuntimeError(f"{name}: {problem}")
@@ -137,6 +142,11 @@ def table(result: dict[str, Any]) -> str:
     lines += [f"  {label:<42} {value:7.3f}" for label, value in rows]
     lines.append(f"  gateway / bare CPU: {s['gateway_over_bare_cpu']:.2f}x "
                  f"(bare / gateway = {s['bare_over_gateway_cpu']:.2f}, the req/s ratio if CPU-bound)")
+    for name in result["median"]:
+        if name not in ("bare", "gw-off", "gw-rec"):
+            m = result["median"][name]
+            lines.append(f"  variant {name:<34} {m['own_ms']:7.3f} (recording process {m['child_ms']:.3f}; "
+                         f"on - off {m['own_ms'] - result['median']['gw-off']['own_ms']:.3f})")
     lines.append("  req/s (median, shared machine): " + ", ".join(
         f"{n} {m['rps']:.0f}" for n, m in result["median"].items()))
     return "\n".join(lines)
@@ -149,9 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="py-spy the recording gateway into this file too")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+                        help="one more recording gateway, with these environment variables (A/B runs)")
     args = parser.parse_args(argv)
+    variants = {}
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        variants[name] = dict(pair.split("=", 1) for pair in assignments.split(",") if pair)
     with tempfile.TemporaryDirectory(prefix="portcullis-cpusplit-") as directory:
-        result = asyncio.run(run(Path(directory), args.clients, args.requests, args.repetitions, args.profile))
+        result = asyncio.run(run(Path(directory), args.clients, args.requests, args.repetitions, args.profile,
+                                 variants=variants))
     print(table(result))
     if result["profile"]:
         print(result["profile"])

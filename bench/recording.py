@@ -225,9 +225,13 @@ def data_path(flows: int = 3000) -> dict:
                 recorder.response(flow)
             hooks = time.process_time() - began
             if recorder.writer is not None:
-                deadline = time.monotonic() + 120
-                while recorder.writer.written < flows * 5 and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                # Everything queued is committed when this barrier is answered (counting
+                # rows instead never matched: how many events a flow makes is not fixed).
+                committed = threading.Event()
+                outcome: list[bool] = []
+                recorder.writer.barrier(lambda ok: (outcome.append(ok), committed.set()))
+                if not committed.wait(120) or not outcome[0]:
+                    raise RuntimeError(f"recording ({mode}) did not commit the flows")
             total = time.process_time() - began
             recorder.done()
         os.environ.pop(IN_PROCESS_ENV, None)
