@@ -46,70 +46,70 @@ def _fail(addon: UpstreamErrorsAddon, flow, message: str) -> None:
     addon.error(flow)
 
 
+def _run(scenario) -> None:
+    """Run ``scenario(addon, states)`` on an event loop, with a 2 s timeout configured."""
+    async def main():
+        states = FlowStates()
+        addon = UpstreamErrorsAddon(states)
+        with taddons.context():
+            addon.timeout = 2.0
+            await scenario(addon, states)
+
+    asyncio.run(main())
+
+
 async def _settle() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
 
 
 def test_a_deadline_cuts_the_earliest_connect_and_the_flow_that_fails_with_it_timed_out():
-    async def scenario():
-        states = FlowStates()
-        addon = UpstreamErrorsAddon(states)
-        with taddons.context():
-            addon.timeout = 2.0
-            client = tflow.tclient_conn()
-            first, second = _stream(client), _stream(client)
-            first_connect, second_connect = _connect(addon, client), _connect(addon, client)
+    async def scenario(addon, states):
+        client = tflow.tclient_conn()
+        first, second = _stream(client), _stream(client)
+        first_connect, second_connect = _connect(addon, client), _connect(addon, client)
 
-            addon._expire(second)  # the later flow's deadline comes first to look
-            await _settle()
-            assert first_connect.task.cancelled() and not second_connect.task.done()
-            assert second.id in addon._timers  # looked at again: its own answer is not out
+        addon._expire(second)  # the later flow's deadline comes first to look
+        await _settle()
+        assert first_connect.task.cancelled() and not second_connect.task.done()
+        assert second.id in addon._timers  # looked at again: its own answer is not out
 
-            _fail(addon, first, CANCELLED_CONNECT)  # mitmproxy fails the cut connect's flow
-            assert states.of(first).error == "upstream_timeout"
+        _fail(addon, first, CANCELLED_CONNECT)  # mitmproxy fails the cut connect's flow
+        assert states.of(first).error == "upstream_timeout"
 
-            addon._expire(second)
-            await _settle()
-            assert second_connect.task.cancelled()
-            _fail(addon, second, CANCELLED_CONNECT)
-            assert states.of(second).error == "upstream_timeout"
-            assert second.id not in addon._timers and not addon._cut_connects.get(client.id)
+        addon._expire(second)
+        await _settle()
+        assert second_connect.task.cancelled()
+        _fail(addon, second, CANCELLED_CONNECT)
+        assert states.of(second).error == "upstream_timeout"
+        assert second.id not in addon._timers and not addon._cut_connects.get(client.id)
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 def test_a_cancelled_connect_nobody_cut_is_not_called_a_timeout():
-    async def scenario():
-        states = FlowStates()
-        addon = UpstreamErrorsAddon(states)
-        with taddons.context():
-            addon.timeout = 2.0
-            flow = _stream(tflow.tclient_conn())
-            flow.request.timestamp_end = 1.0
-            _fail(addon, flow, CANCELLED_CONNECT)  # e.g. the gateway shutting down
-            assert states.of(flow).error == "upstream_protocol_error"
+    async def scenario(addon, states):
+        flow = _stream(tflow.tclient_conn())
+        flow.request.timestamp_end = 1.0
+        _fail(addon, flow, CANCELLED_CONNECT)  # e.g. the gateway shutting down
+        assert states.of(flow).error == "upstream_protocol_error"
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 def test_a_flow_cut_by_its_own_deadline_uses_up_the_cut():
-    async def scenario():
-        states = FlowStates()
-        addon = UpstreamErrorsAddon(states)
-        with taddons.context():
-            addon.timeout = 2.0
-            client = tflow.tclient_conn()
-            only = _stream(client)
-            own = _connect(addon, client)
-            addon._expire(only)
-            await _settle()
-            assert own.task.cancelled()
-            _fail(addon, only, CANCELLED_CONNECT)
-            assert states.of(only).error == "upstream_timeout"
-            later = _stream(client)  # a later cancelled connect is no longer counted as cut
-            later.request.timestamp_end = 1.0
-            _fail(addon, later, CANCELLED_CONNECT)
-            assert states.of(later).error == "upstream_protocol_error"
+    async def scenario(addon, states):
+        client = tflow.tclient_conn()
+        only = _stream(client)
+        own = _connect(addon, client)
+        addon._expire(only)
+        await _settle()
+        assert own.task.cancelled()
+        _fail(addon, only, CANCELLED_CONNECT)
+        assert states.of(only).error == "upstream_timeout"
+        later = _stream(client)  # a later cancelled connect is no longer counted as cut
+        later.request.timestamp_end = 1.0
+        _fail(addon, later, CANCELLED_CONNECT)
+        assert states.of(later).error == "upstream_protocol_error"
 
-    asyncio.run(scenario())
+    _run(scenario)
