@@ -115,6 +115,7 @@ ATTACKS = {
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_each_bypass_of_a_json_condition_is_refused(gateway, express, name):
     path, headers, body, error, number = ATTACKS[name]
+    express.clear_log()
     if number is not None:  # the framework really acts on the hidden value
         direct = requests.post(express.url(path), data=body, headers=headers, timeout=30)
         assert direct.json()["number"] == number, direct.text
