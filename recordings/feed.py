@@ -153,6 +153,14 @@ class Feed:
         if len(self._queue) >= self.batch_rows and not self._wake.is_set():
             self._wake.set()
 
+    def put_call(self, func: Callable[..., Any], args: tuple) -> None:
+        """An event row to be built in the sink as ``func(*args, seq)``: what put_event
+        does with a partial, without making one (the recorder calls this per event)."""
+        queue = self._queue
+        queue.append(("p", func, args))
+        if len(queue) >= self.batch_rows and not self._wake.is_set():
+            self._wake.set()
+
     def barrier(self, callback: Callable[[bool], None]) -> None:
         if not self.healthy and self._conn is None:
             callback(False)

@@ -42,9 +42,15 @@ class Journal:
 
     def note(self, entry: dict[str, Any]) -> None:
         """Append one entry; raises OSError when the disk refuses it."""
+        self._write((_encode(entry) + "\n").encode())
+
+    def note_fields(self, kind: str, flow_id: str, at: float, fields: dict[str, Any]) -> None:
+        """``note({"k": kind, "id": flow_id, "at": at, **fields})``, the same line."""
+        self._write((_encode({"k": kind, "id": flow_id, "at": at, **fields}) + "\n").encode())
+
+    def _write(self, data: bytes) -> None:
         if self._fd is None:
             raise OSError("the journal is closed")
-        data = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
         written = os.write(self._fd, data)
         if written != len(data):  # e.g. the disk filled up mid-line (the reader skips the torn line)
             raise OSError(f"short write to {self._path}: {written} of {len(data)} bytes")
@@ -80,6 +86,10 @@ class Journal:
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                     found.append(entry)
         return found
+
+
+#: One encoder for every line: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def _generation(path: Path) -> int:

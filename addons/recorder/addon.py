@@ -37,9 +37,11 @@ import socket
 import subprocess
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from mitmproxy import ctx, exceptions, http
@@ -119,11 +121,15 @@ class RecorderAddon:
         self._rotator: asyncio.Task | None = None
         self.max_body = DEFAULT_MAX_BODY
         self.block_on_failure = True
-        self._inflight: dict[str, http.HTTPFlow] = {}
+        #: flow id -> (flow, its state): the flows whose row is not written yet.
+        self._inflight: dict[str, tuple[http.HTTPFlow, FlowState]] = {}
+        #: writer.put_call, or an adapter for a writer without it (the in-process thread).
+        self._put_call: Callable[[Callable[..., Any], tuple], None] | None = None
         self._held: set[str] = set()
         self._secrets: OrderedDict[str, None] = OrderedDict()
         self._known: tuple[str, ...] = ()
         self._known_set: frozenset[str] = frozenset()
+        self._scope: str | None = None  # the store's scope (a lake's name for this gateway)
         self._spare: tuple | None = None  # a recording process started in load(), not yet used
         self._subscribed = False
         self._duckdb = DuckDBSettings()
@@ -209,8 +215,10 @@ class RecorderAddon:
             feed.stop()
             raise exceptions.OptionsError(f"cannot record to {target}: {exc}") from None
         self.store = RemoteStore(path, lake, scope, self._limits)
+        self._scope = scope
         self.journal = journal
         self.writer = feed
+        self._put_call = feed.put_call
 
     def _open_here(self, path: Path, lake: Lake | None = None) -> None:
         """In this process, on a writer thread (PORTCULLIS_RECORDER=thread; for comparison)."""
@@ -242,6 +250,7 @@ class RecorderAddon:
         finally:
             cur.close()
         self.store = store
+        self._scope = store.scope
         self.journal = journal
         self.writer = writer.Writer(store, retain_days=days)
         if lake is not None:
@@ -250,6 +259,7 @@ class RecorderAddon:
             self.writer.maintenance = maintenance.Maintenance(
                 store, ctx.options.portcullis_lake_maintenance, days)
         self.writer.start()
+        self._put_call = _partial_put(self.writer)
 
     def running(self) -> None:
         if self.store is None:
@@ -270,11 +280,10 @@ class RecorderAddon:
     def done(self) -> None:
         while self._inflight:
             # Still open at shutdown (held, or waiting on an upstream): close its record.
-            _, flow = self._inflight.popitem()
-            state = self.states.of(flow)
+            _, (flow, state) = self._inflight.popitem()
             decision = "expired" if flow.id in self._held else "error"
             state.reason = state.reason or "gateway_shutdown"
-            self._write_flow(flow, decision)
+            self._write_flow(flow, decision, state)
         self._close()
         self._drop_spare()
         if self._subscribed:
@@ -300,6 +309,8 @@ class RecorderAddon:
             self.control.stop()
             self.control = None
         lost = 0
+        self._put_call = None
+        self._scope = None
         if self.writer is not None:
             lost = self.writer.stop()
             self.writer = None
@@ -346,31 +357,36 @@ class RecorderAddon:
         if self.writer is None:
             return
         state = self.states.of(flow)
-        self._inflight[flow.id] = flow
+        flow_id = flow.id
+        self._inflight[flow_id] = (flow, state)
         request = flow.request
         path, _, query = request.path.partition("?")
-        redactor = rows.redactor_for(self._known_set)
+        if self._known_set:
+            redactor = rows.redactor_for(self._known_set)
+            path = redactor.text(path)
+            query = redactor.text(query) if query else None
         detail = {"method": request.method, "scheme": request.scheme, "host": request.host,
-                  "port": request.port, "path": redactor.text(path),
-                  "query": redactor.text(query) if query else None,
+                  "port": request.port, "path": path, "query": query or None,
                   "client_addr": rows.client_address(flow.client_conn.peername)}
-        if self.store is not None and self.store.scope is not None:
-            detail["gateway"] = self.store.scope  # whose flow it is, for recovery (lake)
+        if self._scope is not None:
+            detail["gateway"] = self._scope  # whose flow it is, for recovery (lake)
         # A plain write, before the body, a hold or the upstream (see the docstring).
-        self._journal("received", flow.id, detail)
+        self._journal("received", flow_id, detail)
         state.emit("received", **detail)
-        if self.failure is not None:
+        if self.journal_failure is not None or self.writer.failure is not None:
             if self.block_on_failure:
                 self._refuse(flow)
             else:
-                log.warning("recording: %s may go unrecorded (%s)", flow.id, self.failure)
+                log.warning("recording: %s may go unrecorded (%s)", flow_id, self.failure)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.writer is None or flow.id not in self._inflight:
+        entry = self._inflight.get(flow.id) if self.writer is not None else None
+        if entry is None:
             return
-        state = self.states.of(flow)
+        state = entry[1]
         if flow.response is None and flow.error is None and state.forwarded:
-            self._remember_secrets(state)
+            if state.secrets:
+                self._remember_secrets(state)
             state.emit("forwarded")
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -382,10 +398,12 @@ class RecorderAddon:
     # --- internals --------------------------------------------------------------------
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        if self.writer is None or self._inflight.pop(flow.id, None) is None:
+        entry = self._inflight.pop(flow.id, None) if self.writer is not None else None
+        if entry is None:
             return  # not ours (CONNECT), or already written at the first of response/error
-        state = self.states.of(flow)
-        self._held.discard(flow.id)
+        state = entry[1]
+        if self._held:
+            self._held.discard(flow.id)
         decision = state.decision
         if flow.error is not None and flow.response is None and decision in (None, "allowed", "approved"):
             decision = "error"
@@ -403,13 +421,13 @@ class RecorderAddon:
                 "identity": state.identity, "session_id": state.session_id,
                 "status_code": flow.response.status_code if flow.response else None,
                 "error": state.error or (flow.error.msg if flow.error else None)})
-        self._write_flow(flow, decision)
+        self._write_flow(flow, decision, state)
 
-    def _write_flow(self, flow: http.HTTPFlow, decision: str) -> None:
+    def _write_flow(self, flow: http.HTTPFlow, decision: str, state: FlowState) -> None:
         if self.writer is None:
             return
-        state = self.states.of(flow)
-        self._remember_secrets(state)
+        if state.secrets:
+            self._remember_secrets(state)
         self.writer.put_flow(rows.flow_row(flow, state, decision, self.max_body, self._known))
 
     def _refuse(self, flow: http.HTTPFlow) -> None:
@@ -425,7 +443,7 @@ class RecorderAddon:
         if self.journal is None:
             return
         try:
-            self.journal.note({"k": kind, "id": flow_id, "at": time.time(), **fields})
+            self.journal.note_fields(kind, flow_id, time.time(), fields)
         except OSError as exc:
             if self.journal_failure is None:
                 log.error("recording failed: cannot write the journal: %s", exc)
@@ -465,18 +483,19 @@ class RecorderAddon:
         self._known_set = frozenset(self._known)
 
     def _on_event(self, event: Event) -> None:
-        """An audit event from any addon (any thread): redact, then queue."""
-        if self.writer is None:
+        """An audit event from any addon (any thread): queued, redacted in the recording process."""
+        put = self._put_call
+        if self.writer is None or put is None:
             return
+        flow_id = event.flow_id
         if event.kind == "held":
-            self._held.add(event.flow_id)
-            self._journal("held", event.flow_id, {})  # so a crash cannot make it look unheld
-        flow = self._inflight.get(event.flow_id)
-        own = self.states.of(flow).secrets if flow is not None and self.states.has(flow) else ()
+            self._held.add(flow_id)
+            self._journal("held", flow_id, {})  # so a crash cannot make it look unheld
+        entry = self._inflight.get(flow_id)
+        own = entry[1].secrets if entry is not None else None
         secrets = self._known + tuple(own) if own else self._known  # shared: pickled once per batch
-        # Encoding and redaction happen on the writer thread, not on the event loop.
-        self.writer.put_event(partial(rows.event_row, event.flow_id, event.kind, event.at, event.actor,
-                                      event.detail, secrets))
+        # Encoding and redaction happen in the recording process, not on the event loop.
+        put(rows.event_row, (flow_id, event.kind, event.at, event.actor, event.detail, secrets))
 
 
 def gateway_scope(db: Path) -> str:
@@ -501,6 +520,13 @@ def _database_options() -> tuple[DuckDBSettings, Limits]:
     except ValueError as exc:
         raise exceptions.OptionsError(str(exc)) from None
     return settings, replace(DEFAULT_LIMITS, timeout_s=ctx.options.portcullis_sql_timeout)
+
+
+def _partial_put(target: writer.Writer) -> Callable[[Callable[..., Any], tuple], None]:
+    """put_call for the in-process writer, which takes an event as a partial."""
+    def put(func: Callable[..., Any], args: tuple) -> None:
+        target.put_event(partial(func, *args))
+    return put
 
 
 def _delete_when_committed(paths: list[Path], committed: bool) -> None:

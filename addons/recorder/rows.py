@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, quote_plus
 
 from mitmproxy import http
@@ -132,10 +131,9 @@ def _as_text(data: bytes, truncated: bool) -> str | None:
         return None
 
 
-def _deciding_first(state: FlowState) -> list[str]:
+def _deciding_first(rules: Iterable[str], deciding: str | None) -> list[str]:
     """Matched rule names with the rule that decided first (``rules[1]`` in SQL)."""
-    rules = list(state.rules)
-    deciding = state.deciding_rule
+    rules = list(rules)
     if deciding in rules:
         rules.remove(deciding)
         rules.insert(0, deciding)
@@ -158,49 +156,44 @@ def client_address(address: Any) -> str | None:
 
 def flow_row(flow: http.HTTPFlow, state: FlowState, decision: str, cap: int,
              secrets: Iterable[str]) -> FlowRow:
-    """Snapshot the flow now; calling the result builds the row (in the recording process)."""
-    request, response = flow.request, flow.response
-    ended = (response.timestamp_end if response else None) or \
-        (flow.error.timestamp if flow.error else None) or time.time()
-    started = request.timestamp_start
-    path, _, query = request.path.partition("?")
-    hidden = ALWAYS_REDACTED | {name.lower() for name in state.injected_headers}
-    snapshot = {
-        "id": flow.id, "started_at": micros(started), "ended_at": micros(ended),
-        "duration_ms": round((ended - started) * 1000, 3) if started else None,
-        "identity": state.identity, "actor": state.actor, "client_addr": client_address(flow.client_conn.peername),
-        "session_id": state.session_id, "method": request.method, "scheme": request.scheme,
-        "host": request.host, "port": request.port,
-        "status_code": response.status_code if response else None,
-        "decision": decision, "rules": _deciding_first(state), "reason": state.reason,
-        "error": state.error or (flow.error.msg if flow.error else None),
-        "replay_of": state.replay_of, "masked": state.masked,
-    }
-    request_parts = (request.headers.fields, request.raw_content)
+    """Snapshot the flow now; calling the result builds the row (in the recording process).
+
+    The snapshot is the raw values only (one tuple, no dict, no conversions): it is taken
+    on the event loop for every flow, so everything else waits for :meth:`FlowRow.__call__`.
+    """
+    request, response, error = flow.request, flow.response, flow.error
     # A streamed response has no body here: record what the stream sent the agent.
     sent = state.sent if response is not None and response.raw_content is None else None
-    response_parts = (response.headers.fields, bytes(sent.data) if sent else response.raw_content) \
-        if response else None
-
+    verdict_rule = state.verdict.rule if state.verdict is not None else None
+    facts = (flow.id, request.timestamp_start, response.timestamp_end if response else None,
+             error.timestamp if error else None, time.time(), state.identity, state.actor,
+             flow.client_conn.peername, state.session_id, request.method, request.scheme,
+             request.host, request.port, request.path, response.status_code if response else None,
+             decision, tuple(state.rules), verdict_rule.name if verdict_rule is not None else None,
+             state.reason, state.error, error.msg if error else None, state.replay_of, state.masked)
     # The known secrets' tuple is shared by every flow (pickled once per batch); the union
     # with this flow's own, and the query's, is made where the row is built.
-    known = secrets if isinstance(secrets, tuple) else tuple(secrets)
-    return FlowRow(snapshot, path, query, hidden, known, tuple(state.secrets), request_parts,
-                   response_parts, cap, sent.size if sent is not None and not sent.complete else None)
+    return FlowRow(facts, tuple(state.injected_headers) if state.injected_headers else (),
+                   secrets if isinstance(secrets, tuple) else tuple(secrets),
+                   tuple(state.secrets) if state.secrets else (),
+                   (request.headers.fields, request.raw_content),
+                   (response.headers.fields, bytes(sent.data) if sent else response.raw_content)
+                   if response else None,
+                   cap, sent.size if sent is not None and not sent.complete else None)
 
 
-@dataclass(frozen=True)
-class FlowRow:
+class FlowRow(NamedTuple):
     """What :func:`flow_row` snapshot on the event loop; calling it builds the row.
 
-    A plain picklable value (headers are tuples of bytes, bodies bytes), so the work can
-    happen in the recording process (recordings/sink.py), away from the proxy's GIL.
+    A plain picklable value (a tuple: headers are tuples of bytes, bodies bytes), so the
+    work can happen in the recording process (recordings/sink.py), away from the proxy's GIL.
     """
 
-    snapshot: dict[str, Any]
-    path: str
-    query: str
-    hidden: frozenset[str]
+    #: (id, started, response end, error time, now, identity, actor, peername, session_id,
+    #: method, scheme, host, port, path with query, status, decision, rules, deciding rule,
+    #: reason, state error, flow error, replay_of, masked)
+    facts: tuple
+    injected: tuple[str, ...]  # header names the gateway injected (redacted like Authorization)
     known: tuple[str, ...]  # secrets seen in any flow
     own: tuple[str, ...]  # this flow's (injected credentials)
     request_parts: tuple[HeaderFields, bytes | None]
@@ -208,22 +201,37 @@ class FlowRow:
     cap: int
     sent_incomplete_size: int | None  # a stream longer than its capture: its full size
 
-    def __reduce__(self) -> tuple[type, tuple]:
-        # A plain tuple of the fields: pickles ~10x faster than a frozen dataclass's state.
-        return (FlowRow, (self.snapshot, self.path, self.query, self.hidden, self.known, self.own,
-                          self.request_parts, self.response_parts, self.cap, self.sent_incomplete_size))
+    @property
+    def hidden(self) -> frozenset[str]:
+        return ALWAYS_REDACTED | {name.lower() for name in self.injected} if self.injected else ALWAYS_REDACTED
+
+    def snapshot(self) -> dict[str, Any]:
+        """The row's plain columns (no headers or bodies), not yet redacted."""
+        (flow_id, started, response_end, error_at, now, identity, actor, peername, session_id, method,
+         scheme, host, port, _, status, decision, rules, deciding, reason, state_error, flow_error,
+         replay_of, masked) = self.facts
+        ended = response_end or error_at or now
+        return {
+            "id": flow_id, "started_at": micros(started), "ended_at": micros(ended),
+            "duration_ms": round((ended - started) * 1000, 3) if started else None,
+            "identity": identity, "actor": actor, "client_addr": client_address(peername),
+            "session_id": session_id, "method": method, "scheme": scheme, "host": host, "port": port,
+            "status_code": status, "decision": decision, "rules": _deciding_first(rules, deciding),
+            "reason": reason, "error": state_error or flow_error, "replay_of": replay_of, "masked": masked,
+        }
 
     def __call__(self) -> dict[str, Any]:
         request_parts, response_parts, hidden = self.request_parts, self.response_parts, self.hidden
+        path, _, query = self.facts[13].partition("?")
         # Credentials in the query string (?api_key=...) are redacted like headers' (issue 16).
-        secrets = {*self.known, *self.own} | query_secrets(self.query)
+        secrets = {*self.known, *self.own} | query_secrets(query)
         # A redacted header's value is a secret everywhere: upstreams echo them in bodies.
         redactor = redactor_for(frozenset(
             secrets | hidden_values(request_parts[0], hidden)
             | (hidden_values(response_parts[0], hidden) if response_parts else set())))
-        row = dict(self.snapshot)
-        row["path"] = redactor.text(self.path)
-        row["query"] = redactor.text(self.query) if self.query else None
+        row = self.snapshot()
+        row["path"] = redactor.text(path)
+        row["query"] = redactor.text(query) if query else None
         row["host"] = redactor.text(row["host"])
         for prefix, parts in (("request", request_parts), ("response", response_parts)):
             if parts is None:
