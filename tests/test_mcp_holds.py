@@ -25,10 +25,8 @@ import pytest
 import requests
 
 from tests.support import sdk_venv
-from tests.support.gateway import free_port
 from tests.support.review import AGENT_TOKENS, PASSWORD_SUFFIX, ReviewRig
 from tests.support.review_login import sign_in
-from tests.test_mcp_sdk import _wait_ready
 
 EXTRA_RULES = """
 # (column 0 keeps this rule in the rig's rules list)
@@ -47,20 +45,10 @@ EXTRA_RULES = """
 @pytest.fixture(scope="module")
 def servers():
     """mode -> URL: a stateful SSE server (SDK sessions) and a stateless SSE and JSON one
-    (raw JSON-RPC requests)."""
-    started = {}
-    for name, args in {"sse": ("sse",), "stateless-sse": ("sse", "stateless"),
-                       "stateless-json": ("json", "stateless")}.items():
-        port = free_port()
-        started[name] = (sdk_venv.spawn("mcp2", sdk_venv.MCP_SERVER, str(port), *args), port)
-    try:
-        for process, port in started.values():
-            _wait_ready(process, port)
-        yield {name: f"http://127.0.0.1:{port}/mcp" for name, (_, port) in started.items()}
-    finally:
-        for process, _ in started.values():
-            process.terminate()
-            process.wait(10)
+    (raw JSON-RPC requests), in one process."""
+    with sdk_venv.mcp_servers({"sse": ("sse",), "stateless-sse": ("sse", "stateless"),
+                               "stateless-json": ("json", "stateless")}) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,21 @@
 """Real MCP SDK clients (1.x and 2.x) and FastMCP servers through one real gateway.
 
-The servers (mcp 2.3.0, Streamable HTTP, one in JSON and one in SSE response mode) and
-the clients run in their own virtualenvs (tests/support/sdk_venv.py: the SDKs need an h11
-the gateway's mitmproxy cannot have beside it). Each client major runs one session per
+The servers (mcp 2.3.0, Streamable HTTP, one in JSON and one in SSE response mode, both
+in one process) and the clients run in their own virtualenvs (tests/support/sdk_venv.py:
+the SDKs need an h11 the gateway's mitmproxy cannot have beside it). Each client major runs one session per
 server with every step below, concurrently, once per module; the tests read its report.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.support import sdk_venv
-from tests.support.gateway import GatewayProcess, free_port
+from tests.support.gateway import GatewayProcess
 
 RULES = """
 version: 1
@@ -47,32 +45,15 @@ MODES = ("json", "sse")
 
 
 def _wait_ready(process, port: int) -> None:
-    line = process.stdout.readline()
-    assert "ready" in line, line
-    deadline = time.monotonic() + 60  # a loaded CI machine imports the SDK slowly
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("MCP server did not listen")
+    """An MCP_SERVER process printed "ready" and listens on ``port``."""
+    sdk_venv.wait_listening(process, [port])
 
 
 @pytest.fixture(scope="module")
 def servers():
-    started = {}
-    for mode in MODES:
-        port = free_port()
-        started[mode] = (sdk_venv.spawn("mcp2", sdk_venv.MCP_SERVER, str(port), mode), port)
-    try:
-        for process, port in started.values():
-            _wait_ready(process, port)
-        yield {mode: f"http://127.0.0.1:{port}/mcp" for mode, (_, port) in started.items()}
-    finally:
-        for process, _ in started.values():
-            process.terminate()
-            process.wait(10)
+    """mode -> URL: a server per response mode, both in one process (sdk_venv.mcp_servers)."""
+    with sdk_venv.mcp_servers({mode: (mode,) for mode in MODES}) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")

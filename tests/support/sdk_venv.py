@@ -14,10 +14,14 @@ is rebuilt. Two pytest processes creating the same
 environment at once serialise on a file lock (fcntl.flock) and the environment only counts
 once its "complete" marker is written, so a build killed half-way is rebuilt, never used.
 
+An environment is made without pip (``venv --without-pip``) and filled by the pip of the
+interpreter running the tests (``pip --python``): ensurepip would cost seconds each.
+
 `run_json(name, script, ...)` runs a Python snippet in an environment with the gateway's
 proxy and CA variables set and returns the JSON the snippet printed on its last stdout
 line; `spawn(name, script, ...)` starts a long-running one (a server) and returns the
-process.
+process; `mcp_servers(...)` starts several MCP_SERVERs in one process (the SDK's import
+costs about a second of CPU per process).
 """
 
 from __future__ import annotations
@@ -27,11 +31,17 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tests.support.gateway import free_port
 
 #: The environments the tests use, by name: pinned requirements (pip syntax).
 ENVIRONMENTS: dict[str, tuple[str, ...]] = {
@@ -71,6 +81,19 @@ def _usable(directory: Path) -> bool:
     return (directory / _COMPLETE).exists() and _python_in(directory).exists()
 
 
+def _installer(python: Path) -> list[str]:
+    """The pip command that installs into the environment of ``python``: this
+    interpreter's pip with ``--python`` (pip 22.3+), so the environment is made without a
+    pip of its own (ensurepip costs seconds per environment); else the environment's own."""
+    try:
+        import pip
+    except ImportError:
+        return [str(python), "-m", "pip"]
+    if tuple(int(part) for part in pip.__version__.split(".")[:2] if part.isdigit()) < (22, 3):
+        return [str(python), "-m", "pip"]
+    return [sys.executable, "-m", "pip", "--python", str(python)]
+
+
 def ensure(name: str, timeout: float = 600) -> Path:
     """Create the environment `name` if needed (once, under a lock); return its python."""
     directory = env_dir(name)
@@ -84,11 +107,11 @@ def ensure(name: str, timeout: float = 600) -> Path:
             if _usable(directory):   # another process built it meanwhile
                 return python
             shutil.rmtree(directory, ignore_errors=True)
-            subprocess.run([_base_python(), "-m", "venv", str(directory)], check=True,
-                           timeout=timeout, capture_output=True)
+            pip = _installer(python)
+            subprocess.run([_base_python(), "-m", "venv", *([] if pip[0] == str(python) else ["--without-pip"]),
+                            str(directory)], check=True, timeout=timeout, capture_output=True)
             result = subprocess.run(
-                [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                 *ENVIRONMENTS[name]],
+                [*pip, "install", "--quiet", "--disable-pip-version-check", *ENVIRONMENTS[name]],
                 timeout=timeout, capture_output=True, text=True,
                 env=_clean_environment({}))
             if result.returncode != 0:
@@ -156,57 +179,120 @@ def spawn(name: str, script: str, *args: str, env: dict[str, str] | None = None,
 
 # --- scripts the MCP tests run in these environments ----------------------------------
 
-#: A FastMCP / MCPServer notes server (either major) over Streamable HTTP on 127.0.0.1.
-#: argv: port, "json" | "sse". Prints "ready" once listening. Tools record their calls,
-#: so a test can show a refused call never reached the server (tool `call_log`).
-MCP_SERVER = r'''
-import asyncio, json, sys
+_MCP_NOTES = r'''
+import asyncio, contextlib, json, sys
 import uvicorn
-port, mode = int(sys.argv[1]), sys.argv[2]
-json_mode = mode == "json"
-stateless = sys.argv[3:] == ["stateless"]
-try:
-    from mcp.server.mcpserver import MCPServer, Context
-    server = MCPServer("notes")
-    major = 2
-except ImportError:
-    from mcp.server.fastmcp import FastMCP, Context
-    server = FastMCP("notes", json_response=json_mode, host="127.0.0.1", port=port,
-                     stateless_http=stateless)
-    major = 1
-CALLS = []
 
-@server.tool()
-def read_note(name: str) -> str:
-    """Read a note."""
-    CALLS.append(["read_note", name])
-    return f"note {name}: hello"
+def notes_app(port, mode, stateless):
+    """A notes server's ASGI app; its tools record their calls (tool call_log)."""
+    json_mode = mode == "json"
+    try:
+        from mcp.server.mcpserver import MCPServer, Context
+        server = MCPServer("notes")
+        major = 2
+    except ImportError:
+        from mcp.server.fastmcp import FastMCP, Context
+        server = FastMCP("notes", json_response=json_mode, host="127.0.0.1", port=port,
+                         stateless_http=stateless)
+        major = 1
+    CALLS = []
 
-@server.tool()
-def delete_note(name: str, force: bool = False) -> str:
-    """Delete a note."""
-    CALLS.append(["delete_note", name])
-    return f"deleted {name}"
+    @server.tool()
+    def read_note(name: str) -> str:
+        """Read a note."""
+        CALLS.append(["read_note", name])
+        return f"note {name}: hello"
 
-@server.tool()
-def drop_database(name: str) -> str:
-    """Drop a database."""
-    CALLS.append(["drop_database", name])
-    return f"dropped {name}"
+    @server.tool()
+    def delete_note(name: str, force: bool = False) -> str:
+        """Delete a note."""
+        CALLS.append(["delete_note", name])
+        return f"deleted {name}"
 
-@server.tool()
-def call_log() -> str:
-    """Every call so far."""
-    return json.dumps(CALLS)
+    @server.tool()
+    def drop_database(name: str) -> str:
+        """Drop a database."""
+        CALLS.append(["drop_database", name])
+        return f"dropped {name}"
 
-if major == 2:
-    app = server.streamable_http_app(json_response=json_mode, stateless_http=stateless)
-else:
-    app = server.streamable_http_app()
+    @server.tool()
+    def call_log() -> str:
+        """Every call so far."""
+        return json.dumps(CALLS)
+
+    if major == 2:
+        return server.streamable_http_app(json_response=json_mode, stateless_http=stateless)
+    return server.streamable_http_app()
+'''
+
+#: A FastMCP / MCPServer notes server (either major) over Streamable HTTP on 127.0.0.1.
+#: argv: port, "json" | "sse", optionally "stateless". Prints "ready", then listens. Tools
+#: record their calls, so a test can show a refused call never reached the server (tool
+#: `call_log`).
+MCP_SERVER = _MCP_NOTES + r'''
+port = int(sys.argv[1])
+app = notes_app(port, sys.argv[2], sys.argv[3:] == ["stateless"])
 config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
 print("ready", flush=True)
 uvicorn.Server(config).run()
 '''
+
+#: Several MCP_SERVERs in one process, each its own server (and call log) on its own
+#: port. argv: one "PORT:MODE[:stateless]" per server. Prints "ready", then listens;
+#: SIGTERM ends the process at once (uvicorn's signal handling would stop only one).
+MCP_SERVERS = _MCP_NOTES + r'''
+class Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+    def install_signal_handlers(self):  # uvicorn before capture_signals
+        pass
+
+async def main(specs):
+    servers = []
+    for spec in specs:
+        port, mode, *rest = spec.split(":")
+        app = notes_app(int(port), mode, rest == ["stateless"])
+        servers.append(Server(uvicorn.Config(app, host="127.0.0.1", port=int(port), log_level="warning")))
+    print("ready", flush=True)
+    await asyncio.gather(*(server.serve() for server in servers))
+
+asyncio.run(main(sys.argv[1:]))
+'''
+
+
+def wait_listening(process: subprocess.Popen[str], ports: list[int], timeout: float = 60) -> None:
+    """After a server snippet printed "ready": until every port accepts (a loaded CI
+    machine imports the SDK slowly); AssertionError with its output if it exits."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "ready" in line, line + process.stdout.read()
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, f"the MCP server exited {process.returncode}"
+                assert time.monotonic() < deadline, f"the MCP server did not listen on {port}"
+                time.sleep(0.05)
+
+
+@contextmanager
+def mcp_servers(servers: dict[str, tuple[str, ...]], name: str = "mcp2") -> Iterator[dict[str, str]]:
+    """MCP_SERVERS in environment ``name``: one notes server per entry (name -> its
+    MCP_SERVER arguments after the port, e.g. ("sse",) or ("json", "stateless")), each
+    with its own call log, all in one process; yields name -> URL once all listen."""
+    ports = {key: free_port() for key in servers}
+    process = spawn(name, MCP_SERVERS, *(":".join([str(ports[key]), *args]) for key, args in servers.items()))
+    try:
+        wait_listening(process, list(ports.values()))
+        yield {key: f"http://127.0.0.1:{port}/mcp" for key, port in ports.items()}
+    finally:
+        process.terminate()
+        process.wait(10)
 
 #: An MCP client (either major) through the proxy. argv: url, JSON list of steps:
 #: ["list"] | ["call", tool, {arguments}] | ["progress", tool, {arguments}] (with a progress
