@@ -6,7 +6,7 @@ a tool that returns a customer record: the SDK sends it as JSON text in
 notification that names the customer's e-mail address. Real SDK clients (2.x on both
 modes, 1.x on SSE) call it through one real gateway whose rule masks ``$..ssn`` and
 detects e-mail addresses; the servers and clients run in their own virtualenvs
-(tests/support/sdk_venv.py).
+(tests/support/sdk_venv.py); both servers run in one process.
 
 * the SSN is masked inside the JSON text (which stays indented JSON) and in
   structuredContent, the e-mail address in all three places;
@@ -18,11 +18,9 @@ detects e-mail addresses; the servers and clients run in their own virtualenvs
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
 from recordings.control import ask
 from tests.support import sdk_venv
@@ -41,16 +39,16 @@ rules:
 TOOL_SECONDS = 0.8
 
 SERVER = r'''
-import asyncio, sys
+import asyncio, contextlib, sys
 from typing import TypedDict
 import uvicorn
-port, mode, pause = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+pause = float(sys.argv[1])
 try:
     from mcp.server.mcpserver import MCPServer as Server, Context
-    server, major = Server("crm"), 2
+    major = 2
 except ImportError:
     from mcp.server.fastmcp import FastMCP as Server, Context
-    server, major = Server("crm", json_response=mode == "json", host="127.0.0.1", port=port), 1
+    major = 1
 
 class Customer(TypedDict):
     id: str
@@ -58,16 +56,39 @@ class Customer(TypedDict):
     ssn: str
     email: str
 
-@server.tool()
-async def lookup_customer(id: str, ctx: Context) -> Customer:
-    """A customer record."""
-    await ctx.report_progress(1, 2, "customer zoe@example.com found")
-    await asyncio.sleep(pause)
-    return {"id": id, "name": "Zoë", "ssn": "123-45-6789", "email": "zoe@example.com"}
+def crm_app(port, mode):
+    if major == 2:
+        server = Server("crm")
+    else:
+        server = Server("crm", json_response=mode == "json", host="127.0.0.1", port=port)
 
-app = server.streamable_http_app(json_response=mode == "json") if major == 2 else server.streamable_http_app()
-print("ready", flush=True)
-uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run()
+    @server.tool()
+    async def lookup_customer(id: str, ctx: Context) -> Customer:
+        """A customer record."""
+        await ctx.report_progress(1, 2, "customer zoe@example.com found")
+        await asyncio.sleep(pause)
+        return {"id": id, "name": "Zoë", "ssn": "123-45-6789", "email": "zoe@example.com"}
+
+    return server.streamable_http_app(json_response=mode == "json") if major == 2 else server.streamable_http_app()
+
+class Quiet(uvicorn.Server):  # one process serves every mode: SIGTERM ends it at once
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+    def install_signal_handlers(self):
+        pass
+
+async def main(specs):
+    servers = []
+    for spec in specs:  # PORT:MODE
+        port, mode = spec.split(":")
+        servers.append(Quiet(uvicorn.Config(crm_app(int(port), mode), host="127.0.0.1", port=int(port),
+                                            log_level="warning")))
+    print("ready", flush=True)
+    await asyncio.gather(*(server.serve() for server in servers))
+
+asyncio.run(main(sys.argv[2:]))
 '''
 
 CLIENT = r'''
@@ -100,32 +121,17 @@ asyncio.run(main())
 '''
 
 
-def _wait_ready(process, port: int) -> None:
-    assert "ready" in process.stdout.readline()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"http://127.0.0.1:{port}/mcp", timeout=1, proxies={"http": None})
-            return
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("the MCP server did not listen")
-
-
 @pytest.fixture(scope="module")
 def servers():
-    started = {}
-    for mode in ("json", "sse"):
-        port = free_port()
-        started[mode] = (sdk_venv.spawn("mcp2", SERVER, str(port), mode, str(TOOL_SECONDS)), port)
+    """mode -> URL: the CRM server in JSON and in SSE response mode, both in one process."""
+    ports = {mode: free_port() for mode in ("json", "sse")}
+    process = sdk_venv.spawn("mcp2", SERVER, str(TOOL_SECONDS), *(f"{port}:{mode}" for mode, port in ports.items()))
     try:
-        for process, port in started.values():
-            _wait_ready(process, port)
-        yield {mode: f"http://127.0.0.1:{port}/mcp" for mode, (_, port) in started.items()}
+        sdk_venv.wait_listening(process, list(ports.values()))
+        yield {mode: f"http://127.0.0.1:{port}/mcp" for mode, port in ports.items()}
     finally:
-        for process, _ in started.values():
-            process.terminate()
-            process.wait(10)
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.fixture(scope="module")
