@@ -23,6 +23,7 @@ is remembered in memory (by its SHA-256) so that API calls do not pay scrypt eac
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -66,8 +67,12 @@ def verify_secret(secret: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-#: Verified against when the user name is unknown, so timing does not reveal who exists.
-_DUMMY_HASH = hash_secret(secrets.token_hex(8))
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user name is unknown, so timing does not reveal who exists.
+    Made once per process, when a reviewers file is loaded (ReviewerStore): scrypt costs
+    about 50 ms, which every gateway start paid at import, UI or not."""
+    return hash_secret(secrets.token_hex(8))
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class ReviewerStore:
         if self.path is not None:
             self._reviewers = parse_reviewers(self.path.read_text(), str(self.path))
             self._signature = self._stat()
+            _dummy_hash()  # now, so that the first unknown name takes as long as any other
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -210,7 +216,7 @@ class ReviewerStore:
 
     def authenticate(self, name: str, password: str) -> Reviewer | None:
         reviewer = self.get(name)
-        stored = reviewer.password_hash if reviewer and reviewer.password_hash else _DUMMY_HASH
+        stored = reviewer.password_hash if reviewer and reviewer.password_hash else _dummy_hash()
         ok = verify_secret(password, stored)
         return reviewer if ok and reviewer is not None and reviewer.password_hash else None
 
@@ -228,5 +234,5 @@ class ReviewerStore:
             if stored is not None and verify_secret(secret, stored):
                 self._verified_tokens[key] = reviewer.name
                 return reviewer
-        verify_secret(secret, _DUMMY_HASH)
+        verify_secret(secret, _dummy_hash())
         return None

@@ -30,7 +30,6 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-import psycopg
 from mitmproxy import ctx, exceptions, http
 
 from addons.core.events import EventBus
@@ -40,6 +39,7 @@ from addons.core.replies import refuse
 from addons.holds.addon import APPROVAL_HEADER
 from addons.holds.binding import RequestPrint, VerdictPrint
 from addons.holds.pgcodec import encode
+from addons.holds.pgdriver import psycopg, require
 from addons.holds.pgschema import SchemaTooNew, describe_dsn, shared_secret
 from addons.holds.pgstore import PgHoldStore
 from addons.holds.spec import hold_spec
@@ -96,6 +96,10 @@ class SharedStateAddon:
             if value != self.store.dsn:
                 raise exceptions.OptionsError("portcullis_state cannot change while the gateway runs")
             return
+        try:
+            require()
+        except ImportError as exc:
+            raise exceptions.OptionsError(f"portcullis_state: PostgreSQL needs psycopg, which cannot be imported: {exc}") from None
         try:
             self.store.open(value)
             assert self.store.pool is not None

@@ -21,14 +21,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
-
 from addons.core.events import Event, EventBus
 from addons.core.loopbridge import LoopBridge
 from addons.holds.book import Actor, DecisionError, Grant, HoldBook, HoldRecord
 from addons.holds.desk import FeedListener, HoldDesk
 from addons.holds.pgcodec import decode, encode
+from addons.holds.pgdriver import Jsonb, psycopg
 from addons.holds.pgschema import CHANNEL
 from addons.holds.pgstore import PgHoldStore
 

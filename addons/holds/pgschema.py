@@ -17,8 +17,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 
-import psycopg
-import psycopg.conninfo
+from addons.holds.pgdriver import psycopg
 
 #: The channel every write notifies; payloads are the writer's gateway id (tiny, far
 #: under PostgreSQL's 8,000-byte cap), since listeners re-read by ``rev`` anyway.

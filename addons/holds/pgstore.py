@@ -45,12 +45,10 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
-
 from addons.core.events import Event, EventBus, EventKind
 from addons.holds.book import Grant, HoldRecord
 from addons.holds.pgcodec import decode, encode
+from addons.holds.pgdriver import Jsonb, psycopg
 from addons.holds.pgschema import CHANNEL, Pool, connect, migrate
 from addons.holds.store import EVENTS_PER_HOLD, HISTORY_MAX, MemoryHoldStore
 

@@ -20,15 +20,14 @@ import base64
 import binascii
 import functools
 import hashlib
+import importlib
 import ipaddress
 import json
 import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-
-import phonenumbers
-from Crypto.Hash import keccak  # Keccak-256 for EIP-55 checksums (hashlib has only SHA3)
+from typing import Any
 
 Span = tuple[int, int, str]  # start, end, detector name
 
@@ -165,7 +164,10 @@ def _mobile_plans() -> tuple[tuple[str, frozenset[int], re.Pattern[str], re.Patt
     """(trunk prefix, mobile lengths, mobile pattern, any-number pattern) per region.
 
     Read from libphonenumber's metadata once and compiled: phonenumbers.parse() costs
-    ~100 µs a call, a precompiled fullmatch a microsecond."""
+    ~100 µs a call, a precompiled fullmatch a microsecond. phonenumbers is imported
+    here (30 ms of every start otherwise; prepare() imports it when a rule uses phone)."""
+    import phonenumbers
+
     plans = []
     for region in _TRUNK_MOBILE_REGIONS:
         meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
@@ -473,10 +475,19 @@ def bech32_ok(text: str) -> bool:
     return check == (1 if witness_version == 0 else 0x2BC830A3)  # bech32 for v0, bech32m after
 
 
+@functools.cache
+def _keccak() -> Any:
+    """pycryptodome's Keccak (EIP-55 checksums; hashlib has only SHA3), imported when a rule
+    uses the wallet detector (prepare()): it loads cffi, 20 ms and more of every start."""
+    from Crypto.Hash import keccak
+
+    return keccak
+
+
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 as Ethereum uses it (not NIST SHA3-256: the padding differs), which
     hashlib lacks; pycryptodome's C implementation (~7 µs, pure Python was ~300 µs)."""
-    return keccak.new(digest_bits=256, data=data).digest()
+    return _keccak().new(digest_bits=256, data=data).digest()
 
 
 def eip55_ok(address: str) -> bool:
@@ -502,6 +513,15 @@ register(Detector("wallet", re.compile(
 
 #: Detector names that stand for a family of detectors in rules.
 FAMILIES: dict[str, tuple[str, ...]] = {"secret": ("secret", "jwt", "bearer", "url_credentials")}
+
+
+def prepare(names: tuple[str, ...]) -> None:
+    """Import now what the detectors ``names`` (expanded) import at first use, so that the
+    first request a rule masks does not pay for it (and an import error shows at load)."""
+    if "wallet" in names:
+        _keccak()
+    if "phone" in names:
+        importlib.import_module("phonenumbers")
 
 
 def expand(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addons.core.rulefile import Where
-from addons.masking.detectors import DETECTORS, FAMILIES, expand
+from addons.masking.detectors import DETECTORS, FAMILIES, expand, prepare
 from addons.masking.jsonselect import Selector, compile_selector
 from addons.policy.engine import LoadContext, rule_field
 
@@ -121,7 +121,9 @@ def _detectors(value: Any, where: Where) -> tuple[str, ...]:
     for i, name in enumerate(names):
         if name not in known:
             (where / i).fail(f"unknown detector {name!r}; known: {', '.join(known)}")
-    return expand(tuple(names))
+    expanded = expand(tuple(names))
+    prepare(expanded)
+    return expanded
 
 
 def _replacement(item: dict[str, Any], where: Where, whole_value: bool) -> Replacement:

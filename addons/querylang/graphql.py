@@ -26,7 +26,8 @@ from typing import Any
 from graphql import GraphQLError, parse
 from graphql.language import ast
 
-OPERATION_KINDS = ("query", "mutation", "subscription", "unknown")
+from addons.querylang.kinds import OPERATION_KINDS  # noqa: F401 - re-exported
+
 #: Bounded work per document: more tokens, or more expanded fields, is "unknown".
 MAX_TOKENS = 20_000
 MAX_FIELDS = 5_000

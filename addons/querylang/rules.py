@@ -34,8 +34,10 @@ classification is kept in ``state.classifications`` and emitted once as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from addons.core.rulefile import Where
 from addons.core.secretforms import REDACTED
@@ -49,7 +51,10 @@ from addons.policy.conditions import (
     fold_field_names,
     match_key,
 )
-from addons.querylang import graphql, sql
+from addons.querylang.kinds import DIALECTS, KINDS, OPERATION_KINDS
+
+if TYPE_CHECKING:
+    from addons.querylang import graphql, sql
 
 DEFAULT_SQL_FIELDS = ("$.statement", "$.query", "$.sql", "$.params.arguments.sql",
                       "$.params.arguments.query")
@@ -84,6 +89,16 @@ def _check_keys(spec: Any, keys: tuple[str, ...], where: Where) -> dict[str, Any
     return spec
 
 
+def _engine(name: str, where: Where) -> ModuleType:
+    """addons.querylang.sql or .graphql, imported by the first rule that uses it: sqlglot
+    and graphql-core cost a tenth of a second of every start, and most rules use neither.
+    A parser that cannot be imported is a problem of the rule that needs it."""
+    try:
+        return importlib.import_module(f"addons.querylang.{name}")
+    except ImportError as exc:
+        where.fail(f"{name}: the {name} parser cannot be imported ({exc})")
+
+
 def _remember(req: RequestView, language: str, key: tuple[Any, ...], detail: Any) -> None:
     """Keep the classification on the flow and emit it once (events, recordings)."""
     state = req.state
@@ -111,6 +126,8 @@ class SqlCondition:
     writes_tables: tuple[Glob, ...] = ()
     multi_statement: bool | None = None
     functions: tuple[Glob, ...] = ()
+    #: addons.querylang.sql (see _engine)
+    engine: Any = field(default=None, compare=False, repr=False)
 
     def holds(self, req: RequestView) -> bool:
         outcomes = set()
@@ -119,7 +136,7 @@ class SqlCondition:
             if not texts:
                 outcomes.add(False)
                 continue
-            found = [sql.classify(t, self.dialect) for t in texts]
+            found = [self.engine.classify(t, self.dialect) for t in texts]
             for text, c in zip(texts, found, strict=True):
                 _remember(req, "sql", ("sql", self.dialect, text), c.as_dict())
             outcomes.add(self._judge(found))
@@ -185,17 +202,17 @@ def compile_sql(spec: Any, where: Where) -> SqlCondition:
         (where / "field").fail("expected a JSONPath or a list of JSONPaths")
     paths = tuple((f, fold_field_names(compile_jsonpath(f, where / "field"))) for f in fields)
     dialect = spec.get("dialect", "generic")
-    if dialect not in sql.DIALECTS:
-        (where / "dialect").fail(f"unknown dialect {dialect!r}; expected one of {', '.join(sql.DIALECTS)}")
+    if dialect not in DIALECTS:
+        (where / "dialect").fail(f"unknown dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
     kwargs: dict[str, Any] = {}
     if "statement" in spec:
         value = spec["statement"]
         if isinstance(value, dict):
             if set(value) != {"only"}:
                 (where / "statement").fail("expected a kind, a list of kinds, or {only: [kinds]}")
-            kwargs["only_kinds"] = _choices(value["only"], sql.KINDS, where / "statement" / "only")
+            kwargs["only_kinds"] = _choices(value["only"], KINDS, where / "statement" / "only")
         else:
-            kwargs["any_kinds"] = _choices(value, sql.KINDS, where / "statement")
+            kwargs["any_kinds"] = _choices(value, KINDS, where / "statement")
     for key in ("where", "limit"):
         if key in spec:
             if spec[key] != "missing":
@@ -208,7 +225,7 @@ def compile_sql(spec: Any, where: Where) -> SqlCondition:
     for key in ("tables", "writes_tables", "functions"):
         if key in spec:
             kwargs[key] = _globs(spec[key], where / key)
-    return SqlCondition(paths, dialect, **kwargs)
+    return SqlCondition(paths, dialect, **kwargs, engine=_engine("sql", where))
 
 
 # --- graphql -------------------------------------------------------------------------
@@ -222,13 +239,15 @@ class GraphqlCondition:
     variables: tuple[JsonCondition, ...] = ()
     persisted_allowed: bool = False
     every: bool = False
+    #: addons.querylang.graphql (see _engine)
+    engine: Any = field(default=None, compare=False, repr=False)
 
     def holds(self, req: RequestView) -> bool:
         outcomes = set()
         for document in req.fields:
             try:
-                ops = graphql.operations(document)
-            except graphql.NotGraphQL as exc:
+                ops = self.engine.operations(document)
+            except self.engine.NotGraphQL as exc:
                 raise EvaluationError(f"graphql: {exc}") from None
             if ops is None:
                 outcomes.add(False)
@@ -283,7 +302,7 @@ def compile_graphql(spec: Any, where: Where) -> GraphqlCondition:
     spec = _check_keys(spec, GRAPHQL_KEYS, where)
     kwargs: dict[str, Any] = {}
     if "operation" in spec:
-        kwargs["operations"] = _choices(spec["operation"], graphql.OPERATION_KINDS, where / "operation")
+        kwargs["operations"] = _choices(spec["operation"], OPERATION_KINDS, where / "operation")
     if "name" in spec:
         kwargs["names"] = tuple(Glob(g.pattern) for g in _globs(spec["name"], where / "name"))
     if "fields" in spec:
@@ -303,7 +322,7 @@ def compile_graphql(spec: Any, where: Where) -> GraphqlCondition:
         if spec["batch"] not in ("any", "all"):
             (where / "batch").fail("batch: expected any or all")
         kwargs["every"] = spec["batch"] == "all"
-    return GraphqlCondition(**kwargs)
+    return GraphqlCondition(**kwargs, engine=_engine("graphql", where))
 
 
 match_key("sql", type="mapping {field, dialect, statement, where, limit, tables, writes_tables, ...}",
@@ -321,7 +340,8 @@ def reviewer_view(classifications: dict[Any, Any], secrets: Any = ()) -> list[di
     Values the gateway injected are redacted, as in the shown body."""
     out = []
     for key, detail in classifications.items():
-        text = sql.pretty(key[2], key[1]) if key[0] == "sql" else None
+        # An sql key is here only once a rule classified SQL, so the engine is imported.
+        text = importlib.import_module("addons.querylang.sql").pretty(key[2], key[1]) if key[0] == "sql" else None
         for secret in secrets:
             if text:
                 text = text.replace(secret, REDACTED)

@@ -33,25 +33,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-#: Dialects a rule may name -> sqlglot's dialect name ("generic": sqlglot's own).
-DIALECTS: dict[str, str | None] = {
-    "generic": None,
-    "postgres": "postgres",
-    "snowflake": "snowflake",
-    "databricks": "databricks",
-    "bigquery": "bigquery",
-    "mysql": "mysql",
-    "sqlite": "sqlite",
-    "tsql": "tsql",
-}
-
-KINDS = (
-    "select", "insert", "update", "delete", "merge", "create", "alter", "drop", "truncate",
-    "grant", "revoke", "copy", "call", "set", "transaction", "other", "unknown",
-)
-#: Kinds that change data or the schema (for summaries and the recordings view).
-WRITE_KINDS = frozenset({"insert", "update", "delete", "merge", "create", "alter", "drop",
-                         "truncate", "grant", "revoke", "copy", "call"})
+from addons.querylang.kinds import DIALECTS, KINDS, WRITE_KINDS  # noqa: F401 - KINDS re-exported
 
 #: Longer texts are not parsed (bounded work per request): kind unknown.
 MAX_SQL_CHARS = 256 * 1024
