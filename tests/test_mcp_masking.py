@@ -140,7 +140,7 @@ def gateway(tmp_path_factory, confdir):
     rules.write_text(RULES)
     process = GatewayProcess(rules, confdir).start()
     yield process
-    process.stop()
+    process.stop_soon()  # nothing reads it after: its exit is awaited later (reap)
 
 
 CASES = [("mcp2", "json"), ("mcp2", "sse"), ("mcp1", "sse")]

@@ -63,7 +63,7 @@ def gateway(tmp_path_factory):
     rules.write_text(RULES)
     process = GatewayProcess(rules, root / "conf").start()
     yield process
-    process.stop()
+    process.stop_soon()  # nothing reads it after: its exit is awaited later (reap)
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def gateway(tmp_path_factory):
     (root / "rules.yaml").write_text(RULES)
     process = GatewayProcess(root / "rules.yaml", root / "conf").start()
     yield process
-    process.stop()
+    process.stop_soon()  # nothing reads it after: its exit is awaited later (reap)
 
 
 CLIENT = r'''
