@@ -31,6 +31,8 @@ from mitmproxy import certs
 
 from gateway.settings import ca_cert_path
 
+#: mitmproxy's name for its CA files in confdir (tlsconfig.CONF_BASENAME).
+CA_BASENAME = "mitmproxy"
 #: Variables that make common HTTP clients trust the gateway's CA.
 CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "AWS_CA_BUNDLE")
 #: Variables that carry the proxy URL.
@@ -46,10 +48,14 @@ CLIENT_NOTES = (
 
 
 def ensure_ca(confdir: str | Path) -> Path:
-    """Create the gateway's CA in confdir if it does not exist yet; return the cert path."""
+    """Create the gateway's CA in confdir if it does not exist yet; return the cert path.
+
+    An existing CA is not loaded here: mitmproxy loads it when the gateway starts (and
+    fails there on a broken one), and each load costs 30 ms of RSA key checks."""
     confdir = Path(confdir).expanduser()
     confdir.mkdir(parents=True, exist_ok=True)
-    certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+    if not (confdir / f"{CA_BASENAME}-ca.pem").exists():  # what CertStore.from_store looks for
+        certs.CertStore.create_store(confdir, CA_BASENAME, 2048)
     return ca_cert_path(confdir)
 
 
