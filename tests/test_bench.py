@@ -2,27 +2,41 @@
 
 No timing assertions (numbers belong in bench/results, not in tests): only that each
 scenario really went through the path it claims, and that the report is complete.
+
+The harness's entry points (bench.__main__.main, bench.workers.main: what ``python -m``
+runs) are called in this process, which has most of what they import already; the
+proxies, the upstream and PostgreSQL they measure are their own processes either way.
+Windows are 0.2 s after a 0.05 s warm-up: hundreds of requests per cell.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+import bench.__main__
+import bench.workers
 from gateway.settings import PROJECT_ROOT
 
+WINDOW = ["--duration", "0.2", "--warmup", "0.05", "--repetitions", "1"]
 
-def test_python_m_bench_runs_a_tiny_side_by_side(tmp_path: Path) -> None:
+
+@pytest.fixture(autouse=True)
+def in_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``python -m bench`` is run from (its subprocesses set their own cwd anyway)."""
+    monkeypatch.chdir(PROJECT_ROOT)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_python_m_bench_runs_a_tiny_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--targets", "macro", "--only", "direct", "portcullis-10",
-         "portcullis-mix", "--clients", "1", "16", "--duration", "0.3", "--warmup", "0.1",
-         "--repetitions", "1", "--out", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    code = bench.__main__.main(["--targets", "macro", "--only", "direct", "portcullis-10", "portcullis-mix",
+                                "--clients", "1", "16", *WINDOW, "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
     results = json.loads((out / "latest.json").read_text())
     scenarios = results["macro"]["scenarios"]
     assert set(scenarios) == {"direct", "portcullis-10", "portcullis-mix"}
@@ -46,17 +60,16 @@ def test_python_m_bench_runs_a_tiny_side_by_side(tmp_path: Path) -> None:
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_python_m_bench_workers_runs_a_tiny_scaling_table(tmp_path: Path, postgres_dsn: str) -> None:
+def test_python_m_bench_workers_runs_a_tiny_scaling_table(tmp_path: Path, postgres_dsn: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """bench/workers.py at toy size: every scenario went through what it claims (a sample
     request through each gateway is masked), 2 workers really are 2 processes, and the
     ratios the issue's targets name are computed."""
     out = tmp_path / "workers.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.workers", "--workers", "1,2", "--recording", "off", "--state", postgres_dsn,
-         "--duration", "0.3", "--warmup", "0.1", "--repetitions", "1", "--json", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    code = bench.workers.main(["--workers", "1,2", "--recording", "off", "--state", postgres_dsn, *WINDOW,
+                               "--json", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
     result = json.loads(out.read_text())
     assert set(result["scenarios"]) == {"direct", "bare", "gw1", "gw1-off", "gw2-off"}
     assert result["notes"] == [] and result["problems"] == []
@@ -67,4 +80,4 @@ def test_python_m_bench_workers_runs_a_tiny_scaling_table(tmp_path: Path, postgr
     assert "2 workers" in result["scenarios"]["gw2-off"]["label"]
     assert set(result["ratios"]["16"]) == {"gw1_over_bare", "gw1_over_bare_best", "gw2-off_over_gw1-off",
                                            "gw2-off_over_gw1-off_best"}
-    assert "| gw2-off: Portcullis, 2 workers, recording off |" in done.stdout
+    assert "| gw2-off: Portcullis, 2 workers, recording off |" in printed.out
