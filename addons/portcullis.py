@@ -15,6 +15,7 @@ import addons.schema  # noqa: F401  (registers every package's rules keys)
 from addons.core.dispatch import Dispatcher
 from addons.core.events import EventBus
 from addons.core.flowstate import FlowStates
+from addons.core.gcfreeze import GcFreezeAddon
 from addons.core.loopbridge import LoopBridge
 from addons.credentials.addon import CredentialsAddon
 from addons.guards.clienttimeouts import ClientTimeoutsAddon
@@ -102,6 +103,7 @@ def members() -> list[object]:
         TunnelGuardAddon(states),  # CONNECT tunnels carry TLS/HTTP only, never raw TCP
         recorder,  # last: it stores what the agent actually received
         approvals.relays,  # after all: an approved held-stream call's response, relayed to its stream
+        GcFreezeAddon(),  # last `running`: what startup built leaves the GC's scans (gc.freeze)
     ]
 
 
