@@ -61,7 +61,14 @@ def test_kill_9_under_load_then_restart_on_the_same_port(tmp_path, confdir, upst
                for kind in ["allowed"] * 5 + ["blocked"] * 2 + ["hold"] * 2 + ["waiting-hold"]]
     for thread in threads:
         thread.start()
-    time.sleep(2)
+    # Kill under load once it has been under load long enough: more than 50 flows answered
+    # over a second ago (their outcomes must be recorded, see below), an async hold
+    # granted and the wait-mode hold open.
+    deadline = time.monotonic() + 60
+    while not (holds and sum(at < time.time() - 1 for _, at in list(completed.values())) > 50
+               and any("held POST" in line and "mode=wait" in line for line in list(gateway.lines))):
+        assert time.monotonic() < deadline, (len(completed), holds, gateway.output[-2000:])
+        time.sleep(0.05)
     gateway.stop(signal.SIGKILL)
     killed_at = time.time()
     stop.set()
