@@ -38,7 +38,7 @@ def test_a_timed_out_request_with_an_injected_query_key_is_logged_without_it(sta
           - match: {path: /slow}
             query: {api_key: "${env:LEGACY_KEY}"}
             plain_http: true
-    """, "--upstream-timeout", "1", env={"LEGACY_KEY": SECRET})
+    """, "--upstream-timeout", "0.5", env={"LEGACY_KEY": SECRET})
     use_gateway(gateway)
     response = requests.get(upstream.url("/slow"), timeout=20)
     assert response.status_code == 504
