@@ -3,8 +3,8 @@
 The real CLI runs on a pseudo-terminal (a person at a terminal is the case this is for)
 in an empty working directory. The banner shows the admin's password and token once;
 reviewers.yaml holds only their hashes; the password signs in to the review UI and
-the admin is in every group the rules name. ``--no-bootstrap-reviewer`` creates
-nothing; the other cases (output not a terminal, ``--ui off``, a file already there, so
+the admin is in every group the rules name. The other cases (``--no-bootstrap-reviewer``
+on the real command line, output not a terminal, ``--ui off``, a file already there, so
 a second run prints no secret) are checked in process.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from gateway.cli import build_parser
 from gateway.commands.bootstrap import bootstrap, rule_groups
 from review_ui.reviewers import parse_reviewers
 from tests.support.gateway import READY_LINE, free_port
@@ -120,17 +121,6 @@ def test_a_first_run_in_a_terminal_creates_an_admin_whose_password_is_shown_once
         first.stop()
 
 
-def test_no_bootstrap_reviewer_turns_it_off(tmp_path: Path, confdir):
-    run = Run(tmp_path, confdir, "--no-bootstrap-reviewer")
-    try:
-        banner = run.wait_ready()
-        assert "created reviewer" not in banner and "password" not in banner
-        assert "review UI: off" in banner
-        assert not (tmp_path / "reviewers.yaml").exists()
-    finally:
-        run.stop()
-
-
 class _Out:
     def __init__(self, tty: bool) -> None:
         self.tty = tty
@@ -150,6 +140,23 @@ def test_no_admin_is_created_when_off_given_or_nobody_reads_the_terminal(tmp_pat
                                       **args})
     assert bootstrap(namespace, tmp_path / "reviewers.yaml", None, _Out(tty)) == []
     assert not (tmp_path / "reviewers.yaml").exists()
+
+
+def test_no_bootstrap_reviewer_turns_it_off(tmp_path: Path, confdir):
+    """The real command line's flag, on a terminal, with the rules naming groups: nothing
+    created (what `run` does with bootstrap's [] is the first test's banner, without it)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(textwrap.dedent(RULES))
+    args = build_parser().parse_args(["run", "--listen", f"127.0.0.1:{free_port()}", "--rules", str(rules),
+                                      "--confdir", str(confdir), "--ui", "127.0.0.1:8081",
+                                      "--no-bootstrap-reviewer"])
+    assert bootstrap(args, tmp_path / "reviewers.yaml", str(rules), _Out(True)) == []
+    assert args.reviewers is None
+    assert not (tmp_path / "reviewers.yaml").exists()
+    # and without the flag, the same command line would have created the admin
+    args = build_parser().parse_args(["run", "--rules", str(rules), "--ui", "127.0.0.1:8081"])
+    assert bootstrap(args, tmp_path / "reviewers.yaml", str(rules), _Out(True))
+    assert (tmp_path / "reviewers.yaml").exists()
 
 
 def test_the_admin_is_in_every_group_the_rules_name_and_a_present_file_is_kept(tmp_path: Path):
