@@ -86,7 +86,7 @@ def waits_of(flow_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         return {}
     columns, rows = store().query(
         'SELECT flow_id, kind, "at", actor, detail FROM events WHERE flow_id IN (SELECT unnest(?)) '
-        "AND kind IN ('held', 'approved', 'rejected', 'expired', 'abandoned') ORDER BY \"at\", seq",
+        "AND kind IN ('held', 'approved', 'rejected', 'expired', 'abandoned') ORDER BY \"at\", gateway, seq",
         [flow_ids])
     waits: dict[str, list[dict[str, Any]]] = {}
     for event in rows_of(columns, rows):
