@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 from pathlib import Path
 
@@ -51,17 +50,10 @@ def handle(args: argparse.Namespace) -> int:
             if notice:
                 print("\n".join(notice), flush=True)
             return asyncio.run(supervise(args.listen, options, args.quiet, args.workers))
-        code = asyncio.run(serve(args.listen, options, quiet=args.quiet, notice=notice))
+        return asyncio.run(serve(args.listen, options, quiet=args.quiet, notice=notice))
     except StartupError as exc:
         print(f"portcullis: cannot start: {exc}", file=sys.stderr)
         return 2
-    # The gateway has stopped: every addon's done hook ran (the recording process has
-    # written and exited, the journal is closed) and the process exits next. Python's exit
-    # would run the cycle collector over everything the gateway made, several times;
-    # measured, most of a stop's CPU. Frozen, it is left to the process's end: nothing in
-    # a cycle is still unwritten by now (logs are flushed by logging's own atexit).
-    gc.freeze()
-    return code
 
 
 def default_lake_notice(args: argparse.Namespace) -> list[str]:
