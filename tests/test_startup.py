@@ -1,16 +1,18 @@
 """What a gateway imports at start: the heavy optional engines only for rules that use them.
 
 Every start of the gateway (the suite starts about 150) paid for sqlglot, graphql-core,
-psycopg, pycryptodome (with cffi) and phonenumbers, and for a scrypt hash the review UI
-keeps for unknown names, whatever the rules said. Each is now loaded where its feature is
-configured: a ``sql:`` or ``graphql:`` key when it is compiled, a ``wallet`` or ``phone``
-detector when a mask names it, psycopg for a postgresql:// ``--state``, the hash with a
-reviewers file. These tests check which modules are loaded, in a fresh interpreter each,
-and that an engine that cannot be imported is still reported where it is needed.
+psycopg, pycryptodome (with cffi) and phonenumbers, whatever the rules said, and for a
+scrypt hash the review UI verifies unknown names against. Each engine is now loaded where
+its feature is configured: a ``sql:`` or ``graphql:`` key when it is compiled, a
+``wallet`` or ``phone`` detector when a mask names it, psycopg for a postgresql://
+``--state``; the hash is a constant. These tests check which modules are loaded, in a
+fresh interpreter each, and that an engine that cannot be imported is still reported
+where it is needed.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import textwrap
 import pytest
 
 from gateway.settings import PROJECT_ROOT
+from review_ui.reviewers import _DUMMY_HASH, ReviewerStore, hash_secret, verify_secret
 
 #: Loaded by the composition root, the CLI and the rules below only when a rule needs them.
 ENGINES = {
@@ -72,19 +75,17 @@ def run_python(code: str, *, prelude: str = "") -> subprocess.CompletedProcess[s
 
 def loaded_after_start(rules: str) -> dict[str, bool]:
     """Import what `portcullis run` imports, build the addons and compile ``rules`` in a new
-    interpreter; which ENGINES modules are then loaded, and whether the UI's hash was made."""
+    interpreter; which ENGINES modules are then loaded."""
     result = run_python(f"""
         import json, sys
         import gateway.cli, gateway.commands.run, gateway.server
         from addons.portcullis import make_addons
         from addons.policy.engine import compile_policy
-        import review_ui.reviewers
 
         make_addons()
         gateway.cli.build_parser()
         compile_policy({rules!r})
         loaded = {{name: module in sys.modules for name, module in {ENGINES!r}.items()}}
-        loaded["dummy_hash"] = review_ui.reviewers._dummy_hash.cache_info().currsize > 0
         print(json.dumps(loaded))
     """)
     assert result.returncode == 0, result.stderr
@@ -93,7 +94,7 @@ def loaded_after_start(rules: str) -> dict[str, bool]:
 
 def test_a_gateway_whose_rules_use_no_engine_imports_none():
     loaded = loaded_after_start(PLAIN_RULES)
-    assert loaded == {name: False for name in [*ENGINES, "dummy_hash"]}
+    assert loaded == {name: False for name in ENGINES}
 
 
 @pytest.mark.parametrize("feature", sorted(RULES_USING))
@@ -134,6 +135,17 @@ def test_a_rule_file_without_those_keys_compiles_without_the_parsers():
     """, prelude="import sys; sys.modules['sqlglot'] = sys.modules['graphql'] = None\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
+
+
+def test_unknown_names_are_verified_with_the_work_of_a_real_hash():
+    """The constant the UI verifies unknown names against costs what a reviewer's hash costs:
+    the same scheme, scrypt parameters, salt and digest lengths; and no password matches."""
+    real = hash_secret("a reviewer's password").split("$")
+    dummy = _DUMMY_HASH.split("$")
+    assert dummy[:4] == real[:4]  # scrypt, N, r, p
+    assert [len(base64.b64decode(part)) for part in dummy[4:]] == [len(base64.b64decode(part)) for part in real[4:]]
+    assert not verify_secret("", _DUMMY_HASH)
+    assert ReviewerStore(None).authenticate("nobody", "") is None
 
 
 def test_shared_state_without_psycopg_stops_the_start_saying_so(tmp_path):
