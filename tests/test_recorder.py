@@ -1,4 +1,10 @@
-"""The recorder end to end: a real gateway, real upstreams and clients, a real DuckDB file."""
+"""The recorder end to end: a real gateway, real upstreams and clients, a real DuckDB file.
+
+The tests up to test_no_secret_reaches_the_disk share the module's gateway (its
+recording was seeded with an old and a recent flow, for the retention it runs on start);
+they run in file order, and that last one stops it. The tests after it need a gateway of
+their own (killed, restarted, or started with other options).
+"""
 
 from __future__ import annotations
 
@@ -16,34 +22,27 @@ import duckdb
 import pytest
 import requests
 
-from recordings.control import ask
 from recordings.store import Store, micros
 from tests.support.gateway import GatewayProcess
+from tests.support.recording_reader import NO_DELETES as RULES
+from tests.support.recording_reader import poll
+from tests.support.recording_reader import proxied_session as client
+from tests.support.recording_reader import query as sql
+from tests.support.recording_reader import wait_for_flow as wait_flow
+from tests.support.recording_reader import wait_for_rows as wait_for
 from tests.support.upstream import Canned, UpstreamServer
 
-RULES = """
-    version: 1
-    default: allow
-    rules:
-      - name: no-deletes
-        match: {method: DELETE}
-        action: block
-        reason: Agents may not delete
+#: The credential the module's gateway injects (from its environment) for /secret/**.
+INJECTED = f"inj-{uuid.uuid4().hex}"
+CREDENTIALS = """
+    credentials:
+      - name: test-key
+        match: {path: "/secret/**"}
+        set_header: {X-Api-Key: "${env:PORTCULLIS_TEST_KEY}"}
+        query: {api_key: "${env:PORTCULLIS_TEST_KEY}"}
+        plain_http: true
 """
-
-
-def sql(db: Path, query: str) -> list[tuple]:
-    """Rows through the same path as `portcullis sql` (the gateway's socket, or the file)."""
-    return [tuple(row) for row in ask(db, "/query", {"sql": query})["rows"]]
-
-
-def wait_for(db: Path, query: str, expected: list[tuple], timeout: float = 10) -> list[tuple]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = sql(db, query)
-        if rows == expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+DAY = 86_400
 
 
 def open_when_written(db: Path, timeout: float = 20) -> duckdb.DuckDBPyConnection:
@@ -59,18 +58,24 @@ def open_when_written(db: Path, timeout: float = 20) -> duckdb.DuckDBPyConnectio
             time.sleep(0.1)
 
 
-def client(gateway: GatewayProcess) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies = {"http": gateway.proxy_url, "https": gateway.proxy_url}
-    return session
-
-
 def start(tmp: Path, confdir: Path, *args: str, rules: str = RULES,
           env: dict[str, str] | None = None) -> GatewayProcess:
     path = tmp / f"rules-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(textwrap.dedent(rules))
     return GatewayProcess(path, confdir, list(args), env).start()
+
+
+def seed_old_and_recent(db: Path) -> None:
+    """A recording with a flow (and its event) of 40 days ago and one of yesterday."""
+    store = Store(db)
+    now = time.time()
+    cur = store.cursor()
+    store.insert(cur, [{"id": "ancient", "started_at": micros(now - 40 * DAY), "decision": "allowed"},
+                       {"id": "recent", "started_at": micros(now - DAY), "decision": "allowed"}],
+                 [{"seq": 1, "flow_id": "ancient", "at": micros(now - 40 * DAY), "kind": "received"},
+                  {"seq": 2, "flow_id": "recent", "at": micros(now - DAY), "kind": "received"}])
+    cur.close()
+    store.close()
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +87,19 @@ def upstream() -> Iterator[UpstreamServer]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, confdir, upstream) -> Iterator[GatewayProcess]:
-    gw = start(tmp_path_factory.mktemp("recorder"), confdir, "--max-body-record", "4096")
+    tmp = tmp_path_factory.mktemp("recorder")
+    db = tmp / "recording.duckdb"
+    seed_old_and_recent(db)
+    gw = start(tmp, confdir, "--db", str(db), "--max-body-record", "4096", "--retain-days", "30",
+               rules=textwrap.dedent(RULES) + textwrap.dedent(CREDENTIALS),
+               env={"PORTCULLIS_TEST_KEY": INJECTED})
     yield gw
-    gw.stop()
+    gw.stop_soon()
 
 
 def test_row_counts_match_requests_under_concurrency(gateway, upstream):
     session_id = f"load-{uuid.uuid4().hex}"
-    clients, per_client = 20, 200
+    clients, per_client = 10, 25  # 250 flows from 10 agents at once
     failures: list[str] = []
 
     def agent() -> None:
@@ -143,16 +153,6 @@ def test_allowed_flow_has_every_column(gateway, upstream):
     assert (row["request_truncated"], row["response_truncated"], row["masked"]) == (False, False, 0)
     kinds = [kind for (kind,) in sql(gateway.db, f"SELECT kind FROM events WHERE flow_id = '{flow_id}' ORDER BY seq")]
     assert kinds[:3] == ["received", "decided", "forwarded"] and "completed" in kinds
-
-
-def wait_flow(db: Path, flow_id: str) -> dict:
-    deadline = time.monotonic() + 10
-    while True:
-        result = ask(db, "/query", {"sql": f"SELECT * FROM flows WHERE id = '{flow_id}'"})
-        if result["rows"] or time.monotonic() > deadline:
-            assert result["rows"], f"flow {flow_id} was not recorded"
-            return dict(zip(result["columns"], result["rows"][0], strict=True))
-        time.sleep(0.05)
 
 
 def test_blocked_flow_is_recorded(gateway, upstream):
@@ -213,64 +213,73 @@ def test_large_and_binary_bodies_are_capped_not_dropped(gateway, upstream):
     assert row["response_body_blob"].startswith("base64:")
 
 
-def test_no_secret_reaches_the_disk(tmp_path, confdir, upstream):
-    injected, agent_token, cookie = (f"{name}-{uuid.uuid4().hex}" for name in ("inj", "tok", "ck"))
+def test_retention_runs_on_start_and_says_what_it_deleted(gateway):
+    gateway.wait_for_output("deleted 1 flows and 1 events")
+    seeded = "('ancient', 'recent')"
+    assert sql(gateway.db, f"SELECT id FROM flows WHERE id IN {seeded}") == [("recent",)]
+    assert sql(gateway.db, f"SELECT flow_id FROM events WHERE flow_id IN {seeded}") == [("recent",)]
+
+
+def test_when_recording_fails_forwarding_stops_and_resumes(gateway, upstream):
+    import resource
+
+    assert gateway.process is not None
+    http = client(gateway)
+    assert http.get(upstream.url("/before"), timeout=10).status_code == 200
+    soft, hard = resource.prlimit(gateway.process.pid, resource.RLIMIT_FSIZE)
+    forwarded = len(upstream.received)
+    mark = len(gateway.lines)
+    try:
+        # A real write failure: the kernel refuses to grow any file of the gateway process.
+        resource.prlimit(gateway.process.pid, resource.RLIMIT_FSIZE, (1, hard))
+        refused = http.get(upstream.url("/during"), timeout=10)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "recording_unavailable"
+        assert len(upstream.received) == forwarded  # not forwarded
+        gateway.wait_for_output_after(mark, "recording failed")
+        again = http.get(upstream.url("/during"), timeout=10)
+        assert again.status_code == 503
+    finally:
+        resource.prlimit(gateway.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
+    after = poll(lambda: http.get(upstream.url("/after"), timeout=10), lambda r: r.status_code == 200,
+                 interval=0.2)
+    assert after.status_code == 200, after.text
+    gateway.wait_for_output_after(mark, "recording works again")
+    rows = wait_for(gateway.db, "SELECT path, decision, reason FROM flows WHERE path = '/during'",
+                    [("/during", "error", "recording_unavailable")] * 2)
+    assert rows == [("/during", "error", "recording_unavailable")] * 2
+
+
+def test_no_secret_reaches_the_disk(gateway, upstream):
+    """The last test of the module's gateway: it stops it, to read the file at rest too."""
+    agent_token, cookie = (f"{name}-{uuid.uuid4().hex}" for name in ("tok", "ck"))
     marker = f"visible-{uuid.uuid4().hex}"  # proves the grep can see recorded text at all
-    rules = textwrap.dedent(RULES) + textwrap.dedent("""
-        credentials:
-          - name: test-key
-            match: {path: "/secret/**"}
-            set_header: {X-Api-Key: "${env:PORTCULLIS_TEST_KEY}"}
-            query: {api_key: "${env:PORTCULLIS_TEST_KEY}"}
-            plain_http: true
-    """)
     upstream.routes["/secret/login"] = Canned(200, {"ok": True},
                                               {"Set-Cookie": f"session={cookie}; HttpOnly"})
-    gw = start(tmp_path, confdir, rules=rules, env={"PORTCULLIS_TEST_KEY": injected})
     try:
-        http = client(gw)
+        http = client(gateway)
         for path in ("/secret/echo", "/secret/login"):
             response = http.post(upstream.url(f"{path}?m={marker}"), json={"marker": marker},
                                  headers={"Authorization": f"Bearer {agent_token}",
                                           "Cookie": f"sid={cookie}", "X-Marker": marker}, timeout=10)
             assert response.status_code == 200
-        assert any(injected in r.path for r in upstream.received)  # it really was injected
-        row = wait_flow(gw.db, response.headers["X-Portcullis-Flow-Id"])
+        assert any(INJECTED in r.path for r in upstream.received)  # it really was injected
+        row = wait_flow(gateway.db, response.headers["X-Portcullis-Flow-Id"])
         assert json.loads(row["request_headers"])["x-api-key"] == "[redacted]"
         assert json.loads(row["response_headers"])["set-cookie"] == "[redacted]"
-        live = _raw_bytes(gw.db)
+        live = _raw_bytes(gateway.db)
         assert marker.encode() in live
     finally:
-        assert gw.stop() == 0
-    on_disk = _raw_bytes(gw.db)
+        assert gateway.stop() == 0
+    on_disk = _raw_bytes(gateway.db)
     assert marker.encode() in on_disk
-    for secret in (injected, agent_token, cookie):
+    for secret in (INJECTED, agent_token, cookie):
         assert secret.encode() not in live
         assert secret.encode() not in on_disk
 
 
 def _raw_bytes(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file())
-
-
-def test_retention_runs_on_start_and_says_what_it_deleted(tmp_path, confdir):
-    db = tmp_path / "old.duckdb"
-    store = Store(db)
-    now = time.time()
-    cur = store.cursor()
-    store.insert(cur, [{"id": "ancient", "started_at": micros(now - 40 * 86_400), "decision": "allowed"},
-                       {"id": "recent", "started_at": micros(now - 86_400), "decision": "allowed"}],
-                 [{"seq": 1, "flow_id": "ancient", "at": micros(now - 40 * 86_400), "kind": "received"},
-                  {"seq": 2, "flow_id": "recent", "at": micros(now - 86_400), "kind": "received"}])
-    cur.close()
-    store.close()
-    gw = start(tmp_path, confdir, "--db", str(db), "--retain-days", "30")
-    try:
-        gw.wait_for_output("deleted 1 flows and 1 events")
-        assert sql(db, "SELECT id FROM flows") == [("recent",)]
-        assert sql(db, "SELECT flow_id FROM events") == [("recent",)]
-    finally:
-        gw.stop()
 
 
 def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, confdir, upstream):
@@ -320,39 +329,7 @@ def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, c
                                   "WHERE reason = 'gateway_restart' GROUP BY ALL")
         assert all(decision == "error" for decision, _ in restarted)
     finally:
-        again.stop()
-
-
-def test_when_recording_fails_forwarding_stops_and_resumes(tmp_path, confdir, upstream):
-    import resource
-
-    gw = start(tmp_path, confdir)
-    assert gw.process is not None
-    http = client(gw)
-    assert http.get(upstream.url("/before"), timeout=10).status_code == 200
-    soft, hard = resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE)
-    forwarded = len(upstream.received)
-    try:
-        # A real write failure: the kernel refuses to grow any file of the gateway process.
-        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (1, hard))
-        refused = http.get(upstream.url("/during"), timeout=10)
-        assert refused.status_code == 503
-        assert refused.json()["error"] == "recording_unavailable"
-        assert len(upstream.received) == forwarded  # not forwarded
-        gw.wait_for_output("recording failed")
-        again = http.get(upstream.url("/during"), timeout=10)
-        assert again.status_code == 503
-    finally:
-        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
-    deadline = time.monotonic() + 10
-    while (after := http.get(upstream.url("/after"), timeout=10)).status_code != 200:
-        assert time.monotonic() < deadline, after.text
-        time.sleep(0.2)
-    gw.wait_for_output("recording works again")
-    rows = wait_for(gw.db, "SELECT path, decision, reason FROM flows WHERE path = '/during'",
-                    [("/during", "error", "recording_unavailable")] * 2)
-    assert rows == [("/during", "error", "recording_unavailable")] * 2
-    gw.stop()
+        again.stop_soon()  # nothing reads its recording afterwards
 
 
 def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart(tmp_path, confdir, upstream):
@@ -368,9 +345,18 @@ def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart
     waiting.start()
     held = wait_for(gw.db, "SELECT count(*) FROM events WHERE kind = 'held'", [(1,)])
     assert held == [(1,)]
-    # An agent that gives up while held: the approvals addon kills the flow -> `error` hook.
-    with pytest.raises(requests.Timeout):
-        client(gw).post(upstream.url("/v1/refunds?impatient=1"), json={"amount": 8}, timeout=1)
+    # An agent that gives up while held (it closes its connection once the flow is held,
+    # unanswered): the approvals addon kills the flow -> `error` hook.
+    body = b'{"amount": 8}'
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as impatient:
+        impatient.sendall(f"POST {upstream.url('/v1/refunds?impatient=1')} HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1:{upstream.port}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        held = wait_for(gw.db, "SELECT count(*) FROM events WHERE kind = 'held'", [(2,)])
+        assert held == [(2,)]
+        impatient.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            impatient.recv(1)  # held: not answered
     abandoned = wait_for(gw.db, "SELECT decision FROM flows WHERE query = 'impatient=1'", [("abandoned",)])
     assert abandoned == [("abandoned",)]
     denied = client(gw).delete(upstream.url("/v1/tables/users"), timeout=10)
@@ -414,15 +400,17 @@ def test_on_record_failure_allow_keeps_forwarding_and_catches_up(tmp_path, confd
 
     gw = start(tmp_path, confdir, "--on-record-failure", "allow")
     assert gw.process is not None
-    soft, hard = resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE)
     try:
-        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (1, hard))
-        response = client(gw).get(upstream.url("/allowed-anyway"), timeout=10)
-        assert response.status_code == 200
-        gw.wait_for_output("may go unrecorded")
+        soft, hard = resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE)
+        try:
+            resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (1, hard))
+            response = client(gw).get(upstream.url("/allowed-anyway"), timeout=10)
+            assert response.status_code == 200
+            gw.wait_for_output("may go unrecorded")
+        finally:
+            resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
+        # The rows waited in memory and are written once the disk takes them again.
+        assert wait_for(gw.db, "SELECT decision FROM flows WHERE path = '/allowed-anyway'",
+                        [("allowed",)]) == [("allowed",)]
     finally:
-        resource.prlimit(gw.process.pid, resource.RLIMIT_FSIZE, (soft, hard))
-    # The rows waited in memory and are written once the disk takes them again.
-    assert wait_for(gw.db, "SELECT decision FROM flows WHERE path = '/allowed-anyway'",
-                    [("allowed",)]) == [("allowed",)]
-    gw.stop()
+        gw.stop_soon()
