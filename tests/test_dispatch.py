@@ -141,3 +141,23 @@ def test_make_addons_is_one_dispatcher_over_every_portcullis_addon_in_order(monk
         # The recorder's response hook is reached through the dispatcher, in list order.
         names = [type(f.__self__).__name__ for f in dispatcher.hooks["response"]]
         assert names.index("MaskingAddon") < names.index("RecorderAddon")
+
+
+def test_done_runs_every_members_done_and_frees_their_names_so_a_reload_can_register_them():
+    calls: list = []
+
+    class Ending(Member):
+        def done(self) -> None:
+            self.calls.append((self.name, "done"))
+
+    async def main() -> None:
+        with taddons.context() as tctx:
+            first = Dispatcher([Ending("a", calls), Ending("b", calls)])
+            tctx.master.addons.add(first)
+            tctx.master.addons.remove(first)  # what a reloaded `mitmdump -s` script does
+            assert tctx.master.addons.get("a") is None
+            again = Dispatcher([Ending("a", calls), Ending("b", calls)])
+            tctx.master.addons.add(again)
+            assert tctx.master.addons.get("a") is again.members[0]
+    asyncio.run(main())
+    assert [c for c in calls if c[1] == "done"][:2] == [("a", "done"), ("b", "done")]

@@ -37,8 +37,9 @@ import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import exceptions, hooks
 from mitmproxy.addonmanager import safecall
 
-#: Hooks the dispatcher never takes over: ``load`` is its own (it registers the members).
-OWN = frozenset({"load"})
+#: Hooks with a method of the dispatcher's own: ``load`` registers the members, ``done``
+#: (the end, or mitmproxy removing the dispatcher, e.g. a reloaded script) unregisters them.
+OWN = frozenset({"load", "done"})
 
 
 def _name(addon: object) -> str:
@@ -63,6 +64,11 @@ class Dispatcher:
         self.flat = _members(self.members)
         #: hook name -> the members' bound hook methods, in order.
         self.hooks: dict[str, tuple[Callable[..., Any], ...]] = {}
+        self._manager: Any = None
+        done = tuple(f for f in (getattr(a, "done", None) for a in self.flat) if f is not None and callable(f))
+        if any(inspect.iscoroutinefunction(f) for f in done):
+            raise TypeError("a member's done is a coroutine: mitmproxy calls done synchronously on removal")
+        self._done = _handler(done)
         for hook in hooks.all_hooks:
             if hook in OWN:
                 continue
@@ -75,6 +81,7 @@ class Dispatcher:
     def load(self, loader: Any) -> None:
         """Load and register each member in turn, as ``AddonManager.add`` would."""
         manager = getattr(loader.master, "addons", None)  # None: a loader outside mitmproxy
+        self._manager = manager
         for addon in self.members:
             chain = _members([addon])
             if manager is not None:
@@ -92,6 +99,17 @@ class Dispatcher:
                 for member in chain:
                     loader.master.commands.collect_commands(member)
                 loader.master.options.process_deferred()
+
+    def done(self) -> None:
+        """Every member's ``done`` in order, then their names are free again (as
+        ``AddonManager.remove`` frees the names of an addon's sub-addons)."""
+        try:
+            self._done()
+        finally:
+            manager, self._manager = self._manager, None
+            for member in self.flat if manager is not None else ():
+                if manager.lookup.get(_name(member)) is member:
+                    del manager.lookup[_name(member)]
 
     def banner(self) -> list[str]:
         """Every member's banner lines (``portcullis run`` prints them)."""
