@@ -26,8 +26,9 @@ def portcullis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
 
 
 def portcullis_here(*args: str) -> subprocess.CompletedProcess[str]:
-    """The same command in this process (gateway.cli.main): no interpreter start per call.
-    Each command keeps one call through the real ``python -m gateway`` (portcullis())."""
+    """The same command in this process (gateway.cli.main): no interpreter start per call
+    (``python -m gateway`` itself is what every ``run`` test starts, and env's output is
+    checked from a real ``python -m gateway env`` in a real shell)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -44,7 +45,7 @@ def write(tmp_path, text: str, name: str = "rules.yaml"):
 
 
 def test_check_accepts_the_bundled_rules():
-    result = portcullis("check", str(DEFAULT_RULES), *map(str, (PROJECT_ROOT / "rules").glob("examples/*.yaml")))
+    result = portcullis_here("check", str(DEFAULT_RULES), *map(str, (PROJECT_ROOT / "rules").glob("examples/*.yaml")))
     assert result.returncode == 0, result.stderr
     assert "ok (" in result.stdout
 
@@ -69,7 +70,7 @@ def test_check_rejects_with_file_line_column_and_field(tmp_path):
 
 
 def test_explain_shows_matches_and_decision_without_sending():
-    result = portcullis(
+    result = portcullis_here(
         "explain", "--rules", str(DEFAULT_RULES), "--format", "json",
         "POST", "http://API.demo.test./v1/%71uery", "--json", '{"statement": "drop table x"}',
     )
