@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -99,29 +98,15 @@ def million(total: int, use_postgres: bool, batch: int = 50_000) -> dict:
             "all_under_1s": all(ms < 1000 for ms in timings.values())}
 
 
-ANALYST = """
-import duckdb, json, sys, time
-con = duckdb.connect(config={"extension_directory": sys.argv[4]})
-con.execute("SET enable_progress_bar = false")
-con.execute(sys.argv[1])
-samples, began = [], time.monotonic()
-while time.monotonic() - began < 600:
-    t = time.perf_counter()
-    count, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM rec.flows WHERE session_id LIKE ?",
-                                  [sys.argv[2] + '%']).fetchone()
-    samples.append((count, distinct, round((time.perf_counter() - t) * 1000, 1)))
-    if count >= int(sys.argv[3]):
-        break
-    time.sleep(0.05)
-print(json.dumps(samples))
-"""
-
-
 def gateways(per_gateway: int, clients: int = 8) -> dict:
     sys.path.insert(0, str(ROOT))
-    import requests
-
     from tests.support.gateway import GatewayProcess
+    from tests.support.recording_reader import (
+        NO_DELETES,
+        lake_reader,
+        proxied_session,
+        start_analyst,
+    )
     from tests.support.upstream import UpstreamServer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,14 +119,7 @@ def gateways(per_gateway: int, clients: int = 8) -> dict:
         try:
             lake = Lake.parse(server.new_database(), str(work / "data"))
             rules = work / "rules.yaml"
-            rules.write_text(textwrap.dedent("""
-                version: 1
-                default: allow
-                rules:
-                  - name: no-deletes
-                    match: {method: DELETE}
-                    action: block
-            """))
+            rules.write_text(textwrap.dedent(NO_DELETES))
             (work / "conf").mkdir()
             for name in ("a", "b"):
                 started.append(GatewayProcess(rules, work / "conf", [
@@ -149,16 +127,14 @@ def gateways(per_gateway: int, clients: int = 8) -> dict:
                     "--ui", "off"]).start())
             tag = f"bench-{uuid.uuid4().hex[:8]}"
             total = 2 * per_gateway
-            ext = extensions.install(work / "ext", lake.extensions)
-            analyst = subprocess.Popen([sys.executable, "-c", ANALYST, lake.attach_statement(), tag, str(total), str(ext)],
-                                       text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            # An analyst's own DuckDB process counts the rows every 50 ms meanwhile.
+            analyst = start_analyst(lake.attach_statement(), f"{tag}%", total, seconds=600,
+                                    extensions=extensions.install(work / "ext", lake.extensions))
             sent: list[str] = []
             errors: list[str] = []
 
             def agent(gateway: GatewayProcess, count: int, session: str) -> None:
-                with requests.Session() as http:
-                    http.trust_env = False
-                    http.proxies = {"http": gateway.proxy_url}
+                with proxied_session(gateway) as http:
                     for index in range(count):
                         response = http.get(upstream.url(f"/bench/{index}"), timeout=60,
                                             headers={"X-Portcullis-Session": session})
@@ -175,12 +151,11 @@ def gateways(per_gateway: int, clients: int = 8) -> dict:
                 thread.join()
             elapsed = time.perf_counter() - began
             out, err = analyst.communicate(timeout=900)
-            samples = json.loads(out.strip().splitlines()[-1]) if out.strip() else []
-            check = duckdb.connect(config={"extension_directory": str(ext)})
-            check.execute(lake.attach_statement())
-            recorded = dict(check.execute("SELECT id, count(*) FROM rec.flows WHERE session_id LIKE ? GROUP BY id",
-                                          [f"{tag}%"]).fetchall())
-            check.close()
+            seen = json.loads(out.strip().splitlines()[-1])["samples"] if out.strip() else []
+            samples = [(count, distinct, round(ms, 1)) for _, count, distinct, ms in seen]
+            with lake_reader(lake, work / "ext") as check:
+                recorded = dict(check.execute("SELECT id, count(*) FROM flows WHERE session_id LIKE ? GROUP BY id",
+                                              [f"{tag}%"]).fetchall())
             logs = [line for gw in started for line in gw.lines
                     if "rror" in line or "fail" in line or "Traceback" in line][:20]
         finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -20,51 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from gateway.settings import PROJECT_ROOT
 from recordings.control import ask
+from tests.support import cli_run
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer
-
-RULES = """
-    version: 1
-    default: allow
-    rules:
-      - name: no-deletes
-        match: {method: DELETE}
-        action: block
-        reason: Agents may not delete
-"""
-
-#: The analyst: a plain duckdb, the printed ATTACH, a count every 50 ms until told to stop.
-ANALYST = """
-import duckdb, json, sys, time
-con = duckdb.connect()  # DuckDB's default extension directory: ~/.duckdb/extensions
-con.execute("SET enable_progress_bar = false")
-con.execute(sys.argv[1])
-samples = []
-while True:
-    samples.append(con.execute("SELECT count(*), count(DISTINCT id) FROM rec.flows WHERE session_id = ?",
-                               [sys.argv[2]]).fetchone())
-    if samples[-1][0] >= int(sys.argv[3]):
-        break
-    time.sleep(0.05)
-try:
-    con.execute("INSERT INTO rec.flows (id) VALUES ('x')")
-    refused = None
-except duckdb.Error as exc:
-    refused = str(exc).splitlines()[0]
-views = con.execute("SELECT count(*) FROM rec.decisions_per_identity_per_day").fetchone()[0]
-print(json.dumps({"samples": samples, "refused": refused, "views": views}))
-"""
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
+from tests.support.module_servers import module_upstream  # noqa: F401  (the module's upstream)
+from tests.support.recording_reader import (
+    NO_DELETES,
+    analyst_result,
+    proxied_session,
+    start_analyst,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +42,14 @@ def home(tmp_path_factory) -> Path:
 def gateway(tmp_path_factory, confdir, upstream) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("live")
     rules = tmp / "rules.yaml"
-    rules.write_text(textwrap.dedent(RULES))
+    rules.write_text(textwrap.dedent(NO_DELETES))
     gw = GatewayProcess(rules, confdir, ["--lake", str(tmp / "recording.lake")]).start()
     yield gw
     gw.stop()
 
 
 def portcullis(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=PROJECT_ROOT, text=True,
-                          capture_output=True, timeout=120, env={**os.environ, "HOME": str(home)})
+    return cli_run.portcullis(*args, timeout=120, env={**os.environ, "HOME": str(home)})
 
 
 def test_an_analyst_process_attaches_the_live_lake_with_one_statement(gateway, upstream, home):
@@ -95,15 +59,13 @@ def test_an_analyst_process_attaches_the_live_lake_with_one_statement(gateway, u
     statement = printed.stdout.strip()
     assert statement == f"ATTACH 'ducklake:sqlite:{lake}/catalog.sqlite' AS rec (READ_ONLY);"
     session, total = f"live-{uuid.uuid4().hex[:8]}", 240
-    analyst = subprocess.Popen([sys.executable, "-c", ANALYST, statement, session, str(total)],
-                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "HOME": str(home)}, cwd=home)
+    # The analyst: a plain duckdb, the printed ATTACH, a count every 50 ms until all are there.
+    analyst = start_analyst(statement, session, total, view="decisions_per_identity_per_day",
+                            env={**os.environ, "HOME": str(home)}, cwd=home)
     sent: list[str] = []
 
     def agent() -> None:
-        with requests.Session() as http:
-            http.trust_env = False
-            http.proxies = {"http": gateway.proxy_url}
+        with proxied_session(gateway) as http:
             for index in range(total // 4):
                 response = http.get(upstream.url(f"/live/{index}"), timeout=30,
                                     headers={"X-Portcullis-Session": session})
@@ -115,14 +77,12 @@ def test_an_analyst_process_attaches_the_live_lake_with_one_statement(gateway, u
         thread.start()
     for thread in agents:
         thread.join(120)
-    out, err = analyst.communicate(timeout=60)
-    assert analyst.returncode == 0, err
-    seen = json.loads(out.strip().splitlines()[-1])
-    counts = [count for count, _ in seen["samples"]]
+    seen = analyst_result(analyst, timeout=60)
+    counts = [count for _, count, _, _ in seen["samples"]]
     # It read while the gateway wrote: it saw the recording grow, never a flow twice.
     assert len(set(counts)) > 2, counts
     assert counts == sorted(counts)
-    assert all(count == distinct for count, distinct in seen["samples"])
+    assert all(count == distinct for _, count, distinct, _ in seen["samples"])
     assert counts[-1] == total == len(set(sent))
     assert seen["refused"] and "read-only" in seen["refused"].lower().replace("read only", "read-only")
     assert seen["views"] > 0

@@ -30,54 +30,21 @@ import requests
 
 from gateway import settings
 from gateway.cli import build_parser
-from gateway.settings import PROJECT_ROOT
 from review_ui.reviewers import add_reviewer
+from tests.support import cli_run
 from tests.support.gateway import GatewayProcess, free_port
+from tests.support.module_servers import module_upstream  # noqa: F401  (the module's upstream)
+from tests.support.recording_reader import (
+    NO_DELETES,
+    analyst_result,
+    poll,
+    proxied_session,
+    start_analyst,
+)
 from tests.support.review_login import sign_in
 from tests.support.upstream import UpstreamServer
 
-RULES = """
-    version: 1
-    default: allow
-    rules:
-      - name: no-deletes
-        match: {method: DELETE}
-        action: block
-        reason: Agents may not delete
-"""
-
-#: The analyst: plain duckdb and the printed ATTACH; samples (wall time, count, distinct,
-#: query ms) as fast as it can until it has seen them all.
-ANALYST = """
-import duckdb, json, sys, time
-con = duckdb.connect()  # DuckDB's default extension directory: ~/.duckdb/extensions
-con.execute("SET enable_progress_bar = false")
-con.execute(sys.argv[1])
-samples, deadline = [], time.monotonic() + 90
-while time.monotonic() < deadline:
-    began = time.perf_counter()
-    count, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM rec.flows WHERE session_id = ?",
-                                  [sys.argv[2]]).fetchone()
-    samples.append((time.time(), count, distinct, (time.perf_counter() - began) * 1000))
-    if count >= int(sys.argv[3]):
-        break
-    time.sleep(0.01)
-try:
-    con.execute("INSERT INTO rec.flows (id) VALUES ('x')")
-    refused = None
-except duckdb.Error as exc:
-    refused = str(exc).splitlines()[0]
-print(json.dumps({"samples": samples, "refused": refused}))
-"""
-
 READER = "reader"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +85,7 @@ class DefaultGateway(GatewayProcess):
 @pytest.fixture(scope="module")
 def rig(data_home, confdir, upstream) -> Iterator[tuple[DefaultGateway, str, str, str]]:
     rules = data_home / "rules.yaml"
-    rules.write_text(textwrap.dedent(RULES))
+    rules.write_text(textwrap.dedent(NO_DELETES))
     reviewers = data_home / "reviewers.yaml"
     password, token = add_reviewer(reviewers, READER, ["auditors"])
     ui = f"127.0.0.1:{free_port()}"
@@ -129,8 +96,7 @@ def rig(data_home, confdir, upstream) -> Iterator[tuple[DefaultGateway, str, str
 
 def portcullis(*args: str, home: Path, data_home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HOME": str(home), settings.HOME_ENV: str(data_home)}
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=PROJECT_ROOT, text=True,
-                          capture_output=True, timeout=120, env=env)
+    return cli_run.portcullis(*args, timeout=120, env=env)
 
 
 def agents(gw: GatewayProcess, upstream: UpstreamServer, session: str, total: int,
@@ -139,9 +105,7 @@ def agents(gw: GatewayProcess, upstream: UpstreamServer, session: str, total: in
     done: list[tuple[str, float]] = []
 
     def agent() -> None:
-        with requests.Session() as http:
-            http.trust_env = False
-            http.proxies = {"http": gw.proxy_url}
+        with proxied_session(gw) as http:
             for index in range(total // threads):
                 response = http.get(upstream.url(f"/default/{index}"), timeout=30,
                                     headers={"X-Portcullis-Session": session})
@@ -176,13 +140,12 @@ def test_an_analyst_attaches_the_default_recording_live_with_one_statement(rig, 
     assert statement == f"ATTACH 'ducklake:sqlite:{gw.lake}/catalog.sqlite' AS rec (READ_ONLY);"
     assert statement in gw.wait_for_output("analysts (own DuckDB")
     session, total = f"dflt-{uuid.uuid4().hex[:8]}", 200
-    analyst = subprocess.Popen([sys.executable, "-c", ANALYST, statement, session, str(total)],
-                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "HOME": str(analyst_home)}, cwd=analyst_home)
+    # The analyst: plain duckdb and the printed ATTACH; samples (wall time, count, distinct,
+    # query ms) as fast as it can until it has seen them all.
+    analyst = start_analyst(statement, session, total, seconds=90, interval=0.01,
+                            env={**os.environ, "HOME": str(analyst_home)}, cwd=analyst_home)
     sent = agents(gw, upstream, session, total)
-    out, err = analyst.communicate(timeout=120)
-    assert analyst.returncode == 0, err
-    seen = json.loads(out.strip().splitlines()[-1])
+    seen = analyst_result(analyst, timeout=120)
     samples = seen["samples"]
     counts = [count for _, count, _, _ in samples]
     # It read while the gateway wrote: the recording grew under it, never a flow twice.
@@ -209,15 +172,11 @@ def test_portcullis_sql_and_export_read_the_default_lake_without_flags(rig, upst
     session = f"cli-{uuid.uuid4().hex[:8]}"
     sent = agents(gw, upstream, session, 4, threads=1)
     query = f"SELECT count(*) AS n FROM flows WHERE session_id = '{session}'"
-    deadline, rows = time.monotonic() + 10, None
-    while time.monotonic() < deadline:
-        done = portcullis("sql", "--format", "json", query, home=analyst_home, data_home=data_home)
-        assert done.returncode == 0, done.stderr
-        rows = json.loads(done.stdout)
-        if rows[0]["n"] == len(sent):
-            break
-        time.sleep(0.2)
-    assert rows == [{"n": len(sent)}]
+    done = poll(lambda: portcullis("sql", "--format", "json", query, home=analyst_home, data_home=data_home),
+                lambda done: done.returncode != 0 or json.loads(done.stdout) == [{"n": len(sent)}],
+                interval=0.2)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"n": len(sent)}]
     refused = portcullis("sql", "DELETE FROM flows", home=analyst_home, data_home=data_home)
     assert refused.returncode == 1 and "read_only" in refused.stderr
     exported = portcullis("export", "--format", "jsonl", "--output", str(tmp_path / "out"),
@@ -235,9 +194,7 @@ def test_the_review_pages_and_replay_work_on_the_default_lake(rig, upstream, ana
     http = requests.Session()
     http.trust_env = False
     http.headers["Cookie"] = cookie
-    deadline = time.monotonic() + 10
-    while flow not in (page := http.get(f"{ui}/audit/flows", timeout=10)).text and time.monotonic() < deadline:
-        time.sleep(0.2)
+    page = poll(lambda: http.get(f"{ui}/audit/flows", timeout=10), lambda page: flow in page.text, interval=0.2)
     assert page.status_code == 200 and flow in page.text
     assert flow in http.get(f"{ui}/audit/session", params={"id": session}, timeout=10).text
     detail = http.get(f"{ui}/audit/flows/{flow}", timeout=10)
@@ -302,7 +259,7 @@ def test_every_file_and_directory_of_the_default_lake_is_owner_only(confdir, ups
     home = Path(tempfile.mkdtemp(prefix="pc-modes-"))
     try:
         rules = tmp_path / "rules.yaml"
-        rules.write_text(textwrap.dedent(RULES))
+        rules.write_text(textwrap.dedent(NO_DELETES))
         before = os.umask(0o022)  # the gateway inherits a permissive umask: modes are the code's
         try:
             gw = DefaultGateway(rules, confdir, home, ["--lake-maintenance", "1"]).start()
@@ -311,10 +268,7 @@ def test_every_file_and_directory_of_the_default_lake_is_owner_only(confdir, ups
         try:
             agents(gw, upstream, f"modes-{uuid.uuid4().hex[:8]}", 20, threads=2)
             data = gw.lake / "data"
-            deadline = time.monotonic() + 30
-            while not list(data.rglob("*.parquet")) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            parquet = list(data.rglob("*.parquet"))
+            parquet = poll(lambda: list(data.rglob("*.parquet")), bool, timeout=30, interval=0.2)
             assert parquet, "maintenance flushed no inlined rows into Parquet files"
             running = modes_under(home)
         finally:

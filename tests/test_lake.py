@@ -9,11 +9,8 @@ flows, and maintenance runs in one process at a time and compacts the files.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -26,42 +23,22 @@ from pathlib import Path
 import pytest
 import requests
 
-from recordings import maintenance
+from recordings import extensions, maintenance
 from recordings.control import ask
 from recordings.lake import Lake
 from recordings.store import Store, micros
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import Canned, UpstreamServer
+from tests.support.module_servers import module_upstream  # noqa: F401  (the module's upstream)
+from tests.support.recording_reader import (
+    NO_DELETES,
+    analyst_result,
+    proxied_session,
+    start_analyst,
+)
+from tests.support.upstream import Canned
 
-RULES = """
-    version: 1
-    default: allow
-    rules:
-      - name: no-deletes
-        match: {method: DELETE}
-        action: block
-        reason: Agents may not delete
-"""
 #: Requests per gateway (bench/lake.py sends 2 x 2,000).
 PER_GATEWAY = int(os.environ.get("PORTCULLIS_LAKE_TEST_REQUESTS", "300"))
-
-ANALYST = """
-import duckdb, json, sys, time
-sys.path.insert(0, sys.argv[4])
-from recordings import extensions
-con = duckdb.connect(config={"extension_directory": str(extensions.install(sys.argv[5], ("ducklake", "postgres")))})
-con.execute("SET enable_progress_bar = false")
-con.execute(sys.argv[1])
-samples = []
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    samples.append(con.execute("SELECT count(*), count(DISTINCT id) FROM rec.flows WHERE session_id LIKE ?",
-                               [sys.argv[2] + '%']).fetchone())
-    if samples[-1][0] >= int(sys.argv[3]):
-        break
-    time.sleep(0.05)
-print(json.dumps(samples))
-"""
 
 
 @dataclass
@@ -78,17 +55,10 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def pair(tmp_path_factory, confdir, postgres_dsn) -> Iterator[Pair]:
     tmp = tmp_path_factory.mktemp("lake")
     rules = tmp / "rules.yaml"
-    rules.write_text(textwrap.dedent(RULES))
+    rules.write_text(textwrap.dedent(NO_DELETES))
     lake = Lake.parse(postgres_dsn, str(tmp / "data"))
     p = Pair(lake, None, None, rules, confdir)  # type: ignore[arg-type]
     p.a = GatewayProcess(rules, confdir, p.args("a")).start()
@@ -100,9 +70,7 @@ def pair(tmp_path_factory, confdir, postgres_dsn) -> Iterator[Pair]:
 
 def agent(gateway: GatewayProcess, url: str, session: str, count: int, out: list[str],
           stop: threading.Event | None = None) -> None:
-    with requests.Session() as http:
-        http.trust_env = False
-        http.proxies = {"http": gateway.proxy_url}
+    with proxied_session(gateway) as http:
         for _ in range(count):
             if stop is not None and stop.is_set():
                 return
@@ -117,10 +85,9 @@ def agent(gateway: GatewayProcess, url: str, session: str, count: int, out: list
 def test_two_gateways_one_lake_every_flow_exactly_once_while_an_analyst_queries(pair, upstream, tmp_path):
     tag = f"pair-{uuid.uuid4().hex[:8]}"
     total = 2 * PER_GATEWAY
-    analyst = subprocess.Popen(
-        [sys.executable, "-c", ANALYST, pair.lake.attach_statement(), tag, str(total),
-         str(Path(__file__).resolve().parent.parent), str(tmp_path / "ext")],
-        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # An analyst's DuckDB process counts the rows every 50 ms meanwhile (the pinned extensions).
+    analyst = start_analyst(pair.lake.attach_statement(), f"{tag}%", total,
+                            extensions=extensions.install(tmp_path / "ext", pair.lake.extensions))
     sent: dict[str, list[str]] = {"a": [], "b": []}
     clients = []
     for name, gateway in (("a", pair.a), ("b", pair.b)):
@@ -131,9 +98,7 @@ def test_two_gateways_one_lake_every_flow_exactly_once_while_an_analyst_queries(
         thread.start()
     for thread in clients:
         thread.join(180)
-    out, err = analyst.communicate(timeout=150)
-    assert analyst.returncode == 0, err
-    samples = json.loads(out.strip().splitlines()[-1])
+    samples = [(count, distinct) for _, count, distinct, _ in analyst_result(analyst, timeout=150)["samples"]]
     assert all(count == distinct for count, distinct in samples)
     assert [c for c, _ in samples] == sorted(c for c, _ in samples)
     assert samples[-1][0] == total, samples[-5:]

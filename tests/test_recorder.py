@@ -24,13 +24,14 @@ import requests
 
 from recordings.store import Store, micros
 from tests.support.gateway import GatewayProcess
+from tests.support.module_servers import module_upstream  # noqa: F401  (the module's upstream)
 from tests.support.recording_reader import NO_DELETES as RULES
 from tests.support.recording_reader import poll
 from tests.support.recording_reader import proxied_session as client
 from tests.support.recording_reader import query as sql
 from tests.support.recording_reader import wait_for_flow as wait_flow
 from tests.support.recording_reader import wait_for_rows as wait_for
-from tests.support.upstream import Canned, UpstreamServer
+from tests.support.upstream import Canned
 
 #: The credential the module's gateway injects (from its environment) for /secret/**.
 INJECTED = f"inj-{uuid.uuid4().hex}"
@@ -76,13 +77,6 @@ def seed_old_and_recent(db: Path) -> None:
                   {"seq": 2, "flow_id": "recent", "at": micros(now - DAY), "kind": "received"}])
     cur.close()
     store.close()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

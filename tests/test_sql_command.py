@@ -5,15 +5,12 @@ The tests run in file order: the last one stops the module's gateway.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import re
 import socket
 import stat
-import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -21,45 +18,21 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import requests
 
-from gateway import cli
 from gateway.settings import PROJECT_ROOT
 from recordings.control import RequestFailed, ask, socket_path
+from tests.support.cli_run import portcullis, portcullis_here
 from tests.support.gateway import GatewayProcess
+from tests.support.recording_reader import NO_DELETES, proxied_session
 from tests.support.upstream import UpstreamServer
 
-RULES = """
-    version: 1
-    default: allow
-    rules:
-      - name: no-deletes
-        match: {method: DELETE}
-        action: block
-        reason: Agents may not delete
+RULES = NO_DELETES + """
       - name: big-refunds
         match: {method: POST, path: /v1/refunds, json: {"$.amount": {gt: 1000}}}
         action: block
         reason: Refunds over 1000 need a person
 """
 DOC = PROJECT_ROOT / "docs" / "recording.md"
-
-
-def portcullis(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=60)
-
-
-def portcullis_here(*args: str) -> subprocess.CompletedProcess[str]:
-    """The same command in this process (gateway.cli.main): no interpreter start per call.
-    Each behaviour keeps one call through the real ``python -m gateway`` (portcullis())."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +42,7 @@ def recording(tmp_path_factory, confdir) -> Iterator[GatewayProcess]:
     (tmp / "rules.yaml").write_text(textwrap.dedent(RULES))
     upstream = UpstreamServer().start()
     gateway = GatewayProcess(tmp / "rules.yaml", confdir).start()
-    http = requests.Session()
-    http.trust_env = False
-    http.proxies = {"http": gateway.proxy_url}
+    http = proxied_session(gateway)
     session = {"X-Portcullis-Session": f"s-{uuid.uuid4().hex[:8]}"}
     for index in range(5):
         assert http.get(upstream.url(f"/v1/items/{index}"), headers=session, timeout=10).ok

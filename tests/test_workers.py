@@ -19,14 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import requests
 
 from gateway import workers
-from recordings.lake import Lake, attach, extension_directory
+from recordings.lake import Lake
 from review_ui.reviewers import add_reviewer
 from tests.support.gateway import GatewayProcess, free_port
+from tests.support.module_servers import module_upstream  # noqa: F401  (the module's upstream)
+from tests.support.recording_reader import lake_reader, poll, proxied_session
 from tests.support.upstream import UpstreamServer
 
 RULES = """\
@@ -98,13 +99,6 @@ def listening_pids(candidates: list[int], port: int) -> set[int]:
             except OSError:
                 continue
     return found
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -180,16 +174,13 @@ def test_both_workers_record_into_the_one_lake_each_flow_once(rig: GatewayProces
     # Each worker keeps its own journal and analyst socket beside its own --db path.
     assert rig.db.with_name("gw.worker1.duckdb.sock").exists() and Path(f"{rig.db}.sock").exists()
     lake = Lake.parse(str(rig.lake))  # type: ignore[attr-defined]
-    deadline, counts = time.monotonic() + 20, {}
-    while time.monotonic() < deadline:
+
+    def recorded() -> dict[str, int]:
         # An analyst's own DuckDB, read-only, with the pinned extension wheels (offline).
-        with duckdb.connect(config={"extension_directory": str(extension_directory(rig.lake)),  # type: ignore[attr-defined]
-                                    "autoinstall_known_extensions": "false"}) as con:
-            attach(con, lake, read_only=True)
-            counts = dict(con.execute("SELECT id, count(*) FROM flows WHERE path = '/recorded' GROUP BY id").fetchall())
-        if set(counts) >= set(seen):
-            break
-        time.sleep(0.2)
+        with lake_reader(lake, rig.lake) as con:  # type: ignore[attr-defined]
+            return dict(con.execute("SELECT id, count(*) FROM flows WHERE path = '/recorded' GROUP BY id").fetchall())
+
+    counts = poll(recorded, lambda counts: set(counts) >= set(seen), timeout=20, interval=0.2)
     assert set(counts) == set(seen) and set(counts.values()) == {1}, (len(counts), len(seen))
 
 
@@ -308,9 +299,7 @@ def test_sigterm_stops_every_worker_cleanly(rig: GatewayProcess, upstream: Upstr
     """The module's last use of the rig: it is stopped here."""
     pids = _children(rig)
     assert len(pids) == 2
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies = {"http": rig.proxy_url}
+    session = proxied_session(rig)
     assert session.get(upstream.url("/hello"), timeout=10).status_code == 200  # a kept-alive connection
     assert rig.stop(signal.SIGTERM) == 0
     for pid in pids:  # the supervisor waited for (reaped) each worker before it exited
