@@ -2,8 +2,9 @@
 
 The servers (mcp 2.3.0, Streamable HTTP, one in JSON and one in SSE response mode, both
 in one process) and the clients run in their own virtualenvs (tests/support/sdk_venv.py:
-the SDKs need an h11 the gateway's mitmproxy cannot have beside it). Each client major runs one session per
-server with every step below, concurrently, once per module; the tests read its report.
+the SDKs need an h11 the gateway's mitmproxy cannot have beside it). Each client major
+runs one session per server with every step below, concurrently (one process per major),
+once per module; the tests read its report.
 """
 
 from __future__ import annotations
@@ -68,15 +69,18 @@ def gateway(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sessions(servers, gateway):
-    """(major, mode) -> the client's report of one session with every step."""
+    """(major, mode) -> the client's report of one session with every step (a process per
+    major, its sessions with both servers at once: sdk_venv.MCP_CLIENTS)."""
     for name in MAJORS:
         sdk_venv.ensure(name)
-    jobs = {(major, mode): (major, url) for major in MAJORS for mode, url in servers.items()}
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        futures = {key: pool.submit(sdk_venv.run_json, major, sdk_venv.MCP_CLIENT, url,
-                                    json.dumps(STEPS), gateway=gateway, timeout=90)
-                   for key, (major, url) in jobs.items()}
-        return {key: future.result() for key, future in futures.items()}
+    modes = list(servers)
+    with ThreadPoolExecutor(len(MAJORS)) as pool:
+        futures = {major: pool.submit(sdk_venv.run_json, major, sdk_venv.MCP_CLIENTS,
+                                      json.dumps([servers[mode] for mode in modes]), json.dumps(STEPS),
+                                      gateway=gateway, timeout=90)
+                   for major in MAJORS}
+        return {(major, mode): report for major, future in futures.items()
+                for mode, report in zip(modes, future.result(), strict=True)}
 
 
 CASES = [(major, mode) for major in MAJORS for mode in MODES]

@@ -294,12 +294,7 @@ def mcp_servers(servers: dict[str, tuple[str, ...]], name: str = "mcp2") -> Iter
         process.terminate()
         process.wait(10)
 
-#: An MCP client (either major) through the proxy. argv: url, JSON list of steps:
-#: ["list"] | ["call", tool, {arguments}] | ["progress", tool, {arguments}] (with a progress
-#: callback; its notifications are reported). Prints one JSON line: a result per step
-#: ({"tools"} | {"text", "is_error"} | {"exception", "message"}) and "survived": whether
-#: the session still answered after the last step.
-MCP_CLIENT = r'''
+_MCP_SESSION = r'''
 import asyncio, json, os, sys, time
 import importlib.metadata as md
 from mcp import ClientSession
@@ -308,10 +303,9 @@ try:
     import httpx2 as httpx
 except ImportError:
     import httpx
-url, steps = sys.argv[1], json.loads(sys.argv[2])
 timeout = float(os.environ.get("MCP_TEST_READ_TIMEOUT", "300"))
 
-async def main():
+async def session_report(url, steps):
     out = []
     client = httpx.AsyncClient(proxy=os.environ["PORTCULLIS_TEST_PROXY"],
                                timeout=httpx.Timeout(30, read=timeout))
@@ -347,7 +341,27 @@ async def main():
                 survived = True
             except Exception:
                 survived = False
-    print(json.dumps({"version": md.version("mcp"), "steps": out, "survived": survived}))
+    return {"version": md.version("mcp"), "steps": out, "survived": survived}
+'''
 
-asyncio.run(main())
+#: An MCP client (either major) through the proxy. argv: url, JSON list of steps:
+#: ["list"] | ["call", tool, {arguments}] | ["progress", tool, {arguments}] (with a progress
+#: callback; its notifications are reported). Prints one JSON line: a result per step
+#: ({"tools"} | {"text", "is_error"} | {"exception", "message"}) and "survived": whether
+#: the session still answered after the last step.
+MCP_CLIENT = _MCP_SESSION + r'''
+url, steps = sys.argv[1], json.loads(sys.argv[2])
+print(json.dumps(asyncio.run(session_report(url, steps))))
+'''
+
+#: MCP_CLIENT's session with every URL at once, in one process (one SDK import).
+#: argv: JSON list of URLs, JSON list of steps. Prints a JSON list: MCP_CLIENT's report
+#: per URL, in order.
+MCP_CLIENTS = _MCP_SESSION + r'''
+urls, steps = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+
+async def main():
+    return await asyncio.gather(*(session_report(url, steps) for url in urls))
+
+print(json.dumps(asyncio.run(main())))
 '''
