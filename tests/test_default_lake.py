@@ -270,7 +270,10 @@ def test_every_file_and_directory_of_the_default_lake_is_owner_only(confdir, ups
             data = gw.lake / "data"
             parquet = poll(lambda: list(data.rglob("*.parquet")), bool, timeout=30, interval=0.2)
             assert parquet, "maintenance flushed no inlined rows into Parquet files"
-            running = modes_under(home)
+            # SQLite's -wal/-shm exist while a connection has the catalog open: a look at a
+            # moment they are there (checked below that it was found).
+            running = poll(lambda: modes_under(home), lambda modes: any(
+                name.startswith("portcullis.lake/catalog.sqlite-") for name in modes), timeout=10)
         finally:
             gw.stop()
         stopped = modes_under(home)

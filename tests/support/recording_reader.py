@@ -100,6 +100,7 @@ config = {"extension_directory": job["extensions"]} if job["extensions"] else {}
 con = duckdb.connect(config=config)  # without: DuckDB's default extension directory, ~/.duckdb/extensions
 con.execute("SET enable_progress_bar = false")
 con.execute(job["attach"])
+print("attached", flush=True)
 samples, deadline = [], time.monotonic() + job["seconds"]
 while time.monotonic() < deadline:
     began = time.perf_counter()
@@ -122,11 +123,17 @@ print(json.dumps({"samples": samples, "refused": refused, "views": views}))
 def start_analyst(attach_statement: str, sessions: str, total: int, *, extensions: Path | None = None,
                   seconds: float = 120, interval: float = 0.05, view: str | None = None,
                   env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
-    """The analyst process (``ANALYST``): ``sessions`` is a LIKE pattern of session ids."""
+    """The analyst process (``ANALYST``), returned once it has attached (so that it counts
+    from before the rows the test sends next): ``sessions`` is a LIKE pattern of session ids."""
     job = {"attach": attach_statement, "sessions": sessions, "total": total, "seconds": seconds,
            "interval": interval, "view": view, "extensions": str(extensions) if extensions else None}
-    return subprocess.Popen([sys.executable, "-c", ANALYST, json.dumps(job)], text=True, env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    analyst = subprocess.Popen([sys.executable, "-c", ANALYST, json.dumps(job)], text=True, env=env, cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert analyst.stdout is not None
+    if analyst.stdout.readline() != "attached\n":
+        _, err = analyst.communicate(timeout=30)
+        raise AssertionError(f"the analyst did not attach: {err}")
+    return analyst
 
 
 def analyst_result(analyst: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
