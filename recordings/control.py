@@ -153,6 +153,10 @@ def _absolute(path: Any) -> Path:
     return Path(path)
 
 
+#: How often the analyst socket's accept loop looks whether it is to stop.
+STOP_POLL_S = 0.05
+
+
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
@@ -164,8 +168,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             raise OSError(f"socket path too long for AF_UNIX ({len(str(path))} > {MAX_SOCKET_PATH})")
         _remove_stale(path)
         super().__init__(str(path), _Handler)
-        self._thread = threading.Thread(target=self.serve_forever, name="portcullis-control",
-                                        daemon=True)
+        # stop() waits for serve_forever to notice shutdown(), up to one poll interval:
+        # socketserver's default 0.5 s was most of every gateway's stop.
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": STOP_POLL_S},
+                                        name="portcullis-control", daemon=True)
 
     def server_bind(self) -> None:
         # Restrict before listen(): nobody can connect in between.

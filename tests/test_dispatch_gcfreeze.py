@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 import pytest
@@ -20,14 +21,21 @@ def test_running_freezes_the_objects_alive_once(unfrozen, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     startup = [object() for _ in range(10)], {"rules": [1, 2]}  # something startup built
     addon = GcFreezeAddon()
-    addon.running()
-    assert addon.frozen > 0 and gc.get_freeze_count() >= addon.frozen
-    assert not any(o is startup for o in gc.get_objects())  # no longer in any scanned generation
-    later = [[]]  # created after: still collected as usual
-    assert any(o is later for o in gc.get_objects())
     calls = []
-    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
-    addon.running()  # once only
+
+    async def main():
+        addon.running()
+        assert addon.frozen == 0  # not before the loop's next turn: READY comes first
+        await asyncio.sleep(0)
+        assert addon.frozen > 0 and gc.get_freeze_count() > 0
+        assert not any(o is startup for o in gc.get_objects())  # no longer in any scanned generation
+        later = [[]]  # created after: still collected as usual
+        assert any(o is later for o in gc.get_objects())
+        monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+        addon.running()  # once only
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
     assert calls == []
 
 
