@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -276,9 +277,36 @@ def _raw_bytes(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file())
 
 
-def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, confdir, upstream):
+HOLD_REFUNDS = """
+  - name: hold-refunds
+    match: {path: /v1/refunds}
+    action: hold
+    timeout: 60s
+"""
+#: The load of the killed gateway's agents; the other flows of the scenario are under /v1/.
+LOAD_PATHS = ("/fast", "/slow")
+
+
+@dataclass
+class Crash:
+    """What a gateway killed with SIGKILL left, and the gateway restarted on its recording."""
+
+    killed: GatewayProcess
+    completed: list[tuple[str, float]]  # (flow id, answered at) of the agents' flows
+    killed_at: float
+    recorded_at_kill: set[str]  # the flows in the file before the restart
+    denied: requests.Response
+    again: GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def crash(tmp_path_factory, confdir, upstream) -> Iterator[Crash]:
+    """One gateway, killed with SIGKILL while agents load it, one flow is held, one was
+    abandoned while held and a denial was just answered; then restarted on its recording.
+    The two tests below read what the restart recovered; the second stops the restart."""
+    tmp = tmp_path_factory.mktemp("crash")
     upstream.routes["/slow"] = lambda seen: (time.sleep(0.3), Canned(200, b"slow"))[1]
-    gw = start(tmp_path, confdir)
+    gw = start(tmp, confdir, rules=textwrap.dedent(RULES) + HOLD_REFUNDS)
     completed: list[tuple[str, float]] = []
     stop = threading.Event()
 
@@ -291,49 +319,9 @@ def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(tmp_path, c
                     return  # the gateway died
                 completed.append((response.headers["X-Portcullis-Flow-Id"], time.time()))
 
-    threads = [threading.Thread(target=agent, args=(p,)) for p in ["/fast"] * 6 + ["/slow"] * 2]
+    threads = [threading.Thread(target=agent, args=(p,)) for p in [LOAD_PATHS[0]] * 6 + [LOAD_PATHS[1]] * 2]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 20  # enough completed flows whatever the machine's load
-    while sum(1 for _, at in completed if at <= time.time() - 1) <= 60 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gw.process is not None
-    gw.process.kill()
-    killed_at = time.time()
-    gw.process.wait(10)
-    stop.set()
-    for thread in threads:
-        thread.join(10)
-    must_have = {flow_id for flow_id, at in completed if at <= killed_at - 1}
-    assert len(must_have) > 50
-    con = open_when_written(gw.db)  # reopens without error (WAL replayed)
-    recorded = {flow_id for (flow_id,) in con.execute("SELECT id FROM flows").fetchall()}
-    con.close()
-    assert must_have - recorded == set()
-
-    again = start(tmp_path, confdir, "--db", str(gw.db))
-    try:
-        lost = sql(again.db, """SELECT count(*) FROM events e WHERE kind = 'received'
-                               AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = e.flow_id)""")
-        assert lost == [(0,)]
-        # Even flows answered in the last second were journaled before they were forwarded.
-        every_row = {flow_id for (flow_id,) in sql(again.db, "SELECT id FROM flows")}
-        assert {flow_id for flow_id, _ in completed} - every_row == set()
-        restarted = sql(again.db, "SELECT decision, count(*) FROM flows "
-                                  "WHERE reason = 'gateway_restart' GROUP BY ALL")
-        assert all(decision == "error" for decision, _ in restarted)
-    finally:
-        again.stop_soon()  # nothing reads its recording afterwards
-
-
-def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart(tmp_path, confdir, upstream):
-    rules = RULES + """
-      - name: hold-refunds
-        match: {path: /v1/refunds}
-        action: hold
-        timeout: 60s
-    """
-    gw = start(tmp_path, confdir, rules=rules)
     waiting = threading.Thread(target=lambda: _quietly(client(gw).post, upstream.url("/v1/refunds"),
                                                        json={"amount": 7}, timeout=30), daemon=True)
     waiting.start()
@@ -353,23 +341,57 @@ def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart
             impatient.recv(1)  # held: not answered
     abandoned = wait_for(gw.db, "SELECT decision FROM flows WHERE query = 'impatient=1'", [("abandoned",)])
     assert abandoned == [("abandoned",)]
+    deadline = time.monotonic() + 20  # enough completed flows whatever the machine's load
+    while sum(1 for _, at in completed if at <= time.time() - 1) <= 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
     denied = client(gw).delete(upstream.url("/v1/tables/users"), timeout=10)
     assert gw.process is not None
     gw.process.kill()  # at once: the denial's row was not committed yet, only journaled
+    killed_at = time.time()
     gw.process.wait(10)
-    assert denied.status_code == 403
-    again = start(tmp_path, confdir, "--db", str(gw.db))
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    con = open_when_written(gw.db)  # reopens without error (WAL replayed)
+    recorded = {flow_id for (flow_id,) in con.execute("SELECT id FROM flows").fetchall()}
+    con.close()
+    again = start(tmp, confdir, "--db", str(gw.db), rules=textwrap.dedent(RULES) + HOLD_REFUNDS)
+    yield Crash(gw, completed, killed_at, recorded, denied, again)
+    again.stop_soon()
+
+
+def test_kill_9_loses_no_completed_flow_and_restart_closes_open_ones(crash):
+    must_have = {flow_id for flow_id, at in crash.completed if at <= crash.killed_at - 1}
+    assert len(must_have) > 50
+    assert must_have - crash.recorded_at_kill == set()
+    lost = sql(crash.again.db, """SELECT count(*) FROM events e WHERE kind = 'received'
+                                  AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.id = e.flow_id)""")
+    assert lost == [(0,)]
+    # Even flows answered in the last second were journaled before they were forwarded.
+    every_row = {flow_id for (flow_id,) in sql(crash.again.db, "SELECT id FROM flows")}
+    assert {flow_id for flow_id, _ in crash.completed} - every_row == set()
+    restarted = sql(crash.again.db, "SELECT decision, count(*) FROM flows WHERE reason = 'gateway_restart' "
+                                    f"AND path IN {LOAD_PATHS} GROUP BY ALL")
+    assert all(decision == "error" for decision, _ in restarted)
+
+
+def test_flows_open_or_just_denied_when_the_gateway_died_are_recorded_on_restart(crash):
+    """The last test of the crash fixture: it stops the restarted gateway."""
+    assert crash.denied.status_code == 403
+    again, scenario = crash.again, "path LIKE '/v1/%'"
     try:
         again.wait_for_output("flows were unfinished")
         rows = sql(again.db, "SELECT path, decision, rules, reason, status_code FROM flows "
-                             "WHERE query IS NULL ORDER BY path")
+                             f"WHERE query IS NULL AND {scenario} ORDER BY path")
         assert rows == [("/v1/refunds", "expired", [], "gateway_restart", None),
                         ("/v1/tables/users", "blocked", ["no-deletes"], "Agents may not delete", 403)]
         assert sql(again.db, "SELECT kind FROM events WHERE kind = 'expired'") == [("expired",)]
-        assert sql(again.db, "SELECT count(*) FROM events WHERE kind = 'received'") == [(3,)]
+        assert sql(again.db, "SELECT count(*) FROM events e JOIN flows f ON f.id = e.flow_id "
+                             f"WHERE e.kind = 'received' AND {scenario}") == [(3,)]
     finally:
         again.stop()
-    assert list(gw.db.parent.glob(gw.db.name + ".journal.*")) == []  # clean stop: nothing left
+    db = crash.killed.db
+    assert list(db.parent.glob(db.name + ".journal.*")) == []  # clean stop: nothing left
 
 
 def _quietly(call, *args, **kwargs) -> None:
