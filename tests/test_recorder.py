@@ -2,8 +2,9 @@
 
 The tests up to test_no_secret_reaches_the_disk share the module's gateway (its
 recording was seeded with an old and a recent flow, for the retention it runs on start);
-they run in file order, and that last one stops it. The tests after it need a gateway of
-their own (killed, restarted, or started with other options).
+they run in file order, and that last one stops it. The two crash tests share one gateway
+killed with SIGKILL and its restart (the ``crash`` fixture); the last two start gateways of
+their own (a refused start, other options).
 """
 
 from __future__ import annotations
