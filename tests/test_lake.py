@@ -32,6 +32,7 @@ from tests.support.module_servers import module_upstream  # noqa: F401  (the mod
 from tests.support.recording_reader import (
     NO_DELETES,
     analyst_result,
+    poll,
     proxied_session,
     start_analyst,
 )
@@ -162,8 +163,9 @@ def test_a_killed_gateway_loses_no_completed_flow_and_recovers_only_its_own(pair
     assert {row[0] for row in rows} == completed
     assert all(row[1] == 1 for row in rows)  # each once: the restart waited for A's old writer
     # A's restart closed A's open flows; B's flow, in flight meanwhile, finished normally.
-    b_flow = ask(pair.b.db, "/query", {"sql": "SELECT decision, reason FROM flows WHERE id = ?",
-                                       "params": [slow_b[0]]})["rows"]
+    # (B commits its row a moment after it answered: polled.)
+    b_flow = poll(lambda: ask(pair.b.db, "/query", {"sql": "SELECT decision, reason FROM flows WHERE id = ?",
+                                                    "params": [slow_b[0]]})["rows"], bool)
     assert b_flow == [["allowed", None]]
     open_a = ask(pair.a.db, "/query", {"sql": """
         SELECT count(*) FROM events r WHERE r.kind = 'received'
