@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from gateway import cli
 from gateway.settings import DEFAULT_RULES, PROJECT_ROOT
+from tests.support.cli_run import portcullis, portcullis_here
 from tests.support.gateway import GatewayProcess
-
-
-def portcullis(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def portcullis_here(*args: str) -> subprocess.CompletedProcess[str]:
-    """The same command in this process (gateway.cli.main): no interpreter start per call
-    (``python -m gateway`` itself is what every ``run`` test starts, and env's output is
-    checked from a real ``python -m gateway env`` in a real shell)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def write(tmp_path, text: str, name: str = "rules.yaml"):

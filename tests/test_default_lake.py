@@ -163,7 +163,7 @@ def test_an_analyst_attaches_the_default_recording_live_with_one_statement(rig, 
           f"median {statistics.median(lag_ms):.0f} ms, p95 {lag_ms[int(len(lag_ms) * 0.95)]:.0f} ms; "
           f"analyst count query while writing median {statistics.median(query_ms):.1f} ms, "
           f"p95 {query_ms[int(len(query_ms) * 0.95)]:.1f} ms over {len(samples)} queries")
-    assert statistics.median(lag_ms) < 2000, lag_ms
+    # Printed for the reader, never asserted (project rule 6: timings belong in bench/).
 
 
 def test_portcullis_sql_and_export_read_the_default_lake_without_flags(rig, upstream, analyst_home,
