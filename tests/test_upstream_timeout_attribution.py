@@ -113,3 +113,20 @@ def test_a_flow_cut_by_its_own_deadline_uses_up_the_cut():
         assert states.of(later).error == "upstream_protocol_error"
 
     _run(scenario)
+
+
+def test_a_flow_whose_connection_is_between_connect_and_tls_is_looked_at_again(caplog):
+    # Its TCP connect is done (no connect in progress) but mitmproxy has not assigned the
+    # connection yet (TLS still going): nothing to cut now, so it looks again rather than
+    # give up (a CI run answered such a stream 502 eight seconds late), for one timeout.
+    async def scenario(addon, states):
+        addon.timeout = 0.1
+        flow = _stream(tflow.tclient_conn())
+        addon._expire(flow)
+        assert flow.id in addon._timers
+        assert "cannot cut" not in caplog.text
+        await asyncio.sleep(0.3)  # past one more timeout with still nothing to cut
+        assert flow.id not in addon._timers
+        assert caplog.text.count("cannot cut") == 1
+
+    _run(scenario)

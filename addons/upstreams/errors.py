@@ -84,6 +84,8 @@ class UpstreamErrorsAddon:
         self._timed_out: set[str] = set()
         #: flows past their deadline still waiting for a connection slot (logged once)
         self._slot_waiters: set[str] = set()
+        #: flow id -> when it was first found past its deadline with nothing to cut yet
+        self._overdue: dict[str, float] = {}
         #: server connection id -> the connect in progress (a connect can hang too)
         self._connecting: dict[str, Connecting] = {}
         #: client connection id -> connects cut for a timeout whose flow is not known yet
@@ -185,6 +187,7 @@ class UpstreamErrorsAddon:
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
         self._slot_waiters.discard(flow.id)
+        self._overdue.pop(flow.id, None)
         timer = self._timers.pop(flow.id, None)
         if timer is not None:
             timer.cancel()
@@ -223,11 +226,19 @@ class UpstreamErrorsAddon:
                     self._cut_connects[flow.client_conn.id] = self._cut_connects.get(flow.client_conn.id, 0) + 1
                     self._timers[flow.id] = asyncio.get_running_loop().call_later(
                         SLOT_POLL_S, self._expire, flow)
-        log.warning("upstream %s did not answer %s %s within %g s",
-                    flow.request.host, flow.request.method, flow.request.pretty_url, self.timeout)
         if task is None:
+            # Between its TCP connect and its TLS handshake's end, a connection is neither
+            # a connect in progress nor the flow's own yet (mitmproxy assigns it once TLS
+            # is up): look again shortly, for as long as one more timeout.
+            loop = asyncio.get_running_loop()
+            first = self._overdue.setdefault(flow.id, loop.time())
+            if loop.time() - first < self.timeout:
+                self._timers[flow.id] = loop.call_later(SLOT_POLL_S, self._expire, flow)
+                return
             log.error("cannot cut the upstream connection of flow %s", flow.id)
             return
+        log.warning("upstream %s did not answer %s %s within %g s",
+                    flow.request.host, flow.request.method, flow.request.pretty_url, self.timeout)
         self._timed_out.add(flow.id)
         # Cancelling the task that reads from (or is still connecting to) the upstream
         # looks like a peer close to the protocol layers, so mitmproxy fails the flow
