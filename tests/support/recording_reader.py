@@ -107,6 +107,8 @@ while time.monotonic() < deadline:
     count, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM rec.flows WHERE session_id LIKE ?",
                                   [job["sessions"]]).fetchone()
     samples.append((time.time(), count, distinct, (time.perf_counter() - began) * 1000))
+    if job["live"]:
+        print(json.dumps({"count": count}), flush=True)  # for wait_seen()
     if count >= job["total"]:
         break
     time.sleep(job["interval"])
@@ -122,11 +124,13 @@ print(json.dumps({"samples": samples, "refused": refused, "views": views}))
 
 def start_analyst(attach_statement: str, sessions: str, total: int, *, extensions: Path | None = None,
                   seconds: float = 120, interval: float = 0.05, view: str | None = None,
-                  env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[str]:
+                  env: dict[str, str] | None = None, cwd: Path | None = None,
+                  live: bool = False) -> subprocess.Popen[str]:
     """The analyst process (``ANALYST``), returned once it has attached (so that it counts
-    from before the rows the test sends next): ``sessions`` is a LIKE pattern of session ids."""
+    from before the rows the test sends next): ``sessions`` is a LIKE pattern of session ids.
+    ``live``: it prints each count as it goes, for wait_seen() (read them: a full pipe stalls it)."""
     job = {"attach": attach_statement, "sessions": sessions, "total": total, "seconds": seconds,
-           "interval": interval, "view": view, "extensions": str(extensions) if extensions else None}
+           "interval": interval, "view": view, "live": live, "extensions": str(extensions) if extensions else None}
     analyst = subprocess.Popen([sys.executable, "-c", ANALYST, json.dumps(job)], text=True, env=env, cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert analyst.stdout is not None
@@ -134,6 +138,19 @@ def start_analyst(attach_statement: str, sessions: str, total: int, *, extension
         _, err = analyst.communicate(timeout=30)
         raise AssertionError(f"the analyst did not attach: {err}")
     return analyst
+
+
+def wait_seen(analyst: subprocess.Popen[str], count: int, timeout: float = 60) -> None:
+    """Wait until the analyst has counted at least ``count`` rows (its live lines)."""
+    assert analyst.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = analyst.stdout.readline()
+        if not line:
+            raise AssertionError("the analyst ended before it counted enough rows")
+        if json.loads(line).get("count", -1) >= count:
+            return
+    raise AssertionError(f"the analyst did not count {count} rows within {timeout} s")
 
 
 def analyst_result(analyst: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
