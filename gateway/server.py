@@ -119,6 +119,24 @@ def _just_accepted(task: asyncio.Task) -> bool:
     return inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
 
 
+#: How long a stop waits for hooks already running before it cuts connections: a flow
+#: answered just before the stop may still have hooks to run (mitmproxy runs each hook in
+#: a task of its own, "handle_hook(...)"), the recorder's among them. A held flow's
+#: request hook waits for a decision and is cut after this (it is recorded as expired).
+HOOKS_GRACE_S = 0.5
+
+
+async def _running_hooks_done(limit: float = HOOKS_GRACE_S) -> None:
+    """Wait, at most ``limit``, until no mitmproxy hook task is running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while (left := deadline - loop.time()) > 0:
+        running = [t for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith("handle_hook(")]
+        if not running:
+            return
+        await asyncio.wait(running, timeout=left)
+
+
 async def stop(master: DumpMaster, grace: float = 3.0) -> None:
     """Close client connections first, then stop the master.
 
@@ -133,6 +151,9 @@ async def stop(master: DumpMaster, grace: float = 3.0) -> None:
     except Exception as exc:  # noqa: BLE001 - best effort: shutting down regardless
         logging.getLogger("portcullis").debug("could not stop listening cleanly: %s", exc)
     await _accepted_registered()
+    # Without this, a flow whose answer went out just before the stop could lose its last
+    # hooks, and with them its recording (seen in CI: a refused smuggling attempt's row).
+    await _running_hooks_done()
     deadline = asyncio.get_running_loop().time() + grace
     # Repeat: a client may connect (or still be in its handshake) while we close the others.
     while connections and asyncio.get_running_loop().time() < deadline:

@@ -1,0 +1,32 @@
+"""gateway/server.py's stop waits for mitmproxy's running hook tasks before it cuts the
+connections: a flow answered just before a stop still gets its last hooks (the recorder's
+among them), and a hook that never ends (a held request) delays the stop only so long."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.server import _running_hooks_done
+
+
+def test_a_stop_waits_for_running_hooks_and_no_longer_than_its_limit():
+    async def main():
+        finished = []
+
+        async def hook(delay: float) -> None:
+            await asyncio.sleep(delay)
+            finished.append(delay)
+
+        asyncio.get_running_loop().create_task(hook(0.05), name="handle_hook(error)")
+        await _running_hooks_done(limit=5)
+        assert finished == [0.05]  # the recorder's error hook would have run
+
+        held = asyncio.get_running_loop().create_task(hook(60), name="handle_hook(request)")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await _running_hooks_done(limit=0.1)
+        assert not held.done()  # cut later by the stop, not awaited
+        assert loop.time() - started < 5  # it returned at its limit, not at the hook's end
+        held.cancel()
+
+    asyncio.run(main())
