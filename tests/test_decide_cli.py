@@ -172,7 +172,7 @@ def test_the_same_rules_apply_and_failures_say_why(rig: ReviewRig):
     # A token is never a flag (it would land in shell history and ps).
     flag = cli(rig, "pending", "--token", rig.tokens["alice"], reviewer=None)
     assert flag.returncode == 2 and "unrecognized arguments" in flag.stderr
-    assert rig.tokens["alice"].split("_")[2] not in flag.stderr.split("unrecognized arguments")[0]
+    assert rig.tokens["alice"].split("_", 2)[2] not in flag.stderr.split("unrecognized arguments")[0]
     down = main(rig, "pending", env={"PORTCULLIS_UI": "127.0.0.1:1"})
     assert down.returncode == 2 and "cannot reach the review UI" in down.stderr
 
