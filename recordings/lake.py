@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -259,15 +260,64 @@ def attach(con: duckdb.DuckDBPyConnection, lake: Lake, read_only: bool, uri: str
 S3_CREDENTIAL_SETTINGS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
 
 
-def without_password(lake: Lake, passfile: Path) -> str:
-    """The ATTACH target with the catalog URL's password moved into ``passfile`` (0600).
+class PassFile:
+    """libpq's password file for a lake catalog, with no name on disk where Linux allows.
+
+    libpq reads a password only from a file it opens by path (``passfile=``), on every new
+    connection. A named file in /tmp outlived a recording process that was killed
+    (SIGKILL runs no cleanup): the catalog password at rest. On Linux the file is made
+    with ``O_TMPFILE`` (it never has a name) and libpq is given ``/proc/self/fd/N``,
+    which only this process resolves, to a file that is gone when the process is.
+    Elsewhere (or on a filesystem without ``O_TMPFILE``) it is a 0600 file in a 0700
+    directory of its own, removed by :meth:`close`.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory  # the fallback's; its parent holds the unnamed file too
+        self.path: Path | None = None
+        self._fd: int | None = None
+
+    def write(self, text: str) -> Path:
+        self.close()
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        unnamed = getattr(os, "O_TMPFILE", 0)
+        if unnamed and Path("/proc/self/fd").is_dir():
+            try:
+                fd = os.open(self.directory.parent, unnamed | os.O_RDWR, 0o600)
+            except OSError:
+                fd = None  # no O_TMPFILE on this filesystem: a named file
+            if fd is not None:
+                os.fchmod(fd, 0o600)
+                os.write(fd, text.encode())
+                self._fd, self.path = fd, Path(f"/proc/self/fd/{fd}")
+                return self.path
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.directory / "pgpass"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(path, 0o600)
+        self.path = path
+        return path
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        elif self.path is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.path = None
+
+
+def without_password(lake: Lake, passfile: PassFile) -> str:
+    """The ATTACH target with the catalog URL's password moved into ``passfile``.
 
     DuckDB shows every attached database's path to any SELECT (``duckdb_databases()``,
     and ``duckdb_settings()``: the path is added to ``allowed_paths``), so a password in
     the URL was one query away for every analyst on the SQL page. libpq reads it from a
     password file named in the URL instead (``passfile=``; the path is shown, the file
     is outside every directory the confined DuckDB may read). Returns ``lake.uri`` when
-    there is no password. The caller removes the file when it closes the lake.
+    there is no password. The caller closes ``passfile`` when it closes the lake.
     """
     from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -277,15 +327,11 @@ def without_password(lake: Lake, passfile: Path) -> str:
     if parts.password is None:
         return lake.uri
     password = unquote(parts.password).replace("\\", "\\\\").replace(":", "\\:")
-    passfile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(passfile, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"*:*:*:*:{password}\n")
-    os.chmod(passfile, 0o600)
+    path = passfile.write(f"*:*:*:*:{password}\n")
     host = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     netloc = f"{user}@{host}" if user else host
-    query = urlencode([*[(k, v) for k, v in parse_qsl(parts.query) if k != "passfile"], ("passfile", str(passfile))])
+    query = urlencode([*[(k, v) for k, v in parse_qsl(parts.query) if k != "passfile"], ("passfile", str(path))])
     return f"ducklake:postgres:{urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))}"
 
 

@@ -192,12 +192,15 @@ class Store:
         self._readers = 0  # analyst queries and exports running now (trim_cache waits for 0)
         self.previous_version = 0
         self._private = False
+        self._passfile: lakes.PassFile | None = None
         if not read_only:
             _private_files(True)
             self._private = True
         try:
             self._con = self._connect()
         except BaseException:
+            if self._passfile is not None:
+                self._passfile.close()
             self._release_umask()
             raise
 
@@ -279,10 +282,14 @@ class Store:
     # --- connections -----------------------------------------------------------
 
     @property
-    def passfile(self) -> Path:
+    def passfile(self) -> lakes.PassFile:
         """The lake catalog's password, out of the URL DuckDB shows (lakes.without_password):
-        in a private directory of its own, not one the confined DuckDB may read."""
-        return Path(tempfile.gettempdir()) / f"portcullis-{os.getuid()}-{os.getpid()}-{id(self):x}" / "pgpass"
+        unnamed where the OS allows, else in a private directory of its own; never in one
+        the confined DuckDB may read."""
+        if self._passfile is None:
+            self._passfile = lakes.PassFile(
+                Path(tempfile.gettempdir()) / f"portcullis-{os.getuid()}-{os.getpid()}-{id(self):x}")
+        return self._passfile
 
     @property
     def wal(self) -> Path:
@@ -367,8 +374,8 @@ class Store:
                 except duckdb.Error:
                     pass  # the WAL is replayed on the next open
             self._con.close()
-        if self.lake is not None:
-            shutil.rmtree(self.passfile.parent, ignore_errors=True)
+        if self._passfile is not None:
+            self._passfile.close()
         self._release_umask()
 
     def _release_umask(self) -> None:

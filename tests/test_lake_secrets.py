@@ -10,6 +10,7 @@ connects, with the password moved into a private libpq password file.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from recordings.lake import Lake
+from recordings.lake import Lake, PassFile
 from recordings.store import Store, StoreError
 from tests.support.postgres import PostgresServer, find_bindir
 
@@ -59,8 +60,17 @@ def test_the_catalog_password_is_used_but_not_shown_to_analysts(strict_postgres,
         store.insert(cur, [{"id": "f1", "decision": "allowed", "rules": []}], [])
         cur.close()
         assert store.query("SELECT id FROM flows")[1] == [("f1",)]
-        passfile = store.passfile
-        assert passfile.stat().st_mode & 0o777 == 0o600 and passfile.parent.stat().st_mode & 0o777 == 0o700
+        passfile = store.passfile.path
+        assert passfile is not None and passfile.stat().st_mode & 0o777 == 0o600
+        if str(passfile).startswith("/proc/self/fd/"):  # Linux: a file with no name
+            assert passfile.stat().st_nlink == 0
+            # At rest nowhere: a SIGKILLed recording process runs no cleanup, and the named
+            # file in /tmp it used to write kept the password there.
+            escaped = PASSWORD.replace("\\", "\\\\").replace(":", "\\:")
+            assert passfile.read_text() == f"*:*:*:*:{escaped}\n"
+            assert not _files_holding(escaped, Path(tempfile.gettempdir()))
+        else:
+            assert passfile.parent.stat().st_mode & 0o777 == 0o700
         shown = ""
         for sql in ("SELECT * FROM duckdb_databases()", "SELECT name, value FROM duckdb_settings()",
                     "SELECT * FROM duckdb_secrets()"):
@@ -70,6 +80,44 @@ def test_the_catalog_password_is_used_but_not_shown_to_analysts(strict_postgres,
             assert form not in shown
         with pytest.raises(Exception, match="disabled by configuration"):
             store.query(f"SELECT * FROM read_text('{passfile}')")  # confined: not readable by SQL
+        inode = passfile.stat().st_ino
     finally:
         store.close()
-    assert not passfile.exists()
+    assert not passfile.exists() or passfile.stat().st_ino != inode  # an fd number may be reused
+
+
+def _files_holding(text: str, root: Path) -> list[Path]:
+    """Files under ``root`` (this user's, not too large) whose bytes contain ``text``."""
+    found, needle = [], text.encode()
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20 \
+                    and needle in path.read_bytes():
+                found.append(path)
+        except OSError:
+            continue  # another test's file, gone or unreadable
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="O_TMPFILE is Linux's")
+def test_the_password_file_has_no_name_on_linux(tmp_path: Path) -> None:
+    passfile = PassFile(tmp_path / "private")
+    path = passfile.write("*:*:*:*:hunter2\n")
+    fd = int(path.name)
+    assert path.read_text() == "*:*:*:*:hunter2\n" and path.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_nlink == 0 and _files_holding("hunter2", tmp_path) == []
+    passfile.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: the file is gone with its last descriptor
+
+
+def test_without_o_tmpfile_it_is_a_private_named_file_removed_on_close(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    passfile = PassFile(tmp_path / "private")
+    path = passfile.write("*:*:*:*:hunter2\n")
+    assert path == tmp_path / "private" / "pgpass"
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert _files_holding("hunter2", tmp_path) == [path]  # what the unnamed file avoids
+    passfile.close()
+    assert not path.parent.exists()
