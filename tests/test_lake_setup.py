@@ -27,15 +27,17 @@ from recordings.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 #: One fresh gateway's recording process, as far as the lake is concerned: open the
-#: store read-write (attach, create, migrate) once the start file exists, write, report.
+#: store read-write (attach, create, migrate) when told to go, write, report. With
+#: "wait", it says "ready" once it has imported everything and opens on a line on stdin.
 OPENER = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 from recordings.lake import Lake
 from recordings.store import Store, micros
-lake, data, db, go = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-while time.time() < go:
-    time.sleep(0.001)
+lake, data, db, go = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+if go == "wait":
+    print("ready", flush=True)
+    sys.stdin.readline()
 began = time.monotonic()
 store = Store(db, lake=Lake.parse(lake, data or ""), scope=f"racer:{db}")
 opened = time.monotonic() - began
@@ -53,11 +55,18 @@ RACERS = 3
 
 def race(lake: str, data: str, tmp: Path) -> list[dict]:
     """RACERS processes that all open the lake at the same instant; their reports."""
-    go = time.time() + 3.0  # after every interpreter has started and imported duckdb
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(ROOT), lake, data,
-                               str(tmp / f"gw{index}.duckdb"), repr(go)],
-                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               str(tmp / f"gw{index}.duckdb"), "wait"],
+                              text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for index in range(RACERS)]
+    # The go once every interpreter has started and imported duckdb (each says so), not
+    # at a fixed time: the same instant for all, however long the starts took.
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.communicate()[1][-3000:]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     reports = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -105,7 +114,7 @@ def test_the_setup_lock_serialises_and_is_released(postgres, tmp_path):
     lake = Lake.parse(dsn, str(tmp_path / "data"))
     with lakes.setup_lock(lake):
         opener = subprocess.Popen([sys.executable, "-c", OPENER, str(ROOT), dsn, str(tmp_path / "data"),
-                                   str(tmp_path / "late.duckdb"), "0"],
+                                   str(tmp_path / "late.duckdb"), "now"],
                                   text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with psycopg.connect(dsn, autocommit=True) as pg:
             deadline = time.monotonic() + 30
