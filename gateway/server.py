@@ -122,20 +122,32 @@ def _just_accepted(task: asyncio.Task) -> bool:
 
 #: How long a stop waits for hooks already running before it cuts connections: a flow
 #: answered just before the stop may still have hooks to run (mitmproxy runs each hook in
-#: a task of its own, "handle_hook(...)"), the recorder's among them. A held flow's
-#: request hook waits for a decision and is cut after this (it is recorded as expired).
-HOOKS_GRACE_S = 0.5
+#: a task of its own, "handle_hook(...)"), the recorder's among them. mitmproxy answers a
+#: request it cannot parse (CL+TE, say) before its requestheaders and error hooks run, so
+#: under load those can take a while to come; a fixed 0.5 s lost such a row in fresh-clone
+#: runs on a busy machine.
+HOOKS_GRACE_S = 3.0
+#: A ``request`` hook may be a hold waiting for a reviewer (that never ends by itself): it
+#: delays the stop only this long, then is cut (the flow is recorded as expired).
+REQUEST_HOOK_GRACE_S = 0.5
+#: The hook whose task may be a hold's wait (mitmproxy's HttpRequestHook).
+_REQUEST_HOOK_TASK = "handle_hook(request)"
 
 
-async def _running_hooks_done(limit: float = HOOKS_GRACE_S) -> None:
-    """Wait, at most ``limit``, until no mitmproxy hook task is running."""
+async def _running_hooks_done(limit: float = HOOKS_GRACE_S, request_limit: float = REQUEST_HOOK_GRACE_S) -> None:
+    """Wait until no mitmproxy hook task is running: at most ``limit``, and at most
+    ``request_limit`` for ``request`` hooks (holds)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while (left := deadline - loop.time()) > 0:
+    started = loop.time()
+    while True:
+        elapsed = loop.time() - started
         running = [t for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith("handle_hook(")]
-        if not running:
+        if elapsed >= request_limit:
+            running = [t for t in running if t.get_name() != _REQUEST_HOOK_TASK]
+        if not running or elapsed >= limit:
             return
-        await asyncio.wait(running, timeout=left)
+        next_deadline = request_limit if elapsed < request_limit else limit
+        await asyncio.wait(running, timeout=min(next_deadline, limit) - elapsed, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def stop(master: DumpMaster, grace: float = 3.0) -> None:

@@ -30,3 +30,28 @@ def test_a_stop_waits_for_running_hooks_and_no_longer_than_its_limit():
         held.cancel()
 
     asyncio.run(main())
+
+
+def test_only_request_hooks_are_cut_early_and_chained_hooks_are_waited_for():
+    """mitmproxy answers an unparseable request (CL+TE) before its requestheaders and error
+    hooks run, one after the other: the stop waits for both, past the request hooks' limit;
+    a held request hook is left after its own, shorter limit."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        finished = []
+
+        async def hook(name: str, delay: float, then: str | None = None) -> None:
+            await asyncio.sleep(delay)
+            if then:  # the next hook's task is created before this one ends, as mitmproxy does
+                loop.create_task(hook(then, delay), name=f"handle_hook({then})")
+            finished.append(name)
+
+        held = loop.create_task(hook("request", 60), name="handle_hook(request)")
+        loop.create_task(hook("requestheaders", 0.15, then="error"), name="handle_hook(requestheaders)")
+        started = loop.time()
+        await _running_hooks_done(limit=5, request_limit=0.05)
+        assert finished == ["requestheaders", "error"]  # both, though past request_limit
+        assert not held.done() and loop.time() - started < 5
+        held.cancel()
+
+    asyncio.run(main())
