@@ -18,6 +18,11 @@ sender thread) is reported apart from the recording process's (its child, record
 sink.py). ``recording on data path`` = gw-rec's gateway process - gw-off's: the issue-18
 budget is <= 0.1 ms. ``--profile FILE`` also samples gw-rec with py-spy for one extra
 batch and prints the hottest frames (bench/profile.py's summary).
+
+``--lake`` adds gw-lake (recording into a local DuckLake, SQLite catalog) and, where
+PostgreSQL's binaries are (tests/support/postgres.py finds them), gw-lake-pg (catalog in a
+PostgreSQL started here, data files in a directory), with the PostgreSQL server's CPU
+per request (``pg_ms``: the postmaster, its live backends and the ones that exited).
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen, procs, rulegen
-from bench.workers import REQUESTS, UPSTREAM_HOST, _children, policy, sample_problem
+from bench.workers import (
+    REQUESTS,
+    UPSTREAM_HOST,
+    Postgres,
+    _children,
+    lake_catalog,
+    policy,
+    sample_problem,
+)
 from gateway.agent_env import ensure_ca
 
 
@@ -50,23 +63,46 @@ def _cpu(pid: int) -> tuple[float, float]:
     return own, theirs
 
 
-async def batch(target: loadgen.Target, pid: int | None, clients: int, count: int) -> dict[str, float]:
+def _server_cpu(postmaster: int | None) -> float:
+    """A PostgreSQL server's CPU seconds: the postmaster with its reaped children (backends
+    that exited) and its live backends."""
+    if postmaster is None:
+        return 0.0
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    total = sum(int(value) for value in fields[11:15]) / procs.CLOCK_TICKS  # utime stime cutime cstime
+    for child in _children(postmaster):
+        try:
+            total += procs.usage(child).cpu
+        except OSError:
+            pass
+    return total
+
+
+async def batch(target: loadgen.Target, pid: int | None, clients: int, count: int,
+                postmaster: int | None = None) -> dict[str, float]:
     before = _cpu(pid) if pid else (0.0, 0.0)
+    before_pg = _server_cpu(postmaster)
     result = await loadgen.run_count(target, REQUESTS, clients, count, timeout=300)
+    if postmaster is not None:
+        await asyncio.sleep(0.5)  # the recording's last batch reaches the catalog
     after = _cpu(pid) if pid else (0.0, 0.0)
     n = result.completed or 1
     return {"own_ms": (after[0] - before[0]) * 1000 / n, "child_ms": (after[1] - before[1]) * 1000 / n,
+            "pg_ms": (_server_cpu(postmaster) - before_pg) * 1000 / n,
             "rps": result.completed / result.duration if result.duration else 0.0,
             "bad": sum(v for k, v in result.statuses.items() if k != 200)}
 
 
 async def run(workdir: Path, clients: int, count: int, repetitions: int, profile: Path | None,
-              log=print, variants: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+              log=print, variants: dict[str, dict[str, str]] | None = None, lake: bool = False) -> dict[str, Any]:
     confdir = workdir / "conf"
     ensure_ca(confdir)
     rules = rulegen.write(workdir / "rules.yaml", policy())
     upstream = procs.upstream_process(workdir)
     proxies: dict[str, procs.Process] = {}
+    postgres = Postgres(workdir / "pg") if lake else None
+    postmaster: int | None = None
     try:
         upstream.start()
         proxies["bare"] = procs.mitmdump_process("bare", workdir, confdir).start()
@@ -79,6 +115,16 @@ async def run(workdir: Path, clients: int, count: int, repetitions: int, profile
                                             str(workdir / f"{name}.duckdb"))
             process.env = env
             proxies[name] = process.start(timeout=120)
+        if lake:
+            proxies["gw-lake"] = procs.gateway_process(
+                "gw-lake", workdir, rules, confdir, "--ui", "off", "--db", str(workdir / "lake.duckdb"),
+                "--lake", str(workdir / "lake")).start(timeout=120)
+            assert postgres is not None
+            if dsn := postgres.start():
+                postmaster = int((postgres.server.data / "postmaster.pid").read_text().split()[0])
+                proxies["gw-lake-pg"] = procs.gateway_process(
+                    "gw-lake-pg", workdir, rules, confdir, "--ui", "off", "--db", str(workdir / "lake-pg.duckdb"),
+                    "--lake", lake_catalog(dsn, "cpusplit"), "--lake-data", str(workdir / "lake-pg")).start(timeout=120)
         for name, process in proxies.items():
             if name != "bare" and (problem := await sample_problem(upstream.port, process.port)):
                 raise RuntimeError(f"{name}: {problem}")
@@ -90,7 +136,8 @@ async def run(workdir: Path, clients: int, count: int, repetitions: int, profile
         for rep in range(repetitions):
             order = list(proxies) if rep % 2 == 0 else list(reversed(proxies))
             for name in order:
-                cells[name].append(await batch(targets[name], proxies[name].pid, clients, count))
+                cells[name].append(await batch(targets[name], proxies[name].pid, clients, count,
+                                               postmaster if name == "gw-lake-pg" else None))
             log(f"  repetition {rep + 1}/{repetitions}: " + ", ".join(
                 f"{n} {cells[n][-1]['own_ms']:.3f}" for n in proxies) + " ms/request")
         profiled = None
@@ -100,6 +147,8 @@ async def run(workdir: Path, clients: int, count: int, repetitions: int, profile
         for process in proxies.values():
             process.stop()
         upstream.stop()
+        if postgres is not None:
+            postgres.stop()
     med = {name: {key: round(statistics.median(c[key] for c in cs), 4) for key in cs[0]}
            for name, cs in cells.items()}
     split = {
@@ -145,7 +194,8 @@ def table(result: dict[str, Any]) -> str:
     for name in result["median"]:
         if name not in ("bare", "gw-off", "gw-rec"):
             m = result["median"][name]
-            lines.append(f"  variant {name:<34} {m['own_ms']:7.3f} (recording process {m['child_ms']:.3f}; "
+            server = f", PostgreSQL {m['pg_ms']:.3f}" if name == "gw-lake-pg" else ""
+            lines.append(f"  variant {name:<34} {m['own_ms']:7.3f} (recording process {m['child_ms']:.3f}{server}; "
                          f"on - off {m['own_ms'] - result['median']['gw-off']['own_ms']:.3f})")
     lines.append("  req/s (median, shared machine): " + ", ".join(
         f"{n} {m['rps']:.0f}" for n, m in result["median"].items()))
@@ -161,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
                         help="one more recording gateway, with these environment variables (A/B runs)")
+    parser.add_argument("--lake", action="store_true",
+                        help="also record into a local lake and a PostgreSQL-catalog lake (gw-lake, gw-lake-pg)")
     args = parser.parse_args(argv)
     variants = {}
     for spec in args.variant:
@@ -168,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         variants[name] = dict(pair.split("=", 1) for pair in assignments.split(",") if pair)
     with tempfile.TemporaryDirectory(prefix="portcullis-cpusplit-") as directory:
         result = asyncio.run(run(Path(directory), args.clients, args.requests, args.repetitions, args.profile,
-                                 variants=variants))
+                                 variants=variants, lake=args.lake))
     print(table(result))
     if result["profile"]:
         print(result["profile"])

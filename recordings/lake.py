@@ -41,8 +41,13 @@ import duckdb
 
 from recordings import extensions
 
-#: Commits of up to this many rows per table go into the catalog instead of a new file.
-INLINE_ROWS = 2000
+#: Commits of up to this many rows per table go into the catalog instead of a new file:
+#: a quiet gateway (a few flows per batch) leaves no trail of tiny Parquet files, while a
+#: busy one's batches (hundreds of rows) go straight to Parquet. Inlining costs the
+#: recording process per row: at 2,000 (every batch inlined) it spent 0.63 ms (local
+#: catalog) and 0.81 ms (PostgreSQL) of CPU per flow against 0.21 ms for a DuckDB file;
+#: at 100, 0.39 and 0.32 ms (bench/cpusplit.py --lake; docs/performance.md).
+INLINE_ROWS = 100
 ALIAS = "lake"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 #: S3 settings are read from these environment variables (docs/recording.md, "S3").
