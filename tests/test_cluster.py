@@ -7,8 +7,10 @@ wait-mode hold ends ``abandoned`` (``gateway_lost``). PostgreSQL stopped mid-run
 request that needs approval is refused (JSON 503 ``shared_state_unavailable``), others
 pass; PostgreSQL back: holds work again, with no gateway restarted.
 
-One PostgreSQL server for the session, one database, upstream and pair of gateways
-for this module; the gateway that gets killed is started by its own test.
+One PostgreSQL server for the session, one database, upstream and three gateways for
+this module, started together (the state's schema is created under an advisory lock, so
+gateways may start at once, as behind a load balancer); the third, C, is restarted and
+then killed by its own test.
 """
 
 from __future__ import annotations
@@ -85,10 +87,14 @@ class Cluster:
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.nodes: list[Node] = []
 
-    def node(self, name: str) -> Node:
-        node = Node(self, name)
-        self.nodes.append(node)
-        return node
+    def start_nodes(self, *names: str) -> list[Node]:
+        """Gateways started at the same time (each start is mostly its own imports)."""
+        with ThreadPoolExecutor(max_workers=len(names)) as starting:
+            futures = [starting.submit(Node, self, name) for name in names]
+        self.nodes += [future.result() for future in futures if future.exception() is None]
+        for future in futures:
+            future.result()  # the first start that failed, if one did (the others get stopped)
+        return [future.result() for future in futures]
 
     def agent(self, node: Node, method: str, path: str, **kwargs: Any) -> Future:
         return self.pool.submit(node.call, method, path, **kwargs)
@@ -98,7 +104,7 @@ class Cluster:
 
     def stop(self) -> None:
         for node in self.nodes:
-            node.gateway.stop()
+            node.gateway.stop_soon()  # nothing reads them now: their exits are awaited by reap()
         self.upstream.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -132,13 +138,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, confdir: Path, postgres_ds
 
 
 @pytest.fixture(scope="module")
-def a(cluster: Cluster) -> Node:
-    return cluster.node("a")
+def nodes(cluster: Cluster) -> dict[str, Node]:
+    return {node.name: node for node in cluster.start_nodes("a", "b", "c")}
 
 
 @pytest.fixture(scope="module")
-def b(cluster: Cluster) -> Node:
-    return cluster.node("b")
+def a(nodes: dict[str, Node]) -> Node:
+    return nodes["a"]
+
+
+@pytest.fixture(scope="module")
+def b(nodes: dict[str, Node]) -> Node:
+    return nodes["b"]
+
+
+@pytest.fixture(scope="module")
+def c(nodes: dict[str, Node]) -> Node:
+    """The gateway test_async_holds_survive... restarts and then kills: no other test uses it."""
+    return nodes["c"]
 
 
 def test_a_hold_on_a_approved_through_bs_api_completes_the_call_on_a(cluster, a, b):
@@ -221,8 +238,7 @@ def test_a_reviewer_session_started_on_b_is_known_to_a_and_a_logout_on_a_ends_it
     assert page(b).status_code == 302  # to the login page: the session is gone on B too
 
 
-def test_async_holds_survive_a_restart_and_are_collected_on_b_after_their_gateway_was_killed(cluster, b):
-    c = cluster.node("c")
+def test_async_holds_survive_a_restart_and_are_collected_on_b_after_their_gateway_was_killed(cluster, b, c):
     # A clean restart (SIGTERM): C's wait-mode hold expires (its connection closes), its
     # async hold lives on and is collected on the restarted C.
     kept = c.call("POST", "/v1/refunds?t=async-restart", json=REFUND, headers={"X-Portcullis-Wait": "async"})
