@@ -240,3 +240,60 @@ def test_jwks_document_shape_errors_name_the_problem(tmp_path: Path) -> None:
             compile_policy(rules(f"jwt: {{issuer: '{ISSUER}', audience: {AUDIENCE}, jwks: jwks.json}}\n"),
                            "rules.yaml", base_dir=tmp_path)
         assert message in str(err.value)
+
+
+JWT_BASE = f"issuer: '{ISSUER}', audience: {AUDIENCE}, jwks: jwks.json"
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    (f"{{{JWT_BASE}, colour: red}}", "unknown key 'colour'; expected one of"),
+    (f"{{audience: {AUDIENCE}, jwks: jwks.json}}", "jwt.issuer is required (a non-empty string)"),
+    (f"{{{JWT_BASE}, identity_claim: ''}}", "expected a claim name"),
+    (f"{{{JWT_BASE}, groups_claim: 5}}", "expected a claim name"),
+    (f"{{{JWT_BASE}, algorithms: [HS256]}}", "algorithms must be a list drawn from"),
+    (f"{{{JWT_BASE}, algorithms: []}}", "algorithms must be a list drawn from"),
+    (f"{{{JWT_BASE}, leeway: -1}}", "expected a number of seconds >= 0"),
+    (f"{{{JWT_BASE}, jwks_refresh_interval: true}}", "expected a number of seconds >= 0"),
+])
+def test_bad_jwt_blocks_are_refused(tmp_path: Path, block: str, message: str) -> None:
+    (tmp_path / "jwks.json").write_text(jwks(rsa_key("k1")))
+    with pytest.raises(RuleFileError) as err:
+        compile_policy(rules(f"jwt: {block}\n"), "rules.yaml", base_dir=tmp_path)
+    assert message in str(err.value)
+    assert "jwt" in str(err.value)
+
+
+def test_a_configured_identity_claim_names_the_agent(tmp_path: Path) -> None:
+    key = rsa_key("rsa-1")
+    (tmp_path / "jwks.json").write_text(jwks(key))
+    policy = compile_policy(rules(f"jwt: {{{JWT_BASE}, identity_claim: agent, groups_claim: roles}}\n"),
+                            "rules.yaml", base_dir=tmp_path)
+    authenticator = Authenticator(jwt_config=policy.settings["jwt"])
+    principal = asyncio.run(authenticator.authenticate(f"Bearer {key.token(agent='ci-bot', roles='a b')}"))
+    assert (principal.name, principal.groups) == ("ci-bot", frozenset({"a", "b"}))
+    # The default claim is no longer read.
+    err = failure(authenticator, f"Bearer {key.token()}")
+    assert "'agent' claim" in err.reason
+
+
+def test_a_token_without_a_kid_uses_the_only_key(tmp_path: Path) -> None:
+    key = rsa_key("only")
+    authenticator = jwt_authenticator(tmp_path, key)
+    now = int(time.time())
+    token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "no-kid-agent", "exp": now + 300},
+                       key.private, algorithm="RS256")
+    assert asyncio.run(authenticator.authenticate(f"Bearer {token}")).name == "no-kid-agent"
+
+
+def test_key_sets_too_large_or_with_unsupported_keys(tmp_path: Path) -> None:
+    from addons.identity.jwks import MAX_JWKS_BYTES
+
+    (tmp_path / "jwks.json").write_text(" " * (MAX_JWKS_BYTES + 1))
+    with pytest.raises(RuleFileError, match=f"is larger than {MAX_JWKS_BYTES} bytes"):
+        compile_policy(rules(f"jwt: {{{JWT_BASE}}}\n"), "rules.yaml", base_dir=tmp_path)
+    key = rsa_key("good")
+    document = json.loads(jwks(key))
+    document["keys"].insert(0, {"kty": "no-such-type", "kid": "odd"})
+    (tmp_path / "jwks.json").write_text(json.dumps(document))
+    policy = compile_policy(rules(f"jwt: {{{JWT_BASE}}}\n"), "rules.yaml", base_dir=tmp_path)
+    assert set(policy.settings["jwt"].keys.keys) == {"good"}  # the unsupported key is skipped
