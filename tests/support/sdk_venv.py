@@ -110,10 +110,13 @@ def ensure(name: str, timeout: float = 600) -> Path:
             pip = _installer(python)
             subprocess.run([_base_python(), "-m", "venv", *([] if pip[0] == str(python) else ["--without-pip"]),
                             str(directory)], check=True, timeout=timeout, capture_output=True)
-            result = subprocess.run(
-                [*pip, "install", "--quiet", "--disable-pip-version-check", *ENVIRONMENTS[name]],
-                timeout=timeout, capture_output=True, text=True,
-                env=_clean_environment({}))
+            for _attempt in range(2):  # once more: a first run on a fresh machine saw one failed download
+                result = subprocess.run(
+                    [*pip, "install", "--quiet", "--disable-pip-version-check", *ENVIRONMENTS[name]],
+                    timeout=timeout, capture_output=True, text=True,
+                    env=_clean_environment({}))
+                if result.returncode == 0:
+                    break
             if result.returncode != 0:
                 raise RuntimeError(f"pip install for SDK env {name!r} failed:\n"
                                    f"{result.stdout}\n{result.stderr}")
