@@ -59,19 +59,26 @@ def race(lake: str, data: str, tmp: Path) -> list[dict]:
                                str(tmp / f"gw{index}.duckdb"), "wait"],
                               text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for index in range(RACERS)]
-    # The go once every interpreter has started and imported duckdb (each says so), not
-    # at a fixed time: the same instant for all, however long the starts took.
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.communicate()[1][-3000:]
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
     reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        # The go once every interpreter has started and imported duckdb (each says so), not
+        # at a fixed time: the same instant for all, however long the starts took.
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready", proc.communicate()[1][-3000:]
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-3000:]
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:  # the others, when one failed: not left waiting for a go
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     print(f"{RACERS} fresh gateways on an empty catalog: open (attach + create + migrate) took "
           f"{sorted(r['open_s'] for r in reports)} s")
     return reports
