@@ -140,7 +140,9 @@ def test_an_analyst_attaches_the_default_recording_live_with_one_statement(rig, 
     statement = printed.stdout.strip()
     assert statement == f"ATTACH 'ducklake:sqlite:{gw.lake}/catalog.sqlite' AS rec (READ_ONLY);"
     assert statement in gw.wait_for_output("analysts (own DuckDB")
-    session, total = f"dflt-{uuid.uuid4().hex[:8]}", 200
+    # 80 flows: the halves below make the analyst read while the gateway writes at any
+    # size; more flows only lengthen the test (and the lag figures printed are not checked).
+    session, total = f"dflt-{uuid.uuid4().hex[:8]}", 80
     # The analyst: plain duckdb and the printed ATTACH; samples (wall time, count, distinct,
     # query ms) as fast as it can until it has seen them all.
     analyst = start_analyst(statement, session, total, seconds=90, interval=0.01, live=True,
