@@ -25,17 +25,21 @@ REQUEST_FIELDS = ("method", "scheme", "host", "port", "path", "query", "client_a
 
 
 def recover(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> tuple[int, int]:
-    """Returns (flows recorded from the journal, flows closed as gateway_restart)."""
-    return _from_journal(store, cur, journal), _close_unfinished(store, cur) + _expire_async_holds(store, cur)
+    """Returns (flows known only from the journal, other flows closed as gateway_restart):
+    each unfinished flow counted once, so the two add up to the flows recovered. A flow
+    only the journal knew is first given its ``received`` event, then closed by step 2."""
+    from_journal = _from_journal(store, cur, journal)
+    closed = _close_unfinished(store, cur) - from_journal
+    return len(from_journal), len(closed) + _expire_async_holds(store, cur)
 
 
-def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> int:
+def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[dict[str, Any]]) -> set[str]:
     received = {e["id"]: e for e in journal if e.get("k") == "received"}
     final = {e["id"]: e for e in journal if e.get("k") == "final"}
     held = {e["id"]: e for e in journal if e.get("k") == "held"}
     ids = list(received.keys() | final.keys() | held.keys())
     if not ids:
-        return 0
+        return set()
     have_row = _ids(cur, "SELECT id FROM flows WHERE id IN (SELECT unnest($1::VARCHAR[]))", ids)
     have_event = _ids(cur, "SELECT flow_id FROM events WHERE kind = 'received' "
                            "AND flow_id IN (SELECT unnest($1::VARCHAR[]))", ids)
@@ -62,7 +66,7 @@ def _from_journal(store: Store, cur: duckdb.DuckDBPyConnection, journal: list[di
                           **{k: decided.get(k) for k in ("decision", "rules", "reason", "identity",
                                                          "session_id", "status_code", "error")}})
     store.insert(cur, flows, events)
-    return len({row["id"] for row in flows} | {row["flow_id"] for row in events})
+    return {row["id"] for row in flows} | {row["flow_id"] for row in events}
 
 
 def _received_detail(request: dict[str, Any], scope: str | None) -> dict[str, Any]:
@@ -72,7 +76,7 @@ def _received_detail(request: dict[str, Any], scope: str | None) -> dict[str, An
     return detail
 
 
-def _close_unfinished(store: Store, cur: duckdb.DuckDBPyConnection) -> int:
+def _close_unfinished(store: Store, cur: duckdb.DuckDBPyConnection) -> set[str]:
     unfinished = store.unfinished(cur)
     seq = store.next_seq(cur)
     flows, events = [], []
@@ -86,7 +90,7 @@ def _close_unfinished(store: Store, cur: duckdb.DuckDBPyConnection) -> int:
                        "actor": "gateway", "kind": decision,
                        "detail": json.dumps({"reason": "gateway_restart"})})
     store.insert(cur, flows, events)
-    return len(flows)
+    return {row["id"] for row in flows}
 
 
 #: Events that end a hold; a held flow without one was still pending.

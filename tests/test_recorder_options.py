@@ -126,8 +126,6 @@ def test_a_journal_left_by_a_crash_is_recorded_on_open(tmp_path: Path, caplog: p
     assert flows_in(db) == [("crashed-flow", "error", "gateway_restart")]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: recover() counts a journal-only flow twice (its received "
-                   "event from the journal, then its row closed as unfinished); the warning says 2 flows")
 @pytest.mark.usefixtures("thread_mode")
 def test_the_crash_warning_counts_each_unfinished_flow_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "rec.duckdb"
