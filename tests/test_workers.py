@@ -175,12 +175,13 @@ def test_both_workers_record_into_the_one_lake_each_flow_once(rig: GatewayProces
     assert rig.db.with_name("gw.worker1.duckdb.sock").exists() and Path(f"{rig.db}.sock").exists()
     lake = Lake.parse(str(rig.lake))  # type: ignore[attr-defined]
 
-    def recorded() -> dict[str, int]:
-        # An analyst's own DuckDB, read-only, with the pinned extension wheels (offline).
-        with lake_reader(lake, rig.lake) as con:  # type: ignore[attr-defined]
+    # An analyst's own DuckDB, read-only, with the pinned extension wheels (offline): one
+    # attach, whose every query reads the lake's latest snapshot (as a live analyst's does).
+    with lake_reader(lake, rig.lake) as con:  # type: ignore[attr-defined]
+        def recorded() -> dict[str, int]:
             return dict(con.execute("SELECT id, count(*) FROM flows WHERE path = '/recorded' GROUP BY id").fetchall())
 
-    counts = poll(recorded, lambda counts: set(counts) >= set(seen), timeout=20, interval=0.2)
+        counts = poll(recorded, lambda counts: set(counts) >= set(seen), timeout=20, interval=0.1)
     assert set(counts) == set(seen) and set(counts.values()) == {1}, (len(counts), len(seen))
 
 
