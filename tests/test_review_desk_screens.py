@@ -1,7 +1,8 @@
 """Every review-UI page on any screen: no sideways scrolling at 390 px, zero axe-core
 violations of impact serious or critical, light and dark; the SQL page's size; a favicon.
 
-axe runs on every page at 1440x900 and at 390x844, each in light and dark.
+axe runs on every page at 1440x900 and at 390x844, each in light and dark (each page is
+loaded once, then shown on the four screens in turn).
 
 One gateway (with recording) and one Chromium for the module. The pages are visited with
 real data in them: a pending hold, a decided one, recorded flows, a session, a flow
@@ -23,6 +24,7 @@ from playwright.sync_api import Page, expect
 
 from gateway.settings import PROJECT_ROOT
 from tests.support import axe
+from tests.support.browser import SignIns
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.upstream import Canned
 
@@ -100,58 +102,83 @@ def pages(seeded: dict[str, str]) -> dict[str, str]:
     }
 
 
-def signed_in(browser, rig: ReviewRig, viewport: dict[str, int], scheme: str) -> tuple[object, Page]:
-    context = browser.new_context(viewport=viewport, color_scheme=scheme)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
+def sign_in(page: Page, rig: ReviewRig) -> None:
     page.goto(rig.ui_url + "/login")
     page.fill("input[name=name]", "alice")
     page.fill("input[name=password]", "alice" + PASSWORD_SUFFIX)
     page.click("button[type=submit]")
+
+
+@pytest.fixture(scope="module")
+def sign_ins(browser) -> SignIns:
+    return SignIns(browser)
+
+
+def signed_in(sign_ins: SignIns, rig: ReviewRig, viewport: dict[str, int], scheme: str) -> tuple[object, Page]:
+    """A fresh context signed in as alice (one form login for the module), on the queue."""
+    page = sign_ins.page("alice", lambda page: sign_in(page, rig), rig.ui_url + "/", viewport=viewport,
+                         color_scheme=scheme)
     expect(page.locator("h1").first).to_have_text("Pending requests")
-    return context, page
+    return page.context, page
 
 
 def page_width(page: Page) -> int:
     return page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
 
 
-@pytest.mark.parametrize(("viewport", "scheme"),
-                         [(DESKTOP, "light"), (DESKTOP, "dark"), (PHONE, "light"), (PHONE, "dark")],
-                         ids=["desktop-light", "desktop-dark", "phone-light", "phone-dark"])
-def test_every_page_has_no_serious_axe_violations_and_fits_the_screen(browser, rig, seeded, viewport, scheme):
-    context, page = signed_in(browser, rig, viewport, scheme)
-    found, widths = {}, {}
+#: Each page is loaded once and looked at on every screen: the viewport and the colour
+#: scheme are switched in place (the same device-metrics and media emulation as a new
+#: context's; the pages lay out with CSS media queries only, no script reads the size or
+#: the scheme, and nothing is animated by a transition), then measured and run through axe.
+SCREENS = [("desktop-light", DESKTOP, "light"), ("desktop-dark", DESKTOP, "dark"),
+           ("phone-light", PHONE, "light"), ("phone-dark", PHONE, "dark")]
+SCREENSHOTS = ("queue", "review", "decisions")
+
+
+def look_on_every_screen(page: Page, name: str, found: dict, widths: dict) -> None:
+    for screen, viewport, scheme in SCREENS:
+        page.set_viewport_size(viewport)
+        page.emulate_media(color_scheme=scheme)
+        # The page is on this screen now, as the CSS sees it (else the checks were not made).
+        assert page.evaluate("[innerWidth, matchMedia('(prefers-color-scheme: dark)').matches]") == \
+            [viewport["width"], scheme == "dark"], (name, screen)
+        widths[screen][name] = page_width(page)
+        if bad := axe.serious(page):
+            found[screen][name] = bad
+        if name in SCREENSHOTS:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            kind = "phone" if viewport is PHONE else "desktop"
+            page.screenshot(path=str(ARTIFACTS / f"{name}-{kind}-{scheme}.png"), full_page=True)
+
+
+def test_every_page_has_no_serious_axe_violations_and_fits_the_screen(browser, sign_ins, rig, seeded):
+    found: dict[str, dict] = {screen: {} for screen, _, _ in SCREENS}
+    widths: dict[str, dict] = {screen: {} for screen, _, _ in SCREENS}
+    context, page = signed_in(sign_ins, rig, DESKTOP, "light")
     try:
         for name, path in pages(seeded).items():
             page.goto(rig.ui_url + path)
             page.wait_for_load_state("load")
-            widths[name] = page_width(page)
-            if bad := axe.serious(page):
-                found[name] = bad
-            if viewport is PHONE and name in ("queue", "review", "decisions"):
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / f"{name}-phone-{scheme}.png"), full_page=True)
-            if viewport is DESKTOP and name in ("queue", "review", "decisions"):
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / f"{name}-desktop-{scheme}.png"), full_page=True)
-        print(f"\n{viewport['width']}px {scheme}: widths {widths}")
-        print(f"axe serious/critical: { {k: [v['id'] for v in vs] for k, vs in found.items()} }")
+            look_on_every_screen(page, name, found, widths)
         context.close()
-        context = browser.new_context(viewport=viewport, color_scheme=scheme)
+        context = browser.new_context(viewport=DESKTOP, color_scheme="light")  # signed out
         page = context.new_page()
         page.goto(rig.ui_url + "/login")
-        widths["login"] = page_width(page)
-        if bad := axe.serious(page):
-            found["login"] = bad
+        look_on_every_screen(page, "login", found, widths)
     finally:
         context.close()
-    assert found == {}
-    assert {k: w for k, w in widths.items() if w > viewport["width"]} == {}
+    for screen, viewport, _ in SCREENS:
+        print(f"\n{screen} ({viewport['width']} px): widths {widths[screen]}")
+    print(f"axe serious/critical: { {s: {k: [v['id'] for v in vs] for k, vs in f.items()} for s, f in found.items()} }")
+    assert {screen: bad for screen, bad in found.items() if bad} == {}
+    too_wide = {screen: {k: w for k, w in widths[screen].items() if w > viewport["width"]}
+                for screen, viewport, _ in SCREENS}
+    assert {screen: wide for screen, wide in too_wide.items() if wide} == {}
+    assert all(len(w) == len(pages(seeded)) + 1 for w in widths.values())  # every page, every screen
 
 
-def test_the_sql_page_shows_a_page_of_rows_not_a_thousand(browser, rig, seeded):
-    context, page = signed_in(browser, rig, DESKTOP, "light")
+def test_the_sql_page_shows_a_page_of_rows_not_a_thousand(sign_ins, rig, seeded):
+    context, page = signed_in(sign_ins, rig, DESKTOP, "light")
     try:
         start = time.monotonic()
         response = page.goto(rig.ui_url + "/audit/sql?" + urlencode({"q": SQL_5000}))
@@ -169,13 +196,13 @@ def test_the_sql_page_shows_a_page_of_rows_not_a_thousand(browser, rig, seeded):
         context.close()
 
 
-def test_values_masked_with_keep_last_or_null_are_marked_and_removed_ones_named(browser, rig, seeded):
+def test_values_masked_with_keep_last_or_null_are_marked_and_removed_ones_named(sign_ins, rig, seeded):
     card = rig.call("GET", "/v1/cards/c1")
     assert card.json()["card"] == "************4242" and card.json()["dob"] is None
     flow_id = card.headers["X-Portcullis-Flow-Id"]
     rig.wait_for(lambda: rig.api("alice", "GET", "/api/audit/flows", params={"path": "/v1/cards"}).json()
                  .get("flows"), what="the masked flow to be recorded")
-    context, page = signed_in(browser, rig, DESKTOP, "light")
+    context, page = signed_in(sign_ins, rig, DESKTOP, "light")
     try:
         page.goto(f"{rig.ui_url}/audit/flows/{flow_id}")
         expect(page.locator("#response-body .masked")).to_have_text(['"************4242"', "null"])
@@ -185,7 +212,7 @@ def test_values_masked_with_keep_last_or_null_are_marked_and_removed_ones_named(
         context.close()
 
 
-def test_a_query_secret_is_redacted_in_the_recording_the_queue_and_the_pages(browser, rig, seeded):
+def test_a_query_secret_is_redacted_in_the_recording_the_queue_and_the_pages(sign_ins, rig, seeded):
     secret = "sk_live_" + "Q" * 24
     allowed = rig.call("GET", f"/v1/orders/A-9?api_key={secret}&t=screens-secret")
     assert allowed.status_code == 200 and secret in allowed.json()["path"]  # the upstream got it as sent
@@ -194,7 +221,7 @@ def test_a_query_secret_is_redacted_in_the_recording_the_queue_and_the_pages(bro
     flows = rig.wait_for(lambda: rig.api("alice", "GET", "/api/audit/flows", params={"path": "/v1/orders/A-9"})
                          .json().get("flows"), what="the flow to be recorded")
     assert flows[0]["query"] == "api_key=[redacted]&t=screens-secret"
-    context, page = signed_in(browser, rig, DESKTOP, "light")
+    context, page = signed_in(sign_ins, rig, DESKTOP, "light")
     try:
         for path in ("/", f"/flows/{hold['flow_id']}", f"/audit/flows/{flows[0]['id']}", "/audit/flows"):
             page.goto(rig.ui_url + path)
