@@ -11,17 +11,18 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 from werkzeug.serving import make_server
 
 from addons.holds.binding import RequestPrint
 from review_ui import close_app, create_app
 from review_ui.reviewers import ReviewerStore, add_reviewer
 from tests.support import axe
+from tests.support.browser import SignIns
 from tests.support.hold_desk import PRINT, VERDICT, hold_record, running_desk
 from tests.support.review import PASSWORD_SUFFIX
 
@@ -61,55 +62,91 @@ def granted(desk, n: int, day: int, uses: int = 0) -> tuple[str, str]:
     return flow_id, desk.find(flow_id)["grant_id"]
 
 
-def sign_in(browser, server: dict, viewport: dict, scheme: str = "light"):
-    context = browser.new_context(viewport=viewport, color_scheme=scheme)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
+@pytest.fixture(scope="module")
+def sign_ins(browser) -> SignIns:
+    return SignIns(browser)
+
+
+def form_login(page: Page, server: dict) -> None:
     page.goto(server["url"] + "/login")
     page.fill("input[name=name]", "bob")
     page.fill("input[name=password]", "bob" + PASSWORD_SUFFIX)
     page.click("button[type=submit]")
     page.wait_for_url(server["url"] + "/")
-    return context, page
+
+
+def sign_in(sign_ins: SignIns, server: dict, viewport: dict, scheme: str = "light") -> tuple[object, Page]:
+    """A fresh context signed in as bob (one form login for the module), on the queue."""
+    page = sign_ins.page("bob", lambda page: form_login(page, server), server["url"] + "/", viewport=viewport,
+                         color_scheme=scheme)
+    return page.context, page
 
 
 def width(page) -> int:
     return page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
 
 
-@pytest.mark.parametrize(("viewport", "scheme"), [(DESKTOP, "light"), (PHONE, "dark")],
-                         ids=["desktop-light", "phone-dark"])
-def test_two_grants_for_one_url_are_told_apart_on_any_screen(browser, server, viewport, scheme, tmp_path: Path):
+#: Each page is loaded once and looked at on both screens: the viewport and the colour
+#: scheme are switched in place (the same emulation as a new context's; the pages lay out
+#: with CSS media queries only, no script reads the size or the scheme).
+SCREENS = [("desktop-light", DESKTOP, "light"), ("phone-dark", PHONE, "dark")]
+
+
+def on_every_screen(page: Page, check: Callable[[str, dict], None]) -> None:
+    for screen, viewport, scheme in SCREENS:
+        page.set_viewport_size(viewport)
+        page.emulate_media(color_scheme=scheme)
+        # The page is on this screen now, as the CSS sees it (else the checks were not made).
+        assert page.evaluate("[innerWidth, matchMedia('(prefers-color-scheme: dark)').matches]") == \
+            [viewport["width"], scheme == "dark"], screen
+        check(screen, viewport)
+
+
+def test_two_grants_for_one_url_are_told_apart_on_any_screen(sign_ins, server, tmp_path: Path):
     first, first_grant = granted(server["desk"], next(_n), day=1, uses=2)
     second, second_grant = granted(server["desk"], next(_n), day=2)
-    context, page = sign_in(browser, server, viewport, scheme)
+    context, page = sign_in(sign_ins, server, DESKTOP)
     try:
         page.goto(server["url"] + "/grants")
-        one, two = page.locator(f"#grant-{first_grant}"), page.locator(f"#grant-{second_grant}")
-        assert one.locator(".g-summary").inner_text().startswith("day=1, format=")
-        assert two.locator(".g-summary").inner_text().startswith("day=2, format=")
-        assert one.locator(".g-sha").inner_text() != two.locator(".g-sha").inner_text()
-        assert one.locator(".g-uses").inner_text() == "2" and one.locator(".grant-uses li").count() == 2
-        assert one.locator(".g-request").inner_text().startswith("GET https://api.example/v1/reports/daily")
-        assert width(page) <= viewport["width"], f"/grants scrolls sideways: {width(page)} px"
-        assert axe.serious(page) == [], axe.serious(page)
+
+        def grants_page(screen: str, viewport: dict) -> None:
+            one, two = page.locator(f"#grant-{first_grant}"), page.locator(f"#grant-{second_grant}")
+            assert one.locator(".g-summary").inner_text().startswith("day=1, format="), screen
+            assert two.locator(".g-summary").inner_text().startswith("day=2, format="), screen
+            assert one.locator(".g-sha").inner_text() != two.locator(".g-sha").inner_text(), screen
+            assert one.locator(".g-uses").inner_text() == "2" and one.locator(".grant-uses li").count() == 2, screen
+            assert one.locator(".g-request").inner_text().startswith("GET https://api.example/v1/reports/daily")
+            assert width(page) <= viewport["width"], f"/grants scrolls sideways on {screen}: {width(page)} px"
+            assert axe.serious(page) == [], (screen, axe.serious(page))
+
+        on_every_screen(page, grants_page)
         page.goto(server["url"] + "/decisions")
-        assert page.locator(f'tr[data-grant-id="{second_grant}"] .g-scope-link').inner_text().startswith("day=2")
-        assert width(page) <= viewport["width"], f"/decisions scrolls sideways: {width(page)} px"
-        assert axe.serious(page) == [], axe.serious(page)
+
+        def decisions_page(screen: str, viewport: dict) -> None:
+            scope = page.locator(f'tr[data-grant-id="{second_grant}"] .g-scope-link').inner_text()
+            assert scope.startswith("day=2"), screen
+            assert width(page) <= viewport["width"], f"/decisions scrolls sideways on {screen}: {width(page)} px"
+            assert axe.serious(page) == [], (screen, axe.serious(page))
+
+        on_every_screen(page, decisions_page)
         page.goto(server["url"] + f"/flows/{first}")
-        assert page.locator(f"#grant-{first_grant} .g-identity").inner_text() == "billing-agent"
-        assert width(page) <= viewport["width"], f"the approved page scrolls sideways: {width(page)} px"
-        assert axe.serious(page) == [], axe.serious(page)
-        page.screenshot(path=str(tmp_path / "approved-with-grant.png"), full_page=True)
+
+        def approved_page(screen: str, viewport: dict) -> None:
+            assert page.locator(f"#grant-{first_grant} .g-identity").inner_text() == "billing-agent", screen
+            assert width(page) <= viewport["width"], \
+                f"the approved page scrolls sideways on {screen}: {width(page)} px"
+            assert axe.serious(page) == [], (screen, axe.serious(page))
+            page.screenshot(path=str(tmp_path / f"approved-with-grant-{screen}.png"), full_page=True)
+
+        on_every_screen(page, approved_page)
     finally:
         context.close()
 
 
-def test_revoke_from_the_approved_page_and_from_the_grants_page(browser, server):
+def test_revoke_from_the_approved_page_and_from_the_grants_page(sign_ins, server):
     first, first_grant = granted(server["desk"], next(_n), day=1)
     _, second_grant = granted(server["desk"], next(_n), day=2)
-    context, page = sign_in(browser, server, PHONE)
+    context, page = sign_in(sign_ins, server, PHONE)
     try:
         page.goto(server["url"] + f"/flows/{first}")
         page.locator(f"#grant-{first_grant} button", has_text="Revoke").click()
@@ -126,12 +163,12 @@ def test_revoke_from_the_approved_page_and_from_the_grants_page(browser, server)
         context.close()
 
 
-def test_the_grants_page_updates_in_place_and_keeps_keyboard_focus(browser, server):
+def test_the_grants_page_updates_in_place_and_keeps_keyboard_focus(sign_ins, server):
     """A grant made, used or revoked elsewhere shows on an open /grants page without a
     reload, and the reviewer's keyboard focus stays on the control it was on."""
     desk = server["desk"]
     first, first_grant = granted(desk, next(_n), day=1)
-    context, page = sign_in(browser, server, DESKTOP)
+    context, page = sign_in(sign_ins, server, DESKTOP)
     try:
         page.goto(server["url"] + "/grants")
         expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
