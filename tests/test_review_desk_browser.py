@@ -1,7 +1,8 @@
 """The review desk in a real Chromium (issue 16): deliberate decisions, honest live state,
 a phone, the latency targets.
 
-One gateway and one browser for the module; each test signs in with a fresh context.
+One gateway for the module; each test takes a fresh context, signed in with the session
+of the reviewer's first (form) login in the module.
 The last test stops and restarts the gateway (the page must say so, not keep claiming
 to be live), so it runs last.
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.support.browser import SignIns
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 from tests.support.upstream import Canned
 
@@ -48,21 +50,33 @@ def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig
     rig.stop()
 
 
+@pytest.fixture(scope="module")
+def sign_ins(browser) -> SignIns:
+    return SignIns(browser)
+
+
 @pytest.fixture
-def login(browser, rig: ReviewRig) -> Iterator:
+def login(sign_ins: SignIns, rig: ReviewRig) -> Iterator:
+    """login(name, viewport=None, context=None, fresh=False): a page on the queue signed in
+    as ``name``: in a fresh context (with the session of the reviewer's first form login
+    in the module, or with ``fresh`` a login of its own), or a new page in ``context``."""
     contexts = []
 
-    def sign_in(name: str, viewport: dict[str, int] | None = None, context=None) -> Page:
-        if context is None:
-            context = browser.new_context(viewport=viewport or {"width": 1440, "height": 900})
-            contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
+    def form(page: Page, name: str) -> None:
         page.goto(rig.ui_url + "/")
-        if "/login" in page.url:
-            page.fill("input[name=name]", name)
-            page.fill("input[name=password]", name + PASSWORD_SUFFIX)
-            page.click("button[type=submit]")
+        page.fill("input[name=name]", name)
+        page.fill("input[name=password]", name + PASSWORD_SUFFIX)
+        page.click("button[type=submit]")
+
+    def sign_in(name: str, viewport: dict[str, int] | None = None, context=None, fresh: bool = False) -> Page:
+        if context is None:
+            page = sign_ins.page(name, lambda page: form(page, name), rig.ui_url + "/", fresh=fresh,
+                                 viewport=viewport or {"width": 1440, "height": 900})
+            contexts.append(page.context)
+        else:
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            page.goto(rig.ui_url + "/")
         expect(page.locator("h1").first).to_have_text("Pending requests")
         expect(page.locator("#live-status.on")).to_be_attached()
         return page
@@ -172,6 +186,9 @@ def test_the_review_page_works_on_a_phone(rig, login):
     assert box["width"] > 200  # not a five-character URL column
     row.locator("a.open").click()
     expect(page.locator("#body-summary")).to_contain_text("amount 250 · currency EUR")
+    # The summary is in the HTML: it can be there before app.css is (revalidated on every
+    # page, no-cache), and a page measured unstyled is 499 px wide. The load event waits for it.
+    page.wait_for_load_state("load")
     approve = page.locator("#approve")
     approve_box = approve.bounding_box()
     assert approve_box["x"] >= 0 and approve_box["x"] + approve_box["width"] <= PHONE["width"]
@@ -232,7 +249,7 @@ def test_a_new_hold_shows_live_and_a_click_forwards_it_once(rig, login):
 
 
 def test_signing_out_in_another_tab_shows_a_banner_and_stops_claiming_live(rig, login):
-    queue = login("dave")
+    queue = login("dave", fresh=True)  # a session of its own: this test ends it
     waiting = rig.agent("POST", "/v1/anyone?t=desk-signed-out-open", json={})
     open_hold = rig.wait_held("/v1/anyone?t=desk-signed-out-open")
     review = queue.context.new_page()
@@ -262,8 +279,9 @@ def test_signing_out_in_another_tab_shows_a_banner_and_stops_claiming_live(rig, 
     waiting.result(timeout=10)
 
 
-def test_a_gateway_restart_is_shown_and_then_asks_to_sign_in_again(rig, login):
+def test_a_gateway_restart_is_shown_and_then_asks_to_sign_in_again(rig, login, sign_ins):
     page = login("alice")
+    sign_ins.forget()  # the new process will not know the sessions of this one
     rig.gateway.stop()
     expect(page.locator("#live-banner")).to_be_visible(timeout=5000)
     expect(page.locator("#live-banner")).to_contain_text("not reachable")
