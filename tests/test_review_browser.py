@@ -1,7 +1,7 @@
 """The review UI in a real Chromium against a running gateway, with real agents waiting.
 
-One gateway and one browser for the module; each test signs in with a fresh browser
-context. Live-feed streams are cut every few seconds here (PORTCULLIS_UI_SSE_LIFETIME)
+One gateway for the module; each test takes a fresh browser context, signed in with
+the session of the reviewer's first (form) login in the module. Live-feed streams are cut every few seconds here (PORTCULLIS_UI_SSE_LIFETIME)
 so that every test also runs across EventSource reconnects.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.support.browser import SignIns
 from tests.support.review import PASSWORD_SUFFIX, ReviewRig
 
 pytestmark = pytest.mark.browser
@@ -31,20 +32,27 @@ def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig
     rig.stop()
 
 
+@pytest.fixture(scope="module")
+def sign_ins(browser) -> SignIns:
+    return SignIns(browser)
+
+
 @pytest.fixture
-def login(browser, rig: ReviewRig) -> Iterator:
+def login(sign_ins: SignIns, rig: ReviewRig) -> Iterator:
+    """login(name): a fresh browser context on the queue, signed in as ``name`` (through
+    the login form the first time in the module, then with that session)."""
     contexts = []
 
-    def sign_in(name: str) -> Page:
-        context = browser.new_context()
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
+    def form(page: Page, name: str) -> None:
         page.goto(rig.ui_url + "/")
         expect(page).to_have_url(re.compile(r"/login"))
         page.fill("input[name=name]", name)
         page.fill("input[name=password]", name + PASSWORD_SUFFIX)
         page.click("button[type=submit]")
+
+    def sign_in(name: str) -> Page:
+        page = sign_ins.page(name, lambda page: form(page, name), rig.ui_url + "/")
+        contexts.append(page.context)
         expect(page.locator("h1")).to_have_text("Pending requests")
         expect(page.locator("#live-status.on")).to_be_attached()  # the live feed is connected
         return page
