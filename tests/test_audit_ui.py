@@ -1,7 +1,8 @@
 """Audit browsing and replay end to end: a real gateway (recording, review UI), a real
 upstream, agents through the proxy, reviewers in a real Chromium, the `portcullis replay` CLI.
 
-One gateway and one browser for the module. Each test uses its own paths and session
+One gateway for the module; the browser tests take fresh contexts, signed in with the
+session of the reviewer's first (form) login in the module. Each test uses its own paths and session
 ids so that the flows it looks for are its own.
 """
 
@@ -20,6 +21,7 @@ import requests
 from playwright.sync_api import Page, expect
 
 from gateway.settings import PROJECT_ROOT
+from tests.support.browser import SignIns
 from tests.support.module_servers import tls_server
 from tests.support.review import ReviewRig
 from tests.support.upstream import Canned, UpstreamServer
@@ -73,14 +75,21 @@ def rig(tmp_path_factory: pytest.TempPathFactory, confdir, pki) -> Iterator[Revi
     rig.stop()
 
 
+@pytest.fixture(scope="module")
+def sign_ins(browser) -> SignIns:
+    return SignIns(browser)
+
+
 @pytest.fixture
-def login(browser, rig: ReviewRig) -> Iterator:
+def login(sign_ins: SignIns, rig: ReviewRig) -> Iterator:
+    """login(name): a fresh browser context on the flows page, signed in as ``name``
+    (through the login form the first time in the module, then with that session)."""
     contexts = []
 
     def sign_in(name: str = "alice") -> Page:
-        context = browser.new_context(accept_downloads=True)
-        contexts.append(context)
-        page = rig.sign_in(context.new_page(), name, "/audit/flows")
+        page = sign_ins.page(name, lambda page: rig.sign_in(page, name, "/audit/flows"),
+                             rig.ui_url + "/audit/flows", accept_downloads=True)
+        contexts.append(page.context)
         expect(page.locator("h1")).to_have_text("Flows")
         return page
 
