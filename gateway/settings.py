@@ -12,6 +12,7 @@ listen address, mitmproxy's own confdir, and where the shipped rules and recordi
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -132,21 +133,29 @@ def _metavar(option: Option) -> str:
     return {int: "N", float: "SECONDS"}.get(option.type, "VALUE")
 
 
-SETTINGS: list[Setting] = [
-    Setting("--listen", None, "Proxy address HOST:PORT.", DEFAULT_LISTEN, type=parse_hostport,
-            metavar="HOST:PORT"),
-    Setting("--confdir", "confdir", "Directory of the gateway's CA and keys (mitmproxy's confdir).",
-            str(DEFAULT_CONFDIR), convert=lambda v: str(Path(v).expanduser().resolve()), metavar="DIR"),
-    *(setting_for(option) for option in declared_options() if option.flag),
-]
+@functools.cache
+def all_settings() -> tuple[Setting, ...]:
+    """Every `portcullis run` flag (also as ``settings.SETTINGS``). Built on first use:
+    it imports the addon modules, and with them mitmproxy (about 0.7 s of CPU), which
+    `portcullis check`, `env`, `sql` and the other commands never need."""
+    return (
+        Setting("--listen", None, "Proxy address HOST:PORT.", DEFAULT_LISTEN, type=parse_hostport,
+                metavar="HOST:PORT"),
+        Setting("--confdir", "confdir", "Directory of the gateway's CA and keys (mitmproxy's confdir).",
+                str(DEFAULT_CONFDIR), convert=lambda v: str(Path(v).expanduser().resolve()), metavar="DIR"),
+        *(setting_for(option) for option in declared_options() if option.flag),
+    )
 
-#: Flags that may be given several times.
-REPEATABLE_FLAGS = frozenset(s.flag for s in SETTINGS if s.repeat)
+
+def __getattr__(name: str) -> Any:
+    if name == "SETTINGS":
+        return all_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def option_for_flag(flag: str) -> str | None:
     """The mitmproxy option a `portcullis run` flag sets (None: the CLI's own, or no such flag)."""
-    return next((s.option for s in SETTINGS if s.flag == flag), None)
+    return next((s.option for s in all_settings() if s.flag == flag), None)
 
 
 class Given(argparse.Action):
@@ -170,7 +179,7 @@ def default_recording(args: argparse.Namespace) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for setting in SETTINGS:
+    for setting in all_settings():
         parser.add_argument(
             setting.flag,
             type=setting.type,
@@ -184,7 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def mitmproxy_options(args: argparse.Namespace) -> dict[str, Any]:
     """The mitmproxy option values for parsed `portcullis run` arguments."""
     values: dict[str, Any] = {}
-    for setting in SETTINGS:
+    for setting in all_settings():
         if setting.option is None:
             continue
         value = getattr(args, setting.flag.lstrip("-").replace("-", "_"))

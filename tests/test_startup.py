@@ -246,3 +246,28 @@ def test_shared_state_without_psycopg_stops_the_start_saying_so(tmp_path):
     output = result.stdout + result.stderr
     assert "portcullis_state: PostgreSQL needs psycopg, which cannot be imported" in output
     assert "gateway ready" not in output
+
+
+@pytest.mark.parametrize("argv", [["env", "--no-notes"], ["sql", "--help"], ["export", "--help"]])
+def test_commands_other_than_run_do_not_import_mitmproxys_proxy(argv: list[str], tmp_path: Path) -> None:
+    """Only `run` (and the rules checks, which compile rules with the addons) needs the
+    addons' options, and with them mitmproxy's addons and proxy layers: about 0.7 s of CPU
+    per command. (`env` makes the CA with mitmproxy.certs, which is light.)"""
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from gateway import cli
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                code = cli.main({argv!r})
+            except SystemExit as exit:  # --help
+                code = exit.code
+        print(json.dumps({{"code": code, "printed": bool(out.getvalue()),
+                          "heavy": sorted(m for m in sys.modules if m.startswith(("mitmproxy.addons", "mitmproxy.proxy",
+                                                                              "mitmproxy.tools", "flask")))}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60, env={**__import__("os").environ, "PORTCULLIS_HOME": str(tmp_path)})
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and result["printed"], done.stderr
+    assert result["heavy"] == []
