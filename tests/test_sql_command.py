@@ -23,7 +23,7 @@ from gateway.settings import PROJECT_ROOT
 from recordings.control import RequestFailed, ask, socket_path
 from tests.support.cli_run import portcullis, portcullis_here
 from tests.support.gateway import GatewayProcess
-from tests.support.recording_reader import NO_DELETES, proxied_session
+from tests.support.recording_reader import NO_DELETES, poll, proxied_session
 from tests.support.upstream import UpstreamServer
 
 RULES = NO_DELETES + """
@@ -53,7 +53,9 @@ def recording(tmp_path_factory, confdir) -> Iterator[GatewayProcess]:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         assert http.get(f"http://127.0.0.1:{closed.getsockname()[1]}/down", timeout=10).status_code == 502
-    ask(gateway.db, "/query", {"sql": "SELECT 1"})  # the socket answers
+    # Every flow is in the recording before a test queries it: rows are written in
+    # batches, and `portcullis sql` starts in a tenth of a second.
+    poll(lambda: recorded_count(gateway.db), lambda count: count >= 9, timeout=20)
     yield gateway
     gateway.stop()
     upstream.stop()
