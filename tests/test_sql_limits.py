@@ -135,21 +135,26 @@ def test_the_browser_leaving_stops_its_query(rig, cookie):
 
 def test_flows_are_recorded_promptly_while_an_analyst_runs_a_heavy_query(rig, cookie):
     """The data path first: every flow sent during a heavy query is in the recording
-    within 2 s of its answer, and the agent's answers stay fast."""
-    outcome: dict[str, object] = {}
+    within 2 s of its answer, and the agent's answers stay fast. How long one heavy query
+    runs depends on the machine's load (it ended after 4 flows once), so when it ends
+    another starts: the flows are counted that were sent and recorded while one ran."""
+    pages: list[requests.Response] = []
 
-    def analyst() -> None:
-        outcome["page"] = sql_page(rig, cookie, HEAVY)
+    def start_heavy() -> threading.Thread:
+        thread = threading.Thread(target=lambda: pages.append(sql_page(rig, cookie, HEAVY)))
+        thread.start()
+        time.sleep(0.5)  # the analyst's query is under way
+        return thread
 
-    heavy = threading.Thread(target=analyst)
-    heavy.start()
-    time.sleep(0.5)
+    heavy, started_queries = start_heavy(), 1
     http = requests.Session()
     http.trust_env = False
     http.proxies = rig.proxies("billing-agent")
     lags, latencies = [], []
-    sent = 0
-    while heavy.is_alive() and sent < 40:
+    sent = during = 0
+    while during < 8 and sent < 40:
+        if not heavy.is_alive() and started_queries < 4:
+            heavy, started_queries = start_heavy(), started_queries + 1
         started = time.monotonic()
         response = http.get(rig.upstream.url(f"/v1/items/{sent}"), timeout=10)
         latencies.append(time.monotonic() - started)
@@ -161,11 +166,12 @@ def test_flows_are_recorded_promptly_while_an_analyst_runs_a_heavy_query(rig, co
             assert time.monotonic() - answered < 2.0, f"flow {sent} not recorded within 2 s"
             time.sleep(0.05)
         lags.append(time.monotonic() - answered)
+        during += heavy.is_alive()  # sent and recorded while a heavy query ran
         sent += 1
         time.sleep(0.1)
     heavy.join(30)
-    assert sent >= 5, "the heavy query ended too soon to test anything"
-    page = outcome["page"]
-    assert page.status_code in (200, 408, 413), page.status_code
+    assert during >= 5, f"only {during} of {sent} flows overlapped a heavy query"
+    for page in pages:
+        assert page.status_code in (200, 408, 413), page.status_code
     assert max(latencies) < 2.0, latencies
     assert max(lags) < 2.0, lags
