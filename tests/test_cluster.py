@@ -331,14 +331,17 @@ def test_postgres_down_fails_closed_then_recovers_without_a_restart(cluster, a, 
         postgres.start()
     restarted = time.monotonic()
 
-    def holds_again() -> list[requests.Response]:
-        response = a.call("POST", "/v1/refunds?t=recovered", json=REFUND, timeout=10,
-                          headers={"X-Portcullis-Wait": "async"})
+    def holds_again(node: Node) -> list[requests.Response]:
+        response = node.call("POST", "/v1/refunds?t=recovered", json=REFUND, timeout=10,
+                             headers={"X-Portcullis-Wait": "async"})
         assert response.status_code in (202, 503), response.text
         return [response] if response.status_code == 202 else []
 
-    wait_for(holds_again, timeout=20, what="A to take holds again", every=0.05)
+    wait_for(lambda: holds_again(a), timeout=20, what="A to take holds again", every=0.05)
     recovery = time.monotonic() - restarted
+    # Each gateway finds PostgreSQL back on its own; under load B can be a moment behind A
+    # (it refused the wait-mode hold below with a 503 once, so A had nothing to list).
+    wait_for(lambda: holds_again(b), timeout=20, what="B to take holds again", every=0.05)
     call = cluster.agent(b, "POST", "/v1/refunds?t=after-outage", json=REFUND)
     after = held_on(a, "/v1/refunds?t=after-outage", timeout=20)  # B holds, A lists: NOTIFY works again
     print(f"\nPostgreSQL stop detected (holds refused) after {detected:.2f} s; "
