@@ -38,7 +38,9 @@ ROUTE_PARAMS = {"flow_id": None, "grant_id": "g-unknown", "part": "request", "ne
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, confdir) -> Iterator[ReviewRig]:
-    rig = ReviewRig(tmp_path_factory.mktemp("attacks"), confdir)
+    # The planted hold must stay pending through the whole module (over 30 s on a loaded
+    # machine: it expired mid-module once), so its hold and its agent wait 10 minutes.
+    rig = ReviewRig(tmp_path_factory.mktemp("attacks"), confdir, hold_timeout="10m")
     yield rig
     rig.stop()
 
@@ -52,7 +54,7 @@ def planted(rig: ReviewRig) -> dict[str, str]:
     done = rig.call("GET", "/v1/orders/evil?q=" + quote(EVIL), headers={"X-Agent-Note": EVIL, **session})
     assert done.status_code == 200
     rig.agent("POST", "/v1/refunds?note=" + quote(EVIL), json={"amount": 250, "note": EVIL, EVIL: EVIL},
-              headers={"X-Portcullis-Justification": EVIL, "X-Agent-Note": EVIL, **session})
+              headers={"X-Portcullis-Justification": EVIL, "X-Agent-Note": EVIL, **session}, timeout=600)
     hold = rig.wait_held("/v1/refunds?note=" + quote(EVIL))
     return {"held": hold["flow_id"], "completed": done.headers["X-Portcullis-Flow-Id"]}
 

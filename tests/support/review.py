@@ -35,7 +35,7 @@ AGENT_TOKENS = {"alice": "alice-agent-token-0123456789", "billing-agent": "billi
 RULES = """
 version: 1
 default: allow
-hold_timeout: 30s
+hold_timeout: {hold_timeout}
 identities:
 {identities}
 rules:
@@ -74,17 +74,18 @@ rules:
 """
 
 
-def rules_text(extra: str = "") -> str:
+def rules_text(extra: str = "", hold_timeout: str = "30s") -> str:
     identities = "\n".join(
         f"  - {{name: {name}, groups: [agents], token_sha256: {hashlib.sha256(token.encode()).hexdigest()}}}"
         for name, token in AGENT_TOKENS.items()
     )
-    return RULES.format(identities=identities) + textwrap.dedent(extra)
+    return RULES.format(identities=identities, hold_timeout=hold_timeout) + textwrap.dedent(extra)
 
 
 class ReviewRig:
     def __init__(self, directory: Path, confdir: Path, extra_rules: str = "",
-                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 hold_timeout: str = "30s") -> None:
         self.directory = directory
         self.reviewers_file = directory / "reviewers.yaml"
         self.tokens: dict[str, str] = {}
@@ -93,7 +94,7 @@ class ReviewRig:
             assert token is not None
             self.tokens[name] = token
         rules = directory / "rules.yaml"
-        rules.write_text(rules_text(extra_rules))
+        rules.write_text(rules_text(extra_rules, hold_timeout))
         self.ui_port = free_port()
         self.upstream = UpstreamServer().start()
         self.gateway = GatewayProcess(rules, confdir, [
