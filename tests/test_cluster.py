@@ -343,7 +343,7 @@ def test_postgres_down_fails_closed_then_recovers_without_a_restart(cluster, a, 
     # (it refused the wait-mode hold below with a 503 once, so A had nothing to list).
     wait_for(lambda: holds_again(b), timeout=20, what="B to take holds again", every=0.05)
     call = cluster.agent(b, "POST", "/v1/refunds?t=after-outage", json=REFUND)
-    after = held_on(a, "/v1/refunds?t=after-outage", timeout=20)  # B holds, A lists: NOTIFY works again
+    after = held_on(a, "/v1/refunds?t=after-outage", timeout=20, call=call)  # B holds, A lists: NOTIFY works again
     print(f"\nPostgreSQL stop detected (holds refused) after {detected:.2f} s; "
           f"holds work again {recovery:.2f} s after PostgreSQL restarted")
     for flow in (hold, after):

@@ -384,3 +384,23 @@ def test_two_gateways_collecting_one_approval_at_once_forward_it_once(cluster, p
     for gateway in (a, b):
         gateway.store.flush()
     assert committed(postgres_dsn, "f-claim")[3] is True
+
+
+def test_a_dropped_writer_connection_is_replaced_without_refusing_holds(cluster, postgres_dsn, caplog):
+    """PostgreSQL restarted while this gateway had nothing to write: the writer's idle
+    connection is dead. The next hold's commit takes a new connection at once instead of
+    marking the state unavailable, which refused the following wait-mode hold with a 503
+    (tests/test_cluster.py, under load)."""
+    a = cluster()
+    hold_on(a, "f-before")
+    a.store.flush()
+    with connect(postgres_dsn, autocommit=True) as conn:  # what a restart does to it
+        # The writer's session: the only one whose last statement ended a transaction.
+        ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND query = 'COMMIT'").fetchone()
+    assert ended == (1,)
+    with caplog.at_level("WARNING", "portcullis.state"):
+        hold_on(a, "f-after")
+        a.store.flush()
+    assert committed(postgres_dsn, "f-after") is not None
+    assert "cannot commit" not in caplog.text and a.store.healthy

@@ -446,9 +446,11 @@ class PgHoldStore(MemoryHoldStore):
                         break
             stop = any(op is _STOP for op in batch)
             ops = [op for op in batch if op is not _STOP]
+            reused = False
             try:
                 if ops:
-                    if conn is None or conn.closed:
+                    reused = conn is not None and not conn.closed
+                    if not reused:
                         conn = connect(self.dsn or "", autocommit=True)
                     lost = self._commit(conn, ops)
                     if lost:
@@ -460,12 +462,18 @@ class PgHoldStore(MemoryHoldStore):
                     self._done += len(ops)
                     self._flushed.notify_all()
             except psycopg.Error as exc:
-                if not self._writer_failing:
-                    log.warning("shared state: cannot commit (%s); retrying until PostgreSQL answers", exc)
-                self._writer_failing = True
                 if conn is not None:
                     conn.close()
                 conn = None
+                if reused and not self._writer_failing:
+                    # The connection may be one the server dropped while there was nothing
+                    # to write (PostgreSQL restarted): once more on a new one before the
+                    # state counts as unavailable, which refuses every hold meanwhile (the
+                    # first hold after a restart made the next one a 503).
+                    continue
+                if not self._writer_failing:
+                    log.warning("shared state: cannot commit (%s); retrying until PostgreSQL answers", exc)
+                self._writer_failing = True
                 if stop:
                     log.error("shared state: %d changes not committed at shutdown", len(ops))
                     return
