@@ -64,7 +64,7 @@ class Node:
     def pending(self) -> list[dict[str, Any]]:
         return self.api("alice", "GET", "/api/pending").json()["pending"]
 
-    def call(self, method: str, path: str, timeout: float = 40, **kwargs: Any) -> requests.Response:
+    def call(self, method: str, path: str, timeout: float = 300, **kwargs: Any) -> requests.Response:
         proxy = f"http://billing-agent:{AGENT_TOKENS['billing-agent']}@127.0.0.1:{self.gateway.port}"
         with requests.Session() as session:
             session.trust_env = False
@@ -82,7 +82,9 @@ class Cluster:
             assert token is not None
             self.tokens[name] = token
         self.rules = directory / "rules.yaml"
-        self.rules.write_text(rules_text())
+        # Holds wait 5 minutes, their agents as long: a test's steps (a restart of C among
+        # them) took over 30 s on a loaded machine and a hold it still needed had expired.
+        self.rules.write_text(rules_text(hold_timeout="5m"))
         self.upstream = UpstreamServer().start()
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.nodes: list[Node] = []
