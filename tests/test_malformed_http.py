@@ -123,6 +123,12 @@ def test_every_request_that_got_a_flow_id_is_recorded(gateway, upstream):
     # ones that did (e.g. CL+TE smuggling attempts) are recorded with their error.
     smuggle = bad_requests(upstream)["Content-Length and Transfer-Encoding"]
     flow_id = raw_request(gateway.port, smuggle).headers["x-portcullis-flow-id"]
-    gateway.stop()
-    (row,) = recorded_flows(gateway.db, "id = ?", [flow_id])
-    assert row["error"] == "bad_request"
+    # A clean stop writes every queued row; a gateway killed after the fixture's patience
+    # (20 s by default) leaves them to the next start's recovery, and this read would not
+    # see them. The row was missing in three loaded full-suite runs, cause not yet known:
+    # the messages say how the gateway stopped and what it printed.
+    code = gateway.stop(timeout=90)
+    assert code == 0, f"the gateway did not stop cleanly ({code}):\n" + "\n".join(gateway.lines[-30:])
+    rows = recorded_flows(gateway.db, "id = ?", [flow_id])
+    assert len(rows) == 1, f"{flow_id} recorded {len(rows)} times; the gateway said:\n" + "\n".join(gateway.lines[-30:])
+    assert rows[0]["error"] == "bad_request"
