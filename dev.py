@@ -14,10 +14,11 @@ found on PATH (python3.12) or under pyenv. Each is reinstalled when pyproject.to
 `dev.py test` runs both lines at once: the running interpreter's line the whole suite
 (printed live), the other line the modules that drive mitmproxy (a real gateway or
 mitmdump, or mitmproxy in-process) except the browser tests (printed when it is done).
-The first line's pytest spreads the suite over 2 pytest-xdist workers (pyproject's
-addopts: ``-n auto --dist loadfile``; tests/conftest.py picks 2 workers for a run of many
-modules and none for a few; PORTCULLIS_TEST_WORKERS=N overrides); a module stays on one
-worker, so the gateway its tests share is started once. The second line runs in one
+The first line's pytest spreads the suite over 4 pytest-xdist workers (pyproject's
+addopts: ``-n auto --dist loadfile``; tests/conftest.py picks 4 workers for a run of many
+modules, since much of a test's time is waiting, and none for a few;
+PORTCULLIS_TEST_WORKERS=N overrides); a module stays on one worker, so the gateway its
+tests share is started once. The second line runs in one
 process beside them: the machine's cores are then busy, and more processes would only
 make the timing-sensitive tests (timeouts, expiries) wait for a core. When the first
 line is done, a second process of the second line takes the modules set aside for it,
