@@ -404,3 +404,29 @@ def test_a_dropped_writer_connection_is_replaced_without_refusing_holds(cluster,
         a.store.flush()
     assert committed(postgres_dsn, "f-after") is not None
     assert "cannot commit" not in caplog.text and a.store.healthy
+
+
+def test_after_a_postgresql_outage_nobody_is_judged_lost_by_their_stale_heartbeat(cluster, postgres_dsn):
+    """While PostgreSQL was down nobody could heartbeat. The first gateway back must not
+    take everyone else's old heartbeat for a death: it judges only after being connected
+    for lost_after itself, by which time the living have heartbeated again."""
+    a = cluster(lost_after_s=3.0)
+    b = cluster(lost_after_s=3.0)
+    hold_on(a, "f-outage-wait")
+    wait_for(lambda: b.on_loop(b.book.find, "f-outage-wait") is not None, what="B mirrors A's hold")
+    with connect(postgres_dsn, autocommit=True) as conn:  # a long outage, then a restart
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        # B is back first: for 1.5 s (half of lost_after) A's heartbeat is still the one
+        # from before the outage.
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            conn.execute("UPDATE portcullis_gateways SET heartbeat_at = now() - interval '1 hour' "
+                         "WHERE id = %s", (a.store.gateway_id,))
+            time.sleep(0.02)
+    time.sleep(3.0)  # A heartbeats again; B sweeps every 0.5 s, past its lost_after too
+    assert committed(postgres_dsn, "f-outage-wait")[0] is None  # A lives: its hold stays pending
+    with connect(postgres_dsn, autocommit=True) as conn:
+        states = dict(conn.execute("SELECT id, state FROM portcullis_gateways WHERE id IN (%s, %s)",
+                                   (a.store.gateway_id, b.store.gateway_id)).fetchall())
+    assert states == {a.store.gateway_id: "up", b.store.gateway_id: "up"}

@@ -93,6 +93,7 @@ _SWEEP = """
 WITH lost AS (
     UPDATE portcullis_gateways SET state = 'lost'
     WHERE state = 'up' AND heartbeat_at < now() - make_interval(secs => %(lost_after)s) AND id <> %(me)s
+          AND %(judge)s
     RETURNING id
 ), ended AS (
     SELECT id, CASE WHEN mode = 'wait' AND (gateway IN (SELECT id FROM lost)
@@ -159,6 +160,7 @@ class PgHoldStore(MemoryHoldStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bus: EventBus | None = None
         self._last_ok = 0.0
+        self._connected_at = 0.0  # when the sync thread's connection was last made (monotonic)
         self._next_prune = 0.0
         self._writer_failing = False
         self._sync_failing = False
@@ -528,6 +530,7 @@ class PgHoldStore(MemoryHoldStore):
                     conn = connect(self.dsn or "", autocommit=True)
                     conn.execute(f"LISTEN {CHANNEL}")
                     next_beat = 0.0
+                    self._connected_at = time.monotonic()
                 changes = self._read_changes(conn)
                 if any(changes):
                     self._to_loop(self._apply, *changes)
@@ -612,8 +615,13 @@ class PgHoldStore(MemoryHoldStore):
             if time.monotonic() >= self._next_prune:
                 self._prune(conn)
                 self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            # Judge others lost only after being connected ourselves for as long as they
+            # are given: when PostgreSQL itself was down nobody could heartbeat, and the
+            # first gateway back saw every other one's heartbeat as stale and abandoned
+            # their wait-mode holds (tests/test_cluster, PostgreSQL restarted under load).
+            judge = time.monotonic() - self._connected_at >= self.lost_after_s
             rows = conn.execute(_SWEEP, {"lost_after": self.lost_after_s, "me": self.gateway_id,
-                                         "grace": EXPIRY_GRACE_S}).fetchall()
+                                         "grace": EXPIRY_GRACE_S, "judge": judge}).fetchall()
             if not rows:
                 return
             events = []
