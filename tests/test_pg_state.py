@@ -430,3 +430,27 @@ def test_after_a_postgresql_outage_nobody_is_judged_lost_by_their_stale_heartbea
         states = dict(conn.execute("SELECT id, state FROM portcullis_gateways WHERE id IN (%s, %s)",
                                    (a.store.gateway_id, b.store.gateway_id)).fetchall())
     assert states == {a.store.gateway_id: "up", b.store.gateway_id: "up"}
+
+
+def test_a_decision_on_another_gateway_waits_briefly_for_a_hold_not_yet_committed(cluster):
+    """Behind a load balancer the reviewer's list can come from the holder (its mirror
+    shows its own holds at once) and the decision reach another gateway before the
+    holder's writer committed the hold: that gateway waits for the row, briefly."""
+    a, b = cluster(), cluster()
+    outcome: dict[str, Any] = {}
+
+    def decide() -> None:
+        try:
+            outcome["summary"] = b.desk.approve("f-late", FIN1, "ok")
+        except DecisionError as exc:
+            outcome["refused"] = (exc.status, exc.code)
+
+    reviewer = threading.Thread(target=decide)
+    reviewer.start()
+    time.sleep(0.3)  # the decision is under way before the hold exists in PostgreSQL
+    hold_on(a, "f-late")
+    reviewer.join(10)
+    assert outcome.get("summary", {}).get("status") == "approved", outcome
+    with pytest.raises(DecisionError) as unknown:
+        b.desk.approve("f-never", FIN1, "ok")
+    assert (unknown.value.status, unknown.value.code) == (404, "unknown_flow")

@@ -18,6 +18,7 @@ never on the event loop: blocking there on PostgreSQL is fine. Reads stay the de
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,9 @@ from addons.holds.pgcodec import decode, encode
 from addons.holds.pgdriver import Jsonb, psycopg
 from addons.holds.pgschema import CHANNEL
 from addons.holds.pgstore import PgHoldStore
+
+#: How long a decision waits for a hold another gateway listed but has not committed yet.
+COMMIT_WAIT_S = 2.0
 
 log = logging.getLogger("portcullis.state")
 
@@ -113,12 +117,30 @@ class ClusterDesk(HoldDesk):
 
         return unwatch
 
+    def _wait_committed(self, hold_id: str) -> None:
+        """A hold the reviewer saw listed by another gateway (its mirror shows its own holds
+        at once) may not be committed yet: its writer commits in batches. Behind a load
+        balancer the decision can reach this gateway first (a 404 ``unknown_flow`` for a
+        listed hold, tests/test_workers_haproxy under load); wait for the row, briefly."""
+        deadline = time.monotonic() + COMMIT_WAIT_S
+        while True:
+            try:
+                with self.store.pool.connection() as conn:
+                    if conn.execute("SELECT 1 FROM portcullis_holds WHERE id = %s", (hold_id,)).fetchone():
+                        return
+            except psycopg.Error:
+                return  # the decision's own transaction reports the outage
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
     def _decide(self, flow_id: str, action: Callable[[HoldBook], HoldRecord]) -> dict[str, Any]:
         assert self.store.pool is not None
         events: list[Event] = []
         refused: DecisionError | None = None
         # A hold this gateway took a moment ago may still be in its writer's queue.
         self.store.flush()
+        self._wait_committed(flow_id[:200])
         try:
             with self.store.pool.connection() as conn, conn.transaction():
                 row = conn.execute("SELECT record FROM portcullis_holds WHERE id = %s FOR UPDATE",
