@@ -14,11 +14,11 @@ found on PATH (python3.12) or under pyenv. Each is reinstalled when pyproject.to
 `dev.py test` runs both lines at once: the running interpreter's line the whole suite
 (printed live), the other line the modules that drive mitmproxy (a real gateway or
 mitmdump, or mitmproxy in-process) except the browser tests (printed when it is done).
-The first line's pytest spreads the suite over 4 pytest-xdist workers (pyproject's
+The first line's pytest spreads the suite over pytest-xdist workers (pyproject's
 addopts: ``-n auto --dist loadfile``; tests/conftest.py picks 4 workers for a run of many
-modules, since much of a test's time is waiting, and none for a few;
-PORTCULLIS_TEST_WORKERS=N overrides); a module stays on one worker, so the gateway its
-tests share is started once. The second line runs in one
+modules, since much of a test's time is waiting, and none for a few; with the second
+line beside it, 2 (BESIDE_WORKERS); PORTCULLIS_TEST_WORKERS=N overrides); a module stays
+on one worker, so the gateway its tests share is started once. The second line runs in one
 process beside them: the machine's cores are then busy, and more processes would only
 make the timing-sensitive tests (timeouts, expiries) wait for a core. When the first
 line is done, a second process of the second line takes the modules set aside for it,
@@ -269,7 +269,7 @@ def run_tests(rest: list[str]) -> int:
             late.append((leg, ["-m", "not browser", *late_modules, *rest]))
     print(f"dev.py: ===== Python {legs[0].line} =====", flush=True)
     started = time.monotonic()
-    outputs = [(legs[0], _run_live(legs[0], rest))]
+    outputs = [(legs[0], _run_live(legs[0], rest, beside=bool(background)))]
     first_line_s = time.monotonic() - started
     background += [_start_background(leg, "-late", selection) for leg, selection in late]
     for leg, log_path, log, process in background:
@@ -312,11 +312,19 @@ def _start_background(leg: Leg, suffix: str, selection: list[str]):
                                                 stderr=subprocess.STDOUT)
 
 
-def _run_live(leg: Leg, rest: list[str]) -> tuple[int, str]:
-    """Run pytest in the terminal, keeping a copy of its output for the closing tally."""
+#: The first line's xdist workers while the second line runs beside it (tests/conftest.py's
+#: 4 when it runs alone): with 4 the second line's process became the slower one (7:28
+#: against 6:48) and a load average of 23 made a PostgreSQL connect time out.
+BESIDE_WORKERS = "2"
+
+
+def _run_live(leg: Leg, rest: list[str], beside: bool = False) -> tuple[int, str]:
+    """Run pytest in the terminal, keeping a copy of its output for the closing tally
+    (``beside``: another line's tests run at the same time)."""
+    environment = {"PORTCULLIS_TEST_WORKERS": BESIDE_WORKERS, **os.environ} if beside else None
     process = subprocess.Popen([str(leg.bin / "python"), "-m", "pytest", *KEEP_GOING, *rest], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", bufsize=1)
+                               errors="replace", bufsize=1, env=environment)
     assert process.stdout is not None
     seen = []
     for line in process.stdout:
