@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-from gateway.settings import PROJECT_ROOT
+from tests.support import cli_run
 from tests.support.browser import SignIns
 from tests.support.module_servers import tls_server
 from tests.support.review import ReviewRig
@@ -131,10 +130,7 @@ def add_rules(rig: ReviewRig, text: str) -> None:
 
 
 def portcullis(rig: ReviewRig, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "replay", "--ui", rig.ui_url, "--token", rig.tokens["carol"], *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-    )
+    return cli_run.portcullis("replay", "--ui", rig.ui_url, "--token", rig.tokens["carol"], *args)
 
 
 # --- browsing ---------------------------------------------------------------------------
@@ -373,8 +369,7 @@ def test_cli_replays_a_flow(rig: ReviewRig):
                         done.stdout)
     assert len(rig.received("/v1/cli/one")) == 2
 
-    bad = subprocess.run([sys.executable, "-m", "gateway", "replay", "--ui", rig.ui_url, "--token", "pcr_x_y",
-                          original], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+    bad = cli_run.portcullis("replay", "--ui", rig.ui_url, "--token", "pcr_x_y", original, timeout=30)
     assert bad.returncode == 2 and "401" in bad.stderr
 
 

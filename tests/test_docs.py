@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from addons.portcullis import make_addons
 from gateway import docs, settings
 from gateway.cli import build_parser
 from gateway.cli import main as cli_main
+from tests.support import cli_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
@@ -232,8 +231,7 @@ def test_every_yaml_block_in_the_docs_passes_portcullis_check(tmp_path):
         files.append(str(target))
     # The Slack example reads its token and secret from the environment, as it says.
     env = {**os.environ, "SLACK_BOT_TOKEN": "xoxb-docs", "SLACK_SIGNING_SECRET": "docs-signing-secret"}
-    result = subprocess.run([sys.executable, "-m", "gateway", "check", *files], capture_output=True,
-                            text=True, cwd=ROOT, timeout=60, env=env)
+    result = cli_run.portcullis("check", *files, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (") == len(files)
 

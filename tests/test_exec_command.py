@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.settings import PROJECT_ROOT
-from tests.support import certs
+from tests.support import certs, cli_run
 from tests.support.gateway import GatewayProcess, free_port
 from tests.support.module_servers import fresh_upstreams, module_tls_upstream, module_upstream  # noqa: F401
 
@@ -68,9 +67,8 @@ def portcullis_exec(gateway: GatewayProcess, *args: str, env: dict[str, str] | N
     environment = {k: v for k, v in os.environ.items()
                    if k.lower() not in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
     environment.update(env or {})
-    command = [sys.executable, "-m", "gateway", "exec", "--listen", f"127.0.0.1:{port or gateway.port}",
-               "--confdir", str(gateway.confdir), *args]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    return cli_run.portcullis("exec", "--listen", f"127.0.0.1:{port or gateway.port}",
+                              "--confdir", str(gateway.confdir), *args, env=environment)
 
 
 def test_python_clients_go_through_the_gateway_as_the_identity(gateway, upstream, tls_upstream):

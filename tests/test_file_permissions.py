@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -22,9 +20,9 @@ import duckdb
 import pytest
 import requests
 
-from gateway.settings import PROJECT_ROOT
 from recordings.control import ask
 from recordings.store import Store
+from tests.support import cli_run
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 
@@ -82,9 +80,7 @@ def test_database_wal_exports_and_new_directories_are_owner_only(tmp_path, confd
         assert mode(wal) == 0o600
         assert mode(db.parent) == 0o700 and mode(db.parent.parent) == 0o700
         exported = tmp_path / "export"
-        result = subprocess.run([sys.executable, "-m", "gateway", "export", "--db", str(db),
-                                 "--output", str(exported)], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, timeout=60)
+        result = cli_run.portcullis("export", "--db", str(db), "--output", str(exported))
         assert result.returncode == 0, result.stderr
         assert mode(exported) == 0o700
         for name in ("flows.parquet", "events.parquet"):
@@ -101,9 +97,7 @@ def test_export_from_a_stopped_gateway_is_owner_only(tmp_path, usual_umask):
     db = tmp_path / "offline.duckdb"
     Store(db).close()
     out = tmp_path / "offline-export"
-    result = subprocess.run([sys.executable, "-m", "gateway", "export", "--db", str(db), "--format",
-                             "jsonl", "--output", str(out)], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = cli_run.portcullis("export", "--db", str(db), "--format", "jsonl", "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert mode(out / "flows.jsonl") == 0o600 and mode(out / "events.jsonl") == 0o600
 

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from addons.identity.addon import load_identities_file
 from addons.policy.engine import load_policy
 from gateway.cli import main
 from gateway.commands.identity import add_entry
-from gateway.settings import PROJECT_ROOT
+from tests.support import cli_run
 
 
 def add(path: Path, name: str, groups: str = "") -> subprocess.CompletedProcess[str]:
@@ -29,10 +28,8 @@ def add(path: Path, name: str, groups: str = "") -> subprocess.CompletedProcess[
 
 def test_the_real_command_prints_only_the_token_on_stdout(tmp_path):
     path = tmp_path / "identities.yaml"
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "identity", "add", "x", "--file", str(path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30, check=True,
-    )
+    result = cli_run.portcullis("identity", "add", "x", "--file", str(path), timeout=30)
+    assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     digest = hashlib.sha256(line.encode()).hexdigest()
     assert load_identities_file(path)["identities"][0].token_sha256 == digest

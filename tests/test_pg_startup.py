@@ -5,10 +5,11 @@ the URL's password."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import cli_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,10 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(tmp_path: Path, state: str) -> subprocess.CompletedProcess[str]:
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\ndefault: allow\nrules: []\n")
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "run", "--listen", "127.0.0.1:0", "--ui", "off", "--rules", str(rules),
-         "--confdir", str(tmp_path / "conf"), "--db", str(tmp_path / "rec.duckdb"), "--state", state],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return cli_run.portcullis("run", "--listen", "127.0.0.1:0", "--ui", "off", "--rules", str(rules),
+                              "--confdir", str(tmp_path / "conf"), "--db", str(tmp_path / "rec.duckdb"),
+                              "--state", state, cwd=ROOT)
 
 
 @pytest.mark.parametrize(("state", "message"), [

@@ -6,8 +6,6 @@ import ipaddress
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,10 +13,10 @@ import duckdb
 import pytest
 import requests
 
-from gateway.settings import PROJECT_ROOT
 from recordings.control import ask
 from review_ui.reviewers import add_reviewer
 from review_ui.server_addon import literal_ip, parse_ui_address
+from tests.support import cli_run
 from tests.support.gateway import GatewayProcess, free_port
 
 RULES = """
@@ -61,12 +59,9 @@ def test_a_busy_ui_port_stops_the_gateway_with_a_clear_message(tmp_path, confdir
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "gateway", "run", "--listen", f"127.0.0.1:{free_port()}",
-             "--rules", str(rules), "--confdir", str(confdir), "--db", str(tmp_path / "r.duckdb"),
-             "--ui", f"127.0.0.1:{port}", "--reviewers", str(reviewers)],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-        )
+        run = cli_run.portcullis("run", "--listen", f"127.0.0.1:{free_port()}", "--rules", str(rules),
+                                 "--confdir", str(confdir), "--db", str(tmp_path / "r.duckdb"),
+                                 "--ui", f"127.0.0.1:{port}", "--reviewers", str(reviewers))
     assert run.returncode != 0
     assert f"review UI cannot listen on 127.0.0.1:{port}" in run.stdout + run.stderr
 
@@ -74,12 +69,9 @@ def test_a_busy_ui_port_stops_the_gateway_with_a_clear_message(tmp_path, confdir
 def test_a_missing_reviewers_file_stops_the_gateway(tmp_path, confdir):
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\nrules: []\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "gateway", "run", "--listen", f"127.0.0.1:{free_port()}",
-         "--rules", str(rules), "--confdir", str(confdir), "--db", str(tmp_path / "r.duckdb"),
-         "--reviewers", str(tmp_path / "nope.yaml")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-    )
+    run = cli_run.portcullis("run", "--listen", f"127.0.0.1:{free_port()}", "--rules", str(rules),
+                             "--confdir", str(confdir), "--db", str(tmp_path / "r.duckdb"),
+                             "--reviewers", str(tmp_path / "nope.yaml"))
     assert run.returncode != 0
     assert "nope.yaml does not exist" in run.stdout + run.stderr
 

@@ -14,7 +14,7 @@ import pytest
 from gateway.settings import PROJECT_ROOT
 from tests.support import zygote_probe
 from tests.support.gateway import GatewayProcess
-from tests.support.zygote import ForkedProcess, Zygote, wanted
+from tests.support.zygote import ForkedProcess, Zygote, run, wanted
 
 
 def probe(tmp_path, env: dict[str, str], *args: str) -> tuple[int, dict]:
@@ -34,6 +34,15 @@ def test_a_child_has_its_own_environment_directory_and_argv_and_imports_our_pack
     assert seen["argv"] == ["a", "b c"] and seen["env"] == "one"
     _, again = probe(tmp_path, {**os.environ, "ZYGOTE_PROBE": "two"})
     assert again["env"] == "two"  # nothing of one child's environment reaches the next
+
+
+def test_run_captures_stdout_and_stderr_apart_feeds_stdin_and_kills_on_timeout(tmp_path):
+    shutil.copy(Path(zygote_probe.__file__), tmp_path / "zygote_probe.py")
+    done = run("zygote_probe", ["x"], cwd=tmp_path, input="fed", timeout=30)
+    assert done.returncode == 0 and done.stderr == "to stderr\n"
+    assert json.loads(done.stdout)["stdin"] == "fed"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run("zygote_probe", [], env={**os.environ, "ZYGOTE_PROBE_SLEEP": "60"}, cwd=tmp_path, timeout=0.5)
 
 
 def test_the_zygote_itself_runs_one_thread_so_a_fork_copies_everything():

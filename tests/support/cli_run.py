@@ -1,19 +1,27 @@
-"""Run `portcullis ...` for a test: as its own process, or in this one (no interpreter start)."""
+"""Run `portcullis ...` for a test: as its own process (forked from the zygote where it can
+be), or in this one (no process at all)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from gateway import cli
 from gateway.settings import PROJECT_ROOT
+from tests.support import zygote
 
 
-def portcullis(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m gateway ARGS`` in the project root, output captured."""
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=PROJECT_ROOT, env=env,
+def portcullis(*args: str, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS`` (in the project root by default), output captured: a fork
+    of the zygote (tests/support/zygote.py) where it may be one, else a new interpreter."""
+    if zygote.wanted(dict(os.environ if env is None else env)):
+        return zygote.run("gateway", list(args), env=env, cwd=cwd, timeout=timeout, input=input)
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd, env=env, input=input,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -251,34 +251,85 @@ class Zygote:
             self.process.kill()
         shutil.rmtree(Path(self.path).parent, ignore_errors=True)
 
-    def spawn(self, module: str, args: list[str], env: dict[str, str], cwd: Path) -> ForkedProcess:
-        """``python -m module *args`` as a fork; its stdout and stderr are one pipe (text)."""
-        read_end, write_end = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY)
+    def fork(self, module: str, args: list[str], env: dict[str, str], cwd: Path,
+             stdio: tuple[int, int, int]) -> ForkedProcess:
+        """``python -m module *args`` as a fork, with ``stdio`` (three file descriptors, which
+        the caller still owns and closes) as its stdin, stdout and stderr."""
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             connection.connect(self.path)
             request = {"module": module, "argv": [sys.executable, *args], "env": env, "cwd": str(cwd)}
-            fds = array.array("i", [null, write_end, write_end])
             connection.sendmsg([json.dumps(request).encode()],
-                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", stdio).tobytes())])
+            return ForkedProcess(connection, [sys.executable, "-m", module, *args])
         except BaseException:
             connection.close()
+            raise
+
+    def spawn(self, module: str, args: list[str], env: dict[str, str], cwd: Path) -> ForkedProcess:
+        """A fork (see ``fork``) whose stdout and stderr are one pipe, ``.stdout`` (text)."""
+        read_end, write_end = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            process = self.fork(module, args, env, cwd, (null, write_end, write_end))
+        except BaseException:
             os.close(read_end)
             raise
         finally:
             os.close(write_end)
             os.close(null)
-        return ForkedProcess(connection, open(read_end, encoding="utf-8", errors="replace"),
-                             [sys.executable, "-m", module, *args])
+        process.stdout = open(read_end, encoding="utf-8", errors="replace")  # noqa: SIM115 (read until the child exits)
+        return process
+
+
+def run(module: str, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT,
+        timeout: float | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run([python, "-m", module, *args], capture_output=True, text=True, ...)``,
+    as a fork of the zygote: output captured, TimeoutExpired (the child killed) on timeout."""
+    pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
+    try:
+        process = Zygote.get().fork(module, args, dict(os.environ if env is None else env), cwd,
+                                    (pipes[0][0], pipes[1][1], pipes[2][1]))
+    except BaseException:
+        for pair in pipes:
+            for fd in pair:
+                os.close(fd)
+        raise
+    for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
+        os.close(fd)
+    output: dict[int, bytes] = {}
+
+    def drain(index: int) -> None:
+        with open(pipes[index][0], "rb") as stream:
+            output[index] = stream.read()
+
+    readers = [threading.Thread(target=drain, args=(index,), daemon=True) for index in (1, 2)]
+    for reader in readers:
+        reader.start()
+    with open(pipes[0][1], "wb") as stdin:
+        if input:
+            try:
+                stdin.write(input.encode())
+            except BrokenPipeError:
+                pass
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    for reader in readers:
+        reader.join()
+    return subprocess.CompletedProcess(process.args, code, *(output[index].decode(errors="replace")
+                                                            for index in (1, 2)))
 
 
 class ForkedProcess:
     """A zygote's child, as the tests use a ``subprocess.Popen``: pid, poll, wait, signals."""
 
-    def __init__(self, connection: socket.socket, stdout: IO[str], args: list[str]) -> None:
+    def __init__(self, connection: socket.socket, args: list[str]) -> None:
         self.args = args
-        self.stdout = stdout
+        self.stdout: IO[str] | None = None
         self.stdin = None
         self.returncode: int | None = None
         self._connection = connection
