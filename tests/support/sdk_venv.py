@@ -110,7 +110,11 @@ def ensure(name: str, timeout: float = 600) -> Path:
             pip = _installer(python)
             subprocess.run([_base_python(), "-m", "venv", *([] if pip[0] == str(python) else ["--without-pip"]),
                             str(directory)], check=True, timeout=timeout, capture_output=True)
-            for _attempt in range(2):  # once more: a first run on a fresh machine saw one failed download
+            # Tried again after a pause: on a machine's first minutes its HTTPS to PyPI has
+            # failed (certificate verify failed, 2026-12-04, then fine a minute later).
+            for attempt in range(4):
+                if attempt:
+                    time.sleep(10 * attempt)
                 result = subprocess.run(
                     [*pip, "install", "--quiet", "--disable-pip-version-check", *ENVIRONMENTS[name]],
                     timeout=timeout, capture_output=True, text=True,
