@@ -18,9 +18,24 @@ import pytest
 from tests.support.ci import missing
 
 CHROMIUM = os.environ.get("PORTCULLIS_CHROMIUM", "/usr/bin/chromium")
+#: The features Playwright (1.65, chromiumSwitches.ts) turns off; a --disable-features of
+#: our own replaces its switch (Chromium reads the last one), so it carries these too.
+PLAYWRIGHT_DISABLED_FEATURES = [
+    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
+    "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect", "TcpPortRandomizationWin",
+    "OptimizationHints", "NetworkTimeServiceQuerying", "AimEnabled", "PreconnectToSearch",
+    "msForceBrowserSignIn", "msEdgeUpdateLaunchServicesPreferredVersion",
+]
+#: Headless Chromium 156 is the whole browser: every window (a Playwright context's
+#: first page) preloads the omnibox's two WebUI popups (chrome://omnibox-popup.top-chrome/)
+#: into a renderer of their own, about 0.5 s of CPU per context that no page of ours
+#: ever shows. Without them a context has the renderer of its page (and the spare one).
+NOT_NEEDED_FEATURES = ["WebUIOmniboxPopup", "WebUIOmniboxAimPopup"]
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-features=" + ",".join(PLAYWRIGHT_DISABLED_FEATURES + NOT_NEEDED_FEATURES),
 ]
 
 
