@@ -89,13 +89,17 @@ def test_the_catalog_password_is_used_but_not_shown_to_analysts(strict_postgres,
 def _files_holding(text: str, root: Path) -> list[Path]:
     """Files under ``root`` (this user's, not too large) whose bytes contain ``text``."""
     found, needle = [], text.encode()
-    for path in root.rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20 \
-                    and needle in path.read_bytes():
-                found.append(path)
-        except OSError:
-            continue  # another test's file, gone or unreadable
+    # os.walk, not Path.rglob: other tests create and remove directories under /tmp while
+    # this walks, and rglob raised FileNotFoundError for one that vanished (2026-12-04).
+    for directory, _, names in os.walk(root, onerror=lambda _: None):
+        for name in names:
+            path = Path(directory, name)
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20 \
+                        and needle in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                continue  # another test's file, gone or unreadable
     return found
 
 

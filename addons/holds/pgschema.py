@@ -110,10 +110,12 @@ class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer Portcullis."""
 
 
-def connect(dsn: str, *, autocommit: bool = False, timeout: float = 3.0) -> psycopg.Connection:
-    """A connection with a short connect timeout (a down server must fail fast)."""
+def connect(dsn: str, *, autocommit: bool = False, timeout: float = 3.0, role: str = "") -> psycopg.Connection:
+    """A connection with a short connect timeout (a down server must fail fast), named in
+    pg_stat_activity ``portcullis`` or ``portcullis <role>`` (a gateway's writer and sync
+    threads name themselves and their gateway, so an operator can tell its sessions apart)."""
     return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, int(timeout)),
-                           application_name="portcullis")
+                           application_name=f"portcullis {role}".strip()[:63])
 
 
 class Pool:

@@ -453,7 +453,7 @@ class PgHoldStore(MemoryHoldStore):
                 if ops:
                     reused = conn is not None and not conn.closed
                     if not reused:
-                        conn = connect(self.dsn or "", autocommit=True)
+                        conn = connect(self.dsn or "", autocommit=True, role=f"writer {self.gateway_id}")
                     lost = self._commit(conn, ops)
                     if lost:
                         self._to_loop(self._apply, *lost)  # PostgreSQL decided first: wake our waiter
@@ -527,7 +527,7 @@ class PgHoldStore(MemoryHoldStore):
         while not self._stopping.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = connect(self.dsn or "", autocommit=True)
+                    conn = connect(self.dsn or "", autocommit=True, role=f"sync {self.gateway_id}")
                     conn.execute(f"LISTEN {CHANNEL}")
                     next_beat = 0.0
                     self._connected_at = time.monotonic()
