@@ -50,7 +50,14 @@ def test_the_zygote_itself_runs_one_thread_so_a_fork_copies_everything():
     assert os.listdir(f"/proc/{zygote.process.pid}/task") == [str(zygote.process.pid)]
 
 
-def test_a_forked_gateway_is_signalled_and_reports_its_exit_code(tmp_path, confdir):
+@pytest.fixture
+def forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gateways fork here even in a run under coverage.py (which otherwise turns forks off)."""
+    monkeypatch.delenv("COVERAGE_PROCESS_START", raising=False)
+    monkeypatch.delenv("PORTCULLIS_TEST_FORK", raising=False)
+
+
+def test_a_forked_gateway_is_signalled_and_reports_its_exit_code(tmp_path, confdir, forking):
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\ndefault: allow\n")
     gateway = GatewayProcess(rules, confdir).start()
@@ -64,15 +71,18 @@ def test_a_forked_gateway_is_signalled_and_reports_its_exit_code(tmp_path, confd
     assert killed.process.wait(20) == -signal.SIGKILL
 
 
-def test_a_start_that_fails_gives_its_exit_code_and_message(tmp_path, confdir):
+def test_a_start_that_fails_gives_its_exit_code_and_message(tmp_path, confdir, forking):
     gateway = GatewayProcess(tmp_path / "missing.yaml", confdir)
     with pytest.raises(RuntimeError, match="missing.yaml"):
         gateway.start()
     assert gateway.process.returncode == 2
 
 
-def test_a_changed_python_variable_or_the_switch_means_a_new_interpreter(monkeypatch):
+def test_a_changed_python_variable_the_switch_or_coverage_means_a_new_interpreter(monkeypatch, forking):
     assert wanted(dict(os.environ))
     assert not wanted({**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "elsewhere")})
+    monkeypatch.setenv("COVERAGE_PROCESS_START", "coverage.rc")  # coverage.py measures new interpreters
+    assert not wanted(dict(os.environ))
+    monkeypatch.delenv("COVERAGE_PROCESS_START")
     monkeypatch.setenv("PORTCULLIS_TEST_FORK", "0")
     assert not wanted(dict(os.environ))
