@@ -19,7 +19,8 @@ from tests.support.ci import missing
 
 CHROMIUM = os.environ.get("PORTCULLIS_CHROMIUM", "/usr/bin/chromium")
 #: The features Playwright (1.65, chromiumSwitches.ts) turns off; a --disable-features of
-#: our own replaces its switch (Chromium reads the last one), so it carries these too.
+#: our own replaces its switch (Chromium reads the last one), so it carries these too
+#: (tests/test_browser_switches.py compares them with the installed Playwright's).
 PLAYWRIGHT_DISABLED_FEATURES = [
     "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
     "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
