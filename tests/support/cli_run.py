@@ -15,13 +15,13 @@ from gateway.settings import PROJECT_ROOT
 from tests.support import zygote
 
 
-def portcullis(*args: str, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT,
-               input: str | None = None) -> subprocess.CompletedProcess[str]:
+def portcullis(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+               cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS`` (in the project root by default), output captured: a fork
     of the zygote (tests/support/zygote.py) where it may be one, else a new interpreter."""
     if zygote.wanted(dict(os.environ if env is None else env)):
-        return zygote.run("gateway", list(args), env=env, cwd=cwd, timeout=timeout, input=input)
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd, env=env, input=input,
+        return zygote.run("gateway", list(args), env=env, cwd=cwd, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 
 

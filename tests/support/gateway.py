@@ -84,7 +84,8 @@ class GatewayProcess:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             environment.pop(name, None)
-        if zygote.wanted(environment):
+        python, *module = self.command[:3]
+        if python == sys.executable and module == ["-m", "gateway"] and zygote.wanted(environment):
             self.process = zygote.Zygote.get().spawn("gateway", self.command[3:], environment, PROJECT_ROOT)
         else:
             self.process = subprocess.Popen(

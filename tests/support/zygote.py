@@ -284,35 +284,30 @@ class Zygote:
 
 
 def run(module: str, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT,
-        timeout: float | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run([python, "-m", module, *args], capture_output=True, text=True, ...)``,
-    as a fork of the zygote: output captured, TimeoutExpired (the child killed) on timeout."""
-    pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
+        timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run([python, "-m", module, *args], capture_output=True, text=True, ...)``
+    as a fork of the zygote (stdin: /dev/null); TimeoutExpired, the child killed, on timeout."""
+    (out_read, out_write), (err_read, err_write) = os.pipe(), os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
     try:
         process = Zygote.get().fork(module, args, dict(os.environ if env is None else env), cwd,
-                                    (pipes[0][0], pipes[1][1], pipes[2][1]))
+                                    (null, out_write, err_write))
     except BaseException:
-        for pair in pipes:
-            for fd in pair:
-                os.close(fd)
+        os.close(out_read)
+        os.close(err_read)
         raise
-    for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
-        os.close(fd)
+    finally:
+        for fd in (null, out_write, err_write):
+            os.close(fd)
     output: dict[int, bytes] = {}
 
-    def drain(index: int) -> None:
-        with open(pipes[index][0], "rb") as stream:
-            output[index] = stream.read()
+    def drain(fd: int) -> None:
+        with open(fd, "rb") as stream:
+            output[fd] = stream.read()
 
-    readers = [threading.Thread(target=drain, args=(index,), daemon=True) for index in (1, 2)]
+    readers = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in (out_read, err_read)]
     for reader in readers:
         reader.start()
-    with open(pipes[0][1], "wb") as stdin:
-        if input:
-            try:
-                stdin.write(input.encode())
-            except BrokenPipeError:
-                pass
     try:
         code = process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -321,8 +316,8 @@ def run(module: str, args: list[str], *, env: dict[str, str] | None = None, cwd:
         raise
     for reader in readers:
         reader.join()
-    return subprocess.CompletedProcess(process.args, code, *(output[index].decode(errors="replace")
-                                                            for index in (1, 2)))
+    return subprocess.CompletedProcess(process.args, code, output[out_read].decode(errors="replace"),
+                                       output[err_read].decode(errors="replace"))
 
 
 class ForkedProcess:
