@@ -17,10 +17,15 @@ from tests.support.gateway import GatewayProcess
 from tests.support.zygote import ForkedProcess, Zygote, run, wanted
 
 
+def probe_in(directory: Path) -> Path:
+    """A copy of the probe in ``directory``, run as ``python -m zygote_probe`` from there:
+    found only through sys.path[0]."""
+    shutil.copy(Path(zygote_probe.__file__), directory / "zygote_probe.py")
+    return directory
+
+
 def probe(tmp_path, env: dict[str, str], *args: str) -> tuple[int, dict]:
-    """Run the probe as ``python -m zygote_probe`` in tmp_path: found only through sys.path[0]."""
-    shutil.copy(Path(zygote_probe.__file__), tmp_path / "zygote_probe.py")
-    process = Zygote.get().spawn("zygote_probe", list(args), env, tmp_path)
+    process = Zygote.get().spawn("zygote_probe", list(args), env, probe_in(tmp_path))
     output = process.stdout.read()
     return process.wait(30), json.loads(output.splitlines()[-1])
 
@@ -37,8 +42,7 @@ def test_a_child_has_its_own_environment_directory_and_argv_and_imports_our_pack
 
 
 def test_run_captures_stdout_and_stderr_apart_and_kills_on_timeout(tmp_path):
-    shutil.copy(Path(zygote_probe.__file__), tmp_path / "zygote_probe.py")
-    done = run("zygote_probe", ["x"], cwd=tmp_path, timeout=30)
+    done = run("zygote_probe", ["x"], cwd=probe_in(tmp_path), timeout=30)
     assert done.returncode == 0 and done.stderr == "to stderr\n"
     assert json.loads(done.stdout)["stdin"] == ""  # /dev/null, not the test process's stdin
     with pytest.raises(subprocess.TimeoutExpired):
